@@ -1,0 +1,1 @@
+"""Example builders and loaders; the default TRAIND_ALLOWED_MODULES allows this package."""

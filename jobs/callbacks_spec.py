@@ -1,0 +1,69 @@
+"""Turn the Keras callbacks a user already passes to ``model.fit`` into spec sections (no code crosses Redis).
+
+>>> callbacks_to_spec([])
+{}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.errors import SpecError
+
+
+def _f(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def callbacks_to_spec(callbacks: list[Any]) -> dict[str, Any]:
+    """ModelCheckpoint -> ``checkpoint``, EarlyStopping -> ``early_stopping``,
+    ReduceLROnPlateau -> ``lr_on_plateau``; any other callback is refused (traind cannot ship its code).
+    """
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for cb in callbacks:
+        kind = type(cb).__name__
+        if kind == "ModelCheckpoint":
+            out["checkpoint"] = {
+                "monitor": cb.monitor,
+                "mode": getattr(cb, "mode", "auto"),
+                "save_best_only": bool(cb.save_best_only),
+                "save_weights_only": bool(cb.save_weights_only),
+            }
+            if getattr(cb, "best", None) is not None:
+                out["checkpoint"]["initial_value_threshold"] = _f(cb.best)
+            if getattr(cb, "save_freq", "epoch") != "epoch":
+                problems.append(f"ModelCheckpoint: save_freq={cb.save_freq!r}; traind checkpoints every epoch")
+        elif kind == "EarlyStopping":
+            out["early_stopping"] = {
+                "monitor": cb.monitor,
+                "patience": int(cb.patience),
+                "min_delta": abs(_f(cb.min_delta)),
+                "mode": getattr(cb, "mode", "auto"),
+                "baseline": None if cb.baseline is None else _f(cb.baseline),
+                "restore_best_weights": bool(cb.restore_best_weights),
+                "start_from_epoch": int(getattr(cb, "start_from_epoch", 0)),
+            }
+        elif kind == "ReduceLROnPlateau":
+            out["lr_on_plateau"] = {
+                "monitor": cb.monitor,
+                "factor": _f(cb.factor),
+                "patience": int(cb.patience),
+                "mode": getattr(cb, "mode", "auto"),
+                "min_delta": abs(_f(cb.min_delta)),
+                "cooldown": int(cb.cooldown),
+                "min_lr": _f(cb.min_lr),
+            }
+        elif kind in ("History", "ProgbarLogger", "TensorBoard", "BackupAndRestore"):
+            continue  # traind records history and progress itself and checkpoints on its own terms
+        else:
+            problems.append(
+                f"callbacks: {kind} cannot be sent to a worker (no code crosses Redis); "
+                "expected ModelCheckpoint, EarlyStopping or ReduceLROnPlateau"
+            )
+    if problems:
+        raise SpecError(problems)
+    return out

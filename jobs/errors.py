@@ -1,0 +1,67 @@
+"""Every exception traind raises on purpose, rooted in :class:`TraindError`."""
+
+from __future__ import annotations
+
+
+class TraindError(Exception):
+    """Base class of all traind errors."""
+
+
+class SpecError(TraindError, ValueError):
+    """A job spec was refused; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid job spec ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class NotAllowedError(SpecError):
+    """A `module:function` reference is outside TRAIND_ALLOWED_MODULES."""
+
+
+class LimitError(SpecError):
+    """A spec, upload or history exceeds a configured limit."""
+
+
+class JobNotFoundError(TraindError, KeyError):
+    """No job with this id exists in Redis."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class IllegalTransitionError(TraindError):
+    """A job state change that the transition table forbids."""
+
+
+class FencedError(TraindError):
+    """This worker's attempt was superseded (requeued elsewhere); it must stop writing."""
+
+
+class StorageError(TraindError):
+    """A path escapes the storage root, or a file is missing or corrupt."""
+
+
+class CheckpointError(StorageError):
+    """A checkpoint failed its checksum or manifest check."""
+
+
+class MessageError(TraindError):
+    """A queue message read from Redis is malformed."""
+
+
+class UserCodeError(TraindError):
+    """The job's own code (builder, loader, training) raised; the job fails without retry."""
+
+
+class JobTimeoutError(TraindError, TimeoutError):
+    """Waiting for a job to finish took longer than the given timeout."""
+
+
+class RedisUnavailableError(TraindError):
+    """Redis could not be reached (after retries)."""
+
+
+class ConfigError(TraindError):
+    """A setting or command-line option is invalid or a required tool is missing."""

@@ -1,0 +1,159 @@
+"""Lua scripts: every multi-key change of a job's record happens atomically in Redis.
+
+Times come from Redis' own clock (``TIME``) so that hosts with skewed clocks agree on lease expiry.
+"""
+
+from __future__ import annotations
+
+_NOW = """
+local _t = redis.call('TIME')
+local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+"""
+
+# KEYS: job, leases, pending, events, state-index prefix (string), history
+# ARGV: job_id, to, allowed_from(json), terminal(json), attempt, token, fields(json), event(json|''),
+#       events_max, require_lease_expired('1'|''), lease_ttl_ms, history_keep_max_epoch ('' or n)
+TRANSITION = (
+    _NOW
+    + """
+local job_id, to = ARGV[1], ARGV[2]
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[5] then return {'fenced', cur} end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[6] then return {'fenced', cur} end
+local ok = false
+for _, s in ipairs(cjson.decode(ARGV[3])) do if s == cur then ok = true end end
+if not ok then return {'illegal', cur} end
+if ARGV[10] == '1' then
+  local exp = redis.call('ZSCORE', KEYS[2], job_id)
+  if exp and tonumber(exp) > now then return {'alive', cur} end
+end
+redis.call('HSET', KEYS[1], 'state', to, 'updated_at', now)
+local fields = cjson.decode(ARGV[7])
+for k, v in pairs(fields) do
+  if v == cjson.null then redis.call('HDEL', KEYS[1], k) else redis.call('HSET', KEYS[1], k, tostring(v)) end
+end
+redis.call('SREM', KEYS[5] .. cur, job_id)
+redis.call('SADD', KEYS[5] .. to, job_id)
+if to == 'running' then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[11]), job_id)
+  redis.call('ZREM', KEYS[3], job_id)
+  redis.call('HSET', KEYS[1], 'started_at', now)
+else
+  redis.call('ZREM', KEYS[2], job_id)
+end
+if to == 'queued' or to == 'requeued' then redis.call('ZADD', KEYS[3], 0, job_id) end
+local terminal = false
+for _, s in ipairs(cjson.decode(ARGV[4])) do if s == to then terminal = true end end
+if terminal then
+  redis.call('ZREM', KEYS[3], job_id)
+  redis.call('HSET', KEYS[1], 'finished_at', now)
+  redis.call('HDEL', KEYS[1], 'token')
+end
+if ARGV[12] ~= '' then
+  local keep = tonumber(ARGV[12])
+  for _, e in ipairs(redis.call('HKEYS', KEYS[6])) do
+    if tonumber(e) > keep then redis.call('HDEL', KEYS[6], e) end
+  end
+end
+if ARGV[8] ~= '' then
+  local ev = cjson.decode(ARGV[8]); ev['ts'] = now
+  redis.call('RPUSH', KEYS[4], cjson.encode(ev))
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
+end
+return {'ok', cur}
+"""
+)
+
+# KEYS: job, leases ; ARGV: job_id, token, ttl_ms
+# Renews the lease while this token still owns a running job; returns {1, cancel_requested} or {0, reason}.
+HEARTBEAT = (
+    _NOW
+    + """
+local st = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel_requested')
+if st[1] ~= 'running' or st[2] ~= ARGV[2] then return {0, tostring(st[1])} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return {1, st[3] or '0'}
+"""
+)
+
+# KEYS: job, history, ckpts, events ; ARGV: token, payload(json), events_max, max_history
+# payload: {fields:{}, history_set:{epoch:json}, history_del:[..], ckpt_set:{epoch:json}, ckpt_del:[..], events:[{}]}
+# Every write of a running job's progress is fenced by its attempt token.
+FENCED_UPDATE = (
+    _NOW
+    + """
+local st = redis.call('HMGET', KEYS[1], 'state', 'token')
+if st[1] ~= 'running' or st[2] ~= ARGV[1] then return {0, tostring(st[1])} end
+local p = cjson.decode(ARGV[2])
+if p.history_set then
+  for e, v in pairs(p.history_set) do
+    if redis.call('HEXISTS', KEYS[2], e) == 0 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+      return {0, 'history_limit'}
+    end
+    redis.call('HSET', KEYS[2], e, v)
+  end
+end
+if p.history_del then for _, e in ipairs(p.history_del) do redis.call('HDEL', KEYS[2], tostring(e)) end end
+if p.ckpt_set then for e, v in pairs(p.ckpt_set) do redis.call('HSET', KEYS[3], e, v) end end
+if p.ckpt_del then for _, e in ipairs(p.ckpt_del) do redis.call('HDEL', KEYS[3], tostring(e)) end end
+if p.fields then
+  for k, v in pairs(p.fields) do
+    if v == cjson.null then redis.call('HDEL', KEYS[1], k) else redis.call('HSET', KEYS[1], k, tostring(v)) end
+  end
+end
+redis.call('HSET', KEYS[1], 'updated_at', now)
+if p.events then
+  for _, ev in ipairs(p.events) do ev['ts'] = now; redis.call('RPUSH', KEYS[4], cjson.encode(ev)) end
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
+end
+return {1, 'ok'}
+"""
+)
+
+# KEYS: job, idem (or ''), jobs index, state-index prefix, pending, events
+# ARGV: job_id, fields(json), client_key, event(json)
+CREATE = (
+    _NOW
+    + """
+if ARGV[3] ~= '' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then return {0, existing} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[1]} end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, tostring(v)) end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', now, 'updated_at', now)
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('SADD', KEYS[4] .. 'queued', ARGV[1])
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
+local ev = cjson.decode(ARGV[4]); ev['ts'] = now
+redis.call('RPUSH', KEYS[6], cjson.encode(ev))
+return {1, ARGV[1]}
+"""
+)
+
+# KEYS: job, events ; ARGV: event(json), events_max
+# Cancel of a running job: only a flag; the worker stops at its next batch boundary and keeps its checkpoints.
+REQUEST_CANCEL = (
+    _NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 'missing' end
+if st ~= 'running' then return st end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+local ev = cjson.decode(ARGV[1]); ev['ts'] = now
+redis.call('RPUSH', KEYS[2], cjson.encode(ev))
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+return st
+"""
+)
+
+# KEYS: pending ; ARGV: job_id, score. Marks a job's message as delivered at `score` only if still pending.
+MARK_DELIVERED = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) return 1 end
+return 0
+"""
+
+NOW_MS = _NOW + "return now"

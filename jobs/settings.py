@@ -1,0 +1,111 @@
+"""Process settings (pydantic-settings, ``TRAIND_`` prefix, typos rejected).
+
+One class per process kind; they share :class:`CommonSettings` fields.
+
+>>> s = ClientSettings(redis_url="redis://localhost:6379/0")
+>>> s.lease_ttl_s
+5.0
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _split_csv(v: object) -> object:
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return v
+
+
+class CommonSettings(BaseSettings):
+    """Settings every traind process reads."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True)
+
+    redis_url: str | None = Field(None, description="Redis URL (redis://, rediss://, with user:password@ for ACL).")
+    storage_dir: Path = Field(Path("traind-data"), description="Shared checkpoint storage root (NFS mount).")
+    allowed_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["examples"],
+        description="Module prefixes that builders, loaders and custom objects may come from.",
+    )
+    lease_ttl_s: float = Field(5.0, gt=0.2, le=3600)
+    heartbeat_interval_s: float = Field(1.0, gt=0.01, le=600)
+    max_epochs: int = Field(100_000, ge=1)
+    max_spec_bytes: int = Field(1_000_000, ge=1024)
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
+    max_history: int = Field(100_000, ge=1)
+    events_max: int = Field(2_000, ge=10)
+
+    @field_validator("allowed_modules", mode="before")
+    @classmethod
+    def _csv(cls, v: object) -> object:
+        return _split_csv(v)
+
+    @model_validator(mode="after")
+    def _reject_env_typos(self) -> CommonSettings:
+        # pydantic-settings silently ignores unknown env vars; a typo like TRAIND_LEASE_TTL would then be lost.
+        known = _known_env_names()
+        bad = [k for k in os.environ if k.startswith("TRAIND_") and k not in known]
+        if bad:
+            hints = []
+            for k in sorted(bad):
+                near = difflib.get_close_matches(k, sorted(known), n=1)
+                hints.append(f"{k}" + (f" (did you mean {near[0]}?)" if near else ""))
+            raise ValueError(f"unknown TRAIND_ environment variable(s): {', '.join(hints)}")
+        return self
+
+    def effective_redis_url(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+
+
+class ClientSettings(CommonSettings):
+    """Settings of the submitting client and the read-only CLI commands."""
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of ``traind worker``."""
+
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
+    device: str = Field("cpu", pattern=r"^(cpu|gpu(:\d+)?)$")
+    worker_id: str | None = None
+    burst: bool = False
+    dequeue_timeout_s: float = Field(1.0, gt=0, le=60)
+    progress_interval_s: float = Field(1.0, ge=0, description="Min seconds between mid-epoch progress writes.")
+    redis_retry_s: float = Field(60.0, ge=0, description="How long to keep retrying Redis before giving up.")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _csv_q(cls, v: object) -> object:
+        return _split_csv(v)
+
+
+class SupervisorSettings(CommonSettings):
+    """Settings of ``traind supervise``."""
+
+    interval_s: float = Field(0.5, gt=0, le=60)
+    redelivery_check_s: float = Field(10.0, gt=0, description="Age after which a queued job's message is verified.")
+    worker_stale_s: float = Field(30.0, gt=0, description="Registered workers unseen this long are removed.")
+    burst: bool = False
+
+
+class StackSettings(CommonSettings):
+    """Settings of ``traind up`` (local stack)."""
+
+    workers: int = Field(1, ge=0, le=64)
+    redis_port: int = Field(0, ge=0, le=65535, description="Port of the embedded Redis (0: pick a free one).")
+
+
+def _known_env_names() -> set[str]:
+    names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
+    for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings):
+        names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
+    return names

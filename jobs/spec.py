@@ -1,0 +1,237 @@
+"""The job spec: what a user submits (pydantic v2, every model ``extra="forbid"``).
+
+>>> spec = JobSpec.model_validate({
+...     "name": "demo",
+...     "model": {"builder": "examples.regression:build_model"},
+...     "data": {"loader": "examples.regression:load_data"},
+...     "fit": {"epochs": 5},
+... })
+>>> spec.checkpoint.monitor
+'val_loss'
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jobs.errors import LimitError, SpecError
+from jobs.refs import ref_problem
+
+Mode = Literal["auto", "min", "max"]
+_SHA = r"^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """Where the compiled model comes from: a builder function or an inline Keras config."""
+
+    builder: str | None = Field(None, description="'module:function' returning a compiled keras.Model.")
+    builder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] | None = Field(None, description="Inline Keras model config (serialize_keras_object).")
+    compile: dict[str, Any] | None = Field(None, description="Keras compile config (model.get_compile_config()).")
+    initial_weights: str | None = Field(None, pattern=_SHA, description="sha256 of uploaded initial weights (.npz).")
+    custom_objects: list[str] = Field(default_factory=list, description="'module:Name' custom Keras classes.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.builder is None) == (self.config is None):
+            raise ValueError("model: give exactly one of 'builder' (module:function) or 'config' (inline Keras config)")
+        if self.config is not None and self.compile is None:
+            raise ValueError("model: an inline 'config' needs a 'compile' config (optimizer, loss, metrics)")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the training data comes from: a loader function or arrays uploaded by the client."""
+
+    loader: str | None = Field(
+        None, description="'module:function' returning (x, y), (x, y, x_val, y_val) or a Dataset."
+    )
+    loader_kwargs: dict[str, Any] = Field(default_factory=dict)
+    arrays: str | None = Field(None, pattern=_SHA, description="sha256 of an uploaded .npz with keys x, y.")
+    validation_arrays: str | None = Field(None, pattern=_SHA, description="sha256 of an uploaded .npz (x, y).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.loader is None) == (self.arrays is None):
+            raise ValueError("data: give exactly one of 'loader' (module:function) or 'arrays' (uploaded .npz)")
+        return self
+
+
+class FitSpec(_Strict):
+    """The arguments of ``model.fit`` that traind honours."""
+
+    epochs: int = Field(..., ge=1)
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    shuffle: bool = True
+    seed: int = Field(0, ge=0, lt=2**31, description="Seeds weights and each epoch's shuffle (seed, epoch).")
+    steps_per_epoch: int | None = Field(None, ge=1)
+    deterministic: bool = Field(False, description="Enable TF op determinism (bit-exact resume, slower).")
+
+
+class CheckpointSpec(_Strict):
+    """Keras ModelCheckpoint semantics plus retention."""
+
+    monitor: str = "val_loss"
+    mode: Mode = "auto"
+    save_best_only: bool = True
+    save_weights_only: bool = False
+    initial_value_threshold: float | None = None
+    keep_last: int = Field(2, ge=1, le=1000, description="Resumable checkpoints kept besides the best (>=1 spare).")
+
+
+class EarlyStoppingSpec(_Strict):
+    """Keras EarlyStopping arguments."""
+
+    monitor: str = "val_loss"
+    patience: int = Field(0, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+    mode: Mode = "auto"
+    baseline: float | None = None
+    restore_best_weights: bool = False
+    start_from_epoch: int = Field(0, ge=0)
+
+
+class ReduceLROnPlateauSpec(_Strict):
+    """Keras ReduceLROnPlateau arguments."""
+
+    monitor: str = "val_loss"
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(10, ge=0)
+    mode: Mode = "auto"
+    min_delta: float = Field(1e-4, ge=0.0)
+    cooldown: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class ResourcesSpec(_Strict):
+    """Where the job runs."""
+
+    device: Literal["cpu", "gpu"] = "cpu"
+    queue: str = Field("default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    priority: Literal["high", "default", "low"] = "default"
+
+
+class JobSpec(_Strict):
+    """A complete training job."""
+
+    name: str = Field(..., min_length=1, max_length=200)
+    model: ModelSpec
+    data: DataSpec
+    fit: FitSpec
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    early_stopping: EarlyStoppingSpec | None = None
+    lr_on_plateau: ReduceLROnPlateauSpec | None = None
+    resume_from: Literal["best", "latest"] = "best"
+    max_restarts: int = Field(3, ge=0, le=1000)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "": JobSpec,
+    "model": ModelSpec,
+    "data": DataSpec,
+    "fit": FitSpec,
+    "checkpoint": CheckpointSpec,
+    "early_stopping": EarlyStoppingSpec,
+    "lr_on_plateau": ReduceLROnPlateauSpec,
+    "resources": ResourcesSpec,
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<spec>"
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err.get("loc", ()))
+    where = _loc(loc)
+    if err["type"] == "extra_forbidden":
+        parent = str(loc[0]) if len(loc) > 1 else ""
+        model = _MODELS.get(parent, JobSpec)
+        valid = list(model.model_fields)
+        near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"{where}: unknown field{hint} (valid fields: {', '.join(valid)})"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{where}: required field is missing"
+    received = err.get("input")
+    shown = repr(received)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{where}: {msg}; received {shown}"
+
+
+def validate_spec(
+    data: dict[str, Any],
+    allowed_modules: list[str] | None = None,
+    max_epochs: int | None = None,
+    max_spec_bytes: int | None = None,
+) -> JobSpec:
+    """Validate a spec dict; raise :class:`SpecError` naming *every* problem.
+
+    ``allowed_modules`` enforces the code allowlist (client at submit, worker again before import).
+    """
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise SpecError([f"<spec>: expected a mapping, received {type(data).__name__}"])
+    if max_spec_bytes is not None:
+        size = len(json.dumps(data, default=str))
+        if size > max_spec_bytes:
+            raise LimitError([f"<spec>: {size} bytes exceeds TRAIND_MAX_SPEC_BYTES={max_spec_bytes}"])
+    spec: JobSpec | None = None
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as e:
+        problems.extend(_format_error(err) for err in e.errors())
+    # The allowlist is checked on the raw data too, so one pass reports type errors and refused code together.
+    if allowed_modules is not None:
+        for section, field in (("model", "builder"), ("data", "loader")):
+            ref = (data.get(section) or {}).get(field) if isinstance(data.get(section), dict) else None
+            if ref is not None:
+                p = ref_problem(ref, allowed_modules, f"{section}.{field}")
+                if p:
+                    problems.append(p)
+        customs = (data.get("model") or {}).get("custom_objects") if isinstance(data.get("model"), dict) else None
+        for i, ref in enumerate(customs or []):
+            p = ref_problem(ref, allowed_modules, f"model.custom_objects.{i}")
+            if p:
+                problems.append(p)
+    if spec is not None and max_epochs is not None and spec.fit.epochs > max_epochs:
+        problems.append(f"fit.epochs: {spec.fit.epochs} exceeds TRAIND_MAX_EPOCHS={max_epochs}")
+    if problems:
+        raise SpecError(problems)
+    assert spec is not None
+    return spec
+
+
+def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
+    """Parse YAML or JSON text (JSON is YAML) into a dict, with a clear error."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError([f"{source}: not valid YAML/JSON: {e}"]) from e
+    if not isinstance(data, dict):
+        raise SpecError([f"{source}: expected a mapping at the top level, received {type(data).__name__}"])
+    return data
+
+
+def load_spec_file(path: str | Path, **limits: Any) -> JobSpec:
+    """Load and validate a YAML/JSON spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError([f"{p}: cannot read spec file: {e}"]) from e
+    return validate_spec(parse_spec_text(text, str(p)), **limits)

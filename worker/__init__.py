@@ -1,0 +1,1 @@
+"""traind workers: pull jobs from RQ queues and train them with per-epoch, fenced, atomic checkpoints."""

@@ -1,0 +1,227 @@
+"""Resumable checkpoints: atomic files + manifest, committed to Redis under the attempt's fencing token.
+
+A checkpoint is ``ckpt/e{epoch}-b{batch}-a{attempt}.npz`` (model weights, optimizer variables, EarlyStopping's
+best weights, metric accumulators for mid-epoch ones; ``allow_pickle=False`` on load) plus a JSON manifest
+(epoch, metrics, sha256, callback state). Redis' checkpoint index is the authority: a file whose commit was
+refused (a fenced, stale worker) or whose sha256 does not match is never loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobs.errors import CheckpointError, FencedError, StorageError
+from jobs.storage import Storage, sha256_file
+from jobs.store import JobStore, event
+
+log = logging.getLogger("traind.worker")
+BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
+
+
+def ckpt_key(epoch: int, batch: int) -> int:
+    return epoch * BATCH_SLOTS + batch
+
+
+@dataclass
+class Snapshot:
+    """Everything needed to continue training exactly where this snapshot was taken (host memory copies)."""
+
+    epoch: int  # completed epochs
+    batch: int  # batches done in epoch `epoch` (0-based index) for a mid-epoch snapshot; 0 at an epoch end
+    weights: list[np.ndarray]
+    optimizer: list[np.ndarray]
+    state: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    es_best_weights: list[np.ndarray] | None = None
+    metric_vars: list[np.ndarray] | None = None
+
+    @property
+    def key(self) -> int:
+        return ckpt_key(self.epoch, self.batch)
+
+
+@dataclass
+class Restored:
+    manifest: dict[str, Any]
+    weights: list[np.ndarray]
+    optimizer: list[np.ndarray]
+    es_best_weights: list[np.ndarray] | None
+    metric_vars: list[np.ndarray] | None
+
+
+def _pack(s: Snapshot) -> bytes:
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, group in (("w", s.weights), ("o", s.optimizer), ("e", s.es_best_weights), ("m", s.metric_vars)):
+        for i, a in enumerate(group or []):
+            arrays[f"{prefix}{i:06d}"] = np.asarray(a)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # uncompressed: checkpoint stalls matter more than disk here
+    return buf.getvalue()
+
+
+def _unpack(path: Path) -> dict[str, list[np.ndarray]]:
+    groups: dict[str, list[np.ndarray]] = {"w": [], "o": [], "e": [], "m": []}
+    with np.load(path, allow_pickle=False) as z:
+        for name in sorted(z.files):
+            groups[name[0]].append(z[name])
+    return groups
+
+
+class Checkpoints:
+    """One attempt's view of a job's checkpoints."""
+
+    def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str) -> None:
+        self.storage, self.store = storage, store
+        self.job_id, self.attempt, self.token = job_id, attempt, token
+        self.dir = storage.job_dir(job_id) / "ckpt"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
+        self._pending: Future[dict[str, Any]] | None = None
+        self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def write(self, snap: Snapshot) -> dict[str, Any]:
+        """Write the snapshot's file and manifest atomically; returns the manifest (not yet committed)."""
+        name = f"e{snap.epoch:06d}-b{snap.batch:06d}-a{self.attempt}"
+        data = _pack(snap)
+        path = self.dir / f"{name}.npz"
+        try:
+            digest = self.storage.write_bytes_atomic(path, data)
+            manifest = {
+                "key": snap.key, "epoch": snap.epoch, "batch": snap.batch, "attempt": self.attempt,
+                "file": f"ckpt/{name}.npz", "sha256": digest, "size": len(data), "metrics": snap.metrics,
+                "state": snap.state, "created": time.time(),
+            }
+            self.storage.write_bytes_atomic(self.dir / f"{name}.json", json.dumps(manifest, indent=1).encode())
+        except OSError as e:
+            for p in (path, self.dir / f"{name}.json"):
+                p.unlink(missing_ok=True)
+            raise StorageError(f"could not write checkpoint {name} ({e.strerror or e}); previous checkpoints are intact"
+                               ) from e
+        return manifest
+
+    def commit(self, manifest: dict[str, Any], *, fields: dict[str, Any] | None = None,
+               events: list[dict[str, Any]] | None = None, delete: list[int] | None = None) -> None:
+        """Record the checkpoint in Redis if this attempt still owns the job; otherwise delete its files."""
+        try:
+            self.store.fenced_update(self.job_id, self.token, ckpt_set={manifest["key"]: manifest}, fields=fields,
+                                     events=events, ckpt_del=delete or [])
+        except FencedError:
+            self._remove_files(manifest)
+            raise
+
+    def save_async(self, snap: Snapshot, after_write: Any) -> None:
+        """Write + commit in the background (one in flight); ``after_write(manifest)`` commits it.
+
+        Training continues while the file is written; the next save (or :meth:`flush`) waits for this one and
+        re-raises its error, so a failure is never silently lost.
+        """
+        t0 = time.perf_counter()
+        self.flush()
+        self.stall_s.append(time.perf_counter() - t0)
+
+        def task() -> dict[str, Any]:
+            manifest = self.write(snap)
+            after_write(manifest)
+            return manifest
+
+        self._pending = self._pool.submit(task)
+
+    def flush(self) -> dict[str, Any] | None:
+        fut, self._pending = self._pending, None
+        return fut.result() if fut is not None else None
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _remove_files(self, manifest: dict[str, Any]) -> None:
+        try:
+            f = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
+            f.unlink(missing_ok=True)
+            f.with_suffix(".json").unlink(missing_ok=True)
+        except (StorageError, OSError, KeyError):
+            pass
+
+    def retention_victims(self, index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
+                          newest_key: int) -> list[int]:
+        """Index keys to delete: all but the last ``keep_last`` epoch-end checkpoints and the best one."""
+        ends = sorted(k for k in index if k % BATCH_SLOTS == 0 and k <= newest_key)
+        keep = set(ends[-keep_last:]) | {newest_key}
+        if best_key is not None:
+            keep.add(best_key)
+        # A mid-epoch (preemption) checkpoint is obsolete once a later epoch-end checkpoint exists.
+        return [k for k in index if k not in keep and k <= newest_key]
+
+    def delete_files(self, manifests: list[dict[str, Any]]) -> None:
+        for m in manifests:
+            self._remove_files(m)
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def verify(self, manifest: dict[str, Any]) -> Path:
+        """The manifest's file, after checking it exists and matches its sha256."""
+        path = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {manifest['file']} is missing")
+        if sha256_file(path) != manifest["sha256"]:
+            raise CheckpointError(f"checkpoint {manifest['file']} failed its sha256 check (torn or corrupt)")
+        return path
+
+    def load(self, manifest: dict[str, Any]) -> Restored:
+        path = self.verify(manifest)
+        try:
+            g = _unpack(path)
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {e}") from e
+        return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
+
+    def select(self, index: dict[int, dict[str, Any]], policy: str, best_key: int | None,
+               preempt_key: int | None) -> tuple[Restored | None, list[dict[str, Any]]]:
+        """The checkpoint to resume from and the events explaining the choice.
+
+        Order of preference: a preemption checkpoint; then the policy's target (``best`` or ``latest``); then the
+        nearest earlier valid checkpoint; then later ones. Corrupt ones are skipped with an event.
+        """
+        keys = sorted(index)
+        if not keys:
+            return None, []
+        latest = keys[-1]
+        target = preempt_key if preempt_key in index else (best_key if policy == "best" and best_key in index
+                                                           else latest)
+        earlier = [k for k in reversed(keys) if k < target]
+        later = [k for k in keys if k > target]
+        events: list[dict[str, Any]] = []
+        for k in [target, *earlier, *later]:
+            m = index[k]
+            try:
+                restored = self.load(m)
+            except CheckpointError as e:
+                events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
+                continue
+            where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
+            why = "preemption checkpoint" if k == preempt_key else (
+                f"{policy} checkpoint" if k == target else "fallback checkpoint")
+            events.append(event(f"resuming from {why} at {where} ({m['file']})"))
+            return restored, events
+        events.append(event("no valid checkpoint; starting from scratch", "warning"))
+        return None, events
+
+    def export(self, model: Any, weights_only: bool, name: str) -> dict[str, Any]:
+        """Write the user-facing model file (``best.keras`` or ``best.weights.h5``) atomically."""
+        suffix = ".weights.h5" if weights_only else ".keras"
+        dest = self.storage.job_dir(self.job_id) / f"{name}{suffix}"
+        if weights_only:
+            digest = self.storage.write_atomic(dest, lambda p: model.save_weights(p), tmp_suffix=suffix)
+        else:
+            digest = self.storage.write_atomic(dest, lambda p: model.save(p), tmp_suffix=suffix)
+        return {"file": dest.name, "sha256": digest, "format": "weights" if weights_only else "keras"}

@@ -1,0 +1,129 @@
+"""Training data for a job: loader call or uploaded arrays, Keras' validation_split, and a per-epoch
+deterministic shuffle so that epoch ``e`` sees the same order whether or not the run was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jobs.errors import UserCodeError
+from jobs.refs import resolve_ref
+from jobs.spec import JobSpec
+from jobs.storage import Storage
+
+
+@dataclass
+class TrainData:
+    """Arrays (``x``/``y``, optional validation) or a user Dataset (``dataset``/``val_dataset``)."""
+
+    x: Any = None
+    y: Any = None
+    x_val: Any = None
+    y_val: Any = None
+    dataset: Any = None
+    val_dataset: Any = None
+
+    @property
+    def is_arrays(self) -> bool:
+        return self.dataset is None
+
+    @property
+    def validation(self) -> Any:
+        if self.val_dataset is not None:
+            return self.val_dataset
+        if self.x_val is not None:
+            return (self.x_val, self.y_val)
+        return None
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.x) / batch_size)
+
+
+def load(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upload_bytes: int | None = None) -> TrainData:
+    """Call the loader (UserCodeError if it raises) or load uploaded arrays (allow_pickle=False)."""
+    d = spec.data
+    if d.arrays:
+        a = storage.get_arrays(d.arrays, max_bytes=max_upload_bytes)
+        data = TrainData(a.get("x"), a.get("y"))
+        if d.validation_arrays:
+            v = storage.get_arrays(d.validation_arrays, max_bytes=max_upload_bytes)
+            data.x_val, data.y_val = v.get("x"), v.get("y")
+    else:
+        assert d.loader is not None
+        fn = resolve_ref(d.loader, allowed, "data.loader")
+        try:
+            out = fn(**d.loader_kwargs)
+        except Exception as e:
+            raise UserCodeError(f"data.loader {d.loader} raised {type(e).__name__}: {e}") from e
+        data = _from_loader_output(out, d.loader)
+    if data.is_arrays:
+        if data.x is None or data.y is None or len(data.x) != len(data.y):
+            raise UserCodeError("data: expected arrays x and y of equal length")
+        if spec.fit.validation_split and data.x_val is None:
+            data = _split(data, spec.fit.validation_split)
+    elif spec.fit.validation_split:
+        raise UserCodeError("fit.validation_split works with arrays only; return (train_ds, val_ds) from the loader")
+    return data
+
+
+def _from_loader_output(out: Any, ref: str) -> TrainData:
+    if _is_dataset(out):
+        return TrainData(dataset=out)
+    if isinstance(out, dict):
+        return TrainData(out.get("x"), out.get("y"), out.get("x_val"), out.get("y_val"))
+    if isinstance(out, (tuple, list)):
+        if len(out) == 2 and _is_dataset(out[0]):
+            return TrainData(dataset=out[0], val_dataset=out[1])
+        if len(out) == 2:
+            return TrainData(np.asarray(out[0]), np.asarray(out[1]))
+        if len(out) == 4:
+            return TrainData(*(np.asarray(a) for a in out))
+    raise UserCodeError(
+        f"data.loader {ref} returned {type(out).__name__}; expected (x, y), (x, y, x_val, y_val), "
+        "a tf.data.Dataset or (train_ds, val_ds)"
+    )
+
+
+def _is_dataset(obj: Any) -> bool:
+    return type(obj).__module__.startswith("tensorflow") and hasattr(obj, "element_spec")
+
+
+def _split(data: TrainData, validation_split: float) -> TrainData:
+    """Exactly Keras' split: the *last* fraction (before any shuffling) becomes validation data."""
+    n = len(data.x)
+    split_at = int(math.floor(n * (1.0 - validation_split)))
+    if split_at in (0, n):
+        raise UserCodeError(f"fit.validation_split={validation_split} leaves no data on one side of {n} samples")
+    return TrainData(data.x[:split_at], data.y[:split_at], data.x[split_at:], data.y[split_at:])
+
+
+def epoch_dataset(data: TrainData, batch_size: int, shuffle: bool, seed: int, first_epoch: int, epochs: int,
+                  skip_batches: int = 0) -> Any:
+    """One tf.data pipeline covering epochs ``first_epoch..epochs-1`` (0-based).
+
+    Epoch ``e``'s order is ``stateless_shuffle(seed=(seed, e))``: a function of the job seed and the epoch number
+    only, so a resumed run replays exactly the batches the uninterrupted run would have seen.
+    ``skip_batches`` drops the batches of ``first_epoch`` already trained before a mid-epoch preemption.
+    """
+    import tensorflow as tf
+
+    x = tf.constant(data.x)
+    y = tf.constant(data.y)
+    n = int(data.x.shape[0])
+
+    def one_epoch(e: Any) -> Any:
+        idx = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            s = tf.stack([tf.constant(seed, tf.int64), tf.cast(e, tf.int64)])
+            idx = tf.random.experimental.stateless_shuffle(idx, seed=s)
+        ds = tf.data.Dataset.from_tensor_slices(idx).batch(batch_size)
+        ds = ds.skip(tf.where(tf.equal(e, first_epoch), tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64)))
+        return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+
+    epochs_ds = tf.data.Dataset.range(first_epoch, epochs)
+    return epochs_ds.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)

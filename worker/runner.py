@@ -1,0 +1,251 @@
+"""The worker process: a warm TensorFlow runtime that takes messages, claims jobs and trains them.
+
+``run()`` is a thin loop over ``step()``; ``--burst`` returns when the queues are empty (tests use it).
+
+>>> # Worker(WorkerSettings(redis_url="redis://localhost:6379/0", storage_dir="/mnt/ckpt")).run()
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+from typing import Any
+
+from jobs import keys
+from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
+from jobs.queue import Delivery, enqueue, pop
+from jobs.redis_conn import connect, redact_url
+from jobs.settings import WorkerSettings
+from jobs.spec import validate_spec
+from jobs.states import JobState
+from jobs.storage import Storage
+from jobs.store import JobStore
+from worker.device import configure_tensorflow, pin_device
+
+log = logging.getLogger("traind.worker")
+
+
+class Worker:
+    """Pulls from ``traind.<queue>.<device>.<priority>`` queues (high before default before low)."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.device_kind = "gpu" if settings.device.startswith("gpu") else "cpu"
+        pin_device(settings.device)  # before TensorFlow is imported anywhere in this process
+        import tensorflow  # noqa: F401 - warm: paid once per worker, never per job
+
+        self.gpus = configure_tensorflow(settings.device)
+        self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.r = connect(settings.effective_redis_url())
+        self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
+        self.storage = Storage(settings.storage_dir).ensure()
+        self.queues = [keys.rq_queue_name(q, self.device_kind, p) for q in settings.queues
+                       for p in ("high", "default", "low")]
+        self._stop = threading.Event()
+        self._interrupts = 0
+        self.current: Any = None  # the JobControl of the running job
+        self.jobs_done = 0
+        self._proc: Any = None
+
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or, in burst mode, until the queues are empty)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        log.info("worker %s on %s (gpus: %s) serving %s via %s", self.id, self.settings.device, self.gpus,
+                 self.queues, redact_url(self.settings.effective_redis_url()))
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self.register()
+                did = self.step()
+                backoff = 0.1
+            except Exception as e:  # noqa: BLE001 - the loop survives anything: Redis outages, bad messages
+                log.warning("worker loop error (%s: %s); retrying in %.1f s", type(e).__name__, e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if self.settings.burst and not did:
+                break
+        self.unregister()
+        return 0
+
+    def step(self) -> bool:
+        """Take and handle at most one message; False when the queues were empty."""
+        delivery = pop(self.r, self.queues, self.settings.dequeue_timeout_s)
+        if delivery is None:
+            return False
+        if delivery.message is None:
+            self._reject(delivery)
+            return True
+        self.execute(delivery.message.job_id, delivery.message.attempt)
+        return True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._interrupts += 1
+        if signum == signal.SIGINT and self._interrupts >= 2:
+            log.warning("second interrupt: exiting immediately")
+            os._exit(130)
+        self._stop.set()
+        control = self.current
+        if control is not None:
+            from worker.control import StopReason
+
+            log.warning("signal %s: checkpointing at the next batch boundary and requeueing", signum)
+            control.request(StopReason.PREEMPT)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- registry ------------------------------------------------------------------------------------------------
+    def register(self, job_id: str | None = None) -> None:
+        import psutil
+
+        if self._proc is None:
+            self._proc = psutil.Process()
+        now = self.store.now_ms()
+        info = {
+            "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "device": self.settings.device,
+            "queues": ",".join(self.settings.queues), "rss_mb": round(self._proc.memory_info().rss / 2**20, 1),
+            "cpu_percent": self._proc.cpu_percent(None), "jobs_done": self.jobs_done, "seen": now,
+        }
+        if job_id is not None:
+            info["job"] = job_id
+        pipe = self.r.pipeline()
+        pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
+        pipe.pexpire(keys.worker(self.id), int(self.settings.lease_ttl_s * 6000))
+        pipe.zadd(keys.WORKERS, {self.id: now})
+        pipe.execute()
+
+    def unregister(self) -> None:
+        try:
+            self.r.delete(keys.worker(self.id))
+            self.r.zrem(keys.WORKERS, self.id)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+    # -- one job -------------------------------------------------------------------------------------------------
+    def _reject(self, d: Delivery) -> None:
+        """A malformed message costs its job (when identifiable), never the worker."""
+        log.error("rejected message: %s", d.error)
+        jid = d.guess_job_id()
+        if jid is None:
+            return
+        try:
+            self.store.transition(jid, JobState.FAILED, fields={"error": f"malformed queue message: {d.error}"},
+                                  event_msg=f"failed: malformed queue message ({d.error})", level="error")
+        except (JobNotFoundError, IllegalTransitionError, FencedError):
+            pass
+
+    def execute(self, job_id: str, attempt: int) -> None:
+        """Claim ``job_id``/``attempt`` and train it; a stale or duplicate message is dropped."""
+        from worker.control import JobControl
+        from worker.heartbeat import Heartbeat
+
+        token = secrets.token_hex(16)
+        try:
+            self.store.transition(
+                job_id, JobState.RUNNING, attempt=attempt,
+                fields={"token": token, "worker": self.id, "cancel_requested": None, "error": None},
+                lease_ttl_ms=int(self.settings.lease_ttl_s * 1000),
+            )
+        except (JobNotFoundError, IllegalTransitionError, FencedError) as e:
+            log.info("dropping message for %s attempt %s: %s", job_id, attempt, e)
+            return
+        control = JobControl()
+        self.current = control
+        hb = Heartbeat(self.store, job_id, token, control, self.settings.lease_ttl_s,
+                       self.settings.heartbeat_interval_s, on_beat=lambda: self._safe_register(job_id))
+        try:
+            with hb:
+                self._train(job_id, attempt, token, control)
+        finally:
+            self.current = None
+            self.jobs_done += 1
+            _release_memory()
+
+    def _safe_register(self, job_id: str) -> None:
+        try:
+            self.register(job_id)
+        except Exception:  # noqa: BLE001 - registry is informational
+            pass
+
+    def _train(self, job_id: str, attempt: int, token: str, control: Any) -> None:
+        from worker.control import Interrupted, StopReason
+        from worker.trainer import Trainer
+
+        def finish(state: JobState, msg: str, level: str = "info", **fields: Any) -> None:
+            try:
+                self.store.transition(job_id, state, token=token, fields=fields, event_msg=msg, level=level)
+            except (FencedError, IllegalTransitionError) as e:
+                log.warning("job %s: final state %s not recorded: %s", job_id, state.value, e)
+
+        try:
+            record = self.store.raw(job_id)
+            import json
+
+            spec = validate_spec(json.loads(record["spec"]), allowed_modules=self.settings.allowed_modules,
+                                 max_epochs=self.settings.max_epochs)
+        except (SpecError, ValueError, KeyError) as e:
+            finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
+            return
+        trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
+                          attempt=attempt, token=token, spec=spec, record=record, control=control)
+        try:
+            outcome = trainer.run()
+            finish(JobState.SUCCEEDED, outcome.event, **outcome.fields)
+        except Interrupted as i:
+            if i.reason is StopReason.CANCEL:
+                finish(JobState.CANCELLED, f"cancelled after epoch {trainer.epochs_done}; checkpoints kept")
+            elif i.reason is StopReason.PREEMPT:
+                self._requeue_preempted(job_id, attempt, token, record, trainer.preempt_key)
+            else:
+                log.warning("job %s attempt %s fenced off; abandoned without writing", job_id, attempt)
+        except FencedError as e:
+            log.warning("job %s attempt %s fenced off: %s", job_id, attempt, e)
+        except StorageError as e:
+            finish(JobState.FAILED, f"failed: storage error: {e}", "error", error=str(e))
+        except TraindError as e:  # UserCodeError, CheckpointError, ...: the job's fault, no retry
+            tb = traceback.format_exc(limit=30)
+            finish(JobState.FAILED, f"failed: {e}", "error", error=str(e), traceback=tb[-20000:])
+        except Exception as e:  # noqa: BLE001 - anything else raised while training is the job's, not the worker's
+            tb = traceback.format_exc(limit=30)
+            finish(JobState.FAILED, f"failed: {type(e).__name__}: {e}", "error", error=f"{type(e).__name__}: {e}",
+                   traceback=tb[-20000:])
+
+    def _requeue_preempted(self, job_id: str, attempt: int, token: str, record: dict[str, str],
+                           preempt_key: int | None) -> None:
+        """Graceful preemption: hand the job back now (no waiting for the lease) to resume from its checkpoint."""
+        fields = {"attempt": attempt + 1, "preemptions": int(record.get("preemptions") or 0) + 1,
+                  "reason": f"preempted on worker {self.id}", "requeued_at": self.store.now_ms()}
+        if preempt_key is not None:
+            fields["preempt_key"] = preempt_key
+        try:
+            self.store.transition(job_id, JobState.REQUEUED, token=token, fields=fields,
+                                  event_msg=f"preempted on worker {self.id}; requeued as attempt {attempt + 1}",
+                                  level="warning")
+        except (FencedError, IllegalTransitionError) as e:
+            log.warning("job %s: preemption requeue refused: %s", job_id, e)
+            return
+        enqueue(self.r, job_id, attempt + 1, record["queue"])
+        self.store.mark_delivered(job_id)
+
+
+def _release_memory() -> None:
+    """Between jobs: drop the finished job's graph and variables so a long-lived worker does not grow."""
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def sleep_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,355 @@
+"""Train one claimed attempt of a job: build, load data, resume, fit, checkpoint every epoch.
+
+The caller (:mod:`worker.runner`) owns the claim, the heartbeat and the final state transition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from jobs.errors import CheckpointError, FencedError, UserCodeError
+from jobs.modelio import build_model
+from jobs.settings import WorkerSettings
+from jobs.spec import JobSpec
+from jobs.storage import Storage
+from jobs.store import JobStore, event
+from worker import data as data_mod
+from worker.callbacks import (
+    BestTracker,
+    ControlCallback,
+    EpochEndCallback,
+    RestoreMetricsCallback,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+    clean_logs,
+)
+from worker.checkpoint import Checkpoints, Restored, Snapshot, ckpt_key
+from worker.control import Interrupted, JobControl, StopReason
+
+log = logging.getLogger("traind.worker")
+
+
+@dataclass
+class Outcome:
+    """How the attempt ended; ``fields`` go into the final transition."""
+
+    reason: StopReason | None  # None: training finished (succeeded)
+    fields: dict[str, Any] = field(default_factory=dict)
+    event: str = ""
+    preempt_key: int | None = None
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.6g}"
+
+
+class Trainer:
+    """One attempt. ``run()`` returns an :class:`Outcome` or raises UserCodeError / FencedError / StorageError."""
+
+    def __init__(self, *, store: JobStore, storage: Storage, settings: WorkerSettings, job_id: str, attempt: int,
+                 token: str, spec: JobSpec, record: dict[str, Any], control: JobControl) -> None:
+        self.store, self.storage, self.settings = store, storage, settings
+        self.job_id, self.attempt, self.token, self.spec = job_id, attempt, token, spec
+        self.record, self.control = record, control
+        self.ckpts = Checkpoints(storage, store, job_id, attempt, token)
+        self.model: Any = None
+        self.es: ResumableEarlyStopping | None = None
+        self.rlrop: ResumableReduceLROnPlateau | None = None
+        self.tracker = BestTracker(spec.checkpoint.monitor, spec.checkpoint.mode,
+                                   spec.checkpoint.initial_value_threshold)
+        self.steps: int | None = None
+        self.epoch_started = time.monotonic()
+        self.preempt_key: int | None = None
+        self.best_key: int | None = None  # index key of the checkpoint-monitor's best epoch
+        self.stop_after_epoch = False
+        self.arrays = True
+        self.epochs_done = 0
+
+    # -- public --------------------------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        try:
+            return self._run()
+        finally:
+            try:
+                self.ckpts.close()
+            except FencedError:
+                self.control.request(StopReason.FENCED)
+
+    def _run(self) -> Outcome:
+        spec = self.spec
+        keras.utils.set_random_seed(spec.fit.seed)
+        if spec.fit.deterministic:
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
+        allowed = self.settings.allowed_modules
+        self.model = build_model(spec, self.storage, allowed)
+        data = data_mod.load(spec, self.storage, allowed, self.settings.max_upload_bytes)
+        self.arrays = data.is_arrays
+        if data.is_arrays:
+            if spec.fit.steps_per_epoch:
+                raise UserCodeError("fit.steps_per_epoch applies to Dataset loaders; arrays train on every sample")
+            self.steps = data.steps_per_epoch(spec.fit.batch_size)
+            if not self.model.built:
+                self.model(data.x[:1])
+        else:
+            self.steps = spec.fit.steps_per_epoch
+        if spec.early_stopping:
+            self.es = ResumableEarlyStopping(**spec.early_stopping.model_dump())
+        if spec.lr_on_plateau:
+            self.rlrop = ResumableReduceLROnPlateau(**spec.lr_on_plateau.model_dump())
+
+        start_epoch, start_batch, metric_vars = self._resume()
+        if start_epoch >= spec.fit.epochs:
+            return self._finish()
+        if start_batch:
+            self._fit(data, start_epoch, start_epoch + 1, skip=start_batch, metric_vars=metric_vars)
+            start_epoch += 1
+            if self.stop_after_epoch or start_epoch >= spec.fit.epochs:
+                return self._finish()
+            self._carry_callback_state()
+        self._fit(data, start_epoch, spec.fit.epochs)
+        return self._finish()
+
+    # -- resume --------------------------------------------------------------------------------------------------
+    def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
+        index = self.store.checkpoints(self.job_id)
+        rec = self.record
+        best_key = _int(rec.get("best_ckpt_key"))
+        preempt_key = _int(rec.get("preempt_key"))
+        restored, events = self.ckpts.select(index, self.spec.resume_from, best_key, preempt_key)
+        start_epoch, start_batch, metric_vars = 0, 0, None
+        if restored is not None:
+            self._restore(restored)
+            start_epoch, start_batch = restored.manifest["epoch"], restored.manifest["batch"]
+            metric_vars = restored.metric_vars
+            self.epochs_done = start_epoch
+            be = self.tracker.best_epoch
+            self.best_key = ckpt_key(be, 0) if be and ckpt_key(be, 0) in index else None
+        resume_key = ckpt_key(start_epoch, start_batch)
+        # Epochs after the resume point will be redone: their history entries and checkpoints are replaced.
+        hist_del = [h["epoch"] for h in self.store.history(self.job_id) if h["epoch"] > start_epoch]
+        stale = [k for k in index if k > resume_key or restored is None]
+        fields: dict[str, Any] = {"epoch": start_epoch, "resume_epoch": start_epoch, "preempt_key": None,
+                                  "batch": start_batch, "steps": self.steps or 0}
+        if restored is None:
+            fields.update({"best_epoch": None, "best_value": None, "best_ckpt_key": None})
+        events.append(event(f"attempt {self.attempt} training on worker {rec.get('worker')} from epoch "
+                            f"{start_epoch + 1}/{self.spec.fit.epochs}"))
+        self.store.fenced_update(self.job_id, self.token, fields=fields, history_del=hist_del, ckpt_del=stale,
+                                 events=events)
+        self.ckpts.delete_files([index[k] for k in stale])
+        return start_epoch, start_batch, metric_vars
+
+    def _restore(self, r: Restored) -> None:
+        model = self.model
+        try:
+            model.set_weights(r.weights)
+            opt = model.optimizer
+            if not opt.built:
+                opt.build(model.trainable_variables)
+            if len(opt.variables) != len(r.optimizer):
+                raise CheckpointError(f"optimizer has {len(opt.variables)} variables, checkpoint {len(r.optimizer)}")
+            for v, a in zip(opt.variables, r.optimizer):
+                v.assign(a)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {r.manifest['file']} does not fit the model: {e}") from e
+        st = r.manifest["state"]
+        self.tracker.set_state(st.get("tracker", {}))
+        if self.es is not None and "es" in st:
+            best_w = r.es_best_weights if r.es_best_weights is not None else (
+                list(r.weights) if st.get("es_best_is_current") else None)
+            self.es.set_state(st["es"], best_w)
+        if self.rlrop is not None and "rlrop" in st:
+            self.rlrop.set_state(st["rlrop"])
+
+    def _carry_callback_state(self) -> None:
+        """Between two fit calls (after a partial epoch), keep callback state: fit's on_train_begin resets it."""
+        if self.es is not None:
+            self.es.set_state(self.es.get_state(), self.es.best_weights)
+        if self.rlrop is not None:
+            self.rlrop.set_state(self.rlrop.get_state())
+
+    # -- fit -----------------------------------------------------------------------------------------------------
+    def _fit(self, data: data_mod.TrainData, first: int, last: int, skip: int = 0,
+             metric_vars: list[np.ndarray] | None = None) -> None:
+        spec = self.spec
+        cbs: list[Any] = []
+        if metric_vars is not None:
+            cbs.append(RestoreMetricsCallback(metric_vars))
+        cbs.append(ControlCallback(self.control, self._on_stop, self._on_progress,
+                                   self.settings.progress_interval_s, batch_offset=skip,
+                                   steps=self.steps if data.is_arrays else None))
+        cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
+        cbs.append(EpochEndCallback(self._on_epoch_end))
+        kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
+                                  "shuffle": False}  # arrays are shuffled per epoch by traind's own pipeline
+        if data.is_arrays:
+            assert self.steps is not None
+            x = data_mod.epoch_dataset(data, spec.fit.batch_size, spec.fit.shuffle, spec.fit.seed, first, last,
+                                       skip_batches=skip)
+            kwargs["steps_per_epoch"] = self.steps - skip if last == first + 1 and skip else self.steps
+            if skip and last != first + 1:
+                raise AssertionError("a partial epoch is fitted on its own")
+        else:
+            x = data.dataset
+            if self.steps:
+                kwargs["steps_per_epoch"] = self.steps
+        if data.validation is not None:
+            kwargs["validation_data"] = data.validation
+            if data.is_arrays:
+                kwargs["validation_batch_size"] = spec.fit.batch_size
+        self.epoch_started = time.monotonic()
+        try:
+            self.model.fit(x, **kwargs)
+        except Interrupted:
+            raise
+        except FencedError:
+            raise
+        except Exception as e:
+            raise UserCodeError(f"training raised {type(e).__name__}: {e}") from e
+
+    def _state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"tracker": self.tracker.get_state()}
+        if self.es is not None:
+            st["es"] = self.es.get_state()
+        if self.rlrop is not None:
+            st["rlrop"] = self.rlrop.get_state()
+        st["learning_rate"] = _lr(self.model)
+        return st
+
+    def _snapshot(self, epoch: int, batch: int, metrics: dict[str, Any], mid_epoch: bool) -> Snapshot:
+        model = self.model
+        weights = model.get_weights()
+        state = self._state()
+        es_best = None
+        if self.es is not None and self.es.best_weights is not None:
+            if self.es.best_epoch + 1 == epoch and not mid_epoch:
+                state["es_best_is_current"] = True  # don't store the same weights twice
+            else:
+                es_best = self.es.best_weights
+        return Snapshot(
+            epoch=epoch, batch=batch, weights=weights,
+            optimizer=[np.array(v.numpy()) for v in model.optimizer.variables], state=state, metrics=metrics,
+            es_best_weights=es_best,
+            metric_vars=[np.array(v.numpy()) for v in model.metrics_variables] if mid_epoch else None,
+        )
+
+    def _on_epoch_end(self, epoch0: int, logs: dict[str, Any]) -> None:
+        e = epoch0 + 1
+        self.epochs_done = e
+        metrics = clean_logs(logs)
+        metrics.setdefault("learning_rate", _lr(self.model))
+        spec = self.spec
+        improved, prev, cur = self.tracker.observe(self.model, e, logs)
+        events: list[dict[str, Any]] = []
+        fields: dict[str, Any] = {"epoch": e, "metrics": metrics, "batch": 0}
+        mon = spec.checkpoint.monitor
+        if improved:
+            exported = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "best")
+            fields.update({"best_epoch": e, "best_value": cur, "best_checkpoint": exported})
+            frm = "" if prev is None else f" from {_fmt(prev)}"
+            events.append(event(f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}, saved {exported['file']}"))
+        elif cur is None:
+            events.append(event(f"epoch {e}: {mon} not in logs ({', '.join(sorted(logs))}); not compared", "warning"))
+        else:
+            events.append(event(f"epoch {e}: {mon} did not improve from {_fmt(prev)} ({_fmt(cur)})"))
+        if not spec.checkpoint.save_best_only:
+            fields["latest_checkpoint"] = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "latest")
+        if self.rlrop is not None:
+            old_lr = metrics.get("learning_rate")
+            new_lr = _lr(self.model)
+            if old_lr is not None and new_lr is not None and new_lr < old_lr * (1 - 1e-6):
+                events.append(event(f"epoch {e}: learning rate reduced from {_fmt(old_lr)} to {_fmt(new_lr)}"))
+        stopping = self.es is not None and self.es.stopped_epoch == epoch0 and epoch0 > 0 and self.model.stop_training
+        if stopping:
+            self.stop_after_epoch = True
+            fields["stopped_early"] = True
+            events.append(event(f"early stop at epoch {e} (best {self.es.monitor} {_fmt(_f(self.es.best))} "
+                                f"at epoch {self.es.best_epoch + 1})"))
+        entry = {"epoch": e, **metrics, "time_s": round(time.monotonic() - self.epoch_started, 4)}
+        self.epoch_started = time.monotonic()
+        self.store.fenced_update(self.job_id, self.token, fields=fields, history_set={e: entry}, events=events)
+
+        snap = self._snapshot(e, 0, metrics, mid_epoch=False)
+        if improved:
+            self.best_key = snap.key
+        best_key = self.best_key
+        self.ckpts.save_async(snap, lambda m: self._commit(m, best_key))
+        reason = self.control.reason
+        if reason in (StopReason.PREEMPT, StopReason.CANCEL) and not stopping and e < spec.fit.epochs:
+            self.ckpts.flush()  # a requeue must point at a committed checkpoint
+            if reason is StopReason.PREEMPT:
+                self.preempt_key = snap.key
+            raise Interrupted(reason)
+
+    def _commit(self, manifest: dict[str, Any], best_key: int | None) -> None:
+        index = self.store.checkpoints(self.job_id)
+        index[manifest["key"]] = manifest
+        victims = self.ckpts.retention_victims(index, self.spec.checkpoint.keep_last, best_key, manifest["key"])
+        fields = {"best_ckpt_key": best_key} if best_key is not None else None
+        self.ckpts.commit(manifest, fields=fields, delete=victims)
+        self.ckpts.delete_files([index[k] for k in victims])
+
+    def _on_stop(self, epoch0: int, batches_done: int) -> None:
+        """A stop was requested at a batch boundary. Preemption saves a mid-epoch checkpoint first."""
+        reason = self.control.reason
+        if reason is StopReason.FENCED:
+            return
+        self.ckpts.flush()
+        # Mid-epoch resume needs traind's own per-epoch pipeline (it can skip the batches already trained);
+        # a user Dataset resumes from the last epoch end instead.
+        if reason is StopReason.PREEMPT and self.arrays and self.steps and batches_done < self.steps:
+            snap = self._snapshot(epoch0, batches_done, {}, mid_epoch=True)
+            manifest = self.ckpts.write(snap)
+            self.ckpts.commit(manifest, fields={"preempt_key": snap.key},
+                              events=[event(f"preempted: saved checkpoint at epoch {epoch0 + 1} batch "
+                                            f"{batches_done}/{self.steps}")])
+            self.preempt_key = snap.key
+
+    def _on_progress(self, epoch0: int, batches_done: int, logs: dict[str, Any]) -> None:
+        try:
+            self.store.fenced_update(self.job_id, self.token, fields={
+                "batch": batches_done, "steps": self.steps or 0, "running_epoch": epoch0 + 1,
+                "batch_metrics": clean_logs(logs)})
+        except FencedError:
+            self.control.request(StopReason.FENCED)
+
+    def _finish(self) -> Outcome:
+        self.ckpts.flush()
+        fields: dict[str, Any] = {"stopped_early": bool(self.es is not None and self.es.stopped_epoch > 0)}
+        msg = "training finished"
+        if self.es is not None and self.es.restore_best_weights and self.es.best_weights is not None:
+            self.model.set_weights(self.es.best_weights)
+            msg += f"; restored weights of best epoch {self.es.best_epoch + 1}"
+        fields["final_checkpoint"] = self.ckpts.export(self.model, self.spec.checkpoint.save_weights_only, "final")
+        return Outcome(None, fields, msg)
+
+
+def _lr(model: Any) -> float | None:
+    try:
+        return float(np.asarray(model.optimizer.learning_rate))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _f(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(v: Any) -> int | None:
+    if v in (None, "", "None"):
+        return None
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return None
