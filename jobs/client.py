@@ -71,13 +71,14 @@ class JobHandle:
         """Cancel; a running job stops at its next batch boundary and keeps its checkpoints."""
         return self.client.store.request_cancel(self.id)
 
-    def load_model(self) -> Any:
-        """The model from the job's best checkpoint (verified against its sha256)."""
+    def load_model(self, which: str = "best") -> Any:
+        """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
+        EarlyStopping's restore_best_weights applied), verified against its sha256."""
         from jobs.modelio import load_best_model  # imports keras: keep it out of the client's import path
 
         st = self.client.store.get(self.id, with_history=False)
         spec = JobSpec.model_validate(st["spec"])
-        return load_best_model(spec, self.client.storage, st, self.client.settings.allowed_modules)
+        return load_best_model(spec, self.client.storage, st, self.client.settings.allowed_modules, which=which)
 
 
 class Client:

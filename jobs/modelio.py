@@ -81,17 +81,21 @@ def build_model(spec: JobSpec, storage: Storage, allowed: Sequence[str]) -> Any:
     return model
 
 
-def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], allowed: Sequence[str]) -> Any:
-    """The model from a job's best checkpoint export, verified against the sha256 Redis recorded."""
+def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], allowed: Sequence[str],
+                    which: str = "best") -> Any:
+    """The model from a job's ``best`` (or ``final``) export, verified against the sha256 Redis recorded."""
     import json
+    import warnings
 
     import keras
 
-    best = status.get("best_checkpoint")
+    if which not in ("best", "final"):
+        raise ValueError(f"which: expected 'best' or 'final', received {which!r}")
+    best = status.get(f"{which}_checkpoint")
     if isinstance(best, str):
         best = json.loads(best)
     if not best:
-        raise StorageError(f"job {status.get('id')}: no best checkpoint yet")
+        raise StorageError(f"job {status.get('id')}: no {which} checkpoint yet")
     path = storage.confine(storage.job_dir(status["id"]) / Path(best["file"]).name)
     if not path.exists():
         raise CheckpointError(f"best checkpoint {path} is missing")
@@ -101,5 +105,8 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
     if best.get("format") == "keras":
         return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
     model = build_model(spec, storage, allowed)
-    model.load_weights(path)
+    with warnings.catch_warnings():
+        # .weights.h5 also carries optimizer variables; a fresh optimizer has none yet, which Keras warns about.
+        warnings.simplefilter("ignore", UserWarning)
+        model.load_weights(path)
     return model

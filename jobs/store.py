@@ -21,7 +21,7 @@ _INT_FIELDS = (
     "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch",
 )
 _FLOAT_FIELDS = ("best_value",)
-_JSON_FIELDS = ("metrics", "spec", "worker_info")
+_JSON_FIELDS = ("metrics", "spec", "worker_info", "best_checkpoint", "final_checkpoint", "latest_checkpoint", "batch_metrics")
 
 
 def _s(v: Any) -> Any:
