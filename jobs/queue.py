@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -42,7 +42,12 @@ class Delivery:
     def guess_job_id(self) -> str | None:
         """Best-effort job id from the RQ id (``<job_id>-a<attempt>``) for failing a malformed message."""
         base = self.rq_id.rsplit("-a", 1)[0]
-        return base if JOB_ID_RE.match(base) else None
+        return base if JOB_ID_RE.fullmatch(base) else None
+
+    def guess_attempt(self) -> int | None:
+        """The attempt number in the RQ id, or None."""
+        tail = self.rq_id.rsplit("-a", 1)
+        return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() and len(tail[1]) < 8 else None
 
 
 def rq_queue(r: redis.Redis, name: str) -> Queue:
@@ -88,6 +93,12 @@ def pop(r: redis.Redis, queue_names: list[str], timeout_s: float) -> Delivery | 
         if msg is not None:
             return Delivery(raw_id, qname, msg)
         return Delivery(raw_id, qname, None, f"unreadable RQ message {raw_id!r}: no such RQ job")
+    except DeserializationError as e:  # pickle, garbage bytes, or JSON that is not RQ's 4-tuple: never unpickled
+        _delete_rq_job(r, raw_id)
+        cause = e.__cause__ or e
+        return Delivery(raw_id, qname, None, f"unreadable RQ message {raw_id!r}: expected JSON job data for "
+                        f"{keys.RQ_FUNC}(job_id, attempt) (traind never unpickles), received something else: "
+                        f"{type(cause).__name__}: {str(cause)[:200]}")
     except Exception as e:  # noqa: BLE001 - anything in a planted message must cost that message only
         _delete_rq_job(r, raw_id)
         return Delivery(raw_id, qname, None, f"unreadable RQ message {raw_id!r}: {type(e).__name__}: {e}")

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
+
+# Query parameters that carry secrets (redis-py accepts ``?password=...`` and ``?ssl_password=...``).
+_SECRET_PARAM = re.compile(r"(?i)((?:^|&)[^&=]*password)=[^&]*")
+
+
+class _Retry(Retry):
+    """Retry dropped connections, but never refused credentials: retrying cannot fix a wrong password or ACL
+    (redis-py's AuthenticationError is a ConnectionError, so without this a bad password hangs ~30 s).
+    """
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any], is_retryable: Any = None,
+                        with_failure_count: bool = False) -> Any:
+        def retryable(e: Exception) -> bool:
+            if isinstance(e, (AuthenticationError, AuthorizationError)):
+                return False
+            return is_retryable(e) if is_retryable is not None else True
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 def connect(url: str, retries: int = 20, socket_timeout_s: float | None = 30.0) -> redis.Redis:
@@ -16,7 +37,7 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = 30.0) 
     """
     return redis.Redis.from_url(
         url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+        retry=_Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=5.0,
@@ -29,11 +50,10 @@ def redact_url(url: str | None) -> str:
     if not url:
         return str(url)
     parts = urlsplit(url)
+    query = _SECRET_PARAM.sub(r"\1=***", parts.query)
     if parts.password is None and "@" not in parts.netloc:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(query=query)) if query != parts.query else url
+    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 host's brackets and the port
     user = parts.username or ""
     netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,6 +154,37 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "<spec>"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 80, 80
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a received value, safe for any input (deep nesting, ints too long to print)."""
+    try:
+        shown = _REPR.repr(value)
+    except Exception:  # an int over 4300 digits cannot even be repr'd (nor can objects with a broken __repr__)
+        shown = f"<{type(value).__name__} that cannot be shown>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _json_size(data: Any, limit: int | None) -> int:
+    """Length of ``data`` as JSON, counted only up to just past ``limit`` (a YAML alias bomb is never expanded
+    in full); raises SpecError for data that JSON cannot carry to the workers.
+    """
+    size = 0
+    try:
+        for chunk in json.JSONEncoder(default=str).iterencode(data):
+            size += len(chunk)
+            if limit is not None and size > limit:
+                break
+    except (TypeError, ValueError, RecursionError) as e:
+        raise SpecError([
+            f"<spec>: expected JSON-compatible data (string keys, integers under 4300 digits, modest nesting), "
+            f"received data that cannot be encoded ({type(e).__name__}: {str(e)[:200]})"
+        ]) from e
+    return size
+
+
 def _format_error(err: dict[str, Any]) -> str:
     loc = tuple(err.get("loc", ()))
     where = _loc(loc)
@@ -166,11 +198,7 @@ def _format_error(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{where}: required field is missing"
-    received = err.get("input")
-    shown = repr(received)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return f"{where}: {msg}; received {shown}"
+    return f"{where}: {msg}; received {_shown(err.get('input'))}"
 
 
 def validate_spec(
@@ -186,10 +214,9 @@ def validate_spec(
     problems: list[str] = []
     if not isinstance(data, dict):
         raise SpecError([f"<spec>: expected a mapping, received {type(data).__name__}"])
-    if max_spec_bytes is not None:
-        size = len(json.dumps(data, default=str))
-        if size > max_spec_bytes:
-            raise LimitError([f"<spec>: {size} bytes exceeds TRAIND_MAX_SPEC_BYTES={max_spec_bytes}"])
+    size = _json_size(data, max_spec_bytes)  # always: the spec travels to the workers as JSON
+    if max_spec_bytes is not None and size > max_spec_bytes:
+        raise LimitError([f"<spec>: at least {size} bytes as JSON exceeds TRAIND_MAX_SPEC_BYTES={max_spec_bytes}"])
     spec: JobSpec | None = None
     try:
         spec = JobSpec.model_validate(data)
@@ -204,7 +231,7 @@ def validate_spec(
                 if p:
                     problems.append(p)
         customs = (data.get("model") or {}).get("custom_objects") if isinstance(data.get("model"), dict) else None
-        for i, ref in enumerate(customs or []):
+        for i, ref in enumerate(customs if isinstance(customs, list) else []):  # a non-list is a type error above
             p = ref_problem(ref, allowed_modules, f"model.custom_objects.{i}")
             if p:
                 problems.append(p)
@@ -222,6 +249,8 @@ def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SpecError([f"{source}: not valid YAML/JSON: {e}"]) from e
+    except (ValueError, RecursionError) as e:  # e.g. an int over 4300 digits, a bad !!timestamp, absurd nesting
+        raise SpecError([f"{source}: not valid YAML/JSON: {type(e).__name__}: {str(e)[:200]}"]) from e
     if not isinstance(data, dict):
         raise SpecError([f"{source}: expected a mapping at the top level, received {type(data).__name__}"])
     return data

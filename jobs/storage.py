@@ -26,7 +26,7 @@ JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 def validate_job_id(job_id: object) -> str:
     """Return ``job_id`` if it is a safe id (no '/', '..', control chars), else raise StorageError."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):  # fullmatch: '$' allows a trailing \n
         raise StorageError(
             f"invalid job id {job_id!r}: expected 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit"
         )
@@ -113,14 +113,15 @@ class Storage:
     # -- uploads -------------------------------------------------------------------------------------------------
     def put_arrays(self, arrays: Mapping[str, np.ndarray], max_bytes: int | None = None) -> str:
         """Store arrays as a content-addressed .npz; return the sha256 that names it."""
+        # Refuse object arrays before np.savez: it would pickle them (and workers load with allow_pickle=False).
+        for k, v in arrays.items():
+            if np.asarray(v).dtype == object:
+                raise StorageError(f"upload: array {k!r} has dtype object; only numeric/bool/str arrays are accepted")
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         data = buf.getvalue()
         if max_bytes is not None and len(data) > max_bytes:
             raise LimitError([f"upload: {len(data)} bytes exceeds TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
-        for k, v in arrays.items():
-            if np.asarray(v).dtype == object:
-                raise StorageError(f"upload: array {k!r} has dtype object; only numeric/bool/str arrays are accepted")
         digest = hashlib.sha256(data).hexdigest()
         dest = self.upload_path(digest)
         if not dest.exists():
@@ -144,7 +145,10 @@ class Storage:
                     with zipfile.ZipFile(path) as zf:
                         total = sum(i.file_size for i in zf.infolist())
                     if total > max_bytes:
-                        raise LimitError([f"upload {digest}: {total} bytes uncompressed exceeds {max_bytes}"])
+                        raise LimitError([f"upload {digest}: {total} bytes uncompressed exceeds "
+                                          f"TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
                 return {k: z[k] for k in z.files}
+        except LimitError:
+            raise  # a LimitError is a ValueError too: keep it from being reported as a corrupt upload
         except (ValueError, OSError, zipfile.BadZipFile) as e:
             raise StorageError(f"upload {digest} could not be loaded safely: {e}") from e

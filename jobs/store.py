@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from jobs import keys, lua
-from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
+from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
 from jobs.states import TERMINAL, JobState, allowed_sources
 
 _INT_FIELDS = (
@@ -21,7 +21,9 @@ _INT_FIELDS = (
     "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch",
 )
 _FLOAT_FIELDS = ("best_value",)
-_JSON_FIELDS = ("metrics", "spec", "worker_info", "best_checkpoint", "final_checkpoint", "latest_checkpoint", "batch_metrics")
+_JSON_FIELDS = (
+    "metrics", "spec", "worker_info", "best_checkpoint", "final_checkpoint", "latest_checkpoint", "batch_metrics",
+)
 
 
 def _s(v: Any) -> Any:
@@ -84,6 +86,7 @@ class JobStore:
         require_lease_expired: bool = False,
         lease_ttl_ms: int = 0,
         trim_history_after: int | None = None,
+        only_from: Iterable[JobState] | None = None,
     ) -> JobState:
         """Atomically move ``job_id`` to ``to`` if the table allows it; return the previous state.
 
@@ -91,12 +94,15 @@ class JobStore:
         supervisor's requeue a no-op for a job whose worker renewed its lease meanwhile.
         """
         to = JobState(to)
+        sources = allowed_sources(to)
+        if only_from is not None:  # narrow the table, e.g. "fail it only if nobody is running it"
+            sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
         ev = json.dumps(event(event_msg, level, state=to.value)) if event_msg else ""
         status, cur = self._transition(
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
                   keys.history(job_id)],
             args=[
-                job_id, to.value, json.dumps(allowed_sources(to)), json.dumps(sorted(s.value for s in TERMINAL)),
+                job_id, to.value, json.dumps(sources), json.dumps(sorted(s.value for s in TERMINAL)),
                 "" if attempt is None else str(attempt), token or "", _fields_json(fields), ev, self.events_max,
                 "1" if require_lease_expired else "", int(lease_ttl_ms),
                 "" if trim_history_after is None else str(int(trim_history_after)),
@@ -130,7 +136,10 @@ class JobStore:
         ckpt_del: Iterable[int] = (),
         events: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Write progress only while ``token`` owns the running job; raise FencedError otherwise."""
+        """Write progress only while ``token`` owns the running job; raise FencedError otherwise.
+
+        Raises LimitError (the job must fail) when a new history entry would exceed ``max_history``.
+        """
         payload: dict[str, Any] = {}
         if fields:
             payload["fields"] = {k: _s(v) for k, v in fields.items()}
@@ -151,7 +160,10 @@ class JobStore:
         if not int(ok):
             why = why.decode() if isinstance(why, bytes) else str(why)
             if why == "history_limit":
-                raise FencedError(f"job {job_id}: history reached TRAIND_MAX_HISTORY={self.max_history}")
+                # Not fencing: this attempt still owns the job, which must fail (no retry) with a clear message.
+                epochs = ", ".join(str(e) for e in sorted(history_set or {}))
+                raise LimitError([f"history: recording epoch {epochs} would exceed TRAIND_MAX_HISTORY="
+                                  f"{self.max_history} entries; lower fit.epochs or raise TRAIND_MAX_HISTORY"])
             raise FencedError(f"job {job_id}: no longer owned by this attempt (state {why})")
 
     def request_cancel(self, job_id: str) -> JobState:

@@ -18,6 +18,8 @@ import time
 import traceback
 from typing import Any
 
+import redis
+
 from jobs import keys
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
 from jobs.queue import Delivery, enqueue, pop
@@ -136,11 +138,15 @@ class Worker:
     def _reject(self, d: Delivery) -> None:
         """A malformed message costs its job (when identifiable), never the worker."""
         log.error("rejected message: %s", d.error)
-        jid = d.guess_job_id()
-        if jid is None:
+        jid, attempt = d.guess_job_id(), d.guess_attempt()
+        if jid is None or attempt is None:
             return
         try:
-            self.store.transition(jid, JobState.FAILED, fields={"error": f"malformed queue message: {d.error}"},
+            # Only the delivery this message was for, and only while nobody trains it: a garbled duplicate
+            # must never fail a job that a healthy worker is running.
+            self.store.transition(jid, JobState.FAILED, attempt=attempt,
+                                  only_from=(JobState.QUEUED, JobState.REQUEUED),
+                                  fields={"error": f"malformed queue message: {d.error}"},
                                   event_msg=f"failed: malformed queue message ({d.error})", level="error")
         except (JobNotFoundError, IllegalTransitionError, FencedError):
             pass
@@ -192,14 +198,16 @@ class Worker:
             record = self.store.raw(job_id)
             import json
 
-            spec = validate_spec(json.loads(record["spec"]), allowed_modules=self.settings.allowed_modules,
-                                 max_epochs=self.settings.max_epochs)
-        except (SpecError, ValueError, KeyError) as e:
+            spec = validate_spec(json.loads(record.get("spec") or "null"),
+                                 allowed_modules=self.settings.allowed_modules, max_epochs=self.settings.max_epochs,
+                                 max_spec_bytes=self.settings.max_spec_bytes)
+        except (SpecError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
             return
-        trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
-                          attempt=attempt, token=token, spec=spec, record=record, control=control)
         try:
+            # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
+            trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
+                              attempt=attempt, token=token, spec=spec, record=record, control=control)
             outcome = trainer.run()
             finish(JobState.SUCCEEDED, outcome.event, **outcome.fields)
         except Interrupted as i:
@@ -211,6 +219,10 @@ class Worker:
                 log.warning("job %s attempt %s fenced off; abandoned without writing", job_id, attempt)
         except FencedError as e:
             log.warning("job %s attempt %s fenced off: %s", job_id, attempt, e)
+        except redis.RedisError as e:
+            # Redis stayed unreachable past the client's retries: the outcome cannot be recorded. Leave the job
+            # to its lease: the supervisor requeues it and the next attempt resumes from the last checkpoint.
+            log.error("job %s attempt %s: Redis unreachable (%s); abandoning the attempt", job_id, attempt, e)
         except StorageError as e:
             finish(JobState.FAILED, f"failed: storage error: {e}", "error", error=str(e))
         except TraindError as e:  # UserCodeError, CheckpointError, ...: the job's fault, no retry

@@ -12,8 +12,9 @@ from typing import Any
 
 import keras
 import numpy as np
+import redis
 
-from jobs.errors import CheckpointError, FencedError, UserCodeError
+from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
 from jobs.spec import JobSpec
@@ -208,10 +209,8 @@ class Trainer:
         self.epoch_started = time.monotonic()
         try:
             self.model.fit(x, **kwargs)
-        except Interrupted:
-            raise
-        except FencedError:
-            raise
+        except (Interrupted, TraindError, redis.RedisError):
+            raise  # traind's own signals and infrastructure errors: not the user's code
         except Exception as e:
             raise UserCodeError(f"training raised {type(e).__name__}: {e}") from e
 

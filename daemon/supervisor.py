@@ -1,0 +1,310 @@
+"""The supervisor: requeues jobs whose worker died, re-delivers lost queue messages, forgets dead workers.
+
+It is stateless: every :meth:`Supervisor.step` re-reads Redis, so a restarted supervisor (or several running at
+once) picks up exactly where the last one stopped. Every state change goes through the Lua transition, whose
+attempt + lease-expired guard makes a second requeue of the same lost attempt impossible.
+
+>>> # sup = Supervisor(SupervisorSettings(redis_url="redis://localhost:6379/0"))
+>>> # sup.step().requeued   # ids requeued this step
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import redis
+
+from jobs import keys
+from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
+from jobs.queue import enqueue, queue_contents
+from jobs.redis_conn import connect, redact_url
+from jobs.settings import SupervisorSettings
+from jobs.states import JobState
+from jobs.store import JobStore
+
+log = logging.getLogger("traind.supervisor")
+
+SCAN_LIMIT = 1000  # entries handled per step and kind; the rest wait for the next step
+_INFO_CACHE_S = 1.0
+
+# KEYS: job, zset ; ARGV: job_id, states that keep the entry (json).
+# Drops a lease/pending entry only while the job is (still) in none of those states, so a claim or requeue that
+# lands between our read and our ZREM is never undone.
+_ZREM_UNLESS_STATE = """
+local st = redis.call('HGET', KEYS[1], 'state')
+for _, s in ipairs(cjson.decode(ARGV[2])) do if s == st then return 0 end end
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
+# KEYS: workers ; ARGV: cutoff (ms), worker-hash prefix, limit. Re-checks the score so a fresh heartbeat wins.
+_DROP_STALE_WORKERS = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, w in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], w)
+  redis.call('DEL', ARGV[2] .. w)
+end
+return stale
+"""
+
+_JOB_FIELDS = ["state", "attempt", "restarts", "max_restarts", "worker", "queue", "resume_from", "cancel_requested"]
+
+
+@dataclass
+class StepReport:
+    """What one supervisor step did.
+
+    >>> StepReport(now_ms=1, requeued=["1a2b"]).changed
+    True
+    """
+
+    now_ms: int = 0
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    redelivered: list[str] = field(default_factory=list)
+    dropped_workers: list[str] = field(default_factory=list)
+    skipped_reason: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.requeued or self.failed or self.cancelled or self.redelivered or self.dropped_workers)
+
+
+def _int(v: bytes | None, default: int = 0) -> int:
+    try:
+        return int(float(v.decode())) if v is not None else default
+    except ValueError:
+        return default
+
+
+def _str(v: bytes | None, default: str = "") -> str:
+    return v.decode(errors="replace") if v is not None else default
+
+
+class Supervisor:
+    """Watches leases and deliveries in one Redis database.
+
+    >>> # Supervisor(SupervisorSettings(redis_url=url, interval_s=0.5)).run()  # blocks until SIGTERM
+    """
+
+    def __init__(self, settings: SupervisorSettings, connection: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.r = connection or connect(settings.effective_redis_url())
+        self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
+        self._zrem_unless = self.r.register_script(_ZREM_UNLESS_STATE)
+        self._drop_workers = self.r.register_script(_DROP_STALE_WORKERS)
+        self._info: tuple[float, float] | None = None  # (monotonic when read, uptime then)
+        self._stop = threading.Event()
+
+    # -- one pass ----------------------------------------------------------------------------------------------------
+    def step(self, now_ms: int | None = None) -> StepReport:
+        """Run one supervision pass at ``now_ms`` (Redis clock; read from Redis when None)."""
+        t0 = time.monotonic()
+        now = self.store.now_ms() if now_ms is None else int(now_ms)
+        rep = StepReport(now_ms=now)
+        uptime = self._redis_uptime_s()
+        if uptime < self.settings.lease_ttl_s:
+            # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL.
+            rep.skipped_reason = (
+                f"redis restarted {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s); "
+                "not requeueing until workers had a chance to renew"
+            )
+        else:
+            self._expire_leases(now, rep)
+            self._drop_stale_workers(now, rep)
+        self._check_deliveries(now, rep)
+        rep.duration_s = time.monotonic() - t0
+        return rep
+
+    def _redis_uptime_s(self) -> float:
+        """Seconds since the Redis server started (``INFO server``), read at most once a second."""
+        mono = time.monotonic()
+        if self._info is not None and mono - self._info[0] < _INFO_CACHE_S:
+            return self._info[1] + (mono - self._info[0])
+        info = self.r.info("server")
+        uptime = float(info.get("uptime_in_seconds", 0))
+        self._info = (mono, uptime)
+        return uptime
+
+    def _expire_leases(self, now: int, rep: StepReport) -> None:
+        expired = self.r.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=SCAN_LIMIT, withscores=True)
+        for raw_id, score in expired:
+            job_id = raw_id.decode()
+            vals = dict(zip(_JOB_FIELDS, self.r.hmget(keys.job(job_id), _JOB_FIELDS), strict=True))
+            if _str(vals["state"]) != JobState.RUNNING.value:
+                self._zrem_unless(keys=[keys.job(job_id), keys.LEASES], args=[job_id, '["running"]'])
+                continue
+            try:
+                self._handle_lost(job_id, vals, int(score), now, rep)
+            except (FencedError, IllegalTransitionError, JobNotFoundError):
+                # Another supervisor requeued it first, or the worker renewed / finished meanwhile: nothing to do.
+                log.debug("job %s: lease expiry handled elsewhere", job_id)
+            except redis.RedisError:
+                raise  # the run loop backs off; the next step retries from Redis' state
+            except Exception:  # noqa: BLE001 - one corrupt record must not stop supervision of the others
+                log.exception("job %s: cannot handle its expired lease", job_id)
+
+    def _handle_lost(self, job_id: str, vals: dict[str, bytes | None], expired_at: int, now: int,
+                     rep: StepReport) -> None:
+        attempt = _int(vals["attempt"], 1)
+        restarts = _int(vals["restarts"])
+        max_restarts = _int(vals["max_restarts"], 3)
+        worker = _str(vals["worker"], "?")
+        ago = max(now - expired_at, 0) / 1000
+        reason = f"worker {worker} lost: lease expired"
+        if _str(vals["cancel_requested"]) == "1":
+            # The user asked to stop it; running it again only to stop at the first heartbeat wastes a worker.
+            self.store.transition(
+                job_id, JobState.CANCELLED, attempt=attempt, require_lease_expired=True,
+                fields={"reason": f"{reason}; cancel was requested", "token": None},
+                event_msg=f"worker {worker} lost (lease expired {ago:.1f} s ago) after cancel was requested; cancelled",
+                level="warning",
+            )
+            rep.cancelled.append(job_id)
+            log.warning("job %s cancelled: worker %s lost after cancel request", job_id, worker)
+            return
+        if restarts + 1 > max_restarts:
+            error = f"worker lost {restarts + 1} times (max_restarts={max_restarts})"
+            self.store.transition(
+                job_id, JobState.FAILED, attempt=attempt, require_lease_expired=True,
+                fields={"error": error, "reason": reason, "lease_expired_at": expired_at},
+                event_msg=f"worker {worker} lost (lease expired {ago:.1f} s ago); {error}: failed",
+                level="error",
+            )
+            rep.failed.append(job_id)
+            log.error("job %s failed: %s", job_id, error)
+            return
+        resume = _str(vals["resume_from"], "best")
+        self.store.transition(
+            job_id, JobState.REQUEUED, attempt=attempt, require_lease_expired=True,
+            fields={"attempt": attempt + 1, "restarts": restarts + 1, "reason": reason, "requeued_at": now,
+                    "lease_expired_at": expired_at, "token": None},
+            event_msg=(f"worker {worker} lost (lease expired {ago:.1f} s ago); requeued as attempt {attempt + 1} "
+                       f"(restart {restarts + 1}/{max_restarts}), resuming from the {resume} checkpoint"),
+            level="warning",
+        )
+        rep.requeued.append(job_id)
+        log.warning("job %s requeued as attempt %d: worker %s lost", job_id, attempt + 1, worker)
+        # If we die right here the job sits in `pending` with score 0, and the next step (ours or another
+        # supervisor's) enqueues it: the transition above already made the requeue durable.
+        enqueue(self.r, job_id, attempt + 1, _str(vals["queue"]))
+        self.store.mark_delivered(job_id)
+
+    def _check_deliveries(self, now: int, rep: StepReport) -> None:
+        cutoff = now - int(self.settings.redelivery_check_s * 1000)
+        due = self.r.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=SCAN_LIMIT, withscores=True)
+        contents: dict[str, set[str]] = {}  # each queue's message ids, read once per step
+        for raw_id, score in due:
+            job_id = raw_id.decode()
+            try:
+                self._check_delivery(job_id, int(score), now, contents, rep)
+            except redis.RedisError:
+                raise
+            except Exception:  # noqa: BLE001 - one corrupt record must not stop supervision of the others
+                log.exception("job %s: cannot check its delivery", job_id)
+
+    def _check_delivery(self, job_id: str, score: int, now: int, contents: dict[str, set[str]],
+                        rep: StepReport) -> None:
+        state, attempt_b, queue_b = self.r.hmget(keys.job(job_id), ["state", "attempt", "queue"])
+        if _str(state) not in (JobState.QUEUED.value, JobState.REQUEUED.value):
+            self._zrem_unless(keys=[keys.job(job_id), keys.PENDING], args=[job_id, '["queued","requeued"]'])
+            return
+        attempt, queue = _int(attempt_b, 1), _str(queue_b)
+        if not queue:
+            log.error("job %s has no queue field; cannot deliver it", job_id)
+            return
+        if queue not in contents:
+            contents[queue] = queue_contents(self.r, queue)
+        rq_id = keys.rq_job_id(job_id, attempt)
+        if rq_id in contents[queue]:
+            self.store.mark_delivered(job_id, now)  # waiting for a free worker: check again later
+            return
+        # A duplicate (the submitter enqueues right now, or a worker holds the popped message and is about to
+        # claim) is harmless: the claim checks state and attempt, and a popped duplicate still names its job.
+        enqueue(self.r, job_id, attempt, queue)
+        contents[queue].add(rq_id)
+        self.store.mark_delivered(job_id, now)
+        rep.redelivered.append(job_id)
+        if score != 0:
+            # Delivered once, but the message is gone and nobody claimed it: a worker popped it and died.
+            self.store.add_event(job_id, "queue message lost; re-enqueued", "warning")
+            log.warning("job %s: queue message %s lost; re-enqueued", job_id, rq_id)
+        else:
+            log.info("job %s: enqueued attempt %d (its submitter or requeuer stopped before enqueueing)",
+                     job_id, attempt)
+
+    def _drop_stale_workers(self, now: int, rep: StepReport) -> None:
+        cutoff = now - int(self.settings.worker_stale_s * 1000)
+        dropped = self._drop_workers(keys=[keys.WORKERS], args=[cutoff, keys.worker(""), SCAN_LIMIT])
+        rep.dropped_workers = [d.decode() for d in dropped]
+        for w in rep.dropped_workers:
+            log.info("worker %s unseen for %.0f s: unregistered", w, self.settings.worker_stale_s)
+
+    # -- loop --------------------------------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        """True when no job is running, queued or waiting for a delivery (what ``burst`` waits for)."""
+        pipe = self.r.pipeline(transaction=False)
+        for st in (JobState.RUNNING, JobState.QUEUED, JobState.REQUEUED):
+            pipe.scard(keys.state_index(st.value))
+        pipe.zcard(keys.PENDING)
+        pipe.zcard(keys.LEASES)
+        return not any(pipe.execute())
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current step."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Step every ``interval_s`` until stopped (SIGTERM/SIGINT in the main thread); never dies on Redis errors."""
+        restore = self._install_signals()
+        log.info("supervisor watching %s every %.2f s (lease TTL %.1f s)",
+                 redact_url(self.settings.effective_redis_url()), self.settings.interval_s, self.settings.lease_ttl_s)
+        backoff = 0.05
+        skipping = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    rep = self.step()
+                    if self.settings.burst and self.idle():
+                        log.info("burst: nothing running or pending; exiting")
+                        return 0
+                except Exception as e:  # noqa: BLE001 - the supervisor must outlive Redis outages and its own bugs
+                    self._info = None  # Redis may have restarted: re-read its uptime before requeueing anything
+                    if isinstance(e, redis.RedisError):
+                        log.warning("redis error (%s: %s); retrying in %.2f s", type(e).__name__, e, backoff)
+                    else:
+                        log.exception("supervisor step failed; retrying in %.2f s", backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                if bool(rep.skipped_reason) != skipping:  # log the start and end of a grace period, not every step
+                    skipping = bool(rep.skipped_reason)
+                    log.info("%s", rep.skipped_reason or "redis restart grace over; requeueing expired leases again")
+                self._stop.wait(self.settings.interval_s)
+            return 0
+        finally:
+            restore()
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore

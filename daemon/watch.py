@@ -1,0 +1,133 @@
+"""Polling loops behind ``traind watch`` and ``traind logs --follow`` (also used by ``traind up --example``).
+
+>>> # final = watch_job(store, job_id, sys.stdout)   # prints progress until the job ends
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import redis
+
+from daemon.render import event_line, progress_line
+from jobs import keys
+from jobs.errors import JobTimeoutError
+from jobs.states import JobState
+from jobs.store import JobStore
+
+REDIS_OUTAGE_S = 30.0  # how long watch_job rides out an unreachable Redis
+
+
+def last_epoch_metrics(store: JobStore, job_id: str, epoch: int) -> dict[str, Any] | None:
+    """The history entry of ``epoch`` (one HGET, not the whole history)."""
+    if epoch <= 0:
+        return None
+    raw = store.r.hget(keys.history(job_id), str(epoch))
+    if raw is None:
+        return None
+    try:
+        val = json.loads(raw)
+    except ValueError:
+        return None
+    return val if isinstance(val, dict) else None
+
+
+def watch_job(
+    store: JobStore,
+    job_id: str,
+    out: TextIO,
+    interval_s: float = 0.5,
+    timeout_s: float | None = None,
+    check: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Print the progress line until the job is terminal; return its final status (with history).
+
+    On a terminal (TTY) the line is redrawn in place; otherwise a line is printed whenever it changes.
+    ``check`` runs every poll and may raise to abort (``traind up`` checks its child processes there).
+    Raises JobTimeoutError after ``timeout_s``.
+    """
+    tty = out.isatty()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_line = ""
+    outage_since: float | None = None
+    while True:
+        try:
+            st = store.get(job_id, with_history=False)
+            line = progress_line(st, last_epoch_metrics(store, job_id, int(st.get("epoch") or 0)))
+            outage_since = None
+        except (redis.ConnectionError, redis.TimeoutError):
+            # A Redis restart (the stack's, or a failover) should not end a long watch; a lasting outage does.
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > REDIS_OUTAGE_S:
+                raise
+            time.sleep(interval_s)
+            continue
+        if line != last_line:
+            if tty:
+                out.write("\r\x1b[2K" + line)
+            else:
+                out.write(line + "\n")
+            out.flush()
+            last_line = line
+        if JobState(st["state"]).is_terminal:
+            if tty:
+                out.write("\n")
+                out.flush()
+            return store.get(job_id, with_history=True)
+        if deadline is not None and time.monotonic() > deadline:
+            if tty:
+                out.write("\n")
+            raise JobTimeoutError(f"job {job_id} still {st['state']} after {timeout_s} s (epoch {st.get('epoch')})")
+        if check is not None:
+            check()
+        time.sleep(interval_s)
+
+
+class EventTail:
+    """Returns each event of a job once, even though the events list is trimmed at its front (``events_max``)."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self._next = 0  # index of the first unseen event while the list has never been trimmed
+        self._last_raw: bytes | None = None
+
+    def poll(self) -> list[dict[str, Any]]:
+        raws: list[bytes] = self.store.r.lrange(keys.events(self.job_id), 0, -1)
+        if len(raws) < self.store.events_max:
+            new = raws[self._next:]
+        else:
+            # Trimmed: find where we stopped by content (events carry a ms timestamp, so repeats are rare).
+            pos = None
+            if self._last_raw is not None:
+                for i in range(len(raws) - 1, -1, -1):
+                    if raws[i] == self._last_raw:
+                        pos = i
+                        break
+            new = raws[pos + 1:] if pos is not None else raws
+        self._next = len(raws)
+        if new:
+            self._last_raw = new[-1]
+        out = []
+        for raw in new:
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"msg": raw.decode(errors="replace"), "level": "?"})
+        return out
+
+
+def print_logs(store: JobStore, job_id: str, out: TextIO, follow: bool = False, interval_s: float = 0.5) -> JobState:
+    """Print a job's events; with ``follow``, keep printing new ones until the job is terminal."""
+    tail = EventTail(store, job_id)
+    while True:
+        state = JobState(store.raw(job_id)["state"])  # read first: events written before a terminal state show
+        for ev in tail.poll():
+            out.write(event_line(ev) + "\n")
+        out.flush()
+        if not follow or state.is_terminal:
+            return state
+        time.sleep(interval_s)

@@ -1,0 +1,315 @@
+"""The ``traind`` CLI in-process (no worker, no TensorFlow): submit, status, list, logs, cancel, watch, up."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import yaml
+
+from daemon import render
+from daemon.cli import main
+from jobs import keys
+from jobs.client import Client
+from jobs.states import JobState
+from tests.conftest import ROOT, Procs, log_of, wait_for
+from tests.redis_server import free_port
+
+QUEUE = keys.rq_queue_name("default", "cpu", "default")
+
+GOOD = {
+    "name": "reg",
+    "model": {"builder": "examples.regression:build_model"},
+    "data": {"loader": "examples.regression:load_data"},
+    "fit": {"epochs": 7},
+}
+
+
+def write_spec(tmp_path: Path, data: dict[str, Any], name: str = "spec.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.fixture()
+def cli(redis_url: str, storage_dir: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run ``traind ARGS --redis-url URL --storage DIR``; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = main([*args, "--redis-url", redis_url, "--storage", str(storage_dir)])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def submit(cli: Any, tmp_path: Path, **over: Any) -> str:
+    rc, out, err = cli("submit", str(write_spec(tmp_path, {**GOOD, **over})), "--json")
+    assert rc == 0, err
+    return json.loads(out)["id"]
+
+
+def test_bad_spec_lists_every_problem_and_enqueues_nothing(cli: Any, tmp_path: Path, r: redis.Redis) -> None:
+    bad = {
+        "name": "bad",
+        "model": {"builder": "os:system"},  # outside the allowlist
+        "data": {"loader": "examples.regression:load_data"},
+        "fit": {"epochs": 0, "batchsize": 10},  # out of range; typo of batch_size
+    }
+    rc, out, err = cli("submit", str(write_spec(tmp_path, bad)))
+    assert rc == 2 and out == ""
+    assert "nothing was submitted" in err
+    assert "model.builder: module 'os' is not allowed" in err
+    assert "fit.epochs" in err and "greater than or equal to 1" in err
+    assert "fit.batchsize: unknown field; did you mean 'batch_size'?" in err
+    assert err.count("\n  - ") == 3
+    assert r.zcard(keys.JOBS_INDEX) == 0
+    assert r.keys("rq:queue:*") == [] and r.llen("rq:queue:" + QUEUE) == 0
+
+
+def test_unreadable_spec_file(cli: Any, tmp_path: Path) -> None:
+    rc, _, err = cli("submit", str(tmp_path / "missing.yaml"))
+    assert rc == 2 and "cannot read spec file" in err
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: [unclosed")
+    rc, _, err = cli("submit", str(p))
+    assert rc == 2 and "not valid YAML/JSON" in err
+
+
+def test_submit_enqueues_and_key_is_idempotent(cli: Any, tmp_path: Path, r: redis.Redis) -> None:
+    spec = str(write_spec(tmp_path, GOOD))
+    rc, out, _ = cli("submit", spec)
+    assert rc == 0
+    job_id = out.strip()
+    assert r.lrange("rq:queue:" + QUEUE, 0, -1) == [keys.rq_job_id(job_id, 1).encode()]
+    rc1, out1, _ = cli("submit", spec, "--key", "k-1", "--json")
+    rc2, out2, _ = cli("submit", spec, "--key", "k-1", "--json")
+    assert rc1 == rc2 == 0 and json.loads(out1)["id"] == json.loads(out2)["id"]
+    assert r.zcard(keys.JOBS_INDEX) == 2
+
+
+def test_status_json_and_human(cli: Any, tmp_path: Path) -> None:
+    job_id = submit(cli, tmp_path)
+    rc, out, _ = cli("status", job_id, "--json")
+    assert rc == 0
+    st = json.loads(out)
+    for field in ("id", "name", "state", "epoch", "epochs", "restarts", "best_epoch", "best_value", "stopped_early",
+                  "worker", "history"):
+        assert field in st, field
+    assert (st["id"], st["name"], st["state"], st["epoch"], st["epochs"]) == (job_id, "reg", "queued", 0, 7)
+    assert st["history"] == [] and st["stopped_early"] is False and st["best_value"] is None
+    assert "token" not in st
+    rc, out, _ = cli("status", job_id)
+    assert rc == 0 and f"job       {job_id}" in out and "state     queued" in out and "epoch     0/7" in out
+
+
+def test_status_of_unknown_or_invalid_job(cli: Any) -> None:
+    rc, _, err = cli("status", "nosuchjob")
+    assert rc == 1 and "not found" in err
+    rc, _, err = cli("status", "../etc")
+    assert rc == 2 and "invalid job id" in err
+
+
+def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: str, storage_dir: Path) -> None:
+    first = submit(cli, tmp_path, name="first")
+    second = submit(cli, tmp_path, name="second")
+    Client(redis_url=redis_url, storage=storage_dir).job(first).cancel()
+    rc, out, _ = cli("list", "--json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert [j["id"] for j in rows] == [second, first]  # newest first
+    assert {j["id"]: j["state"] for j in rows} == {first: "cancelled", second: "queued"}
+    rc, out, _ = cli("list", "--state", "queued", "--json")
+    assert [j["id"] for j in json.loads(out)] == [second]
+    rc, out, _ = cli("list", "--limit", "1")
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATE", "EPOCH", "RESTARTS", "BEST", "WORKER", "UPDATED"]
+    assert len(lines) == 2 and second in lines[1] and "0/7" in lines[1]
+    rc, out, _ = cli("list", "--state", "running")
+    assert rc == 0 and out.strip() == "no jobs in state running"
+
+
+def test_logs_and_cancel_of_a_queued_job(cli: Any, tmp_path: Path) -> None:
+    job_id = submit(cli, tmp_path)
+    rc, out, _ = cli("logs", job_id)
+    assert rc == 0 and "INFO    submitted" in out
+    rc, out, _ = cli("cancel", job_id)
+    assert rc == 0 and f"cancelled {job_id} (was queued)" in out
+    rc, out, _ = cli("status", job_id, "--json")
+    assert json.loads(out)["state"] == "cancelled"
+    rc, out, _ = cli("cancel", job_id)
+    assert rc == 0 and "already cancelled" in out
+    rc, out, _ = cli("logs", job_id, "--follow")  # terminal: returns at once
+    assert rc == 0 and "cancelled before it started" in out
+    rc, _, err = cli("cancel", "nosuchjob")
+    assert rc == 1 and "not found" in err
+
+
+def test_log_tail_returns_each_event_once_across_trimming(r: redis.Redis, redis_url: str, storage_dir: Path) -> None:
+    from daemon.watch import EventTail
+    from jobs.store import JobStore
+
+    store = JobStore(r, events_max=10)
+    job = Client(redis_url=redis_url, storage=storage_dir).submit(GOOD)
+    for i in range(12):
+        store.add_event(job.id, f"e{i}")
+    tail = EventTail(store, job.id)
+    assert [e["msg"] for e in tail.poll()] == [f"e{i}" for i in range(2, 12)]
+    assert tail.poll() == []
+    for i in range(12, 15):
+        store.add_event(job.id, f"e{i}")  # the list stays at 10: its front is trimmed
+    assert [e["msg"] for e in tail.poll()] == ["e12", "e13", "e14"]
+
+
+def test_cancel_of_a_running_job_only_flags_it(cli: Any, tmp_path: Path, redis_url: str, storage_dir: Path) -> None:
+    job_id = submit(cli, tmp_path)
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    store.transition(job_id, JobState.RUNNING, attempt=1, fields={"token": "t", "worker": "w"}, lease_ttl_ms=5000)
+    rc, out, _ = cli("cancel", job_id)
+    assert rc == 0 and "cancel requested" in out
+    st = store.get(job_id)
+    assert st["state"] == "running" and st["cancel_requested"] is True
+
+
+def test_watch_prints_progress_and_exits_by_outcome(cli: Any, tmp_path: Path, redis_url: str,
+                                                    storage_dir: Path) -> None:
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    job_id = submit(cli, tmp_path)
+    store.transition(job_id, JobState.RUNNING, attempt=1, fields={"token": "t", "worker": "w"}, lease_ttl_ms=5000)
+    store.fenced_update(job_id, "t", fields={"epoch": 2, "best_epoch": 2, "best_value": 0.25},
+                        history_set={1: {"epoch": 1, "loss": 0.9, "val_loss": 0.5},
+                                     2: {"epoch": 2, "loss": 0.4, "val_loss": 0.25}})
+    store.transition(job_id, JobState.SUCCEEDED, token="t", fields={"stopped_early": True})
+    rc, out, _ = cli("watch", job_id)
+    assert rc == 0
+    assert "epoch 2/7 [" in out and "loss=0.4 val_loss=0.25 best val_loss=0.25 @ epoch 2  succeeded" in out
+    assert f"job {job_id} succeeded: 2/7 epochs (stopped early)" in out
+    other = submit(cli, tmp_path)
+    cli("cancel", other)
+    rc, out, _ = cli("watch", other)
+    assert rc == 1 and "cancelled" in out
+
+
+def test_progress_line_shows_batches_within_an_epoch() -> None:
+    st = {"state": "running", "epoch": 3, "epochs": 10, "batch": 5, "steps": 10, "metrics": {"loss": 0.3},
+          "best_value": 0.2, "best_epoch": 3, "restarts": 1}
+    line = render.progress_line(st, {"epoch": 3, "loss": 0.35, "val_loss": 0.2}, width=10)
+    assert line == ("epoch 4/10 [#####.....] 5/10 loss=0.3 val_loss=0.2 best val_loss=0.2 @ epoch 3  running "
+                    "(restarts 1)")
+
+
+def test_options_override_environment(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAIND_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    job_id = submit(cli, tmp_path)  # --redis-url wins
+    assert job_id
+
+
+def test_unreachable_redis_never_shows_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
+    rc = main(["list", "--redis-url", url])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "cannot reach Redis at redis://:***@127.0.0.1" in err
+    assert "s3cret-pw" not in out + err
+
+
+def test_up_without_redis_server_prints_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    rc = main(["up", "--storage", str(tmp_path / "data")])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert "apt-get install redis-server" in err and "brew install redis" in err
+
+
+def test_forwarded_commands_report_missing_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "no_such_bench", "--anything", "1"])
+    assert rc == 2 and "bench.no_such_bench is not available" in capsys.readouterr().err
+    rc = main(["bench", "../x"])
+    assert rc == 2 and "invalid benchmark name" in capsys.readouterr().err
+
+
+def test_chaos_forwards_its_arguments_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    seen: list[list[str]] = []
+    fake = types.ModuleType("bench.chaos")
+    fake.main = lambda argv: seen.append(argv) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench.chaos", fake)
+    assert main(["chaos", "--kill-every", "5", "--status", "x"]) == 3
+    assert seen == [["--kill-every", "5", "--status", "x"]]
+
+
+def test_read_commands_do_not_import_tensorflow(redis_url: str) -> None:
+    code = (
+        "import sys; from daemon.cli import main; "
+        f"rc = main(['list', '--redis-url', {redis_url!r}]); "
+        "bad = [m for m in ('tensorflow', 'keras', 'worker.runner') if m in sys.modules]; "
+        "sys.exit(10 if bad else rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_module_entry_point_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "daemon.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0
+    for cmd in ("worker", "supervise", "submit", "status", "list", "watch", "logs", "cancel", "up", "chaos", "bench"):
+        assert cmd in res.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_up_embedded_redis_restarts_crashed_children_and_stops_on_sigterm(procs: Procs, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    up = procs.traind("up", "--workers", "0", "--storage", str(data), "--grace-s", "5", name="up")
+    wait_for(lambda: "Ctrl-C stops everything" in log_of(up) or up.poll() is not None, 60, "the stack to come up")
+    out = log_of(up)
+    assert up.poll() is None, out
+    url_file = data / "redis" / "url"
+    assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+    url = url_file.read_text().strip()
+    password = urlsplit(url).password
+    assert password and password not in out and "redis://:***@127.0.0.1:" in out
+    r = redis.Redis.from_url(url)
+    assert r.config_get("appendonly") == {"appendonly": "yes"}
+    assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
+    assert r.config_get("dir")["dir"] == str((data / "redis").resolve())
+    redis_pid = int(r.info("server")["process_id"])
+    sup_pid = int(re.search(r"supervisor\s+pid (\d+)", out).group(1))  # type: ignore[union-attr]
+    if Path("/proc").is_dir():  # the password is passed by file and environment, never on a command line
+        for pid in (redis_pid, sup_pid):
+            assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    wait_for(lambda: "supervisor watching" in (data / "logs" / "supervisor.log").read_text(), 60,
+             "the supervisor to connect")
+
+    os.kill(sup_pid, signal.SIGKILL)  # a crashed child is restarted
+    wait_for(lambda: "supervisor exited with code -9; restarting" in log_of(up), 30, "the crash to be noticed")
+    wait_for(lambda: (data / "logs" / "supervisor.log").read_text().count("supervisor watching") == 2, 60,
+             "the supervisor to be restarted")
+
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(60) == 0
+    assert "stopping the stack" in log_of(up)
+    wait_for(lambda: not _alive(redis_pid), 30, "the embedded redis-server to exit")
+    assert "received SIGTERM; stopping" in (data / "logs" / "supervisor.log").read_text()
+    assert (data / "redis" / "appendonlydir").is_dir()

@@ -1,0 +1,110 @@
+"""Deployment files: docker-compose.yml as ``docker-compose config`` resolves it, the Dockerfile and .ci/run.
+
+No Docker engine is needed: ``config`` only parses and interpolates. ``.ci/run`` installs Debian's docker-compose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+COMPOSE = shutil.which("docker-compose")
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None, reason="docker-compose binary not found (Debian package docker-compose; .ci/run installs it)"
+)
+PASSWORD = "0123abcdpw"
+STORAGE = "/data/traind"
+
+
+def compose_config(tmp_path: Path, password: str | None) -> subprocess.CompletedProcess[str]:
+    env_file = tmp_path / "empty.env"  # a developer's .env must not leak into the test
+    env_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    if password is not None:
+        env["REDIS_PASSWORD"] = password
+    assert COMPOSE is not None
+    return subprocess.run(
+        [COMPOSE, "--env-file", str(env_file), "--profile", "gpu", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> dict[str, Any]:
+    res = compose_config(tmp_path, PASSWORD)
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
+
+
+@needs_compose
+def test_services(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == {"redis", "supervisor", "worker-cpu", "worker-gpu"}
+    assert config["services"]["supervisor"]["command"] == ["supervise"]
+    assert config["services"]["worker-cpu"]["command"] == ["worker", "--device", "cpu"]
+
+
+@needs_compose
+def test_redis_has_aof_password_and_a_volume(config: dict[str, Any]) -> None:
+    redis = config["services"]["redis"]
+    assert redis["image"].startswith("redis:7")
+    cmd = [str(c) for c in redis["command"]]
+    assert cmd[0] == "redis-server"
+    pairs = dict(zip(cmd[1::2], cmd[2::2], strict=True))
+    assert pairs["--appendonly"] == "yes" and pairs["--appendfsync"] == "everysec"
+    assert pairs["--requirepass"] == PASSWORD
+    vol = redis["volumes"][0]
+    name = vol.split(":")[0] if isinstance(vol, str) else vol["source"]
+    assert name in config["volumes"]
+
+
+@needs_compose
+def test_every_traind_service_shares_the_checkpoint_volume_and_knows_the_password(config: dict[str, Any]) -> None:
+    for name in ("supervisor", "worker-cpu", "worker-gpu"):
+        svc = config["services"][name]
+        env = svc["environment"]
+        assert env["TRAIND_STORAGE_DIR"] == STORAGE
+        assert env["TRAIND_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
+        mounts = [v.split(":")[:2] if isinstance(v, str) else [v["source"], v["target"]] for v in svc["volumes"]]
+        assert ["checkpoints", STORAGE] in mounts, name
+    assert "checkpoints" in config["volumes"]
+
+
+@needs_compose
+def test_gpu_worker_reserves_an_nvidia_gpu(config: dict[str, Any]) -> None:
+    gpu = config["services"]["worker-gpu"]
+    assert gpu["command"] == ["worker", "--device", "gpu:0"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["build"]["args"]["EXTRA"] == "gpu"  # the TensorFlow-with-CUDA extra
+    assert config["services"]["worker-cpu"]["build"]["args"]["EXTRA"] == "tf"
+
+
+@needs_compose
+def test_a_password_is_required(tmp_path: Path) -> None:
+    res = compose_config(tmp_path, None)
+    assert res.returncode != 0
+    assert "set REDIS_PASSWORD" in res.stderr
+
+
+def test_dockerfile_installs_the_package_with_an_extra() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "\nFROM python:3.11-slim\n" in text
+    assert "ARG EXTRA=tf" in text and 'pip install ".[${EXTRA}]"' in text
+    assert 'ENTRYPOINT ["traind"]' in text
+
+
+def test_ci_script_is_valid_bash_and_runs_the_readme_test_command() -> None:
+    script = ROOT / ".ci" / "run"
+    res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert "\npython -m pytest -q\n" in text
