@@ -45,7 +45,7 @@ def custom_objects(refs: Sequence[str], allowed: Sequence[str]) -> dict[str, Any
     return out
 
 
-def build_model(spec: JobSpec, storage: Storage, allowed: Sequence[str]) -> Any:
+def build_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upload_bytes: int | None = None) -> Any:
     """A compiled keras.Model from the spec (builder call, or safe-mode config + compile config).
 
     Raises UserCodeError when the user's builder raises (the job fails, no retry).
@@ -73,7 +73,7 @@ def build_model(spec: JobSpec, storage: Storage, allowed: Sequence[str]) -> Any:
         except Exception as e:
             raise UserCodeError(f"model.config could not be loaded in safe mode: {type(e).__name__}: {e}") from e
     if m.initial_weights:
-        arrays = storage.get_arrays(m.initial_weights)
+        arrays = storage.get_arrays(m.initial_weights, max_bytes=max_upload_bytes)
         try:
             model.set_weights([arrays[k] for k in sorted(arrays)])
         except Exception as e:

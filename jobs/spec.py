@@ -240,6 +240,16 @@ def validate_spec(
     if problems:
         raise SpecError(problems)
     assert spec is not None
+    try:
+        dumped = spec.model_dump(mode="json")  # the form stored in Redis
+    except ValueError as e:  # e.g. a lone surrogate from a YAML/JSON '\ud800' escape: not encodable text
+        raise SpecError([f"<spec>: expected valid Unicode text, received {type(e).__name__}: {str(e)[:200]}"]) from e
+    if max_spec_bytes is not None:
+        # Workers measure the stored form (defaults filled in): refuse here what they would refuse there.
+        stored = _json_size(dumped, max_spec_bytes)
+        if stored > max_spec_bytes:
+            raise LimitError([f"<spec>: at least {stored} bytes as JSON once defaults are filled in exceeds "
+                              f"TRAIND_MAX_SPEC_BYTES={max_spec_bytes}"])
     return spec
 
 
@@ -249,7 +259,7 @@ def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SpecError([f"{source}: not valid YAML/JSON: {e}"]) from e
-    except (ValueError, RecursionError) as e:  # e.g. an int over 4300 digits, a bad !!timestamp, absurd nesting
+    except Exception as e:  # PyYAML also raises ValueError, AttributeError, RecursionError on odd input
         raise SpecError([f"{source}: not valid YAML/JSON: {type(e).__name__}: {str(e)[:200]}"]) from e
     if not isinstance(data, dict):
         raise SpecError([f"{source}: expected a mapping at the top level, received {type(data).__name__}"])

@@ -277,7 +277,7 @@ def parse_record(raw: dict[str, str]) -> dict[str, Any]:
         if f in out:
             try:
                 out[f] = json.loads(out[f])
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):  # a corrupted field stays a string; never crash a read
                 pass
     out["stopped_early"] = out.get("stopped_early") == "1"
     out["cancel_requested"] = out.get("cancel_requested") == "1"

@@ -70,6 +70,10 @@ class Worker:
                 self.register()
                 did = self.step()
                 backoff = 0.1
+            except redis.AuthenticationError as e:
+                # Retrying cannot fix a wrong password or ACL: say so and exit instead of looping forever.
+                log.error("Redis refused this worker's credentials (%s); check TRAIND_REDIS_URL", e)
+                return 2
             except Exception as e:  # noqa: BLE001 - the loop survives anything: Redis outages, bad messages
                 log.warning("worker loop error (%s: %s); retrying in %.1f s", type(e).__name__, e, backoff)
                 self._stop.wait(backoff)
@@ -123,6 +127,9 @@ class Worker:
             info["job"] = job_id
         pipe = self.r.pipeline()
         pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
+        if job_id is None:
+            # HSET leaves other fields alone: without this an idle worker kept reporting its last job as current.
+            pipe.hdel(keys.worker(self.id), "job")
         pipe.pexpire(keys.worker(self.id), int(self.settings.lease_ttl_s * 6000))
         pipe.zadd(keys.WORKERS, {self.id: now})
         pipe.execute()
@@ -170,13 +177,15 @@ class Worker:
         self.current = control
         hb = Heartbeat(self.store, job_id, token, control, self.settings.lease_ttl_s,
                        self.settings.heartbeat_interval_s, on_beat=lambda: self._safe_register(job_id))
+        built = True
         try:
             with hb:
-                self._train(job_id, attempt, token, control)
+                built = self._train(job_id, attempt, token, control)
         finally:
             self.current = None
             self.jobs_done += 1
-            _release_memory()
+            if built:  # clear_session + gc.collect cost ~1-2 s: skip them for a job refused before building anything
+                _release_memory()
 
     def _safe_register(self, job_id: str) -> None:
         try:
@@ -184,7 +193,8 @@ class Worker:
         except Exception:  # noqa: BLE001 - registry is informational
             pass
 
-    def _train(self, job_id: str, attempt: int, token: str, control: Any) -> None:
+    def _train(self, job_id: str, attempt: int, token: str, control: Any) -> bool:
+        """Run the claimed attempt to its final state; False when the spec was refused before anything was built."""
         from worker.control import Interrupted, StopReason
         from worker.trainer import Trainer
 
@@ -203,7 +213,7 @@ class Worker:
                                  max_spec_bytes=self.settings.max_spec_bytes)
         except (SpecError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
-            return
+            return False
         try:
             # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
             trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
@@ -232,6 +242,7 @@ class Worker:
             tb = traceback.format_exc(limit=30)
             finish(JobState.FAILED, f"failed: {type(e).__name__}: {e}", "error", error=f"{type(e).__name__}: {e}",
                    traceback=tb[-20000:])
+        return True
 
     def _requeue_preempted(self, job_id: str, attempt: int, token: str, record: dict[str, str],
                            preempt_key: int | None) -> None:
@@ -256,7 +267,26 @@ def _release_memory() -> None:
     import keras
 
     keras.backend.clear_session()
+    _drop_custom_gradients()
     gc.collect()
+
+
+def _drop_custom_gradients() -> None:
+    """Forget the gradient functions that ``tf.custom_gradient`` registered while the finished job was traced.
+
+    In graph mode every call registers a ``CustomGradient-N`` entry in TensorFlow's process-wide gradient registry
+    and never removes it; Keras' optimizer step calls one (its gradient all-reduce), so each entry kept the job's
+    whole traced train step alive: ~1.7 MB per job on a long-lived worker (bench/memory.py). No traced function
+    outlives a job here. Private TensorFlow API: if it moves, this does nothing.
+    """
+    try:
+        from tensorflow.python.framework import ops
+
+        registry = ops._gradient_registry._registry  # noqa: SLF001
+        for name in [k for k in registry if isinstance(k, str) and k.startswith("CustomGradient-")]:
+            del registry[name]
+    except Exception:  # noqa: BLE001 - best effort
+        pass
 
 
 def sleep_until(deadline: float) -> None:

@@ -90,7 +90,7 @@ class Trainer:
 
             tf.config.experimental.enable_op_determinism()
         allowed = self.settings.allowed_modules
-        self.model = build_model(spec, self.storage, allowed)
+        self.model = build_model(spec, self.storage, allowed, self.settings.max_upload_bytes)
         data = data_mod.load(spec, self.storage, allowed, self.settings.max_upload_bytes)
         self.arrays = data.is_arrays
         if data.is_arrays:
@@ -99,6 +99,7 @@ class Trainer:
             self.steps = data.steps_per_epoch(spec.fit.batch_size)
             if not self.model.built:
                 self.model(data.x[:1])
+            _create_variables_eagerly(self.model, data.x[:1], data.y[:1])
         else:
             self.steps = spec.fit.steps_per_epoch
         if spec.early_stopping:
@@ -250,6 +251,8 @@ class Trainer:
         events: list[dict[str, Any]] = []
         fields: dict[str, Any] = {"epoch": e, "metrics": metrics, "batch": 0}
         mon = spec.checkpoint.monitor
+        if improved or not spec.checkpoint.save_best_only:
+            self._ensure_owner()  # the exports below replace job-wide files: only the owning attempt may
         if improved:
             exported = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "best")
             fields.update({"best_epoch": e, "best_value": cur, "best_checkpoint": exported})
@@ -320,6 +323,18 @@ class Trainer:
         except FencedError:
             self.control.request(StopReason.FENCED)
 
+    def _ensure_owner(self) -> None:
+        """Before replacing a job-wide export (best/latest/final model file, one per job, not per attempt): check,
+        and renew, this attempt's ownership. Fenced writes to Redis are refused, but a file rename is not: a worker
+        frozen past its lease (GC or VM pause, SIGSTOP) would otherwise overwrite the file the current owner
+        recorded, and the finished job's model would fail its sha256 check. Raises Interrupted(FENCED)."""
+        if self.control.reason is not StopReason.FENCED:
+            owner, _ = self.store.heartbeat(self.job_id, self.token, int(self.settings.lease_ttl_s * 1000))
+            if owner:
+                return
+            self.control.request(StopReason.FENCED)
+        raise Interrupted(StopReason.FENCED)
+
     def _finish(self) -> Outcome:
         self.ckpts.flush()
         fields: dict[str, Any] = {"stopped_early": bool(self.es is not None and self.es.stopped_epoch > 0)}
@@ -327,8 +342,25 @@ class Trainer:
         if self.es is not None and self.es.restore_best_weights and self.es.best_weights is not None:
             self.model.set_weights(self.es.best_weights)
             msg += f"; restored weights of best epoch {self.es.best_epoch + 1}"
+        self._ensure_owner()
         fields["final_checkpoint"] = self.ckpts.export(self.model, self.spec.checkpoint.save_weights_only, "final")
         return Outcome(None, fields, msg)
+
+
+def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:
+    """Create the optimizer's and the compiled metrics' variables now, outside ``tf.function``.
+
+    Created lazily inside the first traced train step instead, every such variable leaves ``tf.cond`` branch
+    functions in TensorFlow's process-wide function library that ``clear_session()`` never removes: a long-lived
+    worker grew ~4 MB per job (bench/memory.py). Best effort: on any error Keras creates them lazily as before.
+    """
+    try:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.compute_metrics(x1, y1, model(x1), sample_weight=None)
+        model.reset_metrics()
+    except Exception:  # noqa: BLE001 - an optimisation only; fit() reports real problems with the model
+        pass
 
 
 def _lr(model: Any) -> float | None:
