@@ -1,0 +1,1 @@
+"""Fault-injection tests: real redis-server, real worker and supervisor processes, real signals."""

@@ -1,0 +1,105 @@
+"""SIGKILL of a worker's whole process tree mid-epoch: the supervisor notices the lapsed lease within the TTL plus
+one pass, and a second worker resumes from the newest committed checkpoint. A torn or corrupted checkpoint is never
+loaded: resume falls back to the previous valid one and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jobs.states import JobState
+from tests.conftest import Procs
+from tests.fault.helpers import (
+    LEASE_TTL_S,
+    RUN_S,
+    SUPERVISOR_INTERVAL_S,
+    Cluster,
+    assert_history_complete,
+    job_spec,
+    kill_tree,
+    messages,
+    wait_committed,
+    wait_mid_epoch,
+    wait_state,
+    wait_terminal,
+)
+
+pytestmark = pytest.mark.fault
+
+
+def test_sigkill_mid_epoch_resumes_on_another_worker(procs: Procs, redis_url: str, storage_dir: Path) -> None:
+    c = Cluster(procs, redis_url, storage_dir)
+    c.start("w1", "w2")
+    job = c.submit(job_spec("sigkill", epochs=7))
+    at_kill = wait_mid_epoch(c.store, job.id, min_epoch=2)
+    done = at_kill["epoch"]
+    wait_committed(c.store, job.id, done)
+    victim = c.holder(job.id)
+    kill_ms = c.store.now_ms()
+    kill_tree(c.workers[victim])
+    latest = c.store.checkpoints(job.id)[max(c.store.checkpoints(job.id))]  # frozen now: nobody owns the job
+    assert latest["epoch"] >= done and latest["batch"] == 0
+
+    st = wait_state(c.store, job.id, lambda s: s["attempt"] == 2, LEASE_TTL_S + 10, "the requeue")
+    requeued_at, expired_at = int(st["requeued_at"]), int(st["lease_expired_at"])  # Redis clock, ms
+    # Detection: the lease (renewed every 0.5 s) lapses <= TTL after the kill; the supervisor's next pass
+    # (every 0.5 s) requeues it. Allow TTL + 1.5 s in all.
+    assert requeued_at - kill_ms <= (LEASE_TTL_S + 1.5) * 1000, f"kill -> requeue took {requeued_at - kill_ms} ms"
+    assert 0 <= requeued_at - expired_at <= (SUPERVISOR_INTERVAL_S + 0.5) * 1000, "lease expiry -> requeue"
+
+    final = wait_terminal(c.store, job.id, RUN_S)
+    assert final["state"] == JobState.SUCCEEDED.value, c.logs()
+    assert (final["restarts"], final["attempt"], final["preemptions"]) == (1, 2, 0)
+    assert final["worker"] != victim
+    assert_history_complete(final, 7)
+    # The right checkpoint: the newest epoch-end one committed before the kill (the partial epoch is redone).
+    e = latest["epoch"]
+    resumed = messages(c.store, job.id, startswith="resuming from")
+    assert resumed == [f"resuming from latest checkpoint at epoch {e} (ckpt/e{e:06d}-b000000-a1.npz)"]
+    assert messages(c.store, job.id, f"attempt 2 training on worker {final['worker']} from epoch {e + 1}/7")
+    assert len(messages(c.store, job.id, "lost (lease expired")) == 1
+    print(f"\nDETECTION sigkill: kill -> requeue {requeued_at - kill_ms} ms, "
+          f"lease expiry -> requeue {requeued_at - expired_at} ms")
+
+
+def test_corrupt_checkpoint_is_never_loaded(procs: Procs, redis_url: str, storage_dir: Path) -> None:
+    """Kill the worker, then damage the newest committed checkpoint (and leave the debris of a write the kill
+    interrupted): the next attempt skips it with an event and resumes from the previous valid checkpoint."""
+    c = Cluster(procs, redis_url, storage_dir)
+    c.start("w1", "w2")
+    job = c.submit(job_spec("corrupt", epochs=6))
+    done = wait_mid_epoch(c.store, job.id, min_epoch=3)["epoch"]
+    wait_committed(c.store, job.id, done)
+    kill_tree(c.workers[c.holder(job.id)])
+
+    ckpt_dir = storage_dir / "jobs" / job.id / "ckpt"
+    index = c.store.checkpoints(job.id)  # frozen now: nobody owns the job until the supervisor requeues it
+    newest = index[max(index)]
+    done = newest["epoch"]
+    assert done >= 3 and newest["batch"] == 0
+    target = storage_dir / "jobs" / job.id / newest["file"]
+    size = target.stat().st_size
+    with open(target, "r+b") as f:  # a torn write: the file keeps its name but loses its tail
+        f.truncate(size // 2)
+    # What a kill during a checkpoint write leaves: a half-written temp file and an uncommitted checkpoint file.
+    (ckpt_dir / f".e{done + 1:06d}-b000000-a1.npz.x1y2.tmp").write_bytes(os.urandom(512))
+    (ckpt_dir / f"e{done + 1:06d}-b000000-a1.npz").write_bytes(os.urandom(512))
+
+    final = wait_terminal(c.store, job.id, RUN_S + LEASE_TTL_S)
+    assert final["state"] == JobState.SUCCEEDED.value, c.logs()
+    assert (final["restarts"], final["attempt"]) == (1, 2)
+    assert_history_complete(final, 6)
+    skipped = messages(c.store, job.id, startswith="skipping checkpoint")
+    assert skipped == [f"skipping checkpoint epoch {done}: checkpoint {newest['file']} failed its sha256 check "
+                       "(torn or corrupt)"]
+    prev = [k for k in index if k < max(index)]
+    assert prev, f"no earlier checkpoint to fall back to: {sorted(index)}"
+    fallback = index[max(prev)]
+    assert messages(c.store, job.id, startswith="resuming from") == [
+        f"resuming from fallback checkpoint at epoch {fallback['epoch']} ({fallback['file']})"]
+    # The damaged checkpoint left the index (its epoch was redone); the final index only holds verified files.
+    for m in c.store.checkpoints(job.id).values():
+        assert m["file"] != newest["file"] or m["attempt"] != 1
