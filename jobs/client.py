@@ -74,11 +74,23 @@ class JobHandle:
     def load_model(self, which: str = "best") -> Any:
         """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
         EarlyStopping's restore_best_weights applied), verified against its sha256."""
-        from jobs.modelio import load_best_model  # imports keras: keep it out of the client's import path
+        from jobs.errors import CheckpointError, StorageError
+        from jobs.modelio import load_best_model, load_checkpoint_model  # keras: not on the client's import path
 
         st = self.client.store.get(self.id, with_history=False)
         spec = JobSpec.model_validate(st["spec"])
-        return load_best_model(spec, self.client.storage, st, self.client.settings.allowed_modules, which=which)
+        allowed = self.client.settings.allowed_modules
+        try:
+            return load_best_model(spec, self.client.storage, st, allowed, which=which)
+        except (CheckpointError, StorageError):
+            # The export is missing or does not match its record (a worker died between writing the file and
+            # recording it): the per-attempt resumable checkpoint of the same epoch is the fallback.
+            key = st.get("best_ckpt_key") if which == "best" else None
+            index = self.client.store.checkpoints(self.id)
+            manifest = index.get(int(key)) if key not in (None, "") else (index[max(index)] if index else None)
+            if manifest is None:
+                raise
+            return load_checkpoint_model(spec, self.client.storage, self.id, manifest, allowed)
 
 
 class Client:

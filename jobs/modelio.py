@@ -110,3 +110,16 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
         warnings.simplefilter("ignore", UserWarning)
         model.load_weights(path)
     return model
+
+
+def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
+                          allowed: Sequence[str]) -> Any:
+    """A model rebuilt from the spec with the weights of a committed resumable checkpoint (sha256-verified)."""
+    path = storage.confine(storage.job_dir(job_id) / manifest["file"])
+    if not path.exists() or sha256_file(path) != manifest["sha256"]:
+        raise CheckpointError(f"checkpoint {manifest['file']} is missing or failed its sha256 check")
+    model = build_model(spec, storage, allowed)
+    with np.load(path, allow_pickle=False) as z:
+        weights = [z[k] for k in sorted(z.files) if k.startswith("w")]
+    model.set_weights(weights)
+    return model

@@ -185,3 +185,16 @@ def test_resume_after_requeue_is_the_same_run(redis_url: str, r: redis.Redis, st
     for x, y in zip(ref.load_model("final").get_weights(), job.load_model("final").get_weights()):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     assert any(f"resuming from {policy} checkpoint" in e["msg"] for e in job.events())
+
+
+def test_load_model_falls_back_to_the_checkpoint_when_the_export_is_torn(redis_url: str, storage_dir: Path) -> None:
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    job = client.submit(es_spec(fit={"epochs": 3, "batch_size": 50, "validation_split": 0.3}, early_stopping=None))
+    run_worker(redis_url, storage_dir)
+    assert job.status()["state"] == "succeeded"
+    good = job.load_model().get_weights()
+    export = storage_dir / "jobs" / job.id / "best.weights.h5"
+    export.write_bytes(export.read_bytes()[:100])  # as if a worker died between the rename and the record
+    again = job.load_model().get_weights()
+    for a, b in zip(good, again):
+        np.testing.assert_array_equal(a, b)
