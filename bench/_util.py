@@ -159,7 +159,7 @@ def busy_processes() -> list[str]:
         out = subprocess.run(["ps", "-eo", "pid,pcpu,args"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    mine = {os.getpid()}
+    mine = {os.getpid(), os.getppid()}  # this run and whatever launched it (`timeout`, pytest)
     busy = []
     for line in out.splitlines()[1:]:
         parts = line.split(None, 2)

@@ -272,6 +272,7 @@ def calibrate(c: dict[str, Any], run: u.Run, plain: PlainProc) -> int:
 def part_small(run: u.Run, url: str, storage: Path, procs: u.Procs, client: Any) -> None:
     c = SMALL["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
+    wp = procs.worker(url, storage, name="warm-worker")  # started first: the two TensorFlow imports overlap
     plain = PlainProc(procs)
     # one untimed fit first in each warm process: the first fit of a process pays one-time lazy imports
     plain.fit(builder="mlp", model_kw=_model_kw(c, 1e-3), data_kw=_data_kw(c), epochs=2, batch=c["batch"],
@@ -279,7 +280,6 @@ def part_small(run: u.Run, url: str, storage: Path, procs: u.Procs, client: Any)
     epochs = c.get("epochs") or calibrate(c, run, plain)
     spec = small_spec(c, epochs)
 
-    wp = procs.worker(url, storage, name="warm-worker")
     u.wait_warm(client.r, wp)
     if not run.args.smoke:
         traind_job(client, small_spec(c, 2, "warm-up"))  # untimed: the worker's first job pays one-time costs

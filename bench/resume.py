@@ -131,6 +131,7 @@ def body(run: u.Run) -> None:
     r, store = client.r, client.store
     pool = u.Pool(procs, r, srv.url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
     first = pool.spawn("worker0")
+    pool.spawn("spare0")  # the first repetition is warm: its idle worker imports TensorFlow alongside
     pool.wait_warm(first)
     job = client.submit(spec(c))
     rng = random.Random(2)

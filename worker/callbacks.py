@@ -141,7 +141,7 @@ class ControlCallback(keras.callbacks.Callback):
             self.on_stop(self.epoch, self.batches_done)
             raise Interrupted(self.control.reason)
         now = time.monotonic()
-        if self.progress_interval_s and now - self._last >= self.progress_interval_s:
+        if now - self._last >= self.progress_interval_s:  # 0: every batch
             self._last = now
             self.on_progress(self.epoch, self.batches_done, logs or {})
 
