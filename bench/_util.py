@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -399,6 +399,26 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Stack(NamedTuple):
+    """What most benchmarks start with: a fresh Redis URL, a storage dir, their process registry, a client."""
+
+    url: str
+    storage: Path
+    procs: Procs
+    client: Any
+
+
+def start_stack(run: Run) -> Stack:
+    """A fresh redis-server and client for one benchmark; its worker/supervisor processes are closed at exit."""
+    from jobs.client import Client
+
+    srv = start_redis(run)
+    storage = run.dir / "storage"
+    procs = Procs(run.dir / "logs")
+    run.on_exit(procs.close)
+    return Stack(srv.url, storage, procs, Client(settings=client_settings(srv.url, storage)))
 
 
 class Pool:

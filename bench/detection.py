@@ -43,19 +43,14 @@ def slow_spec(batch_delay_s: float = 0.05, n: int = 800, epochs: int = 10_000) -
 
 def traind_side(run: u.Run, kills: int, out: dict[str, Any]) -> None:
     from jobs import keys
-    from jobs.client import Client
     from jobs.settings import SupervisorSettings
 
-    srv = u.start_redis(run)
-    storage = run.dir / "storage"
-    procs = u.Procs(run.dir / "logs")
-    run.on_exit(procs.close)
-    client = Client(settings=u.client_settings(srv.url, storage))
+    url, storage, procs, client = u.start_stack(run)
     r, store = client.r, client.store
-    defaults = SupervisorSettings(redis_url=srv.url)
+    defaults = SupervisorSettings(redis_url=url)
     lease_s, interval_s = defaults.lease_ttl_s, defaults.interval_s
-    procs.supervisor(srv.url, storage)
-    pool = u.Pool(procs, r, srv.url, storage)
+    procs.supervisor(url, storage)
+    pool = u.Pool(procs, r, url, storage)
     for i in range(2):
         pool.spawn(f"worker{i}")
     for p in list(pool.alive):

@@ -119,17 +119,12 @@ def model_load_cost(storage: Any, store: Any, job_id: str, c: dict[str, Any], re
 
 def body(run: u.Run) -> None:
     from jobs import keys
-    from jobs.client import Client
 
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
-    srv = u.start_redis(run)
-    storage = run.dir / "storage"
-    procs = u.Procs(run.dir / "logs")
-    run.on_exit(procs.close)
-    client = Client(settings=u.client_settings(srv.url, storage))
+    url, storage, procs, client = u.start_stack(run)
     r, store = client.r, client.store
-    pool = u.Pool(procs, r, srv.url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
+    pool = u.Pool(procs, r, url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
     first = pool.spawn("worker0")
     pool.spawn("spare0")  # the first repetition is warm: its idle worker imports TensorFlow alongside
     pool.wait_warm(first)

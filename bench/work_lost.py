@@ -60,18 +60,13 @@ def resumed_epoch(r: Any, job_id: str, start: int, timeout: float = 300) -> tupl
 
 def body(run: u.Run) -> None:
     from jobs import keys
-    from jobs.client import Client
 
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
     window = run.args.window_s or c["window_s"]
-    srv = u.start_redis(run)
-    storage = run.dir / "storage"
-    procs = u.Procs(run.dir / "logs")
-    run.on_exit(procs.close)
-    client = Client(settings=u.client_settings(srv.url, storage))
+    url, storage, procs, client = u.start_stack(run)
     r, store = client.r, client.store
-    pool = u.Pool(procs, r, srv.url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
+    pool = u.Pool(procs, r, url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
     for i in range(2):
         pool.spawn(f"worker{i}")
     rng = random.Random(4)
