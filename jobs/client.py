@@ -150,12 +150,7 @@ class Client:
         ids = [new_job_id() for _ in validated]
         pipe = self.r.pipeline(transaction=False)
         for jid, sp in zip(ids, validated):
-            self.store._create(  # noqa: SLF001 - same script, pipelined
-                keys=[keys.job(jid), keys.job(jid) + ":noidem", keys.JOBS_INDEX, keys.state_index(""), keys.PENDING,
-                      keys.events(jid)],
-                args=[jid, _json_fields(self._fields(sp)), "", '{"msg":"submitted","level":"info"}'],
-                client=pipe,
-            )
+            self.store.create(jid, self._fields(sp, jid), pipeline=pipe)
         pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for jid, sp in zip(ids, validated):
@@ -168,9 +163,9 @@ class Client:
         pipe.execute()
         return [JobHandle(self, j) for j in ids]
 
-    def _fields(self, spec: JobSpec) -> dict[str, Any]:
+    def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
         return {
-            "id": "",
+            "id": job_id,
             "name": spec.name,
             "spec": spec.model_dump(mode="json"),
             "queue": _queue_name(spec),
@@ -186,9 +181,7 @@ class Client:
 
     def _create(self, spec: JobSpec, client_key: str | None) -> tuple[str, bool]:
         job_id = new_job_id()
-        fields = self._fields(spec)
-        fields["id"] = job_id
-        return self.store.create(job_id, fields, client_key)
+        return self.store.create(job_id, self._fields(spec, job_id), client_key)
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
         enqueue(self.r, job_id, 1, _queue_name(spec))
@@ -260,9 +253,3 @@ class Client:
 
 def _queue_name(spec: JobSpec) -> str:
     return keys.rq_queue_name(spec.resources.queue, spec.resources.device, spec.resources.priority)
-
-
-def _json_fields(fields: dict[str, Any]) -> str:
-    from jobs.store import _fields_json
-
-    return _fields_json(fields)

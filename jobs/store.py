@@ -64,13 +64,20 @@ class JobStore:
         self._delivered = r.register_script(lua.MARK_DELIVERED)
 
     # -- writes --------------------------------------------------------------------------------------------------
-    def create(self, job_id: str, fields: dict[str, Any], client_key: str | None = None) -> tuple[str, bool]:
-        """Create a queued job; with ``client_key``, a second create returns the first job's id."""
+    def create(self, job_id: str, fields: dict[str, Any], client_key: str | None = None,
+               pipeline: redis.client.Pipeline | None = None) -> tuple[str, bool]:
+        """Create a queued job; with ``client_key``, a second create returns the first job's id.
+
+        With ``pipeline`` the script is only queued on it (the result comes from ``pipeline.execute()``).
+        """
         idem = keys.idempotency(client_key) if client_key else keys.job(job_id) + ":noidem"
         res = self._create(
             keys=[keys.job(job_id), idem, keys.JOBS_INDEX, keys.state_index(""), keys.PENDING, keys.events(job_id)],
             args=[job_id, _fields_json(fields), client_key or "", json.dumps(event("submitted"))],
+            client=pipeline,
         )
+        if pipeline is not None:
+            return job_id, True
         return res[1].decode(), bool(int(res[0]))
 
     def transition(

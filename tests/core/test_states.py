@@ -81,3 +81,11 @@ def test_cancel_queued_and_list(redis_url: str, r: redis.Redis, storage_dir) -> 
     assert [j["id"] for j in c.list(state="cancelled")] == [a.id]
     assert [j["id"] for j in c.list(state="queued")] == [b.id]
     assert {j["id"] for j in c.list()} == {a.id, b.id}
+
+
+def test_submit_many_records_and_enqueues_each_job(redis_url: str, r: redis.Redis, storage_dir) -> None:
+    c = Client(redis_url=redis_url, storage=storage_dir)
+    handles = c.submit_many([SPEC, {**SPEC, "name": "t"}])
+    assert [h.status()["id"] for h in handles] == [h.id for h in handles]
+    assert {h.status()["state"] for h in handles} == {"queued"}
+    assert r.llen("rq:queue:" + keys.rq_queue_name("default", "cpu", "default")) == 2
