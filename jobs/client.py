@@ -16,8 +16,8 @@ import redis
 
 from jobs import keys
 from jobs.callbacks_spec import callbacks_to_spec
+from jobs.delivery import deliver, deliver_many
 from jobs.errors import JobTimeoutError, SpecError
-from jobs.queue import enqueue
 from jobs.redis_conn import connect
 from jobs.settings import ClientSettings
 from jobs.spec import JobSpec, load_spec_file, validate_spec
@@ -152,15 +152,7 @@ class Client:
         for jid, sp in zip(ids, validated):
             self.store.create(jid, self._fields(sp, jid), pipeline=pipe)
         pipe.execute()
-        pipe = self.r.pipeline(transaction=False)
-        for jid, sp in zip(ids, validated):
-            enqueue(self.r, jid, 1, _queue_name(sp), pipeline=pipe)
-        pipe.execute()
-        now = self.store.now_ms()
-        pipe = self.r.pipeline(transaction=False)
-        for jid in ids:
-            pipe.zadd(keys.PENDING, {jid: now}, xx=True)
-        pipe.execute()
+        deliver_many(self.store, [(jid, 1, _queue_name(sp)) for jid, sp in zip(ids, validated)])
         return [JobHandle(self, j) for j in ids]
 
     def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
@@ -184,8 +176,7 @@ class Client:
         return self.store.create(job_id, self._fields(spec, job_id), client_key)
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
-        enqueue(self.r, job_id, 1, _queue_name(spec))
-        self.store.mark_delivered(job_id)
+        deliver(self.store, job_id, 1, _queue_name(spec))
 
     def job(self, job_id: str) -> JobHandle:
         self.store.raw(job_id)  # raises JobNotFoundError

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from jobs.errors import CheckpointError, SpecError, StorageError, UserCodeError
+from jobs import ckpt_format as fmt
+from jobs.errors import SpecError, StorageError, UserCodeError
 from jobs.refs import resolve_ref
 from jobs.spec import JobSpec
-from jobs.storage import Storage, sha256_file
+from jobs.storage import Storage
 
 
 def serialize_model(model: Any, storage: Storage, max_bytes: int | None = None) -> dict[str, Any]:
@@ -96,11 +97,8 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
         best = json.loads(best)
     if not best:
         raise StorageError(f"job {status.get('id')}: no {which} checkpoint yet")
-    path = storage.confine(storage.job_dir(status["id"]) / Path(best["file"]).name)
-    if not path.exists():
-        raise CheckpointError(f"best checkpoint {path} is missing")
-    if sha256_file(path) != best["sha256"]:
-        raise CheckpointError(f"best checkpoint {path} failed its sha256 check; refusing to load it")
+    # An export lives at the top of the job's directory: only its name is taken from the record.
+    path = fmt.verified_path(storage, status["id"], {**best, "file": Path(best["file"]).name}, f"{which} checkpoint")
     objs = custom_objects(spec.model.custom_objects, allowed)
     if best.get("format") == "keras":
         return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
@@ -115,11 +113,7 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
 def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
                           allowed: Sequence[str]) -> Any:
     """A model rebuilt from the spec with the weights of a committed resumable checkpoint (sha256-verified)."""
-    path = storage.confine(storage.job_dir(job_id) / manifest["file"])
-    if not path.exists() or sha256_file(path) != manifest["sha256"]:
-        raise CheckpointError(f"checkpoint {manifest['file']} is missing or failed its sha256 check")
+    weights = fmt.unpack(fmt.verified_path(storage, job_id, manifest), only="w")["w"]
     model = build_model(spec, storage, allowed)
-    with np.load(path, allow_pickle=False) as z:
-        weights = [z[k] for k in sorted(z.files) if k.startswith("w")]
     model.set_weights(weights)
     return model

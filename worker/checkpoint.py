@@ -1,14 +1,13 @@
-"""Resumable checkpoints: atomic files + manifest, committed to Redis under the attempt's fencing token.
+"""Resumable checkpoints of one attempt: atomic files + manifest, committed to Redis under the attempt's token.
 
-A checkpoint is ``ckpt/e{epoch}-b{batch}-a{attempt}.npz`` (model weights, optimizer variables, EarlyStopping's
-best weights, metric accumulators for mid-epoch ones; ``allow_pickle=False`` on load) plus a JSON manifest
-(epoch, metrics, sha256, callback state). Redis' checkpoint index is the authority: a file whose commit was
-refused (a fenced, stale worker) or whose sha256 does not match is never loaded.
+The layout (names, manifest, array groups) is :mod:`jobs.ckpt_format`'s. This module owns an attempt's checkpoint
+life: writing in the background, committing under the fencing token, retention, choosing and verifying the
+checkpoint to resume from. Redis' checkpoint index is the authority: a file whose commit was refused (a fenced,
+stale worker) or whose sha256 does not match is never loaded.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -19,16 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from jobs import ckpt_format as fmt
 from jobs.errors import CheckpointError, FencedError, StorageError
-from jobs.storage import Storage, sha256_file
-from jobs.store import JobStore, event
+from jobs.events import EventKind, event
+from jobs.storage import Storage
+from jobs.store import JobStore
 
 log = logging.getLogger("traind.worker")
-BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
-
-
-def ckpt_key(epoch: int, batch: int) -> int:
-    return epoch * BATCH_SLOTS + batch
 
 
 @dataclass
@@ -46,7 +42,7 @@ class Snapshot:
 
     @property
     def key(self) -> int:
-        return ckpt_key(self.epoch, self.batch)
+        return fmt.ckpt_key(self.epoch, self.batch)
 
 
 @dataclass
@@ -58,31 +54,16 @@ class Restored:
     metric_vars: list[np.ndarray] | None
 
 
-def _pack(s: Snapshot) -> bytes:
-    arrays: dict[str, np.ndarray] = {}
-    for prefix, group in (("w", s.weights), ("o", s.optimizer), ("e", s.es_best_weights), ("m", s.metric_vars)):
-        for i, a in enumerate(group or []):
-            arrays[f"{prefix}{i:06d}"] = np.asarray(a)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # uncompressed: checkpoint stalls matter more than disk here
-    return buf.getvalue()
-
-
-def _unpack(path: Path) -> dict[str, list[np.ndarray]]:
-    groups: dict[str, list[np.ndarray]] = {"w": [], "o": [], "e": [], "m": []}
-    with np.load(path, allow_pickle=False) as z:
-        for name in sorted(z.files):
-            groups[name[0]].append(z[name])
-    return groups
-
-
 class Checkpoints:
-    """One attempt's view of a job's checkpoints."""
+    """One attempt's view of a job's checkpoints; keeps the last ``keep_last`` epoch ends and the best one."""
 
-    def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str) -> None:
+    def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str,
+                 keep_last: int = 1) -> None:
         self.storage, self.store = storage, store
         self.job_id, self.attempt, self.token = job_id, attempt, token
-        self.dir = storage.job_dir(job_id) / "ckpt"
+        self.keep_last = keep_last
+        self.job_dir = storage.job_dir(job_id)
+        self.dir = self.job_dir / fmt.CKPT_DIR
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending: Future[dict[str, Any]] | None = None
         self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
@@ -90,19 +71,17 @@ class Checkpoints:
     # -- writing -------------------------------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> dict[str, Any]:
         """Write the snapshot's file and manifest atomically; returns the manifest (not yet committed)."""
-        name = f"e{snap.epoch:06d}-b{snap.batch:06d}-a{self.attempt}"
-        data = _pack(snap)
-        path = self.dir / f"{name}.npz"
+        name = fmt.checkpoint_name(snap.epoch, snap.batch, self.attempt)
+        data = fmt.pack({"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars})
+        path = fmt.checkpoint_path(self.job_dir, name)
+        meta = fmt.checkpoint_path(self.job_dir, name, ".json")
         try:
             digest = self.storage.write_bytes_atomic(path, data)
-            manifest = {
-                "key": snap.key, "epoch": snap.epoch, "batch": snap.batch, "attempt": self.attempt,
-                "file": f"ckpt/{name}.npz", "sha256": digest, "size": len(data), "metrics": snap.metrics,
-                "state": snap.state, "created": time.time(),
-            }
-            self.storage.write_bytes_atomic(self.dir / f"{name}.json", json.dumps(manifest, indent=1).encode())
+            manifest = fmt.manifest(epoch=snap.epoch, batch=snap.batch, attempt=self.attempt, name=name,
+                                    sha256=digest, size=len(data), metrics=snap.metrics, state=snap.state)
+            self.storage.write_bytes_atomic(meta, json.dumps(manifest, indent=1).encode())
         except OSError as e:
-            for p in (path, self.dir / f"{name}.json"):
+            for p in (path, meta):
                 p.unlink(missing_ok=True)
             raise StorageError(f"could not write checkpoint {name} ({e.strerror or e}); previous checkpoints are intact"
                                ) from e
@@ -118,11 +97,20 @@ class Checkpoints:
             self._remove_files(manifest)
             raise
 
-    def save_async(self, snap: Snapshot, after_write: Any) -> None:
-        """Write + commit in the background (one in flight); ``after_write(manifest)`` commits it.
+    def save(self, snap: Snapshot, *, fields: dict[str, Any] | None = None,
+             events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Write and commit now (a preemption checkpoint: the requeue must point at a committed one)."""
+        self.flush()
+        manifest = self.write(snap)
+        self.commit(manifest, fields=fields, events=events)
+        return manifest
+
+    def save_async(self, snap: Snapshot, best_key: int | None) -> None:
+        """Write + commit an epoch-end checkpoint in the background (one in flight), then apply retention.
 
         Training continues while the file is written; the next save (or :meth:`flush`) waits for this one and
-        re-raises its error, so a failure is never silently lost.
+        re-raises its error, so a failure is never silently lost. ``best_key`` is the monitor's best checkpoint,
+        which retention keeps.
         """
         t0 = time.perf_counter()
         self.flush()
@@ -130,10 +118,17 @@ class Checkpoints:
 
         def task() -> dict[str, Any]:
             manifest = self.write(snap)
-            after_write(manifest)
+            self._commit_retaining(manifest, best_key)
             return manifest
 
         self._pending = self._pool.submit(task)
+
+    def _commit_retaining(self, manifest: dict[str, Any], best_key: int | None) -> None:
+        index = self.store.checkpoints(self.job_id)
+        index[manifest["key"]] = manifest
+        victims = retention_victims(index, self.keep_last, best_key, manifest["key"])
+        self.commit(manifest, fields={"best_ckpt_key": best_key} if best_key is not None else None, delete=victims)
+        self.delete_files([index[k] for k in victims])
 
     def flush(self) -> dict[str, Any] | None:
         fut, self._pending = self._pending, None
@@ -147,42 +142,28 @@ class Checkpoints:
 
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            f = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
+            f = self.storage.confine(self.job_dir / manifest["file"])
             f.unlink(missing_ok=True)
             f.with_suffix(".json").unlink(missing_ok=True)
         except (StorageError, OSError, KeyError):
             pass
 
-    def retention_victims(self, index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
-                          newest_key: int) -> list[int]:
-        """Index keys to delete: all but the last ``keep_last`` epoch-end checkpoints and the best one."""
-        ends = sorted(k for k in index if k % BATCH_SLOTS == 0 and k <= newest_key)
-        keep = set(ends[-keep_last:]) | {newest_key}
-        if best_key is not None:
-            keep.add(best_key)
-        # A mid-epoch (preemption) checkpoint is obsolete once a later epoch-end checkpoint exists.
-        return [k for k in index if k not in keep and k <= newest_key]
-
     def delete_files(self, manifests: list[dict[str, Any]]) -> None:
         for m in manifests:
             self._remove_files(m)
 
+    def clear_temp_files(self) -> None:
+        """Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now."""
+        for tmp in self.dir.glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
     # -- reading -------------------------------------------------------------------------------------------------
     def verify(self, manifest: dict[str, Any]) -> Path:
         """The manifest's file, after checking it exists and matches its sha256."""
-        path = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {manifest['file']} is missing")
-        if sha256_file(path) != manifest["sha256"]:
-            raise CheckpointError(f"checkpoint {manifest['file']} failed its sha256 check (torn or corrupt)")
-        return path
+        return fmt.verified_path(self.storage, self.job_id, manifest)
 
     def load(self, manifest: dict[str, Any]) -> Restored:
-        path = self.verify(manifest)
-        try:
-            g = _unpack(path)
-        except (ValueError, OSError) as e:
-            raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {e}") from e
+        g = fmt.unpack(self.verify(manifest))
         return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
 
     def select(self, index: dict[int, dict[str, Any]], policy: str, best_key: int | None,
@@ -206,22 +187,39 @@ class Checkpoints:
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
+                events.append(event(EventKind.SKIPPED_CHECKPOINT, f"skipping checkpoint epoch {m['epoch']}: {e}",
+                                    "warning", epoch=m["epoch"], batch=m["batch"], file=m["file"]))
                 continue
             where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
-            why = "preemption checkpoint" if k == preempt_key else (
-                f"{policy} checkpoint" if k == target else "fallback checkpoint")
-            events.append(event(f"resuming from {why} at {where} ({m['file']})"))
+            why = "preemption" if k == preempt_key else (policy if k == target else "fallback")
+            events.append(event(EventKind.RESUMED, f"resuming from {why} checkpoint at {where} ({m['file']})",
+                                epoch=m["epoch"], batch=m["batch"], file=m["file"], why=why))
             return restored, events
-        events.append(event("no valid checkpoint; starting from scratch", "warning"))
+        events.append(event(EventKind.NO_CHECKPOINT, "no valid checkpoint; starting from scratch", "warning"))
         return None, events
 
     def export(self, model: Any, weights_only: bool, name: str) -> dict[str, Any]:
         """Write the user-facing model file (``best.keras`` or ``best.weights.h5``) atomically."""
+        file = fmt.export_file(name, weights_only)
+        dest = self.job_dir / file
         suffix = ".weights.h5" if weights_only else ".keras"
-        dest = self.storage.job_dir(self.job_id) / f"{name}{suffix}"
         if weights_only:
             digest = self.storage.write_atomic(dest, lambda p: model.save_weights(p), tmp_suffix=suffix)
         else:
             digest = self.storage.write_atomic(dest, lambda p: model.save(p), tmp_suffix=suffix)
-        return {"file": dest.name, "sha256": digest, "format": "weights" if weights_only else "keras"}
+        return fmt.export_record(file, digest, weights_only)
+
+
+def retention_victims(index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
+                      newest_key: int) -> list[int]:
+    """Index keys to delete: all but the last ``keep_last`` epoch-end checkpoints and the best one.
+
+    >>> retention_victims({1000000: {}, 2000000: {}, 3000000: {}}, 1, 1000000, 3000000)
+    [2000000]
+    """
+    ends = sorted(k for k in index if fmt.is_epoch_end(k) and k <= newest_key)
+    keep = set(ends[-keep_last:]) | {newest_key}
+    if best_key is not None:
+        keep.add(best_key)
+    # A mid-epoch (preemption) checkpoint is obsolete once a later epoch-end checkpoint exists.
+    return [k for k in index if k not in keep and k <= newest_key]
