@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from jobs.redis_conn import DEFAULT_REDIS_URL
 
 
 def _split_csv(v: object) -> object:

@@ -109,9 +109,13 @@ def test_status_json_and_human(cli: Any, tmp_path: Path) -> None:
         assert field in st, field
     assert (st["id"], st["name"], st["state"], st["epoch"], st["epochs"]) == (job_id, "reg", "queued", 0, 7)
     assert st["history"] == [] and st["stopped_early"] is False and st["best_value"] is None
-    assert "token" not in st
+    assert "token" not in st and "spec" not in st and st["monitor"] == "val_loss"
     rc, out, _ = cli("status", job_id)
-    assert rc == 0 and f"job       {job_id}" in out and "state     queued" in out and "epoch     0/7" in out
+    rows = dict(line.split(None, 1) if not line.startswith("epochs done") else ("epochs done", line[11:].strip())
+                for line in out.splitlines())
+    assert rc == 0 and rows["job"] == job_id and rows["state"] == "queued" and rows["epochs done"] == "0/7"
+    rc, out, _ = cli("status", job_id, "--spec")
+    assert rc == 0 and json.loads(out)["fit"]["epochs"] == 7
 
 
 def test_status_of_unknown_or_invalid_job(cli: Any) -> None:
@@ -132,10 +136,12 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     assert {j["id"]: j["state"] for j in rows} == {first: "cancelled", second: "queued"}
     rc, out, _ = cli("list", "--state", "queued", "--json")
     assert [j["id"] for j in json.loads(out)] == [second]
-    rc, out, _ = cli("list", "--limit", "1")
+    rc, out, err = cli("list", "--limit", "1")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "STATE", "EPOCH", "RESTARTS", "BEST", "WORKER", "UPDATED"]
+    assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS", "WORKER",
+                                           "UPDATED"]
     assert len(lines) == 2 and second in lines[1] and "0/7" in lines[1]
+    assert "EPOCHS DONE: finished/total epochs" in err and "BEST (EPOCH)" in err  # the legend, off the table's stdout
     rc, out, _ = cli("list", "--state", "running")
     assert rc == 0 and out.strip() == "no jobs in state running"
 
