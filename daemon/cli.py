@@ -78,9 +78,10 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(settings=settings, connection=conn)
 
 
-# The variables the read-only commands understand without the settings classes; any other TRAIND_ variable in the
-# environment sends them through ClientSettings, which validates it (typos, limits) at pydantic's import cost.
-_READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR"})
+# The variables the read-only commands read (or ignore: the allowlist matters to submit only) without the settings
+# classes. Any other TRAIND_ variable sends them through ClientSettings, which validates it (typos, limits) at
+# pydantic's import cost: an unknown name is still refused, only a little later.
+_READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED_MODULES"})
 
 
 def _store(args: argparse.Namespace) -> JobStore:

@@ -165,22 +165,24 @@ def position(status: Mapping[str, Any]) -> Position:
     Position(epoch=10, epochs=20, batch=608, steps=625)
     >>> position({"state": "running", "epoch": 10, "epochs": 20, "batch": 0, "steps": 625})
     Position(epoch=10, epochs=20, batch=625, steps=625)
+    >>> position({"state": "succeeded", "epoch": 12, "epochs": 20, "batch": 0, "steps": 625})
+    Position(epoch=12, epochs=20, batch=625, steps=625)
     """
     done, total = _int(status.get("epoch")), _int(status.get("epochs"))
     batch, steps = _int(status.get("batch")), _int(status.get("steps"))
-    if status.get("state") == "running" and steps > 0:
+    if status.get("state") == "running":
         if batch > 0:  # the worker reports batches of the epoch after the finished ones (it zeroes batch at the end)
-            return Position(done + 1, total, min(batch, steps), steps)
+            return Position(done + 1, total, min(batch, steps) if steps else batch, steps)
         if done == 0:
-            return Position(1, total, 0, steps)
-        return Position(done, total, steps, steps)  # between epochs: the finished one, complete
-    return Position(done, total, 0, 0)
+            return Position(1, total, 0, steps)  # starting: epoch 1, no batch yet
+    # Between epochs, and once the job ended: the last finished epoch, complete (never a guess at the next one).
+    return Position(done, total, steps if done else 0, steps)
 
 
 def where(pos: Position) -> str:
     """``epoch 10/20 batch 608/625`` (the wording events and ``status`` use)."""
     text = f"epoch {pos.epoch}/{pos.epochs or '?'}"
-    return text + (f" batch {pos.batch}/{pos.steps}" if pos.steps else "")
+    return text + (f" batch {pos.batch}/{pos.steps}" if pos.steps else f" batch {pos.batch}" if pos.batch else "")
 
 
 def progress_parts(status: Mapping[str, Any], last_epoch: Mapping[str, Any] | None = None) -> tuple[str, float, str]:
@@ -188,7 +190,7 @@ def progress_parts(status: Mapping[str, Any], last_epoch: Mapping[str, Any] | No
     losses, best value, state); the live view draws the bar to fit the terminal."""
     pos = position(status)
     label = f"epoch {pos.epoch}/{pos.epochs or '?'}"
-    parts = [f"{pos.batch}/{pos.steps}"] if pos.steps else []
+    parts = [f"{pos.batch}/{pos.steps}"] if pos.steps else [f"batch {pos.batch}"] if pos.batch else []
     metrics = _live_metrics(status, last_epoch)
     monitor = monitor_of(status)
     for key in ("loss", "val_loss"):
@@ -230,7 +232,7 @@ def status_block(status: Mapping[str, Any]) -> str:
         ("epochs done", f"{_int(status.get('epoch'))}/{clean(status.get('epochs', '?'))}"
          + (" (stopped early)" if status.get("stopped_early") else "")),
     ]
-    if state == "running" and pos.steps:
+    if state == "running" and (pos.steps or pos.batch):
         rows.append(("progress", f"{where(pos)} [{bar(pos.fraction, 20)}]"))
     rows.append(("restarts", f"{_int(status.get('restarts'))}/{clean(status.get('max_restarts', '?'))}"
                  f" (attempt {clean(status.get('attempt', 1))})"))

@@ -35,19 +35,22 @@ def last_epoch_metrics(store: JobStore, job_id: str, epoch: int) -> dict[str, An
     return val if isinstance(val, dict) else None
 
 
-def _live_view(status: dict[str, Any], last_epoch: dict[str, Any] | None) -> Any:
-    """The progress line as a rich renderable that fits any width: the bar takes what the text leaves (10-30
-    columns) and the text ends in an ellipsis rather than wrapping (a wrapped line scrolls on every redraw)."""
+def _live_view(status: dict[str, Any], last_epoch: dict[str, Any] | None, width: int) -> Any:
+    """The progress line as a rich renderable exactly one line of ``width`` columns: the bar takes what the text
+    leaves (10-30 columns) and the text ends in an ellipsis rather than wrapping (a wrapped line scrolls the
+    terminal on every redraw)."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
     label, frac, tail = progress_parts(status, last_epoch)
+    bar_w = max(10, min(30, width - len(label) - len(tail) - 2))
     grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True)
-    grid.add_column(no_wrap=True, min_width=10, max_width=30, ratio=1)
-    grid.add_column(no_wrap=True, overflow="ellipsis", ratio=2)
-    grid.add_row(Text(label), ProgressBar(total=1.0, completed=frac), Text(tail, no_wrap=True, overflow="ellipsis"))
+    grid.add_column(no_wrap=True, width=len(label))
+    grid.add_column(no_wrap=True, width=bar_w)
+    grid.add_column(no_wrap=True, overflow="ellipsis", max_width=max(width - len(label) - bar_w - 2, 1))
+    grid.add_row(Text(label), ProgressBar(total=1.0, completed=frac, width=bar_w),
+                 Text(tail, no_wrap=True, overflow="ellipsis"))
     return grid
 
 
@@ -105,7 +108,7 @@ def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: floa
         line = progress_line(st, last)
         if line != last_line:
             if live is not None:
-                live.update(_live_view(st, last), refresh=True)
+                live.update(_live_view(st, last, live.console.width), refresh=True)
             else:
                 out.write(line + "\n")
                 out.flush()

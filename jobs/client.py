@@ -26,6 +26,12 @@ from jobs.storage import Storage
 from jobs.store import JobStore
 
 
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's start-up INFO banners (CPU features, oneDNN, absl pre-init) in the client's stderr; its
+    warnings and errors still show. Must run before TensorFlow loads; a level the user set wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
 def new_job_id() -> str:
     """Time-ordered, unguessable, path-safe id."""
     return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
@@ -87,7 +93,9 @@ class JobHandle:
     def load_model(self, which: str = "best") -> Any:
         """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
         EarlyStopping's restore_best_weights applied), verified against its sha256."""
-        from jobs.errors import CheckpointError, StorageError
+        from jobs.errors import CheckpointError
+
+        quiet_tensorflow()
         from jobs.modelio import load_best_model, load_checkpoint_model  # keras: not on the client's import path
 
         st = self.client.store.get(self.id, with_history=False)
@@ -240,6 +248,7 @@ class Client:
         """
         import numpy as np
 
+        quiet_tensorflow()  # the caller's model normally loaded TensorFlow already; this covers the rest
         from jobs.modelio import serialize_model  # keras import only when fitting
 
         mx = self.settings.max_upload_bytes
