@@ -47,6 +47,7 @@ class Served:
 
     def client(self, token: str | None = TOKEN, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0, **kw)
 
 
