@@ -73,3 +73,17 @@ class RedisUnavailableError(TraindError):
 
 class ConfigError(TraindError):
     """A setting or command-line option is invalid or a required tool is missing."""
+
+
+class AmbiguousJobIdError(TraindError):
+    """A job id prefix matches more than one job; ``candidates`` lists (some of) them."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        self.prefix = prefix
+        self.candidates = list(candidates)
+        super().__init__(f"job id prefix {prefix!r} is ambiguous; it matches {', '.join(self.candidates)}"
+                         " - type more characters")
+
+
+class JobFinishedError(TraindError):
+    """The job already succeeded or failed, so there is nothing to cancel."""

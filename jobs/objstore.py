@@ -162,6 +162,10 @@ class ObjectStorage(Storage):
         with contextlib.suppress(FileNotFoundError):
             self._retry(f"delete {key}", lambda: self.fs.rm_file(self._p(key)))
 
+    def delete_prefix(self, prefix: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._retry(f"delete {prefix}/", lambda: self.fs.rm(self._p(prefix), recursive=True))
+
     def cleanup_incomplete(self, prefix: str) -> int:
         """Abort the multipart uploads a killed writer left under ``prefix`` (S3 keeps their parts, and bills them,
         until aborted; a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` is the belt to these braces)."""

@@ -26,11 +26,15 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from jobs.errors import CheckpointError, LimitError, StorageError
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where arrays are handled: job-id checks and keys must not load numpy
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -173,6 +177,10 @@ class Storage:
         """Remove what interrupted writes under ``prefix`` left (temp files, unfinished multipart uploads)."""
         raise NotImplementedError
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix`` (a purged job's directory)."""
+        raise NotImplementedError
+
     def check(self) -> None:
         """Raise StorageError (one line naming the location) unless the storage can be reached and written."""
 
@@ -230,6 +238,8 @@ class Storage:
     # -- uploads (content-addressed arrays) ----------------------------------------------------------------------
     def put_arrays(self, arrays: Mapping[str, np.ndarray], max_bytes: int | None = None) -> str:
         """Store arrays as a content-addressed .npz; return the sha256 that names it."""
+        import numpy as np
+
         # Refuse object arrays before np.savez: it would pickle them (and workers load with allow_pickle=False).
         for k, v in arrays.items():
             if np.asarray(v).dtype == object:
@@ -273,6 +283,8 @@ class Storage:
 
 
 def _load_npz(data: bytes, digest: str, max_bytes: int | None) -> dict[str, np.ndarray]:
+    import numpy as np
+
     try:
         if max_bytes is not None:
             # A small zip can inflate to a huge array: check uncompressed sizes before reading.
@@ -370,6 +382,13 @@ class LocalStorage(Storage):
     def delete(self, key: str) -> None:
         with contextlib.suppress(StorageError, OSError):
             self.path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        import shutil
+
+        d = self.path(prefix)
+        if d != self.root:
+            shutil.rmtree(d, ignore_errors=True)
 
     def cleanup_incomplete(self, prefix: str) -> int:
         d = self.path(prefix)
