@@ -77,11 +77,11 @@ def test_client_refuses_a_relative_storage() -> None:
         Client(redis_url="redis://127.0.0.1:1/0", storage="traind-data")
 
 
-@pytest.mark.parametrize("cmd", [["worker"], ["supervise"], ["list"]])
+@pytest.mark.parametrize("cmd", [["worker"], ["supervise"], ["submit", "examples/regression.yaml"], ["up"]])
 def test_cli_refuses_at_start_with_one_line(cmd: list[str], tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
            "TRAIND_STORAGE_DIR": "relative/dir"}
-    res = subprocess.run([sys.executable, "-m", "daemon.cli", *cmd], cwd=tmp_path, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "daemon.cli", *cmd], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode != 0
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
