@@ -20,7 +20,7 @@ from types import FrameType
 
 import redis
 
-from jobs import keys
+from jobs import keys, telemetry
 from jobs.delivery import deliver, requeue
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
 from jobs.events import EventKind
@@ -91,11 +91,13 @@ class Supervisor:
         now = self.store.now_ms() if now_ms is None else int(now_ms)
         rep = StepReport(now_ms=now)
         uptime = self._redis_uptime_s()
-        if uptime < self.settings.lease_ttl_s:
-            # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL.
+        # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL. A fresh
+        # Redis without leases (every `traind up`) has nothing to protect, so nothing is skipped or logged.
+        leases = self.r.zcard(keys.LEASES) if uptime < self.settings.lease_ttl_s else 0
+        if leases:
             rep.skipped_reason = (
-                f"redis restarted {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s); "
-                "not requeueing until workers had a chance to renew"
+                f"redis started {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s) with {leases} "
+                "running job(s): not requeueing until their workers had a chance to renew"
             )
         else:
             self._expire_leases(now, rep)
@@ -172,6 +174,9 @@ class Supervisor:
         )
         rep.requeued.append(job_id)
         log.warning("job %s requeued as attempt %d: worker %s lost", job_id, attempt + 1, worker)
+        # kill -> requeue, measured from the last lease renewal (the latest moment the worker was known alive)
+        telemetry.record_requeue(self.r, "worker_lost",
+                                 detection_s=(now - expired_at) / 1000 + self.settings.lease_ttl_s)
 
     def _check_deliveries(self, now: int, rep: StepReport) -> None:
         cutoff = now - int(self.settings.redelivery_check_s * 1000)
@@ -262,6 +267,7 @@ class Supervisor:
             while not self._stop.is_set():
                 try:
                     rep = self.step()
+                    telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

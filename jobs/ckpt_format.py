@@ -1,33 +1,30 @@
-"""The on-disk checkpoint layout, in one place: file names, index keys, the manifest schema, array naming.
+"""The checkpoint layout, in one place: object keys, index keys, the manifest schema, array naming, exports.
 
-The worker writes checkpoints (:mod:`worker.checkpoint`) and the client reads them back
-(:mod:`jobs.modelio`) through these functions only, so the two sides cannot drift apart.
-
-Under a job's directory:
+The worker writes checkpoints (:mod:`worker.checkpoint`) and the client reads them back (:mod:`jobs.modelio`)
+through these functions only, so the two sides cannot drift apart. Under a job's key prefix ``jobs/<id>/``:
 
 - ``ckpt/e{epoch:06d}-b{batch:06d}-a{attempt}.npz``: a resumable checkpoint, arrays named ``{group}{i:06d}`` with
   group ``w`` (model weights), ``o`` (optimizer variables), ``e`` (EarlyStopping's best weights), ``m`` (metric
   accumulators of a mid-epoch checkpoint); loaded with ``allow_pickle=False``.
-- ``ckpt/<same name>.json``: its manifest (:func:`manifest`); Redis' checkpoint index holds the same manifest and is
-  the authority: a file without a committed manifest, or failing its sha256, is never loaded.
-- ``best``/``latest``/``final`` + ``.keras`` (full model) or ``.weights.h5`` (weights only): user-facing exports,
-  recorded in the job's ``*_checkpoint`` fields as :func:`export_record`.
+- ``ckpt/<same name>.json``: its manifest (:func:`manifest`). Redis' checkpoint index holds the same manifest and
+  is the authority: an object without a committed manifest, or failing its sha256, is never loaded.
+- ``best``/``latest``/``final`` + ``.keras`` (full model) or ``.weights.h5`` (weights only): the user-facing
+  exports, recorded in the job's ``*_checkpoint`` fields as :func:`export_record`.
 
->>> ckpt_key(3, 0), checkpoint_name(3, 0, 2)
-(3000000, 'e000003-b000000-a2')
+>>> ckpt_key(3, 0), checkpoint_name(3, 0, 2), checkpoint_file(checkpoint_name(3, 0, 2))
+(3000000, 'e000003-b000000-a2', 'ckpt/e000003-b000000-a2.npz')
 """
 
 from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jobs.errors import CheckpointError
-from jobs.storage import Storage, sha256_file
+from jobs.errors import CheckpointError, StorageError
+from jobs.storage import Storage, job_key
 
 CKPT_DIR = "ckpt"
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
@@ -45,12 +42,26 @@ def is_epoch_end(key: int) -> bool:
 
 
 def checkpoint_name(epoch: int, batch: int, attempt: int) -> str:
-    """Base name (no suffix) of a resumable checkpoint's ``.npz`` and ``.json`` files."""
+    """Base name (no suffix) of a resumable checkpoint's ``.npz`` and ``.json`` objects."""
     return f"e{epoch:06d}-b{batch:06d}-a{attempt}"
 
 
-def checkpoint_path(job_dir: Path, name: str, suffix: str = ".npz") -> Path:
-    return job_dir / CKPT_DIR / f"{name}{suffix}"
+def checkpoint_file(name: str, suffix: str = ".npz") -> str:
+    """The checkpoint's path relative to its job (what a manifest's ``file`` holds)."""
+    return f"{CKPT_DIR}/{name}{suffix}"
+
+
+def checkpoint_prefix(job_id: str) -> str:
+    """Storage key prefix of a job's checkpoints (validates the id)."""
+    return job_key(job_id, CKPT_DIR)
+
+
+def record_key(job_id: str, record: dict[str, Any]) -> str:
+    """The storage key a manifest names, confined to its job; CheckpointError for a manifest naming anything else."""
+    try:
+        return job_key(job_id, record["file"])
+    except (StorageError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
 
 
 def manifest(*, epoch: int, batch: int, attempt: int, name: str, sha256: str, size: int, metrics: dict[str, Any],
@@ -58,7 +69,7 @@ def manifest(*, epoch: int, batch: int, attempt: int, name: str, sha256: str, si
     """The manifest of a written checkpoint (stored next to it and, once committed, in Redis' index)."""
     return {
         "key": ckpt_key(epoch, batch), "epoch": epoch, "batch": batch, "attempt": attempt,
-        "file": f"{CKPT_DIR}/{name}.npz", "sha256": sha256, "size": size, "metrics": metrics, "state": state,
+        "file": checkpoint_file(name), "sha256": sha256, "size": size, "metrics": metrics, "state": state,
         "created": time.time(),
     }
 
@@ -74,37 +85,42 @@ def pack(groups: dict[str, list[np.ndarray] | None]) -> bytes:
     return buf.getvalue()
 
 
-def unpack(path: Path, only: str | None = None) -> dict[str, list[np.ndarray]]:
-    """``{group letter: arrays in order}`` of a checkpoint file (only group ``only`` when given)."""
+def unpack(data: bytes, what: str = "checkpoint", only: str | None = None) -> dict[str, list[np.ndarray]]:
+    """``{group letter: arrays in order}`` of a checkpoint's bytes (only group ``only`` when given)."""
     groups: dict[str, list[np.ndarray]] = {g: [] for g in GROUPS}
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             for name in sorted(z.files):
                 if name[:1] in groups and (only is None or name[:1] == only):
                     groups[name[0]].append(z[name])
     except (ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path.name} could not be read: {e}") from e
+        raise CheckpointError(f"{what} could not be read: {e}") from e
     return groups
 
 
-def verified_path(storage: Storage, job_id: str, record: dict[str, Any], what: str = "checkpoint") -> Path:
-    """The file a manifest or export record names (confined to the job's directory), after checking it exists
-    and matches the sha256 recorded for it. Raises CheckpointError."""
-    path = storage.confine(storage.job_dir(job_id) / record["file"])
-    if not path.exists():
-        raise CheckpointError(f"{what} {record['file']} is missing")
-    if sha256_file(path) != record["sha256"]:
-        raise CheckpointError(f"{what} {record['file']} failed its sha256 check (torn or corrupt)")
-    return path
+def read_checkpoint(storage: Storage, job_id: str, record: dict[str, Any]) -> bytes:
+    """A committed checkpoint's bytes, verified against its manifest's sha256 (CheckpointError otherwise)."""
+    return storage.read_verified(record_key(job_id, record), record["sha256"], what=f"checkpoint {record['file']}")
+
+
+def export_suffix(weights_only: bool) -> str:
+    return ".weights.h5" if weights_only else ".keras"
 
 
 def export_file(name: str, weights_only: bool) -> str:
     """File name of a user-facing export: ``best.keras`` or ``best.weights.h5`` (``latest``, ``final``)."""
     if name not in EXPORT_NAMES:
         raise ValueError(f"export name: expected one of {EXPORT_NAMES}, received {name!r}")
-    return name + (".weights.h5" if weights_only else ".keras")
+    return name + export_suffix(weights_only)
 
 
 def export_record(file: str, sha256: str, weights_only: bool) -> dict[str, Any]:
     """What a job's ``best_checkpoint``/``latest_checkpoint``/``final_checkpoint`` field holds."""
     return {"file": file, "sha256": sha256, "format": "weights" if weights_only else "keras"}
+
+
+def export_key(job_id: str, record: dict[str, Any]) -> tuple[str, str, str]:
+    """(storage key, file name, suffix Keras needs) of an export record; only its name is taken from the record,
+    so a record cannot name a key outside the job's top level."""
+    name = str(record["file"]).rsplit("/", 1)[-1]
+    return job_key(job_id, name), name, export_suffix(record.get("format") != "keras")

@@ -60,19 +60,22 @@ def requeue(
     fields: dict[str, Any] | None = None,
     token: str | None = None,
     require_lease_expired: bool = False,
+    retry: bool = False,
     now_ms: int | None = None,
     level: str = "warning",
 ) -> int:
     """Hand ``attempt`` back: transition it to ``requeued`` as attempt ``attempt + 1``, then deliver that attempt.
 
     Fenced by ``attempt`` and, when given, the attempt's ``token`` (a worker requeueing its own attempt);
-    ``require_lease_expired`` makes it a no-op for a worker that renewed its lease meanwhile (a supervisor).
+    ``require_lease_expired`` makes it a no-op for a worker that renewed its lease meanwhile (a supervisor);
+    ``retry`` requeues a failed or cancelled job instead of a running one (an operator's retry).
     Raises FencedError / IllegalTransitionError / JobNotFoundError when the transition is refused (nothing is
     enqueued then). Returns ``requeued_at`` (Redis clock, ms).
     """
     now = store.now_ms() if now_ms is None else int(now_ms)
     store.transition(
         job_id, JobState.REQUEUED, attempt=attempt, token=token, require_lease_expired=require_lease_expired,
+        retry=retry,
         fields={"attempt": attempt + 1, "requeued_at": now, "token": None, **(fields or {})},
         event_msg=msg, kind=kind, event_fields={"attempt": attempt + 1}, level=level,
     )

@@ -31,6 +31,7 @@ class EventKind(str, Enum):
     PREEMPTED = "preempted"  # graceful preemption: requeued by its own worker
     REQUEUED = "requeued"  # the worker was lost (lease expired): requeued by a supervisor
     REDELIVERED = "redelivered"  # the queue message was lost and enqueued again
+    RETRIED = "retried"  # an operator ran a failed or cancelled job again (``traind retry``)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -9,7 +9,6 @@ Imports Keras lazily; only call these where TensorFlow is meant to load.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,23 +96,25 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
         best = json.loads(best)
     if not best:
         raise StorageError(f"job {status.get('id')}: no {which} checkpoint yet")
-    # An export lives at the top of the job's directory: only its name is taken from the record.
-    path = fmt.verified_path(storage, status["id"], {**best, "file": Path(best["file"]).name}, f"{which} checkpoint")
+    key, name, suffix = fmt.export_key(status["id"], best)  # Keras insists on the suffix
     objs = custom_objects(spec.model.custom_objects, allowed)
-    if best.get("format") == "keras":
-        return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
-    model = build_model(spec, storage, allowed)
-    with warnings.catch_warnings():
-        # .weights.h5 also carries optimizer variables; a fresh optimizer has none yet, which Keras warns about.
-        warnings.simplefilter("ignore", UserWarning)
-        model.load_weights(path)
+    # Verified against the sha256 Redis recorded (a local copy of the object on object storage).
+    with storage.local_file(key, best["sha256"], suffix=suffix, what=f"{which} checkpoint {name}") as path:
+        if best.get("format") == "keras":
+            return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
+        model = build_model(spec, storage, allowed)
+        with warnings.catch_warnings():
+            # .weights.h5 also carries optimizer variables; a fresh optimizer has none yet, which Keras warns about.
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(path)
     return model
 
 
 def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
                           allowed: Sequence[str]) -> Any:
     """A model rebuilt from the spec with the weights of a committed resumable checkpoint (sha256-verified)."""
-    weights = fmt.unpack(fmt.verified_path(storage, job_id, manifest), only="w")["w"]
+    data = fmt.read_checkpoint(storage, job_id, manifest)
+    weights = fmt.unpack(data, f"checkpoint {manifest['file']}", only="w")["w"]
     model = build_model(spec, storage, allowed)
     model.set_weights(weights)
     return model

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from jobs import telemetry
 from jobs.delivery import requeue
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
 from jobs.events import EventKind
@@ -88,6 +89,8 @@ class Attempt:
             return
         self.built = True
         try:
+            # Storage gone (bucket missing, access denied): the job fails with one line naming it, the worker goes on.
+            self.storage.check()
             # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
             trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
                               attempt=attempt, token=self.token, spec=spec, record=record, control=self.control)
@@ -128,3 +131,5 @@ class Attempt:
                     msg=f"preempted on worker {self.worker_id}; requeued as attempt {self.attempt + 1}")
         except (FencedError, IllegalTransitionError) as e:
             log.warning("job %s: preemption requeue refused: %s", self.job_id, e)
+            return
+        telemetry.record_requeue(self.store.r, "preempted")

@@ -1,8 +1,8 @@
-"""Resumable checkpoints of one attempt: atomic files + manifest, committed to Redis under the attempt's token.
+"""Resumable checkpoints of one attempt: atomic objects + manifest, committed to Redis under the attempt's token.
 
-The layout (names, manifest, array groups) is :mod:`jobs.ckpt_format`'s. This module owns an attempt's checkpoint
+The layout (keys, manifest, array groups) is :mod:`jobs.ckpt_format`'s. This module owns an attempt's checkpoint
 life: writing in the background, committing under the fencing token, retention, choosing and verifying the
-checkpoint to resume from. Redis' checkpoint index is the authority: a file whose commit was refused (a fenced,
+checkpoint to resume from. Redis' checkpoint index is the authority: an object whose commit was refused (a fenced,
 stale worker) or whose sha256 does not match is never loaded.
 """
 
@@ -13,15 +13,15 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jobs import ckpt_format as fmt
+from jobs import telemetry
 from jobs.errors import CheckpointError, FencedError, StorageError
 from jobs.events import EventKind, event
-from jobs.storage import Storage
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore
 
 log = logging.getLogger("traind.worker")
@@ -62,34 +62,37 @@ class Checkpoints:
         self.storage, self.store = storage, store
         self.job_id, self.attempt, self.token = job_id, attempt, token
         self.keep_last = keep_last
-        self.job_dir = storage.job_dir(job_id)
-        self.dir = self.job_dir / fmt.CKPT_DIR
+        self.prefix = fmt.checkpoint_prefix(job_id)  # storage key of the checkpoint "directory" (validates the id)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending: Future[dict[str, Any]] | None = None
         self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
 
     # -- writing -------------------------------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> dict[str, Any]:
-        """Write the snapshot's file and manifest atomically; returns the manifest (not yet committed)."""
+        """Write the snapshot's object and manifest atomically; returns the manifest (not yet committed)."""
+        t0 = time.perf_counter()
         name = fmt.checkpoint_name(snap.epoch, snap.batch, self.attempt)
         data = fmt.pack({"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars})
-        path = fmt.checkpoint_path(self.job_dir, name)
-        meta = fmt.checkpoint_path(self.job_dir, name, ".json")
+        obj = job_key(self.job_id, fmt.checkpoint_file(name))
+        meta = job_key(self.job_id, fmt.checkpoint_file(name, ".json"))
         try:
-            digest = self.storage.write_bytes_atomic(path, data)
+            # Object first, then its manifest; neither is visible to resume until commit() records it in Redis.
+            digest = self.storage.put_bytes(obj, data)
             manifest = fmt.manifest(epoch=snap.epoch, batch=snap.batch, attempt=self.attempt, name=name,
                                     sha256=digest, size=len(data), metrics=snap.metrics, state=snap.state)
-            self.storage.write_bytes_atomic(meta, json.dumps(manifest, indent=1).encode())
+            self.storage.put_bytes(meta, json.dumps(manifest, indent=1).encode())
+            telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
+            telemetry.observe(self.store.r, "checkpoint_bytes", len(data))
         except OSError as e:
-            for p in (path, meta):
-                p.unlink(missing_ok=True)
+            for k in (obj, meta):
+                self.storage.delete(k)
             raise StorageError(f"could not write checkpoint {name} ({e.strerror or e}); previous checkpoints are intact"
                                ) from e
         return manifest
 
     def commit(self, manifest: dict[str, Any], *, fields: dict[str, Any] | None = None,
                events: list[dict[str, Any]] | None = None, delete: list[int] | None = None) -> None:
-        """Record the checkpoint in Redis if this attempt still owns the job; otherwise delete its files."""
+        """Record the checkpoint in Redis if this attempt still owns the job; otherwise delete its objects."""
         try:
             self.store.fenced_update(self.job_id, self.token, ckpt_set={manifest["key"]: manifest}, fields=fields,
                                      events=events, ckpt_del=delete or [])
@@ -108,7 +111,7 @@ class Checkpoints:
     def save_async(self, snap: Snapshot, best_key: int | None) -> None:
         """Write + commit an epoch-end checkpoint in the background (one in flight), then apply retention.
 
-        Training continues while the file is written; the next save (or :meth:`flush`) waits for this one and
+        Training continues while the object is written; the next save (or :meth:`flush`) waits for this one and
         re-raises its error, so a failure is never silently lost. ``best_key`` is the monitor's best checkpoint,
         which retention keeps.
         """
@@ -142,28 +145,29 @@ class Checkpoints:
 
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            f = self.storage.confine(self.job_dir / manifest["file"])
-            f.unlink(missing_ok=True)
-            f.with_suffix(".json").unlink(missing_ok=True)
-        except (StorageError, OSError, KeyError):
+            key = fmt.record_key(self.job_id, manifest)  # confined: a manifest cannot name a key outside the job
+            self.storage.delete(key)
+            self.storage.delete(key.removesuffix(".npz") + ".json")
+        except (CheckpointError, StorageError, OSError):
             pass
 
     def delete_files(self, manifests: list[dict[str, Any]]) -> None:
         for m in manifests:
             self._remove_files(m)
 
-    def clear_temp_files(self) -> None:
-        """Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now."""
-        for tmp in self.dir.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+    def clear_incomplete(self) -> None:
+        """Temp objects of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
+        (On object storage: multipart uploads a killed writer left unfinished are aborted.)"""
+        for prefix in (job_key(self.job_id), self.prefix):
+            self.storage.cleanup_incomplete(prefix)
 
     # -- reading -------------------------------------------------------------------------------------------------
-    def verify(self, manifest: dict[str, Any]) -> Path:
-        """The manifest's file, after checking it exists and matches its sha256."""
-        return fmt.verified_path(self.storage, self.job_id, manifest)
+    def verify(self, manifest: dict[str, Any]) -> bytes:
+        """The manifest's object, after checking it exists and matches its sha256 (CheckpointError otherwise)."""
+        return fmt.read_checkpoint(self.storage, self.job_id, manifest)
 
     def load(self, manifest: dict[str, Any]) -> Restored:
-        g = fmt.unpack(self.verify(manifest))
+        g = fmt.unpack(self.verify(manifest), f"checkpoint {manifest['file']}")
         return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
 
     def select(self, index: dict[int, dict[str, Any]], policy: str, best_key: int | None,
@@ -171,10 +175,16 @@ class Checkpoints:
         """The checkpoint to resume from and the events explaining the choice.
 
         Order of preference: a preemption checkpoint; then the policy's target (``best`` or ``latest``); then the
-        nearest earlier valid checkpoint; then later ones. Corrupt ones are skipped with an event.
+        nearest earlier valid checkpoint; then later ones. Corrupt ones are skipped with an event. Events name
+        epochs as Keras does (1-based): ``epoch`` E with ``batch`` 0 is the end of epoch E; a mid-epoch checkpoint
+        is inside epoch E (``epoch``) after its batch ``batch``.
         """
         keys = sorted(index)
         if not keys:
+            if self.attempt > 1:
+                # Loud, never quiet: a retried attempt with no committed checkpoint redoes everything.
+                return None, [event(EventKind.NO_CHECKPOINT, f"attempt {self.attempt}: no committed checkpoint in "
+                                    f"{self.storage.url} to resume from; starting over from epoch 1", "warning")]
             return None, []
         latest = keys[-1]
         target = preempt_key if preempt_key in index else (best_key if policy == "best" and best_key in index
@@ -184,29 +194,34 @@ class Checkpoints:
         events: list[dict[str, Any]] = []
         for k in [target, *earlier, *later]:
             m = index[k]
+            epoch = m["epoch"] + 1 if m["batch"] else m["epoch"]
             try:
                 restored = self.load(m)
             except CheckpointError as e:
                 events.append(event(EventKind.SKIPPED_CHECKPOINT, f"skipping checkpoint epoch {m['epoch']}: {e}",
-                                    "warning", epoch=m["epoch"], batch=m["batch"], file=m["file"]))
+                                    "warning", epoch=epoch, batch=m["batch"], file=m["file"]))
                 continue
-            where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            where = (f"epoch {epoch} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
+                     else f"epoch {epoch}")
             why = "preemption" if k == preempt_key else (policy if k == target else "fallback")
             events.append(event(EventKind.RESUMED, f"resuming from {why} checkpoint at {where} ({m['file']})",
-                                epoch=m["epoch"], batch=m["batch"], file=m["file"], why=why))
+                                epoch=epoch, batch=m["batch"], file=m["file"], why=why))
             return restored, events
-        events.append(event(EventKind.NO_CHECKPOINT, "no valid checkpoint; starting from scratch", "warning"))
+        events.append(event(EventKind.NO_CHECKPOINT, f"no valid checkpoint in {self.storage.url}; starting from "
+                            "scratch", "warning"))
         return None, events
 
     def export(self, model: Any, weights_only: bool, name: str) -> dict[str, Any]:
         """Write the user-facing model file (``best.keras`` or ``best.weights.h5``) atomically."""
         file = fmt.export_file(name, weights_only)
-        dest = self.job_dir / file
-        suffix = ".weights.h5" if weights_only else ".keras"
+        key = job_key(self.job_id, file)
+        suffix = fmt.export_suffix(weights_only)
         if weights_only:
-            digest = self.storage.write_atomic(dest, lambda p: model.save_weights(p), tmp_suffix=suffix)
+            digest = self.storage.put_with(key, lambda p: model.save_weights(p), suffix=suffix)
         else:
-            digest = self.storage.write_atomic(dest, lambda p: model.save(p), tmp_suffix=suffix)
+            digest = self.storage.put_with(key, lambda p: model.save(p), suffix=suffix)
         return fmt.export_record(file, digest, weights_only)
 
 

@@ -20,12 +20,13 @@ import redis
 
 from jobs import keys
 from jobs.delivery import reject
+from jobs.errors import StorageError
 from jobs.queue import pop
 from jobs.redis_conn import connect, redact_url
 from jobs.settings import WorkerSettings
 from jobs.storage import Storage
 from jobs.store import JobStore
-from worker.device import configure_tensorflow, pin_device
+from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 
 log = logging.getLogger("traind.worker")
 
@@ -43,7 +44,15 @@ class Worker:
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url())
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
-        self.storage = Storage(settings.storage_dir).ensure()
+        self.storage = Storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
+        if not self.storage.is_local and settings.cache_max_bytes > 0:
+            from worker.cache import UploadCache
+
+            self.storage.cache = UploadCache(settings.cache_dir, settings.cache_max_bytes)
+        try:
+            self.storage.check()
+        except StorageError as e:  # jobs will fail with this line; the worker still serves (storage may come back)
+            log.error("%s", e)
         self.queues = [keys.rq_queue_name(q, self.device_kind, p) for q in settings.queues
                        for p in ("high", "default", "low")]
         self._stop = threading.Event()
@@ -118,6 +127,8 @@ class Worker:
         }
         if job_id is not None:
             info["job"] = job_id
+        if (gpu_mb := gpu_memory_mb(self.gpus)) is not None:
+            info["gpu_mem_mb"] = gpu_mb
         pipe = self.r.pipeline()
         pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
         if job_id is None:

@@ -142,7 +142,7 @@ class Trainer:
     # -- resume --------------------------------------------------------------------------------------------------
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
-        self.ckpts.clear_temp_files()
+        self.ckpts.clear_incomplete()
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
@@ -164,8 +164,10 @@ class Trainer:
         if restored is None:
             fields.update({"best_epoch": None, "best_value": None, "best_ckpt_key": None})
         events.append(event(EventKind.TRAINING, f"attempt {self.attempt} training on worker {rec.get('worker')} from "
-                            f"epoch {start_epoch + 1}/{self.spec.fit.epochs}", attempt=self.attempt,
-                            worker=rec.get("worker"), epoch=start_epoch + 1, batch=start_batch))
+                            f"epoch {start_epoch + 1}/{self.spec.fit.epochs}"
+                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else ""),
+                            attempt=self.attempt, worker=rec.get("worker"), epoch=start_epoch + 1,
+                            batch=start_batch + 1 if start_batch else 0))
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_del=hist_del, ckpt_del=stale,
                                  events=events)
         self.ckpts.delete_files([index[k] for k in stale])

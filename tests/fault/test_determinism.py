@@ -120,7 +120,10 @@ def test_sigterm_preempts_mid_epoch_without_losing_work(procs: Procs, redis_url:
     final = wait_terminal(c.store, job.id, RUN_S)
     assert (final["preemptions"], final["restarts"], final["attempt"]) == (1, 0, 2)
     assert final.get("lease_expired_at") is None, "the lease never had to expire"
+    # The epoch the preemption event named (1-based, as Keras), in the resume and the next attempt's start.
     resumed = [(e["why"], e["epoch"], e["batch"], e["file"]) for e in events_of(c.store, job.id, EventKind.RESUMED)]
-    assert resumed == [("preemption", epoch - 1, batch, f"ckpt/e{epoch - 1:06d}-b{batch:06d}-a1.npz")]
+    assert resumed == [("preemption", epoch, batch, f"ckpt/e{epoch - 1:06d}-b{batch:06d}-a1.npz")]
+    assert events_of(c.store, job.id, EventKind.TRAINING, attempt=2, worker=final["worker"], epoch=epoch,
+                     batch=batch + 1)
     worst = assert_same_run(c, storage_dir, job.id, baseline)
     print(f"\npreempted at epoch {epoch} batch {batch}/{STEPS}, max |dw| = {worst}")
