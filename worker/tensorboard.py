@@ -1,6 +1,7 @@
 """TensorBoard event files per job, written by a Keras callback in the worker.
 
-``<storage>/jobs/<id>/tensorboard/`` gets, per finished epoch, one scalar per metric (``loss``, ``val_loss``, every
+``<storage>/jobs/<id>/tensorboard/`` (a local/NFS directory, or objects uploaded after each epoch) gets, per
+finished epoch, one scalar per metric (``loss``, ``val_loss``, every
 compiled metric, ``learning_rate``, ``time_s``) and the epoch's events as text, so ``tensorboard --logdir
 <storage>/jobs`` shows every run side by side.
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,8 @@ log = logging.getLogger("traind.worker")
 SUBDIR = "tensorboard"
 
 
-def tensorboard_dir(storage: Storage, job_id: str) -> Path:
-    return storage.job_dir(job_id) / SUBDIR
+def tensorboard_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/{SUBDIR}"
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
@@ -39,7 +42,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def __init__(self, store: JobStore, storage: Storage, job_id: str, attempt: int) -> None:
         super().__init__()
         self.store, self.job_id, self.attempt = store, job_id, attempt
-        self.dir = tensorboard_dir(storage, job_id)
+        self.storage = storage
+        self.prefix = tensorboard_prefix(job_id)
+        # A local (or NFS) storage is written in place; an object store gets the files uploaded after each flush.
+        self.dir = storage.job_dir(job_id) / SUBDIR if storage.is_local else Path(tempfile.mkdtemp(prefix="traind-tb-"))
         self.writer: Any = None
         self.last_event_ts = 0
         self.disabled = False
@@ -60,7 +66,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def close(self) -> None:
         if self.writer is not None:
             self._guard(self.writer.close)
+            self._guard(self._upload)
             self.writer = None
+        if not self.storage.is_local:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def _guard(self, fn: Any) -> None:
@@ -77,6 +86,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
         self.dir.mkdir(parents=True, exist_ok=True)
         old = sorted(self.dir.glob("events.out.tfevents.*"))
+        old_keys = [] if self.storage.is_local else self.storage.list_keys(self.prefix)  # type: ignore[attr-defined]
         self.writer = tf.summary.create_file_writer(str(self.dir), filename_suffix=f".a{self.attempt}")
         # Replay what Redis holds (a resumed attempt: epochs before its checkpoint), then drop older files.
         for entry in self.store.history(self.job_id):
@@ -86,9 +96,20 @@ class TensorBoardLogger(keras.callbacks.Callback):
             self.last_event_ts = max(int(e.get("ts", 0)) for e in events)
             start = max((int(h["epoch"]) for h in self.store.history(self.job_id)), default=0)
             self._text(start, events)
-        self.writer.flush()
+        self._flush()
         for f in old:
             f.unlink(missing_ok=True)
+        for k in old_keys:
+            self.storage.delete(k)
+
+    def _flush(self) -> None:
+        self.writer.flush()
+        self._upload()
+
+    def _upload(self) -> None:
+        if not self.storage.is_local:
+            for f in self.dir.glob("events.out.tfevents.*"):
+                self.storage.put_local_file(f"{self.prefix}/{f.name}", f)
 
     def _write_epoch(self, epoch: int) -> None:
         raw = self.store.r.hget(keys.history(self.job_id), str(epoch))
@@ -96,12 +117,12 @@ class TensorBoardLogger(keras.callbacks.Callback):
             return
         self._scalars(epoch, json.loads(raw))
         self._new_events(epoch)
-        self.writer.flush()
+        self._flush()
 
     def _final_events(self) -> None:
         hist = self.store.history(self.job_id)
         self._new_events(max((int(h["epoch"]) for h in hist), default=0))
-        self.writer.flush()
+        self._flush()
 
     def _new_events(self, step: int) -> None:
         fresh = [e for e in self.store.events(self.job_id, -50) if int(e.get("ts", 0)) > self.last_event_ts]
