@@ -73,3 +73,7 @@ class DurabilityError(TraindError, RedisError):
     """A write was not confirmed by enough Redis replicas (TRAIND_REDIS_MIN_REPLICAS) in time, or landed on a
     primary the sentinels had already replaced: it may be lost in a failover. A RedisError, so processes treat it
     like Redis being unavailable (a worker abandons the attempt to its lease instead of failing the job)."""
+
+
+class StalePrimaryError(DurabilityError):
+    """A write landed on a Redis node that the sentinels no longer report as the primary: it will be discarded."""

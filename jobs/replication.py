@@ -34,7 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.exceptions import AuthenticationError, AuthorizationError, NoScriptError, ResponseError
 
-from jobs.errors import DurabilityError
+from jobs.errors import DurabilityError, StalePrimaryError
 
 if TYPE_CHECKING:
     from jobs.settings import CommonSettings
@@ -113,7 +113,10 @@ class Durability:
             info = b""
         text = info.decode() if isinstance(info, bytes) else str(info)
         fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        n = int(fields.get("connected_slaves", 0)) if fields.get("role") == "master" else 0
+        # Only replicas that finished their sync acknowledge writes; one still loading the primary's snapshot
+        # (say an old primary rejoining after a failover) would make every WAIT time out.
+        online = [k for k, v in fields.items() if k.startswith("slave") and k[5:].isdigit() and "state=online" in v]
+        n = len(online) if fields.get("role") == "master" else 0
         self._roles[key] = (time.monotonic(), n)
         return n
 
@@ -134,9 +137,16 @@ def policy_of(r: redis.Redis) -> Durability:
     return pol
 
 
-def run_script(r: redis.Redis, script: Script, *, keys: list[Any], args: list[Any], what: str) -> Any:
-    """Run a registered Lua script as a durable write; returns its reply (raises DurabilityError, see module)."""
-    return _execute(r, [("EVALSHA", script.sha, len(keys), *keys, *args)], what, {script.sha: script.script})[0]
+def run_script(r: redis.Redis, script: Script, *, keys: list[Any], args: list[Any], what: str,
+               replay: bool = True) -> Any:
+    """Run a registered Lua script as a durable write; returns its reply (raises DurabilityError, see module).
+
+    ``replay``: after a lost connection, or a write that landed on a demoted primary, send the write again to the
+    (new) primary. Pass False for a write decided on what the old primary showed (the supervisor's requeue of an
+    expired lease): the caller must look again on the new primary instead.
+    """
+    return _execute(r, [("EVALSHA", script.sha, len(keys), *keys, *args)], what, {script.sha: script.script},
+                    replay)[0]
 
 
 def execute_pipeline(r: redis.Redis, pipe: redis.client.Pipeline, what: str) -> list[Any]:
@@ -147,7 +157,8 @@ def execute_pipeline(r: redis.Redis, pipe: redis.client.Pipeline, what: str) -> 
     return _execute(r, cmds, what, sources) if cmds else []
 
 
-def _execute(r: redis.Redis, cmds: list[tuple[Any, ...]], what: str, sources: dict[str, str]) -> list[Any]:
+def _execute(r: redis.Redis, cmds: list[tuple[Any, ...]], what: str, sources: dict[str, str],
+             replay: bool = True) -> list[Any]:
     pol = policy_of(r)
     pool = r.connection_pool
     backoff = ExponentialBackoff(cap=2.0, base=0.1)
@@ -164,13 +175,14 @@ def _execute(r: redis.Redis, cmds: list[tuple[Any, ...]], what: str, sources: di
                 conn.read_response()
         except (AuthenticationError, AuthorizationError):
             raise
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            # The primary went away mid-write (or was demoted: READONLY arrives as ConnectionError with Sentinel).
-            # Redo the whole write on a fresh connection: the new primary may never have seen it.
+        except (redis.ConnectionError, redis.TimeoutError, StalePrimaryError) as e:
+            # The primary went away mid-write, was demoted (READONLY arrives as ConnectionError with Sentinel), or
+            # the write landed on a demoted primary: redo the whole write on a fresh connection, which asks the
+            # sentinels for the primary; the new primary may never have seen it.
             conn.disconnect()
-            if attempt == _ATTEMPTS - 1:
+            if attempt == _ATTEMPTS - 1 or not replay:
                 raise
-            log.info("%s: Redis connection lost (%s); retrying the write", what, type(e).__name__)
+            log.info("%s: write not kept (%s: %s); retrying it on the primary", what, type(e).__name__, e)
             time.sleep(backoff.compute(attempt + 1))
         finally:
             pool.release(conn)
@@ -229,7 +241,7 @@ def _degraded(r: redis.Redis, pol: Durability, conn: Any, what: str, why: str) -
         here = (str(conn.host), int(conn.port))
         if current is None or (str(current[0]), int(current[1])) != here:
             conn.disconnect()  # the next command reconnects through the sentinels
-            raise DurabilityError(
+            raise StalePrimaryError(
                 f"{what}: written to Redis at {here[0]}:{here[1]}, which the sentinels no longer report as the "
                 f"primary ({'none reachable' if current is None else f'{current[0]}:{current[1]}'}); the write is "
                 "likely lost: retry it"

@@ -107,7 +107,7 @@ class JobStore:
             sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
         ev = json.dumps(event(event_msg, level, state=to.value)) if event_msg else ""
         status, cur = run_script(
-            self.r, self._transition, what=f"job {job_id}: {to.value}",
+            self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
                   keys.history(job_id)],
             args=[

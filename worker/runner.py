@@ -21,7 +21,16 @@ from typing import Any
 import redis
 
 from jobs import keys
-from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
+from jobs.errors import (
+    DurabilityError,
+    FencedError,
+    IllegalTransitionError,
+    JobNotFoundError,
+    SpecError,
+    StalePrimaryError,
+    StorageError,
+    TraindError,
+)
 from jobs.queue import Delivery, enqueue, pop
 from jobs.redis_conn import connect, redact_url
 from jobs.settings import WorkerSettings
@@ -170,9 +179,13 @@ class Worker:
                 fields={"token": token, "worker": self.id, "cancel_requested": None, "error": None},
                 lease_ttl_ms=int(self.settings.lease_ttl_s * 1000),
             )
-        except (JobNotFoundError, IllegalTransitionError, FencedError) as e:
+        except (JobNotFoundError, IllegalTransitionError, FencedError, StalePrimaryError) as e:
             log.info("dropping message for %s attempt %s: %s", job_id, attempt, e)
             return
+        except DurabilityError as e:
+            # Claimed on the primary but no replica confirmed it yet: train anyway. Should a failover lose the
+            # claim, this attempt's fenced writes are refused and it stops; no second worker can share the job.
+            log.warning("job %s: %s; training anyway (fencing guards the job)", job_id, e)
         control = JobControl()
         self.current = control
         hb = Heartbeat(self.store, job_id, token, control, self.settings.lease_ttl_s,
