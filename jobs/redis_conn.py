@@ -219,7 +219,10 @@ def redact_url(url: str | None) -> str:
     """
     if not url:
         return str(url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (say an unclosed IPv6 bracket): hide everything between :// and the last @
+        return _SECRET_PARAM.sub(r"\1=***", re.sub(r"(?<=://)[^/]*@", ":***@", url))
     query = _SECRET_PARAM.sub(r"\1=***", parts.query)
     if parts.password is None and "@" not in parts.netloc:
         return urlunsplit(parts._replace(query=query)) if query != parts.query else url
