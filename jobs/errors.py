@@ -77,3 +77,17 @@ class DurabilityError(TraindError, RedisError):
 
 class StalePrimaryError(DurabilityError):
     """A write landed on a Redis node that the sentinels no longer report as the primary: it will be discarded."""
+
+
+class AmbiguousJobIdError(TraindError):
+    """A job id prefix matches more than one job; ``candidates`` lists (some of) them."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        self.prefix = prefix
+        self.candidates = list(candidates)
+        super().__init__(f"job id prefix {prefix!r} is ambiguous; it matches {', '.join(self.candidates)}"
+                         " - type more characters")
+
+
+class JobFinishedError(TraindError):
+    """The job already succeeded or failed, so there is nothing to cancel."""

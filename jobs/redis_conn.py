@@ -34,6 +34,7 @@ from jobs.errors import ConfigError
 if TYPE_CHECKING:
     from jobs.settings import CommonSettings
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # when neither --redis-url nor TRAIND_REDIS_URL is given
 # Query parameters that carry secrets (redis-py accepts ``?password=...`` and ``?ssl_password=...``).
 _SECRET_PARAM = re.compile(r"(?i)((?:^|&)[^&=]*password)=[^&]*")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -209,6 +210,27 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
         client = TraindRedis.from_url(url, **common)
     client.durability = Durability.from_settings(settings)
     return client
+
+
+def connect_async(url: str, health_check_interval_s: int = 30) -> Any:
+    """An asyncio client (``redis.asyncio``) for ``url``, following the primary through the sentinels for
+    ``redis+sentinel://`` URLs; for read paths such as ``traind serve``'s event streams.
+
+    >>> # r = connect_async("redis+sentinel://s1,s2,s3/traind/0"); await r.ping()
+    """
+    import redis.asyncio as aredis
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    if not is_sentinel_url(url):
+        return aredis.Redis.from_url(url, health_check_interval=health_check_interval_s)
+    target = parse_sentinel_url(url)
+    tls = {k: v for k, v in target.data_kwargs.items() if k.startswith("ssl")}
+    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=dict(
+        socket_timeout=2.0, socket_connect_timeout=2.0, username=target.sentinel_username,
+        password=target.sentinel_password, ssl=target.tls, **tls))
+    return sentinel.master_for(target.master, db=target.db, username=target.username, password=target.password,
+                               ssl=target.tls, check_connection=True, health_check_interval=health_check_interval_s,
+                               **target.data_kwargs)
 
 
 def redact_url(url: str | None) -> str:

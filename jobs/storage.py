@@ -16,10 +16,12 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from jobs.errors import LimitError, StorageError
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -113,6 +115,8 @@ class Storage:
     # -- uploads -------------------------------------------------------------------------------------------------
     def put_arrays(self, arrays: Mapping[str, np.ndarray], max_bytes: int | None = None) -> str:
         """Store arrays as a content-addressed .npz; return the sha256 that names it."""
+        import numpy as np
+
         # Refuse object arrays before np.savez: it would pickle them (and workers load with allow_pickle=False).
         for k, v in arrays.items():
             if np.asarray(v).dtype == object:
@@ -130,6 +134,8 @@ class Storage:
 
     def get_arrays(self, digest: str, max_bytes: int | None = None) -> dict[str, np.ndarray]:
         """Load an uploaded .npz (``allow_pickle=False``), verifying its sha256 and size."""
+        import numpy as np
+
         path = self.upload_path(digest)
         if not path.exists():
             raise StorageError(f"upload {digest} not found under {self.root / 'uploads'}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs import telemetry
 from jobs.errors import CheckpointError, FencedError, StorageError
 from jobs.storage import Storage, sha256_file
 from jobs.store import JobStore, event
@@ -90,6 +91,7 @@ class Checkpoints:
     # -- writing -------------------------------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> dict[str, Any]:
         """Write the snapshot's file and manifest atomically; returns the manifest (not yet committed)."""
+        t0 = time.perf_counter()
         name = f"e{snap.epoch:06d}-b{snap.batch:06d}-a{self.attempt}"
         data = _pack(snap)
         path = self.dir / f"{name}.npz"
@@ -101,6 +103,8 @@ class Checkpoints:
                 "state": snap.state, "created": time.time(),
             }
             self.storage.write_bytes_atomic(self.dir / f"{name}.json", json.dumps(manifest, indent=1).encode())
+            telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
+            telemetry.observe(self.store.r, "checkpoint_bytes", len(data))
         except OSError as e:
             for p in (path, self.dir / f"{name}.json"):
                 p.unlink(missing_ok=True)
@@ -208,7 +212,10 @@ class Checkpoints:
             except CheckpointError as e:
                 events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
                 continue
-            where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            where = (f"epoch {m['epoch'] + 1} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
+                     else f"epoch {m['epoch']}")
             why = "preemption checkpoint" if k == preempt_key else (
                 f"{policy} checkpoint" if k == target else "fallback checkpoint")
             events.append(event(f"resuming from {why} at {where} ({m['file']})"))

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs import keys, telemetry
 from jobs.errors import (
     DurabilityError,
     FencedError,
@@ -38,7 +38,7 @@ from jobs.spec import validate_spec
 from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
-from worker.device import configure_tensorflow, pin_device
+from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 
 log = logging.getLogger("traind.worker")
 
@@ -134,6 +134,8 @@ class Worker:
         }
         if job_id is not None:
             info["job"] = job_id
+        if (gpu_mb := gpu_memory_mb(self.gpus)) is not None:
+            info["gpu_mem_mb"] = gpu_mb
         pipe = self.r.pipeline()
         pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
         if job_id is None:
@@ -273,6 +275,7 @@ class Worker:
             return
         enqueue(self.r, job_id, attempt + 1, record["queue"])
         self.store.mark_delivered(job_id)
+        telemetry.record_requeue(self.r, "preempted")
 
 
 def _release_memory() -> None:

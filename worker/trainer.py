@@ -146,7 +146,8 @@ class Trainer:
         if restored is None:
             fields.update({"best_epoch": None, "best_value": None, "best_ckpt_key": None})
         events.append(event(f"attempt {self.attempt} training on worker {rec.get('worker')} from epoch "
-                            f"{start_epoch + 1}/{self.spec.fit.epochs}"))
+                            f"{start_epoch + 1}/{self.spec.fit.epochs}"
+                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else "")))
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_del=hist_del, ckpt_del=stale,
                                  events=events)
         self.ckpts.delete_files([index[k] for k in stale])
