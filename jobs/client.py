@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -17,6 +16,7 @@ import redis
 from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
 from jobs.errors import JobNotFoundError, JobTimeoutError, SpecError, StorageError
+from jobs.location import parse_location
 from jobs.queue import enqueue
 from jobs.redis_conn import connect
 from jobs.replication import execute_pipeline, policy_of
@@ -135,12 +135,13 @@ class Client:
         if redis_url is not None:
             overrides["redis_url"] = redis_url
         if storage is not None:
-            overrides["storage_dir"] = Path(storage)
+            overrides["storage_dir"] = parse_location(storage)[1]  # refused here if relative or unsupported
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
         self.r = connection or connect(self.settings.effective_redis_url(), settings=self.settings)
         self.store = JobStore(self.r, events_max=self.settings.events_max, max_history=self.settings.max_history)
-        self.storage = Storage(self.settings.storage_dir)
+        # Nothing shared but Redis and the storage location: a laptop with s3:// needs no filesystem in common.
+        self.storage = Storage(self.settings.storage_dir, retry_s=self.settings.storage_retry_s)
 
     def _validate(self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
         limits = dict(

@@ -45,6 +45,14 @@ class StorageError(TraindError):
     """A path escapes the storage root, or a file is missing or corrupt."""
 
 
+class StorageLocationError(StorageError, ValueError):
+    """The storage setting is a relative path, an unsupported URL scheme or a URL carrying credentials."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage cannot be used (bucket missing, access denied, unreachable past the retries)."""
+
+
 class CheckpointError(StorageError):
     """A checkpoint failed its checksum or manifest check."""
 

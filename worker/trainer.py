@@ -18,7 +18,7 @@ from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
 from jobs.spec import JobSpec
-from jobs.storage import Storage
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore, event
 from worker import data as data_mod
 from worker.callbacks import (
@@ -123,8 +123,9 @@ class Trainer:
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
         # Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
-        for tmp in self.ckpts.dir.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        # (On object storage: multipart uploads a killed writer left unfinished are aborted.)
+        for prefix in (job_key(self.job_id), self.ckpts.prefix):
+            self.storage.cleanup_incomplete(prefix)
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
