@@ -46,7 +46,14 @@ def config(tmp_path: Path) -> dict[str, Any]:
 
 @needs_compose
 def test_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"redis", "supervisor", "worker-cpu", "worker-gpu"}
+    by_profile: dict[str, set[str]] = {}
+    for name, svc in config["services"].items():  # docker-compose 1.x lists every profile's services
+        for prof in svc.get("profiles") or [""]:
+            by_profile.setdefault(prof, set()).add(name)
+    assert by_profile[""] == {"redis", "supervisor", "worker-cpu"}
+    assert by_profile["gpu"] == {"worker-gpu"}
+    assert by_profile.get("ha", set()) <= {"redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
+                                           "supervisor-ha", "worker-cpu-ha"}  # tests/ha/test_compose_ha.py
     assert config["services"]["supervisor"]["command"] == ["supervise"]
     assert config["services"]["worker-cpu"]["command"] == ["worker", "--device", "cpu"]
 
