@@ -23,7 +23,16 @@ import redis
 
 from jobs import telemetry
 from jobs.delivery import requeue
-from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
+from jobs.errors import (
+    DurabilityError,
+    FencedError,
+    IllegalTransitionError,
+    JobNotFoundError,
+    SpecError,
+    StalePrimaryError,
+    StorageError,
+    TraindError,
+)
 from jobs.events import EventKind
 from jobs.settings import WorkerSettings
 from jobs.spec import validate_spec
@@ -56,9 +65,13 @@ class Attempt:
                 fields={"token": self.token, "worker": self.worker_id, "cancel_requested": None, "error": None},
                 lease_ttl_ms=int(self.settings.lease_ttl_s * 1000),
             )
-        except (JobNotFoundError, IllegalTransitionError, FencedError) as e:
+        except (JobNotFoundError, IllegalTransitionError, FencedError, StalePrimaryError) as e:
             log.info("dropping message for %s attempt %s: %s", self.job_id, self.attempt, e)
             return False
+        except DurabilityError as e:
+            # Claimed on the primary but no replica confirmed it yet: train anyway. Should a failover lose the
+            # claim, this attempt's fenced writes are refused and it stops; no second worker can share the job.
+            log.warning("job %s: %s; training anyway (fencing guards the job)", self.job_id, e)
         return True
 
     def run(self) -> None:

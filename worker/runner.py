@@ -42,7 +42,7 @@ class Worker:
 
         self.gpus = configure_tensorflow(settings.device)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.r = connect(settings.effective_redis_url())
+        self.r = connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
         self.storage = Storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
         if not self.storage.is_local and settings.cache_max_bytes > 0:

@@ -35,6 +35,7 @@ from worker.callbacks import (
 )
 from worker.checkpoint import Checkpoints, Restored, Snapshot
 from worker.control import Interrupted, JobControl, StopReason
+from worker.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("traind.worker")
 
@@ -79,6 +80,7 @@ class Trainer:
         self.stop_after_epoch = False
         self.arrays = True
         self.epochs_done = 0
+        self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -88,6 +90,7 @@ class Trainer:
         except Interrupted as i:
             return self._stopped(i.reason)
         finally:
+            self.tensorboard.close()
             try:
                 self.ckpts.close()
             except FencedError:
@@ -214,6 +217,7 @@ class Trainer:
                                    steps=self.steps if data.is_arrays else None))
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
+        cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
                                   "shuffle": False}  # arrays are shuffled per epoch by traind's own pipeline
         if data.is_arrays:
