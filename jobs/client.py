@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -283,7 +284,15 @@ class Client:
                 spec[k] = {**spec[k], **v}
             else:
                 spec[k] = v
-        return self.submit(spec, client_key=client_key)
+        handle = self.submit(spec, client_key=client_key)
+        for cb in callbacks or []:
+            if type(cb).__name__ == "TensorBoard":  # mapped, never silently dropped: say where the logs go
+                where = self.storage.job_dir(handle.id) / "tensorboard"
+                logging.getLogger("traind.client").warning(
+                    "TensorBoard(log_dir=%r): job %s writes its TensorBoard logs (every metric and the learning rate "
+                    "per epoch, events as text) to %s; view all jobs with: tensorboard --logdir %s",
+                    getattr(cb, "log_dir", None), handle.id, where, where.parent.parent)
+        return handle
 
 
 def _queue_name(spec: JobSpec) -> str:
