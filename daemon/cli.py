@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,7 +60,7 @@ def _settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
     if getattr(args, "redis_url", None):
         kw["redis_url"] = args.redis_url
     if getattr(args, "storage", None):
-        kw["storage_dir"] = Path(args.storage)
+        kw["storage_dir"] = args.storage  # a relative path or an unknown scheme is refused by the settings
     try:
         return cls(**kw)
     except ValidationError as e:
@@ -75,7 +74,7 @@ def _client(args: argparse.Namespace) -> Client:
 
     settings = _settings(ClientSettings, args)
     # Few retries: an interactive command should report an unreachable Redis in seconds, not minutes.
-    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0)
+    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0, settings=settings)
     return Client(settings=settings, connection=conn)
 
 
@@ -131,6 +130,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for p in e.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
+    if handle.durability.startswith("degraded"):
+        print(f"warning: job {handle.id} is recorded but not on a Redis replica ({handle.durability}); a Redis "
+              "failover right now could lose it", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json({"id": handle.id, "state": handle.state.value})
@@ -303,7 +305,7 @@ def _run_example(stack: Stack, timeout_s: float) -> int:
     print(f"submitted example job {handle.id} ({spec_path.name}); training ...", flush=True)
     final = watch_job(client.store, handle.id, sys.stdout, timeout_s=timeout_s, check=stack.check)
     print(render.final_summary(final))
-    print(f"checkpoints: {client.storage.root / 'jobs' / handle.id}")
+    print(f"checkpoints: {client.storage.url}/jobs/{handle.id}")
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
 
 
@@ -350,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--redis-url", default=argparse.SUPPRESS,
                         help="Redis URL (env TRAIND_REDIS_URL; default redis://127.0.0.1:6379/0)")
     common.add_argument("--storage", default=argparse.SUPPRESS,
-                        help="shared checkpoint storage dir (env TRAIND_STORAGE_DIR; default ./traind-data)")
+                        help="checkpoint storage: an absolute path or s3://bucket/prefix (env TRAIND_STORAGE_DIR; "
+                             "default ~/.local/share/traind)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     p = argparse.ArgumentParser(prog="traind", description="Fault-tolerant Keras training daemon.", parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

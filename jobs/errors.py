@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+
 
 class TraindError(Exception):
     """Base class of all traind errors."""
@@ -43,6 +45,14 @@ class StorageError(TraindError):
     """A path escapes the storage root, or a file is missing or corrupt."""
 
 
+class StorageLocationError(StorageError, ValueError):
+    """The storage setting is a relative path, an unsupported URL scheme or a URL carrying credentials."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage cannot be used (bucket missing, access denied, unreachable past the retries)."""
+
+
 class CheckpointError(StorageError):
     """A checkpoint failed its checksum or manifest check."""
 
@@ -65,6 +75,16 @@ class RedisUnavailableError(TraindError):
 
 class ConfigError(TraindError):
     """A setting or command-line option is invalid or a required tool is missing."""
+
+
+class DurabilityError(TraindError, RedisError):
+    """A write was not confirmed by enough Redis replicas (TRAIND_REDIS_MIN_REPLICAS) in time, or landed on a
+    primary the sentinels had already replaced: it may be lost in a failover. A RedisError, so processes treat it
+    like Redis being unavailable (a worker abandons the attempt to its lease instead of failing the job)."""
+
+
+class StalePrimaryError(DurabilityError):
+    """A write landed on a Redis node that the sentinels no longer report as the primary: it will be discarded."""
 
 
 class AmbiguousJobIdError(TraindError):

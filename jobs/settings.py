@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobs.location import default_location, parse_location
 from jobs.redis_conn import DEFAULT_REDIS_URL
 
 
@@ -31,8 +32,23 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True)
 
-    redis_url: str | None = Field(None, description="Redis URL (redis://, rediss://, with user:password@ for ACL).")
-    storage_dir: Path = Field(Path("traind-data"), description="Shared checkpoint storage root (NFS mount).")
+    redis_url: str | None = Field(
+        None, description="Redis URL (redis://, rediss:// for TLS, user:password@ for ACL), or "
+        "redis+sentinel://[:password@]host1:26379,host2:26379/<master-name>/<db> (rediss+sentinel:// for TLS).")
+    redis_min_replicas: Literal["auto"] | Annotated[int, Field(ge=0, le=16)] = Field(
+        "auto", description="Replicas that must confirm job creation, checkpoint commits and state changes "
+        "(WAIT): auto = 1 when the primary has a replica, else accept as degraded; 0 = never wait.")
+    redis_wait_timeout_s: float = Field(2.0, gt=0, le=60, description="How long a write waits for its replicas.")
+    redis_socket_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A Redis reply slower than this drops the connection and reconnects "
+        "(through the sentinels: how long a frozen primary can hold a request). Must exceed dequeue_timeout_s.")
+    storage_dir: str = Field(
+        default_factory=default_location,
+        description="Checkpoint/upload storage: an absolute path (local or NFS) or a URL (s3://bucket/prefix; gs://, "
+                    "az:// where fsspec has them). Default: $XDG_DATA_HOME/traind (~/.local/share/traind).",
+    )
+    storage_retry_s: float = Field(60.0, ge=0, le=3600, description="How long transient object-store errors are "
+                                   "retried (with backoff) before the job fails.")
     allowed_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["examples"],
         description="Module prefixes that builders, loaders and custom objects may come from.",
@@ -51,6 +67,16 @@ class CommonSettings(BaseSettings):
     def _csv(cls, v: object) -> object:
         return _split_csv(v)
 
+    @field_validator("storage_dir", mode="before")
+    @classmethod
+    def _storage(cls, v: object) -> object:
+        # Refused here, at start, with one line: a relative path names a different place in every working
+        # directory, and an unknown scheme would otherwise become a local directory called "s3:".
+        if isinstance(v, (str, os.PathLike)):
+            kind, norm = parse_location(v)
+            return norm
+        return v
+
     @model_validator(mode="after")
     def _reject_env_typos(self) -> CommonSettings:
         # pydantic-settings silently ignores unknown env vars; a typo like TRAIND_LEASE_TTL would then be lost.
@@ -64,6 +90,14 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"unknown TRAIND_ environment variable(s): {', '.join(hints)}")
         return self
 
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> CommonSettings:
+        # A WAIT longer than the socket timeout would be cut off as a dead connection and the write replayed.
+        if self.redis_wait_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_REDIS_WAIT_TIMEOUT_S ({self.redis_wait_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
+
     def effective_redis_url(self) -> str:
         return self.redis_url or DEFAULT_REDIS_URL
 
@@ -74,6 +108,10 @@ class ClientSettings(CommonSettings):
 
 class WorkerSettings(CommonSettings):
     """Settings of ``traind worker``."""
+
+    cache_dir: Path | None = Field(None, description="Local cache of uploads fetched from object storage "
+                                   "(default $XDG_CACHE_HOME/traind/uploads).")
+    cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="Bound of the upload cache (0 disables it).")
 
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     device: str = Field("cpu", pattern=r"^(cpu|gpu(:\d+)?)$")
@@ -87,6 +125,14 @@ class WorkerSettings(CommonSettings):
     @classmethod
     def _csv_q(cls, v: object) -> object:
         return _split_csv(v)
+
+    @model_validator(mode="after")
+    def _dequeue_within_socket_timeout(self) -> WorkerSettings:
+        # The blocking dequeue holds its connection this long: a shorter socket timeout would break every wait.
+        if self.dequeue_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_DEQUEUE_TIMEOUT_S ({self.dequeue_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
 
 
 class SupervisorSettings(CommonSettings):

@@ -18,7 +18,7 @@ from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
 from jobs.spec import JobSpec
-from jobs.storage import Storage
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore, event
 from worker import data as data_mod
 from worker.callbacks import (
@@ -32,6 +32,7 @@ from worker.callbacks import (
 )
 from worker.checkpoint import Checkpoints, Restored, Snapshot, ckpt_key
 from worker.control import Interrupted, JobControl, StopReason
+from worker.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("traind.worker")
 
@@ -71,12 +72,14 @@ class Trainer:
         self.stop_after_epoch = False
         self.arrays = True
         self.epochs_done = 0
+        self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
         try:
             return self._run()
         finally:
+            self.tensorboard.close()
             try:
                 self.ckpts.close()
             except FencedError:
@@ -123,8 +126,9 @@ class Trainer:
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
         # Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
-        for tmp in self.ckpts.dir.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        # (On object storage: multipart uploads a killed writer left unfinished are aborted.)
+        for prefix in (job_key(self.job_id), self.ckpts.prefix):
+            self.storage.cleanup_incomplete(prefix)
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
@@ -194,6 +198,7 @@ class Trainer:
                                    steps=self.steps if data.is_arrays else None))
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
+        cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
                                   "shuffle": False}  # arrays are shuffled per epoch by traind's own pipeline
         if data.is_arrays:
