@@ -90,6 +90,14 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"unknown TRAIND_ environment variable(s): {', '.join(hints)}")
         return self
 
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> CommonSettings:
+        # A WAIT longer than the socket timeout would be cut off as a dead connection and the write replayed.
+        if self.redis_wait_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_REDIS_WAIT_TIMEOUT_S ({self.redis_wait_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
+
     def effective_redis_url(self) -> str:
         return self.redis_url or DEFAULT_REDIS_URL
 
@@ -117,6 +125,14 @@ class WorkerSettings(CommonSettings):
     @classmethod
     def _csv_q(cls, v: object) -> object:
         return _split_csv(v)
+
+    @model_validator(mode="after")
+    def _dequeue_within_socket_timeout(self) -> WorkerSettings:
+        # The blocking dequeue holds its connection this long: a shorter socket timeout would break every wait.
+        if self.dequeue_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_DEQUEUE_TIMEOUT_S ({self.dequeue_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
 
 
 class SupervisorSettings(CommonSettings):

@@ -194,17 +194,17 @@ class Checkpoints:
         events: list[dict[str, Any]] = []
         for k in [target, *earlier, *later]:
             m = index[k]
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
             epoch = m["epoch"] + 1 if m["batch"] else m["epoch"]
+            at = f"epoch {epoch} batch {m['batch']}" if m["batch"] else f"epoch {epoch}"
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                events.append(event(EventKind.SKIPPED_CHECKPOINT, f"skipping checkpoint epoch {m['epoch']}: {e}",
+                events.append(event(EventKind.SKIPPED_CHECKPOINT, f"skipping checkpoint {at}: {e}",
                                     "warning", epoch=epoch, batch=m["batch"], file=m["file"]))
                 continue
-            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
-            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
-            where = (f"epoch {epoch} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
-                     else f"epoch {epoch}")
+            where = f"{at}, continuing at batch {m['batch'] + 1}" if m["batch"] else at
             why = "preemption" if k == preempt_key else (policy if k == target else "fallback")
             events.append(event(EventKind.RESUMED, f"resuming from {why} checkpoint at {where} ({m['file']})",
                                 epoch=epoch, batch=m["batch"], file=m["file"], why=why))

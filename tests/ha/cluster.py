@@ -48,8 +48,10 @@ class Node:
         self.name = name
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.args: list[str] = []
 
     def start(self, args: list[str]) -> Node:
+        self.args = list(args)
         exe = shutil.which("redis-server")
         if not exe:
             raise RuntimeError("redis-server not found on PATH: install it (apt-get install redis-server)")
@@ -159,6 +161,24 @@ class SentinelCluster:
                     and info.get("master_link_status") == "up")
 
         _wait(ok, timeout, f"{node.name} to rejoin as a replica of port {primary.port}")
+
+    def revive(self, node: Node, primary: Node, timeout: float = 60.0) -> None:
+        """Start a killed data node again as a replica of ``primary`` (what an operator does after a failover)
+        and wait until it is in sync and every sentinel counts it as a healthy replica."""
+        args = [a for a in node.args]
+        if "--replicaof" in args:
+            i = args.index("--replicaof")
+            del args[i:i + 3]
+        node.start([*args, "--replicaof", "127.0.0.1", str(primary.port)])
+        self.wait_replica_of(node, primary, timeout)
+        for s in self.sentinels:
+            _wait(lambda s=s: self._sees_replica(s, node), timeout, f"{s.name} to see {node.name} as a replica")
+
+    def _sees_replica(self, s: Node, node: Node) -> bool:
+        for rep in s.client().sentinel_slaves(MASTER):
+            if int(rep["port"]) == node.port:
+                return not (rep.get("is_sdown") or rep.get("is_odown") or rep.get("is_disconnected"))
+        return False
 
     def stop(self) -> None:
         for n in [*self.sentinels, *self.nodes]:

@@ -23,7 +23,7 @@ from tests.fault.helpers import RUN_S, Cluster, assert_history_complete, events_
 from tests.ha.cluster import SentinelCluster
 
 pytestmark = pytest.mark.fault
-EPOCHS = 12
+EPOCHS = 10
 # A frozen primary holds a request until the socket timeout; keep it short so processes move on within seconds.
 HA_ENV = {"TRAIND_LEASE_TTL_S": "5", "TRAIND_REDIS_SOCKET_TIMEOUT_S": "3", "TRAIND_REDIS_WAIT_TIMEOUT_S": "1"}
 
@@ -46,7 +46,7 @@ def _cluster(procs: Procs, ha: SentinelCluster, storage: Path) -> Cluster:
 class Submitter(threading.Thread):
     """Submits a one-epoch job every ``interval_s`` while a failover happens; records each id or error."""
 
-    def __init__(self, client: Client, limit: int = 5, interval_s: float = 0.4) -> None:
+    def __init__(self, client: Client, limit: int = 3, interval_s: float = 0.4) -> None:
         super().__init__(daemon=True)
         self.client, self.limit, self.interval_s = client, limit, interval_s
         self.ok: list[JobHandle] = []
@@ -155,3 +155,52 @@ def test_primary_frozen_rejoins_as_replica_and_its_stale_writes_lose(procs: Proc
     assert st["state"] == JobState.SUCCEEDED.value
     for p in [*c.workers.values(), *c.supervisors]:
         assert p.poll() is None, c.logs()
+
+
+def test_fencing_and_acknowledged_commits_survive_failover(ha: SentinelCluster) -> None:
+    """In-process, on the real cluster: what was acknowledged before the kill is on the new primary, and the
+    attempt whose lease ran out during the failover can no longer write once the supervisor requeued its job."""
+    import asyncio
+
+    from daemon.supervisor import Supervisor
+    from jobs.errors import FencedError
+    from jobs.redis_conn import connect, connect_async
+    from jobs.settings import SupervisorSettings
+    from jobs.store import JobStore
+
+    settings = ClientSettings(redis_url=ha.url, redis_socket_timeout_s=3.0, redis_wait_timeout_s=1.0)
+    store = JobStore(connect(ha.url, settings=settings))
+    store.create("fence1", {"attempt": 1, "restarts": 0, "max_restarts": 3, "queue": "default"})
+    store.transition("fence1", JobState.RUNNING, attempt=1, fields={"token": "t1", "worker": "old"},
+                     lease_ttl_ms=1000)
+    store.fenced_update("fence1", "t1", history_set={1: {"epoch": 1, "loss": 0.5}}, ckpt_set={1: {"key": 1}})
+    assert store.r.durability.last == "replicated (1)"
+    sup = Supervisor(SupervisorSettings(redis_url=ha.url, lease_ttl_s=1.0, redis_socket_timeout_s=3.0))
+    assert sup.step().skipped_reason is None
+
+    old = ha.current_primary()
+    old.signal(signal.SIGKILL)
+    ha.wait_failover(old)
+    assert store.history("fence1") == [{"epoch": 1, "loss": 0.5}] and 1 in store.checkpoints("fence1")
+
+    # The old attempt never renews: the supervisor grants one TTL on the new primary, then requeues.
+    requeued: list[str] = []
+    wait_for(lambda: requeued.extend(sup.step().requeued) or requeued, 60, "the lapsed attempt to be requeued",
+             interval=0.1)
+    assert requeued == ["fence1"]
+    store.transition("fence1", JobState.RUNNING, attempt=2, fields={"token": "t2", "worker": "new"},
+                     lease_ttl_ms=5000)
+    with pytest.raises(FencedError):
+        store.fenced_update("fence1", "t1", history_set={2: {"epoch": 2, "loss": 0.4}})
+    assert store.heartbeat("fence1", "t1", 1000) == (False, False)
+    store.fenced_update("fence1", "t2", history_set={2: {"epoch": 2, "loss": 0.3}})
+    assert [h["loss"] for h in store.history("fence1")] == [0.5, 0.3]
+
+    async def ping() -> bool:  # traind serve's asyncio client follows the new primary too
+        r = connect_async(ha.url)
+        try:
+            return bool(await r.ping()) and (await r.hget("traind:job:fence1", "worker")) == b"new"
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(ping())

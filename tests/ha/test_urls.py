@@ -11,7 +11,7 @@ import redis
 
 from jobs.errors import ConfigError, DurabilityError
 from jobs.redis_conn import connect, is_sentinel_url, parse_sentinel_url, redact_url
-from jobs.settings import ClientSettings
+from jobs.settings import ClientSettings, WorkerSettings
 from jobs.store import JobStore
 from tests.redis_server import RedisServer
 
@@ -79,6 +79,10 @@ def test_settings_validate_min_replicas() -> None:
     assert ClientSettings(redis_min_replicas=2).redis_min_replicas == 2
     with pytest.raises(ValueError, match="redis_min_replicas"):
         ClientSettings(redis_min_replicas="sometimes")
+    with pytest.raises(ValueError, match=r"TRAIND_REDIS_WAIT_TIMEOUT_S \(5.0\) must be below"):
+        ClientSettings(redis_wait_timeout_s=5, redis_socket_timeout_s=3)
+    with pytest.raises(ValueError, match=r"TRAIND_DEQUEUE_TIMEOUT_S \(5.0\) must be below"):
+        WorkerSettings(dequeue_timeout_s=5, redis_socket_timeout_s=3)
 
 
 # -- the policy against real servers ---------------------------------------------------------------------------------
@@ -106,7 +110,7 @@ def _replicate(primary: RedisServer, replica: RedisServer) -> None:
 
 def test_single_server_auto_is_degraded_not_blocking(pair: tuple[RedisServer, RedisServer]) -> None:
     primary, _ = pair
-    store = _store(primary.url, redis_wait_timeout_s=30.0)  # a WAIT would block 30 s: auto must not wait
+    store = _store(primary.url, redis_wait_timeout_s=20.0)  # a WAIT would block 20 s: auto must not wait
     assert store.create("a1", {"x": 1}) == ("a1", True)
     assert store.r.durability.last == "degraded: the primary has no replica connected"
     assert store.raw("a1")["state"] == "queued"
