@@ -17,6 +17,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobs.redis_conn import check_redis_url
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -29,12 +31,14 @@ def _split_csv(v: object) -> object:
 class CommonSettings(BaseSettings):
     """Settings every traind process reads."""
 
-    model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True)
+    # hide_input_in_errors: a refused setting's message must never quote the value (a URL carries the password).
+    model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True,
+                                      hide_input_in_errors=True)
 
     redis_url: str | None = Field(None, description="Redis URL (redis://, rediss://, with user:password@ for ACL).")
     storage_dir: Path = Field(Path("traind-data"), description="Shared checkpoint storage root (NFS mount).")
     allowed_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["examples"],
+        default_factory=list,  # nothing: every deployment names its own code (`traind up --example` adds its own)
         description="Module prefixes that builders, loaders and custom objects may come from.",
     )
     lease_ttl_s: float = Field(5.0, gt=0.2, le=3600)
@@ -49,6 +53,12 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _csv(cls, v: object) -> object:
         return _split_csv(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        # ConfigError (one line, password redacted) rather than a parser's ValueError quoting part of the password.
+        return None if v is None else check_redis_url(v)
 
     @model_validator(mode="after")
     def _reject_env_typos(self) -> CommonSettings:

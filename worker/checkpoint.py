@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,11 +21,14 @@ from typing import Any
 import numpy as np
 
 from jobs.errors import CheckpointError, FencedError, StorageError
-from jobs.storage import Storage, sha256_file
+from jobs.storage import Storage, sha256_file, validate_job_id
 from jobs.store import JobStore, event
 
 log = logging.getLogger("traind.worker")
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
+_CKPT_FILE = re.compile(r"ckpt/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.npz")  # what write() records: a file in ckpt/
+_ARRAY = re.compile(r"[woem][0-9]{6}")  # the array names _pack writes
+_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 def ckpt_key(epoch: int, batch: int) -> int:
@@ -71,9 +75,46 @@ def _pack(s: Snapshot) -> bytes:
 def _unpack(path: Path) -> dict[str, list[np.ndarray]]:
     groups: dict[str, list[np.ndarray]] = {"w": [], "o": [], "e": [], "m": []}
     with np.load(path, allow_pickle=False) as z:
+        unexpected = [n for n in z.files if not _ARRAY.fullmatch(n)]
+        if unexpected:
+            raise CheckpointError(f"unexpected array name(s) {unexpected[:5]!r}; expected w/o/e/m + 6 digits")
         for name in sorted(z.files):
             groups[name[0]].append(z[name])
     return groups
+
+
+def check_manifest(m: object) -> dict[str, Any]:
+    """``m`` if it has the shape :meth:`Checkpoints.write` records, else CheckpointError saying what is wrong.
+
+    The index in Redis is the authority on which checkpoints exist, but its entries are data: one that is corrupt or
+    planted must be skipped, never trusted to name a file or a resume point.
+    """
+    if not isinstance(m, dict):
+        raise CheckpointError(f"manifest is corrupt: expected a JSON object, received {str(m)[:100]!r}")
+    bad = [k for k in ("epoch", "batch") if not isinstance(m.get(k), int) or isinstance(m.get(k), bool) or m[k] < 0]
+    if not isinstance(m.get("sha256"), str) or not _SHA.fullmatch(m["sha256"]):
+        bad.append("sha256")
+    if not isinstance(m.get("state"), dict):
+        bad.append("state")
+    if bad:
+        raise CheckpointError(f"manifest is corrupt: missing or invalid {', '.join(bad)}")
+    name = m.get("file")
+    if not isinstance(name, str) or not _CKPT_FILE.fullmatch(name):
+        raise CheckpointError(f"manifest names file {str(name)[:200]!r}; expected a file directly inside the job's "
+                              "ckpt/ directory (ckpt/<name>.npz)")
+    return m
+
+
+def checkpoint_dir(storage: Storage, job_id: str) -> Path:
+    """``<root>/jobs/<id>/ckpt``, refused (StorageError) when reaching it means following a symlink anywhere."""
+    literal = storage.root / "jobs" / validate_job_id(job_id) / "ckpt"
+    resolved = storage.confine(literal)  # outside the root: StorageError naming both paths
+    if resolved != literal:
+        # A symlink to another job's or to the uploads' directory stays inside the root, but listing and deleting
+        # temp files there would touch files this job does not own.
+        raise StorageError(f"checkpoint directory {str(literal)!r} resolves to {str(resolved)!r} through a "
+                           "symlink; traind never follows a job's directories elsewhere")
+    return literal
 
 
 class Checkpoints:
@@ -82,7 +123,7 @@ class Checkpoints:
     def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str) -> None:
         self.storage, self.store = storage, store
         self.job_id, self.attempt, self.token = job_id, attempt, token
-        self.dir = storage.job_dir(job_id) / "ckpt"
+        self.dir = checkpoint_dir(storage, job_id)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending: Future[dict[str, Any]] | None = None
         self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
@@ -145,13 +186,39 @@ class Checkpoints:
         finally:
             self._pool.shutdown(wait=True)
 
+    def file_of(self, manifest: dict[str, Any]) -> Path:
+        """The checkpoint file a manifest names: only a regular name directly inside this job's ckpt/."""
+        check_manifest(manifest)
+        path = self.dir / manifest["file"].removeprefix("ckpt/")
+        if path.is_symlink():
+            raise CheckpointError(f"checkpoint {manifest['file']} is a symlink; traind never follows it")
+        return path
+
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            f = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
-            f.unlink(missing_ok=True)
-            f.with_suffix(".json").unlink(missing_ok=True)
-        except (StorageError, OSError, KeyError):
-            pass
+            f = self.file_of(manifest)
+        except CheckpointError as e:
+            # Never delete what a corrupt or planted manifest names (``../../uploads/<sha>.npz``); say so and go on.
+            msg = f"not deleting the files of a checkpoint: {e}"
+            log.warning("job %s: %s", self.job_id, msg)
+            try:
+                self.store.add_event(self.job_id, msg, "warning")
+            except Exception:  # noqa: BLE001 - the warning is informational; the job goes on
+                pass
+            return
+        for p in (f, f.with_suffix(".json")):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def remove_temp_files(self) -> None:
+        """Delete temp files of writes a dead (or fenced) attempt never finished; the caller owns the job now."""
+        for tmp in self.dir.glob(".*.tmp*"):  # self.dir is the job's own ckpt/ (no symlink on the way)
+            try:
+                tmp.unlink(missing_ok=True)  # a symlink is removed itself, never its target
+            except OSError as e:
+                log.warning("job %s: cannot remove temp file %s: %s", self.job_id, tmp, e)
 
     def retention_victims(self, index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
                           newest_key: int) -> list[int]:
@@ -170,7 +237,7 @@ class Checkpoints:
     # -- reading -------------------------------------------------------------------------------------------------
     def verify(self, manifest: dict[str, Any]) -> Path:
         """The manifest's file, after checking it exists and matches its sha256."""
-        path = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
+        path = self.file_of(manifest)
         if not path.exists():
             raise CheckpointError(f"checkpoint {manifest['file']} is missing")
         if sha256_file(path) != manifest["sha256"]:
@@ -181,8 +248,10 @@ class Checkpoints:
         path = self.verify(manifest)
         try:
             g = _unpack(path)
-        except (ValueError, OSError) as e:
-            raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {e}") from e
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint {manifest['file']}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint to skip, not a failed job
+            raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {type(e).__name__}: {e}") from e
         return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
 
     def select(self, index: dict[int, dict[str, Any]], policy: str, best_key: int | None,
@@ -206,7 +275,8 @@ class Checkpoints:
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
+                what = f"epoch {m['epoch']}" if isinstance(m, dict) and isinstance(m.get("epoch"), int) else str(k)
+                events.append(event(f"skipping checkpoint {what}: {e}", "warning"))
                 continue
             where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
             why = "preemption checkpoint" if k == preempt_key else (

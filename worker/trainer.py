@@ -122,9 +122,7 @@ class Trainer:
     # -- resume --------------------------------------------------------------------------------------------------
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
-        # Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
-        for tmp in self.ckpts.dir.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        self.ckpts.remove_temp_files()  # of writes a dead (or fenced) attempt never finished
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
