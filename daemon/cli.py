@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from daemon import render
 from daemon.watch import print_logs, watch_job
+from jobs import logfmt
 from jobs.client import Client
 from jobs.errors import ConfigError, JobNotFoundError, JobTimeoutError, SpecError, StorageError, TraindError
 from jobs.redis_conn import connect, redact_url
@@ -313,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--example", action="store_true", help="train examples/regression.yaml, print it, stop")
     sp.add_argument("--timeout", type=_positive_float, default=1800.0, help="--example: give up after S seconds")
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
+    from daemon import ops  # serve/workers/health/retry/purge live in their own module
+
+    ops.register(add)
     sub.add_parser("chaos", help="fault-injection run (bench.chaos); arguments are passed on")
     sp = sub.add_parser("bench", help="run a benchmark (bench.NAME); arguments are passed on")
     sp.add_argument("name")
@@ -336,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(head)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
         if args.command in _FORWARD:
             return _forward(args.command, getattr(args, "name", None), rest, args)

@@ -20,7 +20,7 @@ from types import FrameType
 
 import redis
 
-from jobs import keys
+from jobs import keys, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, StorageError
 from jobs.queue import enqueue, queue_contents
 from jobs.redis_conn import connect, redact_url
@@ -204,6 +204,9 @@ class Supervisor:
         )
         rep.requeued.append(job_id)
         log.warning("job %s requeued as attempt %d: worker %s lost", job_id, attempt + 1, worker)
+        # kill -> requeue, measured from the last lease renewal (the latest moment the worker was known alive)
+        telemetry.record_requeue(self.r, "worker_lost",
+                                 detection_s=(now - expired_at) / 1000 + self.settings.lease_ttl_s)
         # If we die right here the job sits in `pending` with score 0, and the next step (ours or another
         # supervisor's) enqueues it: the transition above already made the requeue durable.
         enqueue(self.r, job_id, attempt + 1, _str(vals["queue"]))
@@ -302,6 +305,7 @@ class Supervisor:
             while not self._stop.is_set():
                 try:
                     rep = self.step()
+                    telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

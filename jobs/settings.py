@@ -12,9 +12,9 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobs.redis_conn import check_redis_url
@@ -48,6 +48,7 @@ class CommonSettings(BaseSettings):
     max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
     max_history: int = Field(100_000, ge=1)
     events_max: int = Field(2_000, ge=10)
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
     @field_validator("allowed_modules", mode="before")
     @classmethod
@@ -114,8 +115,24 @@ class StackSettings(CommonSettings):
     redis_port: int = Field(0, ge=0, le=65535, description="Port of the embedded Redis (0: pick a free one).")
 
 
+class ServeSettings(CommonSettings):
+    """Settings of ``traind serve`` (HTTP API, dashboard, /metrics)."""
+
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 only behind a firewall or proxy.")
+    port: int = Field(8600, ge=0, le=65535)
+    api_token: SecretStr | None = Field(None, description="Bearer token with full access (submit, cancel, retry).")
+    api_read_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer tokens with read-only access (dashboards).")
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=300, description="Comment line sent to idle SSE streams.")
+
+    @field_validator("api_read_tokens", mode="before")
+    @classmethod
+    def _csv_tokens(cls, v: object) -> object:
+        return _split_csv(v)
+
+
 def _known_env_names() -> set[str]:
     names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
-    for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings):
+    for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings, ServeSettings):
         names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
     return names

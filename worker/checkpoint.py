@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs import telemetry
 from jobs.errors import CheckpointError, FencedError, StorageError
 from jobs.storage import Storage, sha256_file, validate_job_id
 from jobs.store import JobStore, event
@@ -131,6 +132,7 @@ class Checkpoints:
     # -- writing -------------------------------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> dict[str, Any]:
         """Write the snapshot's file and manifest atomically; returns the manifest (not yet committed)."""
+        t0 = time.perf_counter()
         name = f"e{snap.epoch:06d}-b{snap.batch:06d}-a{self.attempt}"
         data = _pack(snap)
         path = self.dir / f"{name}.npz"
@@ -142,6 +144,8 @@ class Checkpoints:
                 "state": snap.state, "created": time.time(),
             }
             self.storage.write_bytes_atomic(self.dir / f"{name}.json", json.dumps(manifest, indent=1).encode())
+            telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
+            telemetry.observe(self.store.r, "checkpoint_bytes", len(data))
         except OSError as e:
             for p in (path, self.dir / f"{name}.json"):
                 p.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs import keys, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
 from jobs.queue import Delivery, enqueue, pop
 from jobs.redis_conn import connect, redact_url
@@ -29,7 +29,7 @@ from jobs.spec import load_stored_spec
 from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
-from worker.device import configure_tensorflow, pin_device
+from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 from worker.versions import check_keras
 
 log = logging.getLogger("traind.worker")
@@ -130,6 +130,8 @@ class Worker:
         }
         if job_id is not None:
             info["job"] = job_id
+        if (gpu_mb := gpu_memory_mb(self.gpus)) is not None:
+            info["gpu_mem_mb"] = gpu_mb
         pipe = self.r.pipeline()
         pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
         if job_id is None:
@@ -271,6 +273,7 @@ class Worker:
             return
         enqueue(self.r, job_id, attempt + 1, record["queue"])
         self.store.mark_delivered(job_id)
+        telemetry.record_requeue(self.r, "preempted")
 
 
 def _release_memory() -> None:
