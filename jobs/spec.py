@@ -317,7 +317,7 @@ def load_stored_spec(text: str | None, **limits: Any) -> JobSpec:
     """
     max_bytes = limits.get("max_spec_bytes")
     if text is None:
-        raise SpecError(["<spec>: the job record has no spec"])
+        raise SpecError(["<spec>: expected a mapping, received NoneType (the job record has no spec field)"])
     if max_bytes is not None and len(text) > max_bytes:  # characters <= bytes: a cheap lower bound
         raise LimitError([f"<spec>: stored spec of {len(text)} characters exceeds TRAIND_MAX_SPEC_BYTES={max_bytes}; "
                           "refused before parsing"])
