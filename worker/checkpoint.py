@@ -108,6 +108,7 @@ def check_manifest(m: object) -> dict[str, Any]:
 
 def checkpoint_dir(storage: Storage, job_id: str) -> Path:
     """``<root>/jobs/<id>/ckpt``, refused (StorageError) when reaching it means following a symlink anywhere."""
+    storage.job_dir(job_id)  # the job's directory itself: refused when it leads outside the root
     literal = storage.root / "jobs" / validate_job_id(job_id) / "ckpt"
     resolved = storage.confine(literal)  # outside the root: StorageError naming both paths
     if resolved != literal:
