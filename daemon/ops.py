@@ -15,12 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from jobs import admin
 from jobs.errors import ConfigError, IllegalTransitionError
 from jobs.redis_conn import connect
-from jobs.settings import ClientSettings, ServeSettings
-from jobs.storage import Storage
 
+# jobs.admin (rq), jobs.settings (pydantic) and the server are imported by the commands that use them: this module is
+# imported by every `traind` invocation to register its subcommands, and read-only commands must start fast.
 AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -42,6 +41,7 @@ def _settings_and_client(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from daemon.cli import _settings
     from daemon.serve.app import run
+    from jobs.settings import ServeSettings
 
     settings = _settings(ServeSettings, args, host=args.host, port=args.port)
     return run(settings)
@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     from daemon import render
+    from jobs import admin
 
     client = _settings_and_client(args)
     ws = admin.workers(client.store)
@@ -74,6 +75,8 @@ def render_json(obj: Any) -> None:
 
 def cmd_health(args: argparse.Namespace) -> int:
     from daemon.cli import _settings
+    from jobs import admin
+    from jobs.settings import ClientSettings
 
     settings = _settings(ClientSettings, args)
     conn = connect(settings.effective_redis_url(), retries=1, socket_timeout_s=5.0)
@@ -84,10 +87,11 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from daemon.cli import _job_id
+    from daemon.cli import _resolve
+    from jobs import admin
 
     client = _settings_and_client(args)
-    job_id = _job_id(args.job)
+    job_id = _resolve(client.store, args.job)  # an id or a unique prefix, as every job command takes
     try:
         attempt = admin.retry(client.store, job_id)
     except IllegalTransitionError as e:
@@ -98,6 +102,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    from jobs import admin
+    from jobs.storage import Storage
+
     client = _settings_and_client(args)
     states = [s.strip() for s in args.state.split(",")] if args.state else None
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,6 +33,7 @@ from typing import TextIO
 import redis
 
 from jobs.errors import ConfigError, TraindError
+from jobs.location import default_location
 from jobs.redis_conn import redact_url
 from jobs.settings import StackSettings
 
@@ -196,7 +198,11 @@ class Stack:
         self.settings = settings
         self.out = out
         self.grace_s = grace_s
-        self.storage = Path(settings.storage_dir).resolve()
+        # Checkpoints go to the storage location (a path or s3://...); the embedded Redis and the logs need a local
+        # directory: the storage dir itself when it is local, else the default local data dir.
+        self.storage = settings.storage_dir
+        local = not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", self.storage)
+        self.home = Path(self.storage if local else default_location()).resolve()
         self.redis: EmbeddedRedis | None = None
         self.url = settings.redis_url or ""
         self.children: list[Child] = []
@@ -214,9 +220,9 @@ class Stack:
 
     @property
     def redis_dir(self) -> Path:
-        """The embedded Redis' AOF, config and URL file: next to the storage root, never inside it (a job's files
-        are confined to the root; nothing a job names can reach the database or its password)."""
-        return self.storage.with_name(self.storage.name + ".redis")
+        """The embedded Redis' AOF, config and URL file: next to the local storage root, never inside it (a job's
+        files are confined to the root; nothing a job names can reach the database or its password)."""
+        return self.home.with_name(self.home.name + ".redis")
 
     @property
     def url_file(self) -> Path:
@@ -227,7 +233,7 @@ class Stack:
             self.redis = EmbeddedRedis(self.redis_dir, self.settings.redis_port)  # ConfigError if missing
         if self.settings.workers:
             check_worker_runtime()
-        self.storage.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         if self.redis is not None:
             self.redis.start()
             self.url = self.redis.url
@@ -236,7 +242,7 @@ class Stack:
                "TRAIND_ALLOWED_MODULES": ",".join(self.settings.allowed_modules)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        logs = self.storage / "logs"
+        logs = self.home / "logs"
         cli = [sys.executable, "-m", "daemon.cli"]
         self.children.append(Child("supervisor", [*cli, "supervise"], logs / "supervisor.log", env))
         for i in range(self.settings.workers):

@@ -111,11 +111,13 @@ class Supervisor:
         now = self.store.now_ms() if now_ms is None else int(now_ms)
         rep = StepReport(now_ms=now)
         uptime = self._redis_uptime_s()
-        if uptime < self.settings.lease_ttl_s:
-            # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL.
+        # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL. A fresh
+        # Redis without leases (every `traind up`) has nothing to protect, so nothing is skipped or logged.
+        leases = self.r.zcard(keys.LEASES) if uptime < self.settings.lease_ttl_s else 0
+        if leases:
             rep.skipped_reason = (
-                f"redis restarted {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s); "
-                "not requeueing until workers had a chance to renew"
+                f"redis started {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s) with {leases} "
+                "running job(s): not requeueing until their workers had a chance to renew"
             )
         else:
             self._expire_leases(now, rep)

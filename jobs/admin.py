@@ -9,7 +9,6 @@ numbers. Every state change still goes through :meth:`jobs.store.JobStore.transi
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from typing import Any
 
@@ -19,7 +18,7 @@ from jobs import keys, telemetry
 from jobs.errors import IllegalTransitionError, JobNotFoundError
 from jobs.queue import enqueue, queue_key
 from jobs.states import RETRYABLE, TERMINAL, JobState
-from jobs.storage import Storage
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore, parse_record
 
 LIST_FIELDS = ["id", "name", "state", "queue", "epoch", "epochs", "restarts", "preemptions", "attempt", "best_epoch",
@@ -183,8 +182,8 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
     if storage is not None:
         for jid in gone:
             try:
-                shutil.rmtree(storage.job_dir(jid), ignore_errors=True)
-            except Exception:  # noqa: BLE001 - a refused (confined) path is left alone
+                storage.delete_prefix(job_key(jid))  # a local dir or every object under the job's prefix
+            except Exception:  # noqa: BLE001 - a refused (confined) key is left alone
                 pass
     return [v[0] for v in victims]
 

@@ -17,9 +17,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from jobs.redis_conn import check_redis_url
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from jobs.location import default_location, parse_location
+from jobs.redis_conn import DEFAULT_REDIS_URL, check_redis_url
 
 
 def _split_csv(v: object) -> object:
@@ -36,7 +35,13 @@ class CommonSettings(BaseSettings):
                                       hide_input_in_errors=True)
 
     redis_url: str | None = Field(None, description="Redis URL (redis://, rediss://, with user:password@ for ACL).")
-    storage_dir: Path = Field(Path("traind-data"), description="Shared checkpoint storage root (NFS mount).")
+    storage_dir: str = Field(
+        default_factory=default_location,
+        description="Checkpoint/upload storage: an absolute path (local or NFS) or a URL (s3://bucket/prefix; gs://, "
+                    "az:// where fsspec has them). Default: $XDG_DATA_HOME/traind (~/.local/share/traind).",
+    )
+    storage_retry_s: float = Field(60.0, ge=0, le=3600, description="How long transient object-store errors are "
+                                   "retried (with backoff) before the job fails.")
     allowed_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,  # nothing: every deployment names its own code (`traind up --example` adds its own)
         description="Module prefixes that builders, loaders and custom objects may come from.",
@@ -61,6 +66,16 @@ class CommonSettings(BaseSettings):
         # ConfigError (one line, password redacted) rather than a parser's ValueError quoting part of the password.
         return None if v is None else check_redis_url(v)
 
+    @field_validator("storage_dir", mode="before")
+    @classmethod
+    def _storage(cls, v: object) -> object:
+        # Refused here, at start, with one line: a relative path names a different place in every working
+        # directory, and an unknown scheme would otherwise become a local directory called "s3:".
+        if isinstance(v, (str, os.PathLike)):
+            kind, norm = parse_location(v)
+            return norm
+        return v
+
     @model_validator(mode="after")
     def _reject_env_typos(self) -> CommonSettings:
         # pydantic-settings silently ignores unknown env vars; a typo like TRAIND_LEASE_TTL would then be lost.
@@ -84,6 +99,10 @@ class ClientSettings(CommonSettings):
 
 class WorkerSettings(CommonSettings):
     """Settings of ``traind worker``."""
+
+    cache_dir: Path | None = Field(None, description="Local cache of uploads fetched from object storage "
+                                   "(default $XDG_CACHE_HOME/traind/uploads).")
+    cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="Bound of the upload cache (0 disables it).")
 
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     device: str = Field("cpu", pattern=r"^(cpu|gpu(:\d+)?)$")

@@ -18,7 +18,7 @@ from jobs.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 
 _INT_FIELDS = (
     "epoch", "epochs", "restarts", "preemptions", "attempt", "max_restarts", "best_epoch", "created_at",
-    "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch",
+    "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch", "running_epoch",
 )
 _FLOAT_FIELDS = ("best_value",)
 _JSON_FIELDS = (

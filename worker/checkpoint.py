@@ -15,14 +15,13 @@ import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jobs import telemetry
 from jobs.errors import CheckpointError, FencedError, StorageError
-from jobs.storage import Storage, sha256_file, validate_job_id
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore, event
 
 log = logging.getLogger("traind.worker")
@@ -73,9 +72,9 @@ def _pack(s: Snapshot) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(path: Path) -> dict[str, list[np.ndarray]]:
+def _unpack(data: bytes) -> dict[str, list[np.ndarray]]:
     groups: dict[str, list[np.ndarray]] = {"w": [], "o": [], "e": [], "m": []}
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         unexpected = [n for n in z.files if not _ARRAY.fullmatch(n)]
         if unexpected:
             raise CheckpointError(f"unexpected array name(s) {unexpected[:5]!r}; expected w/o/e/m + 6 digits")
@@ -106,26 +105,13 @@ def check_manifest(m: object) -> dict[str, Any]:
     return m
 
 
-def checkpoint_dir(storage: Storage, job_id: str) -> Path:
-    """``<root>/jobs/<id>/ckpt``, refused (StorageError) when reaching it means following a symlink anywhere."""
-    storage.job_dir(job_id)  # the job's directory itself: refused when it leads outside the root
-    literal = storage.root / "jobs" / validate_job_id(job_id) / "ckpt"
-    resolved = storage.confine(literal)  # outside the root: StorageError naming both paths
-    if resolved != literal:
-        # A symlink to another job's or to the uploads' directory stays inside the root, but listing and deleting
-        # temp files there would touch files this job does not own.
-        raise StorageError(f"checkpoint directory {str(literal)!r} resolves to {str(resolved)!r} through a "
-                           "symlink; traind never follows a job's directories elsewhere")
-    return literal
-
-
 class Checkpoints:
     """One attempt's view of a job's checkpoints."""
 
     def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str) -> None:
         self.storage, self.store = storage, store
         self.job_id, self.attempt, self.token = job_id, attempt, token
-        self.dir = checkpoint_dir(storage, job_id)
+        self.prefix = job_key(job_id, "ckpt")  # storage key of the checkpoint "directory" (validates the id)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending: Future[dict[str, Any]] | None = None
         self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
@@ -136,20 +122,21 @@ class Checkpoints:
         t0 = time.perf_counter()
         name = f"e{snap.epoch:06d}-b{snap.batch:06d}-a{self.attempt}"
         data = _pack(snap)
-        path = self.dir / f"{name}.npz"
+        key = f"{self.prefix}/{name}"
         try:
-            digest = self.storage.write_bytes_atomic(path, data)
+            # Object first, then its manifest; neither is visible to resume until commit() records it in Redis.
+            digest = self.storage.put_bytes(f"{key}.npz", data)
             manifest = {
                 "key": snap.key, "epoch": snap.epoch, "batch": snap.batch, "attempt": self.attempt,
                 "file": f"ckpt/{name}.npz", "sha256": digest, "size": len(data), "metrics": snap.metrics,
                 "state": snap.state, "created": time.time(),
             }
-            self.storage.write_bytes_atomic(self.dir / f"{name}.json", json.dumps(manifest, indent=1).encode())
+            self.storage.put_bytes(f"{key}.json", json.dumps(manifest, indent=1).encode())
             telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
             telemetry.observe(self.store.r, "checkpoint_bytes", len(data))
         except OSError as e:
-            for p in (path, self.dir / f"{name}.json"):
-                p.unlink(missing_ok=True)
+            for k in (f"{key}.npz", f"{key}.json"):
+                self.storage.delete(k)
             raise StorageError(f"could not write checkpoint {name} ({e.strerror or e}); previous checkpoints are intact"
                                ) from e
         return manifest
@@ -191,17 +178,16 @@ class Checkpoints:
         finally:
             self._pool.shutdown(wait=True)
 
-    def file_of(self, manifest: dict[str, Any]) -> Path:
-        """The checkpoint file a manifest names: only a regular name directly inside this job's ckpt/."""
-        check_manifest(manifest)
-        path = self.dir / manifest["file"].removeprefix("ckpt/")
-        if path.is_symlink():
-            raise CheckpointError(f"checkpoint {manifest['file']} is a symlink; traind never follows it")
-        return path
+    def key_of(self, manifest: dict[str, Any]) -> str:
+        """The storage key of the file a manifest names: only a plain name directly inside this job's ckpt/."""
+        try:
+            return job_key(self.job_id, check_manifest(manifest)["file"])
+        except StorageError as e:
+            raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
 
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            f = self.file_of(manifest)
+            key = self.key_of(manifest)
         except CheckpointError as e:
             # Never delete what a corrupt or planted manifest names (``../../uploads/<sha>.npz``); say so and go on.
             msg = f"not deleting the files of a checkpoint: {e}"
@@ -211,19 +197,11 @@ class Checkpoints:
             except Exception:  # noqa: BLE001 - the warning is informational; the job goes on
                 pass
             return
-        for p in (f, f.with_suffix(".json")):
-            try:
-                p.unlink(missing_ok=True)
-            except OSError:
-                pass
-
-    def remove_temp_files(self) -> None:
-        """Delete temp files of writes a dead (or fenced) attempt never finished; the caller owns the job now."""
-        for tmp in self.dir.glob(".*.tmp*"):  # self.dir is the job's own ckpt/ (no symlink on the way)
-            try:
-                tmp.unlink(missing_ok=True)  # a symlink is removed itself, never its target
-            except OSError as e:
-                log.warning("job %s: cannot remove temp file %s: %s", self.job_id, tmp, e)
+        try:
+            self.storage.delete(key)  # local storage: a symlink is removed itself, never followed
+            self.storage.delete(key.removesuffix(".npz") + ".json")
+        except (StorageError, OSError):
+            pass
 
     def retention_victims(self, index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
                           newest_key: int) -> list[int]:
@@ -240,19 +218,15 @@ class Checkpoints:
             self._remove_files(m)
 
     # -- reading -------------------------------------------------------------------------------------------------
-    def verify(self, manifest: dict[str, Any]) -> Path:
-        """The manifest's file, after checking it exists and matches its sha256."""
-        path = self.file_of(manifest)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {manifest['file']} is missing")
-        if sha256_file(path) != manifest["sha256"]:
-            raise CheckpointError(f"checkpoint {manifest['file']} failed its sha256 check (torn or corrupt)")
-        return path
+    def verify(self, manifest: dict[str, Any]) -> bytes:
+        """The manifest's object, after checking it exists and matches its sha256 (CheckpointError otherwise)."""
+        key = self.key_of(manifest)
+        return self.storage.read_verified(key, manifest["sha256"], what=f"checkpoint {manifest['file']}")
 
     def load(self, manifest: dict[str, Any]) -> Restored:
-        path = self.verify(manifest)
+        data = self.verify(manifest)
         try:
-            g = _unpack(path)
+            g = _unpack(data)
         except CheckpointError as e:
             raise CheckpointError(f"checkpoint {manifest['file']}: {e}") from e
         except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint to skip, not a failed job
@@ -268,6 +242,10 @@ class Checkpoints:
         """
         keys = sorted(index)
         if not keys:
+            if self.attempt > 1:
+                # Loud, never quiet: a retried attempt with no committed checkpoint redoes everything.
+                return None, [event(f"attempt {self.attempt}: no committed checkpoint in {self.storage.url} to resume "
+                                    "from; starting over from epoch 1", "warning")]
             return None, []
         latest = keys[-1]
         target = preempt_key if preempt_key in index else (best_key if policy == "best" and best_key in index
@@ -283,20 +261,23 @@ class Checkpoints:
                 what = f"epoch {m['epoch']}" if isinstance(m, dict) and isinstance(m.get("epoch"), int) else str(k)
                 events.append(event(f"skipping checkpoint {what}: {e}", "warning"))
                 continue
-            where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            where = (f"epoch {m['epoch'] + 1} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
+                     else f"epoch {m['epoch']}")
             why = "preemption checkpoint" if k == preempt_key else (
                 f"{policy} checkpoint" if k == target else "fallback checkpoint")
             events.append(event(f"resuming from {why} at {where} ({m['file']})"))
             return restored, events
-        events.append(event("no valid checkpoint; starting from scratch", "warning"))
+        events.append(event(f"no valid checkpoint in {self.storage.url}; starting from scratch", "warning"))
         return None, events
 
     def export(self, model: Any, weights_only: bool, name: str) -> dict[str, Any]:
         """Write the user-facing model file (``best.keras`` or ``best.weights.h5``) atomically."""
         suffix = ".weights.h5" if weights_only else ".keras"
-        dest = self.storage.job_dir(self.job_id) / f"{name}{suffix}"
+        key = job_key(self.job_id, f"{name}{suffix}")
         if weights_only:
-            digest = self.storage.write_atomic(dest, lambda p: model.save_weights(p), tmp_suffix=suffix)
+            digest = self.storage.put_with(key, lambda p: model.save_weights(p), suffix=suffix)
         else:
-            digest = self.storage.write_atomic(dest, lambda p: model.save(p), tmp_suffix=suffix)
-        return {"file": dest.name, "sha256": digest, "format": "weights" if weights_only else "keras"}
+            digest = self.storage.put_with(key, lambda p: model.save(p), suffix=suffix)
+        return {"file": f"{name}{suffix}", "sha256": digest, "format": "weights" if weights_only else "keras"}

@@ -50,7 +50,15 @@ class Worker:
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url())
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
-        self.storage = Storage(settings.storage_dir).ensure()
+        self.storage = Storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
+        if not self.storage.is_local and settings.cache_max_bytes > 0:
+            from worker.cache import UploadCache
+
+            self.storage.cache = UploadCache(settings.cache_dir, settings.cache_max_bytes)
+        try:
+            self.storage.check()
+        except StorageError as e:  # jobs will fail with this line; the worker still serves (storage may come back)
+            log.error("%s", e)
         self.queues = [keys.rq_queue_name(q, self.device_kind, p) for q in settings.queues
                        for p in ("high", "default", "low")]
         self._stop = threading.Event()
@@ -219,6 +227,8 @@ class Worker:
             finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
             return False
         try:
+            # Storage gone (bucket missing, access denied): the job fails with one line naming it, the worker goes on.
+            self.storage.check()
             # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
             trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
                               attempt=attempt, token=token, spec=spec, record=record, control=control)

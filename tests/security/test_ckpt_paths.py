@@ -41,7 +41,7 @@ def test_ckpt_symlink_is_never_followed(
     run_burst(redis_url, storage_dir)
     error = failed_with(r, job_id)
     expected = "outside storage root" if target == "outside" else "through a symlink; traind never follows"
-    assert expected in error and str(storage_dir.resolve() / "jobs" / job_id / "ckpt") in error, error
+    assert expected in error and f"path 'jobs/{job_id}/ckpt' resolves to " in error, error
     assert victim.read_bytes() == b"not yours"
     assert sorted(p.name for p in elsewhere.iterdir()) == [victim.name]  # nothing written there either
 
