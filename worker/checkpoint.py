@@ -180,8 +180,9 @@ class Checkpoints:
 
     def key_of(self, manifest: dict[str, Any]) -> str:
         """The storage key of the file a manifest names: only a plain name directly inside this job's ckpt/."""
+        name = check_manifest(manifest)["file"]
         try:
-            return job_key(self.job_id, check_manifest(manifest)["file"])
+            return job_key(self.job_id, name)
         except StorageError as e:
             raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
 
