@@ -263,8 +263,13 @@ class Stack:
             pid = c.proc.pid if c.proc is not None else "-"
             w(f"  {c.name:<11} pid {pid}, log {c.log}\n")
         if self.redis is not None:
-            w(f'  use it:     export TRAIND_REDIS_URL="$(cat {self.url_file})" TRAIND_STORAGE_DIR={self.storage}\n')
+            allowed = ",".join(self.settings.allowed_modules)
+            w(f'  use it:     export TRAIND_REDIS_URL="$(cat {self.url_file})" TRAIND_STORAGE_DIR={self.storage}'
+              + (f" TRAIND_ALLOWED_MODULES={allowed}\n" if allowed else "\n"))
             w("             traind submit examples/regression.yaml && traind list\n")
+        if not self.settings.allowed_modules:
+            w("  allowlist   empty: jobs can run no code; start with TRAIND_ALLOWED_MODULES=<your package> "
+              "(examples.regression to try)\n")
         self.out.flush()
 
     def check(self) -> None:
