@@ -74,7 +74,7 @@ def _client(args: argparse.Namespace) -> Client:
 
     settings = _settings(ClientSettings, args)
     # Few retries: an interactive command should report an unreachable Redis in seconds, not minutes.
-    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0)
+    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0, settings=settings)
     return Client(settings=settings, connection=conn)
 
 
@@ -130,6 +130,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for p in e.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
+    if handle.durability.startswith("degraded"):
+        print(f"warning: job {handle.id} is recorded but not on a Redis replica ({handle.durability}); a Redis "
+              "failover right now could lose it", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json({"id": handle.id, "state": handle.state.value})

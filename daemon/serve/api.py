@@ -16,9 +16,10 @@ from pydantic import BaseModel, Field
 
 from daemon.serve import auth
 from daemon.serve.sse import ALL, EVENTS_TAIL, Hub, encode, stream
-from jobs import admin, keys
+from jobs import admin, keys, ops
 from jobs.client import Client
-from jobs.errors import IllegalTransitionError, JobNotFoundError, SpecError, StorageError
+from jobs.errors import IllegalTransitionError, JobFinishedError, JobNotFoundError, SpecError, StorageError
+from jobs.ops import summary
 from jobs.states import JobState
 from jobs.storage import validate_job_id
 
@@ -93,8 +94,14 @@ def list_jobs(request: Request, _: Read,
 @router.get("/jobs/{job_id}")
 def job_status(job_id: str, request: Request, _: Read,
                history: Annotated[bool, Query(description="include the per-epoch history")] = True) -> dict[str, Any]:
-    """The job as ``traind status --json`` prints it."""
-    return _get(request, job_id, with_history=history)
+    """The job as ``traind status --json`` prints it (without the spec: see ``/jobs/{id}/spec``)."""
+    return summary(_get(request, job_id, with_history=history))
+
+
+@router.get("/jobs/{job_id}/spec")
+def job_spec(job_id: str, request: Request, _: Read) -> dict[str, Any]:
+    """The validated spec the job was submitted with (``traind status --spec``)."""
+    return _get(request, job_id, with_history=False).get("spec") or {}
 
 
 @router.get("/jobs/{job_id}/history")
@@ -122,11 +129,11 @@ def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, An
 def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
     """Cancel: a queued job ends now; a running one stops at its next batch boundary."""
     try:
-        prev = _client(request).store.request_cancel(_jid(job_id))
+        prev = ops.cancel(_client(request).store, _jid(job_id))
     except JobNotFoundError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
-    if prev in (JobState.SUCCEEDED, JobState.FAILED):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {prev.value}; nothing to cancel")
+    except JobFinishedError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     return {"id": job_id, "previous": prev.value, "cancel_requested": prev is JobState.RUNNING}
 
 
@@ -167,8 +174,7 @@ def job_stream(job_id: str, request: Request, _: Read) -> StreamingResponse:
     store = _client(request).store
 
     def snapshot() -> bytes:
-        st = store.get(job_id, with_history=True)
-        st.pop("spec", None)
+        st = summary(store.get(job_id, with_history=True))
         st["events"] = store.events(job_id, -EVENTS_TAIL * 4)
         return encode("snapshot", st)
 

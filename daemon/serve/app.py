@@ -16,7 +16,6 @@ from importlib.resources import files
 from typing import Any
 
 import redis
-import redis.asyncio as aredis
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -28,7 +27,7 @@ from daemon.serve.metrics import TraindCollector
 from daemon.serve.sse import Hub
 from jobs.client import Client
 from jobs.errors import ConfigError
-from jobs.redis_conn import connect, redact_url
+from jobs.redis_conn import connect, connect_async, redact_url
 from jobs.settings import ClientSettings, ServeSettings
 
 log = logging.getLogger("traind.serve")
@@ -41,10 +40,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
         raise ConfigError("traind serve needs TRAIND_API_TOKEN (full access) and/or TRAIND_API_READ_TOKENS "
                           "(read-only); without one every request would be refused")
     url = settings.effective_redis_url()
-    conn = connect(url, retries=5, socket_timeout_s=30.0)
     client_settings = ClientSettings(**settings.model_dump(include=set(ClientSettings.model_fields)))
+    conn = connect(url, retries=5, socket_timeout_s=30.0, settings=client_settings)
     client = Client(settings=client_settings, connection=conn)
-    aconn = aredis.Redis.from_url(url, health_check_interval=30)
+    aconn = connect_async(url)  # follows the primary through the sentinels for redis+sentinel:// URLs
     hub = Hub(client.store, aconn)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TraindCollector(client.store, settings.lease_ttl_s))
