@@ -261,8 +261,10 @@ def _check_external_redis(url: str, given_by: str) -> None:
     except redis.RedisError as e:
         hint = ("unset TRAIND_REDIS_URL (perhaps left from an earlier `traind up`) to start an embedded Redis, "
                 if given_by == "TRAIND_REDIS_URL" else "drop --redis-url to start an embedded Redis, ")
-        raise ConfigError(f"{given_by} is {redact_url(url)} but no Redis answers there "
-                          f"({type(e).__name__}: {render.clean(e)}); {hint}or start that server") from None
+        problem = ("the Redis there refused the credentials" if isinstance(e, redis.AuthenticationError)
+                   else "no Redis answers there")
+        raise ConfigError(f"{given_by} is {redact_url(url)} but {problem} ({type(e).__name__}: {render.clean(e)}); "
+                          f"{hint}or start that server") from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:

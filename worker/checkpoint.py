@@ -105,6 +105,15 @@ def check_manifest(m: object) -> dict[str, Any]:
     return m
 
 
+def _where(m: Any, key: int) -> str:
+    """``epoch E`` / ``epoch E+1 batch B`` for an event, from a manifest that may be corrupt (then its index key)."""
+    ep = m.get("epoch") if isinstance(m, dict) else None
+    batch = m.get("batch") if isinstance(m, dict) else None
+    if not isinstance(ep, int):
+        return str(key)
+    return f"epoch {ep + 1} batch {batch}" if isinstance(batch, int) and batch else f"epoch {ep}"
+
+
 class Checkpoints:
     """One attempt's view of a job's checkpoints."""
 
@@ -256,16 +265,15 @@ class Checkpoints:
         events: list[dict[str, Any]] = []
         for k in [target, *earlier, *later]:
             m = index[k]
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            at = _where(m, k)
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                what = f"epoch {m['epoch']}" if isinstance(m, dict) and isinstance(m.get("epoch"), int) else str(k)
-                events.append(event(f"skipping checkpoint {what}: {e}", "warning"))
+                events.append(event(f"skipping checkpoint {at}: {e}", "warning"))
                 continue
-            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
-            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
-            where = (f"epoch {m['epoch'] + 1} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
-                     else f"epoch {m['epoch']}")
+            where = f"{at}, continuing at batch {m['batch'] + 1}" if m["batch"] else at
             why = "preemption checkpoint" if k == preempt_key else (
                 f"{policy} checkpoint" if k == target else "fallback checkpoint")
             events.append(event(f"resuming from {why} at {where} ({m['file']})"))
