@@ -18,6 +18,7 @@ through these functions only, so the two sides cannot drift apart. Under a job's
 from __future__ import annotations
 
 import io
+import re
 import time
 from typing import Any
 
@@ -30,6 +31,9 @@ CKPT_DIR = "ckpt"
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
 GROUPS = ("w", "o", "e", "m")  # weights, optimizer variables, EarlyStopping best weights, metric variables
 EXPORT_NAMES = ("best", "latest", "final")
+_CKPT_FILE = re.compile(r"ckpt/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.npz")  # what a manifest records: a file in ckpt/
+_ARRAY = re.compile(r"[woem][0-9]{6}")  # the array names pack() writes
+_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 def ckpt_key(epoch: int, batch: int) -> int:
@@ -56,12 +60,54 @@ def checkpoint_prefix(job_id: str) -> str:
     return job_key(job_id, CKPT_DIR)
 
 
+def check_manifest(m: object) -> dict[str, Any]:
+    """``m`` if it has the shape :func:`manifest` builds, else CheckpointError saying what is wrong.
+
+    The index in Redis is the authority on which checkpoints exist, but its entries are data: one that is corrupt or
+    planted must be skipped, never trusted to name a file or a resume point.
+    """
+    if not isinstance(m, dict):
+        raise CheckpointError(f"manifest is corrupt: expected a JSON object, received {str(m)[:100]!r}")
+    bad = [k for k in ("epoch", "batch") if not isinstance(m.get(k), int) or isinstance(m.get(k), bool) or m[k] < 0]
+    if not isinstance(m.get("sha256"), str) or not _SHA.fullmatch(m["sha256"]):
+        bad.append("sha256")
+    if not isinstance(m.get("state"), dict):
+        bad.append("state")
+    if bad:
+        raise CheckpointError(f"manifest is corrupt: missing or invalid {', '.join(bad)}")
+    name = m.get("file")
+    if not isinstance(name, str) or not _CKPT_FILE.fullmatch(name):
+        raise CheckpointError(f"manifest names file {str(name)[:200]!r}; expected a file directly inside the job's "
+                              "ckpt/ directory (ckpt/<name>.npz)")
+    return m
+
+
 def record_key(job_id: str, record: dict[str, Any]) -> str:
-    """The storage key a manifest names, confined to its job; CheckpointError for a manifest naming anything else."""
+    """The storage key of the file a manifest names: only a plain name directly inside the job's ``ckpt/``.
+    CheckpointError for a manifest that is corrupt or names anything else."""
+    name = check_manifest(record)["file"]
     try:
-        return job_key(job_id, record["file"])
-    except (StorageError, KeyError, TypeError) as e:
+        return job_key(job_id, name)
+    except StorageError as e:
         raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
+
+
+def keras_epoch(m: Any) -> int | None:
+    """The 1-based epoch a checkpoint belongs to as Keras counts: E for the end of epoch E, E+1 inside it."""
+    ep = m.get("epoch") if isinstance(m, dict) else None
+    if not isinstance(ep, int):
+        return None
+    return ep + 1 if isinstance(m.get("batch"), int) and m["batch"] else ep
+
+
+def describe(m: Any, key: int) -> str:
+    """``epoch E`` / ``epoch E+1 batch B`` (Keras' 1-based numbering) for an event, from a manifest that may be
+    corrupt (then its index key)."""
+    ep = m.get("epoch") if isinstance(m, dict) else None
+    batch = m.get("batch") if isinstance(m, dict) else None
+    if not isinstance(ep, int):
+        return str(key)
+    return f"epoch {ep + 1} batch {batch}" if isinstance(batch, int) and batch else f"epoch {ep}"
 
 
 def manifest(*, epoch: int, batch: int, attempt: int, name: str, sha256: str, size: int, metrics: dict[str, Any],
@@ -90,17 +136,24 @@ def unpack(data: bytes, what: str = "checkpoint", only: str | None = None) -> di
     groups: dict[str, list[np.ndarray]] = {g: [] for g in GROUPS}
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            unexpected = [n for n in z.files if not _ARRAY.fullmatch(n)]
+            if unexpected:
+                raise CheckpointError(f"{what}: unexpected array name(s) {unexpected[:5]!r}; expected w/o/e/m + 6 "
+                                      "digits")
             for name in sorted(z.files):
-                if name[:1] in groups and (only is None or name[:1] == only):
+                if only is None or name[0] == only:
                     groups[name[0]].append(z[name])
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{what} could not be read: {e}") from e
+    except CheckpointError:
+        raise
+    except Exception as e:  # any unreadable file is a checkpoint to skip, not a failed job
+        raise CheckpointError(f"{what} could not be read: {type(e).__name__}: {e}") from e
     return groups
 
 
 def read_checkpoint(storage: Storage, job_id: str, record: dict[str, Any]) -> bytes:
     """A committed checkpoint's bytes, verified against its manifest's sha256 (CheckpointError otherwise)."""
-    return storage.read_verified(record_key(job_id, record), record["sha256"], what=f"checkpoint {record['file']}")
+    key = record_key(job_id, record)
+    return storage.read_verified(key, record["sha256"], what=f"checkpoint {record['file']}")
 
 
 def export_suffix(weights_only: bool) -> str:

@@ -56,7 +56,6 @@ class JobStore:
         self._fenced = r.register_script(lua.FENCED_UPDATE)
         self._create = r.register_script(lua.CREATE)
         self._cancel = r.register_script(lua.REQUEST_CANCEL)
-        self._now = r.register_script(lua.NOW_MS)
         self._delivered = r.register_script(lua.MARK_DELIVERED)
         self._zrem_unless = r.register_script(lua.ZREM_UNLESS_STATE)
         self._drop_workers = r.register_script(lua.DROP_STALE_WORKERS)
@@ -223,11 +222,13 @@ class JobStore:
     def drop_stale_workers(self, cutoff_ms: int, limit: int) -> list[str]:
         """Unregister up to ``limit`` workers whose last heartbeat is at or before ``cutoff_ms``; their ids."""
         dropped = self._drop_workers(keys=[keys.WORKERS], args=[cutoff_ms, keys.worker(""), limit])
-        return [d.decode() for d in dropped]
+        return [d.decode(errors="replace") for d in dropped]  # any bytes: a planted member too
 
     def now_ms(self) -> int:
-        """Redis' clock in ms (the clock all leases use)."""
-        return int(self._now())
+        """Redis' clock in ms (the clock all leases use). The ``TIME`` command, not a script: read-only users
+        (``traind list``/``status``/``watch``) have no script rights."""
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + int(usec) // 1000
 
     # -- reads ---------------------------------------------------------------------------------------------------
     def raw(self, job_id: str) -> dict[str, str]:
@@ -251,9 +252,20 @@ class JobStore:
         h = self.r.hgetall(keys.history(job_id))
         return [json.loads(v) for _, v in sorted(((int(k), v) for k, v in h.items()), key=lambda kv: kv[0])]
 
-    def checkpoints(self, job_id: str) -> dict[int, dict[str, Any]]:
-        h = self.r.hgetall(keys.checkpoints(job_id))
-        return {int(k): json.loads(v) for k, v in h.items()}
+    def checkpoints(self, job_id: str) -> dict[int, Any]:
+        """The committed checkpoint index: key -> manifest. A corrupt entry's value is kept as its raw text (the
+        reader skips it with an event: ``jobs.ckpt_format.check_manifest``); a non-integer key is left out."""
+        out: dict[int, Any] = {}
+        for k, v in self.r.hgetall(keys.checkpoints(job_id)).items():
+            try:
+                key = int(k)
+            except ValueError:
+                continue
+            try:
+                out[key] = json.loads(v)
+            except (ValueError, RecursionError):
+                out[key] = v.decode(errors="replace")
+        return out
 
     def events(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return [json.loads(v) for v in self.r.lrange(keys.events(job_id), start, -1)]

@@ -12,7 +12,6 @@ Redis stayed unreachable (the lease expires and a supervisor requeues it).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import traceback
@@ -35,7 +34,7 @@ from jobs.errors import (
 )
 from jobs.events import EventKind
 from jobs.settings import WorkerSettings
-from jobs.spec import validate_spec
+from jobs.spec import load_stored_spec
 from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
@@ -49,10 +48,13 @@ class Attempt:
     """Attempt ``attempt`` of ``job_id`` on worker ``worker_id``; ``control`` is where stop requests go."""
 
     def __init__(self, store: JobStore, storage: Storage, settings: WorkerSettings, *, worker_id: str, job_id: str,
-                 attempt: int, on_beat: Callable[[], None] | None = None) -> None:
+                 attempt: int, on_beat: Callable[[], None] | None = None, own_signals: bool = True) -> None:
         self.store, self.storage, self.settings = store, storage, settings
         self.worker_id, self.job_id, self.attempt = worker_id, job_id, attempt
         self.on_beat = on_beat
+        # The worker handles SIGTERM/SIGINT itself (they request a stop and never raise): a KeyboardInterrupt is then
+        # the job's own code, never a real Ctrl-C.
+        self.own_signals = own_signals
         self.token = secrets.token_hex(16)
         self.control = JobControl()
         self.built = False  # True once training began building anything (the worker then releases memory)
@@ -94,9 +96,8 @@ class Attempt:
         job_id, attempt = self.job_id, self.attempt
         try:
             record = self.store.raw(job_id)
-            spec = validate_spec(json.loads(record.get("spec") or "null"),
-                                 allowed_modules=self.settings.allowed_modules, max_epochs=self.settings.max_epochs,
-                                 max_spec_bytes=self.settings.max_spec_bytes)
+            spec = load_stored_spec(record.get("spec"), allowed_modules=self.settings.allowed_modules,
+                                    max_epochs=self.settings.max_epochs, max_spec_bytes=self.settings.max_spec_bytes)
         except (SpecError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             self._finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
             return
@@ -131,6 +132,15 @@ class Attempt:
             tb = traceback.format_exc(limit=30)
             self._finish(JobState.FAILED, f"failed: {type(e).__name__}: {e}", "error",
                          error=f"{type(e).__name__}: {e}", traceback=tb[-20000:])
+        except BaseException as e:
+            # SystemExit (argparse, sys.exit), KeyboardInterrupt, GeneratorExit raised by the job's own code must
+            # cost the job, not the worker. The worker's own SIGTERM/SIGINT handlers never raise (they request a
+            # stop), so only without them (run() not in the main thread) can a KeyboardInterrupt be a real Ctrl-C.
+            if isinstance(e, KeyboardInterrupt) and not self.own_signals:
+                raise
+            tb = traceback.format_exc(limit=30)
+            error = f"job code raised {type(e).__name__}: {e}"
+            self._finish(JobState.FAILED, f"failed: {error}", "error", error=error, traceback=tb[-20000:])
 
     def _requeue_preempted(self, record: dict[str, str], preempt_key: int | None) -> None:
         """Graceful preemption: hand the job back now (no waiting for the lease) to resume from its checkpoint."""

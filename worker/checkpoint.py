@@ -145,10 +145,20 @@ class Checkpoints:
 
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            key = fmt.record_key(self.job_id, manifest)  # confined: a manifest cannot name a key outside the job
-            self.storage.delete(key)
+            key = fmt.record_key(self.job_id, manifest)
+        except CheckpointError as e:
+            # Never delete what a corrupt or planted manifest names (``../../uploads/<sha>.npz``); say so and go on.
+            msg = f"not deleting the files of a checkpoint: {e}"
+            log.warning("job %s: %s", self.job_id, msg)
+            try:
+                self.store.add_event(self.job_id, EventKind.NOTE, msg, "warning")
+            except Exception:  # the warning is informational; the job goes on
+                pass
+            return
+        try:
+            self.storage.delete(key)  # local storage: a symlink is removed itself, never followed
             self.storage.delete(key.removesuffix(".npz") + ".json")
-        except (CheckpointError, StorageError, OSError):
+        except (StorageError, OSError):
             pass
 
     def delete_files(self, manifests: list[dict[str, Any]]) -> None:
@@ -196,14 +206,15 @@ class Checkpoints:
             m = index[k]
             # Keras' 1-based numbering: an end-of-epoch checkpoint is "epoch E" (E finished); a mid-epoch one
             # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
-            epoch = m["epoch"] + 1 if m["batch"] else m["epoch"]
-            at = f"epoch {epoch} batch {m['batch']}" if m["batch"] else f"epoch {epoch}"
+            at = fmt.describe(m, k)
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                events.append(event(EventKind.SKIPPED_CHECKPOINT, f"skipping checkpoint {at}: {e}",
-                                    "warning", epoch=epoch, batch=m["batch"], file=m["file"]))
+                fields = {f: m.get(f) for f in ("batch", "file")} if isinstance(m, dict) else {}
+                events.append(event(EventKind.SKIPPED_CHECKPOINT, f"skipping checkpoint {at}: {e}", "warning",
+                                    epoch=fmt.keras_epoch(m), key=k, **fields))
                 continue
+            epoch = fmt.keras_epoch(m)
             where = f"{at}, continuing at batch {m['batch'] + 1}" if m["batch"] else at
             why = "preemption" if k == preempt_key else (policy if k == target else "fallback")
             events.append(event(EventKind.RESUMED, f"resuming from {why} checkpoint at {where} ({m['file']})",

@@ -27,6 +27,7 @@ from jobs.settings import WorkerSettings
 from jobs.storage import Storage
 from jobs.store import JobStore
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
+from worker.versions import check_keras
 
 log = logging.getLogger("traind.worker")
 
@@ -39,6 +40,8 @@ class Worker:
         self.device_kind = "gpu" if settings.device.startswith("gpu") else "cpu"
         pin_device(settings.device)  # before TensorFlow is imported anywhere in this process
         import tensorflow  # noqa: F401 - warm: paid once per worker, never per job
+
+        check_keras()  # before taking any job: safe mode's protections need a recent Keras
 
         self.gpus = configure_tensorflow(settings.device)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -57,6 +60,7 @@ class Worker:
                        for p in ("high", "default", "low")]
         self._stop = threading.Event()
         self._interrupts = 0
+        self._own_signals = False  # True once run() handles SIGTERM/SIGINT itself (they then never raise)
         self.current: Any = None  # the JobControl of the running job
         self.jobs_done = 0
         self._proc: Any = None
@@ -67,6 +71,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            self._own_signals = True
         log.info("worker %s on %s (gpus: %s) serving %s via %s", self.id, self.settings.device, self.gpus,
                  self.queues, redact_url(self.settings.effective_redis_url()))
         backoff = 0.1
@@ -151,7 +156,7 @@ class Worker:
         from worker.attempt import Attempt
 
         att = Attempt(self.store, self.storage, self.settings, worker_id=self.id, job_id=job_id, attempt=attempt,
-                      on_beat=lambda: self._safe_register(job_id))
+                      on_beat=lambda: self._safe_register(job_id), own_signals=self._own_signals)
         if not att.claim():
             return
         self.current = att.control

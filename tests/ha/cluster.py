@@ -102,6 +102,8 @@ class SentinelCluster:
         replica.start(["--port", str(replica.port), "--dir", str(replica.dir), *base,
                        "--replicaof", "127.0.0.1", str(primary.port)])
         _wait(lambda: self.replication(replica).get("master_link_status") == "up", 30, "replica in sync")
+        # The primary's side too: WAIT counts only replicas it has marked online.
+        _wait(lambda: self.replication(primary).get("slave0", {}).get("state") == "online", 30, "replica online")
         for s in self.sentinels:
             conf = s.dir / "sentinel.conf"  # sentinels rewrite their config file: one writable file each
             conf.write_text(
