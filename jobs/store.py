@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys, lua, telemetry
+from jobs import keys, lua, rqview, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
 from jobs.replication import run_script
 from jobs.states import RETRYABLE, TERMINAL, JobState, allowed_sources
@@ -132,6 +132,8 @@ class JobStore:
         if status == "alive":
             raise FencedError(f"job {job_id}: lease was renewed; not requeued")
         telemetry.publish(self.r, job_id, "state", state=to.value, previous=cur)
+        if JobState.RUNNING.value in (to.value, cur):  # RQ's tools see running jobs as executing
+            rqview.on_transition(self.r, job_id, to.value, cur, attempt, (fields or {}).get("worker"))
         return JobState(cur)
 
     def heartbeat(self, job_id: str, token: str, ttl_ms: int) -> tuple[bool, bool]:
