@@ -199,7 +199,7 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
     for i in range(0, len(victims), 500):
         pipe = store.r.pipeline(transaction=False)
         for jid, st_value in victims[i:i + 500]:
-            pipe.delete(keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid))
+            pipe.delete(keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid), keys.token(jid))
             pipe.srem(keys.state_index(st_value), jid)
             pipe.zrem(keys.JOBS_INDEX, jid)
             pipe.zrem(keys.PENDING, jid)

@@ -204,6 +204,7 @@ class JobStore:
     def add_event(self, job_id: str, msg: str, level: str = "info", **extra: Any) -> None:
         ev = event(msg, level, **extra)
         ev["ts"] = self.now_ms()
+        ev["time"] = iso_ms(ev["ts"])
         pipe = self.r.pipeline()
         pipe.rpush(keys.events(job_id), json.dumps(ev))
         pipe.ltrim(keys.events(job_id), -self.events_max, -1)
@@ -309,6 +310,14 @@ def parse_record(raw: dict[str, str]) -> dict[str, Any]:
     for f in ("best_epoch", "best_value", "worker"):
         out.setdefault(f, None)
     return out
+
+
+def iso_ms(ms: int) -> str:
+    """ms since the epoch -> ``2026-11-28T06:32:15.123Z`` (what the Lua scripts write next to ms fields)."""
+    import datetime as _dt
+
+    t = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def wall_ms() -> int:
