@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -201,6 +201,7 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
     """
     from jobs.replication import Durability
 
+    check_redis_url(url)  # one line, password redacted, before any parser can quote part of it
     if socket_timeout_s is None:
         socket_timeout_s = settings.redis_socket_timeout_s if settings is not None else 30.0
     common: dict[str, Any] = dict(
@@ -229,7 +230,11 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
         client.sentinel = target
         client.sentinel_manager = sentinel  # type: ignore[attr-defined]
     else:
-        client = TraindRedis.from_url(url, **common)
+        try:
+            client = TraindRedis.from_url(url, **common)
+        except ValueError:  # redis-py's message can quote part of the URL, the password included: never show it
+            raise ConfigError(f"TRAIND_REDIS_URL {redact_url(url)} is not a valid Redis URL; percent-encode special "
+                              "characters of the password") from None
     client.durability = Durability.from_settings(settings)
     return client
 
@@ -258,19 +263,56 @@ def connect_async(url: str, health_check_interval_s: int = 30) -> Any:
 def redact_url(url: str | None) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host`` for logs and messages (sentinel URLs too).
 
+    Everything between ``://`` and the *last* ``@`` is credentials: a password with an unencoded ``/``, ``?`` or
+    ``#`` (base64 has ``/``) makes URL parsers split it into path, query or fragment, and it must not show there.
+
     >>> redact_url("redis+sentinel://:pw@a:26379,b:26379/m/0?sentinel_password=s")
     'redis+sentinel://:***@a:26379,b:26379/m/0?sentinel_password=***'
+    >>> redact_url("redis://:ab/cd@h:6379/0")
+    'redis://:***@h:6379/0'
     """
     if not url:
         return str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" + url[url.rfind("@"):] if "@" in url else url
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else userinfo
+        if not re.fullmatch(r"[A-Za-z0-9._~%+-]*", user):
+            user = ""  # not a plain user name: part of a garbled password
+        rest = f"{user}:***@{rest}"
+    head, q, query = rest.partition("?")
+    if q:
+        query, hsh, frag = query.partition("#")
+        rest = head + q + _SECRET_PARAM.sub(r"\1=***", query) + hsh + frag
+    return f"{scheme}://{rest}"
+
+
+def check_redis_url(url: str, what: str = "TRAIND_REDIS_URL") -> str:
+    """``url`` if it parses as a Redis URL, else ConfigError: one line, the password redacted, percent-encoding
+    explained (``urllib.parse.quote(password, safe='')``).
+
+    >>> check_redis_url("redis://:ab/cd@h:6379/0")
+    Traceback (most recent call last):
+    ...
+    jobs.errors.ConfigError: TRAIND_REDIS_URL redis://:***@h:6379/0 is not a valid URL: ...
+    """
     try:
         parts = urlsplit(url)
-    except ValueError:  # malformed (say an unclosed IPv6 bracket): hide everything between :// and the last @
-        return _SECRET_PARAM.sub(r"\1=***", re.sub(r"(?<=://)[^/]*@", ":***@", url))
-    query = _SECRET_PARAM.sub(r"\1=***", parts.query)
-    if parts.password is None and "@" not in parts.netloc:
-        return urlunsplit(parts._replace(query=query)) if query != parts.query else url
-    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 host's brackets, the port, a host list
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise ConfigError(f"{what} {redact_url(url)} is not a valid URL") from None
+    problem = None
+    after_host = parts.path + "?" + parts.query + "#" + parts.fragment
+    if "@" in after_host and "@" not in parts.netloc:
+        problem = "its password contains '/', '?' or '#'"
+    elif "sentinel" not in parts.scheme:  # a sentinel URL lists several host:port pairs; its parser checks them
+        try:
+            parts.port  # noqa: B018 - raises for a non-numeric port
+        except ValueError:
+            problem = "its port is not a number (or its password contains ':', '/', '?' or '#')"
+    if problem:
+        raise ConfigError(f"{what} {redact_url(url)} is not a valid URL: {problem}; percent-encode special characters "
+                          "of the user name and password (Python: urllib.parse.quote(password, safe=''))")
+    return url
