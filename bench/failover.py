@@ -26,7 +26,7 @@ from bench import _util as u
 
 NAME = "failover"
 CFG = {
-    "full": {"failovers": 12, "submit_n": 500, "reps": 3},
+    "full": {"failovers": 12, "submit_n": 300, "reps": 8},
     "smoke": {"failovers": 1, "submit_n": 20, "reps": 1},
 }
 ENV = {"TRAIND_LEASE_TTL_S": "5", "TRAIND_HEARTBEAT_INTERVAL_S": "0.5", "TRAIND_PROGRESS_INTERVAL_S": "0.05",

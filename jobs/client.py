@@ -16,7 +16,14 @@ import redis
 
 from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
-from jobs.errors import JobNotFoundError, JobTimeoutError, SpecError, StorageError
+from jobs.errors import (
+    DurabilityError,
+    JobNotFoundError,
+    JobTimeoutError,
+    SpecError,
+    StalePrimaryError,
+    StorageError,
+)
 from jobs.location import parse_location
 from jobs.queue import enqueue
 from jobs.redis_conn import connect
@@ -210,7 +217,18 @@ class Client:
 
     def _create(self, spec: JobSpec, client_key: str | None) -> tuple[str, bool]:
         job_id = new_job_id()
-        return self.store.create(job_id, self._fields(spec, job_id), client_key)
+        try:
+            return self.store.create(job_id, self._fields(spec, job_id), client_key)
+        except StalePrimaryError:
+            raise  # not recorded where it counts: nothing will run
+        except DurabilityError as e:
+            # Recorded on the primary, not confirmed by a replica: it runs unless a failover loses it. Deliver it
+            # like any job, and say exactly that, so that a retry does not create a second copy.
+            self._enqueue(job_id, spec)
+            key = "the same client_key" if client_key else "a client_key"
+            raise DurabilityError(f"{e}. Job {job_id} is queued and will run unless the primary fails first: check "
+                                  f"`traind status {job_id}` before submitting again (or resubmit with {key}, which "
+                                  "never creates a second copy)") from e
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
         enqueue(self.r, job_id, 1, _queue_name(spec))

@@ -18,6 +18,7 @@ BENCHES = [
     ("work_lost", []),
     ("detection", ["--rq-cap-s", "3"]),
     ("failover", []),
+    ("cli_latency", []),
 ]
 
 

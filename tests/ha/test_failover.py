@@ -4,8 +4,12 @@ itself, and nothing that was acknowledged is lost (real primary, replica, three 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,7 @@ import redis
 from jobs.client import Client, JobHandle
 from jobs.settings import ClientSettings
 from jobs.states import JobState
-from tests.conftest import Procs, wait_for
+from tests.conftest import ROOT, Procs, wait_for
 from tests.fault.helpers import RUN_S, Cluster, assert_history_complete, job_spec, messages, wait_terminal
 from tests.ha.cluster import SentinelCluster
 
@@ -203,3 +207,10 @@ def test_fencing_and_acknowledged_commits_survive_failover(ha: SentinelCluster) 
             await r.aclose()
 
     assert asyncio.run(ping())
+
+    # The CLI on the Sentinel URL (a fresh process: discovers the new primary through the sentinels).
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "fence1", "--json", "--redis-url", ha.url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["worker"] == "new"

@@ -146,3 +146,39 @@ def test_scripts_reload_after_the_server_lost_them(pair: tuple[RedisServer, Redi
     store.create("e1", {"x": 1})
     redis.Redis.from_url(primary.url).script_flush()
     assert store.create("e2", {"x": 1}) == ("e2", True)  # NOSCRIPT: loaded again, the write ran once
+
+
+def test_unconfirmed_submit_says_the_job_is_queued(pair: tuple[RedisServer, RedisServer], tmp_path: Path) -> None:
+    from jobs.client import Client
+
+    primary, _ = pair
+    settings = ClientSettings(redis_url=primary.url, storage_dir=str(tmp_path), redis_min_replicas=1,
+                              redis_wait_timeout_s=0.2)
+    client = Client(settings=settings)
+    spec = {"name": "x", "model": {"builder": "examples.regression:build_model"},
+            "data": {"loader": "examples.regression:load_data"}, "fit": {"epochs": 1}}
+    with pytest.raises(DurabilityError, match=r"only 0 of 1 replica\(s\) confirmed.* is queued and will run") as e:
+        client.submit(spec)
+    job_id = str(e.value).split("Job ", 1)[1].split(" ", 1)[0]
+    from jobs import keys
+    from jobs.queue import queue_contents
+
+    raw = client.store.raw(job_id)
+    assert raw["state"] == "queued"  # told "queued": it is, and its message is on its queue
+    assert keys.rq_job_id(job_id, 1) in queue_contents(client.r, raw["queue"])
+
+
+def test_sentinel_and_data_passwords(tmp_path: Path) -> None:
+    """Both passwords on a real cluster: the right ones replicate; a wrong one fails at once with a clear error."""
+    from tests.ha.cluster import SentinelCluster
+
+    with SentinelCluster(tmp_path / "ha", password="data-pw", sentinel_password="sent-pw") as ha:
+        store = JobStore(connect(ha.url, retries=3))
+        assert store.create("p1", {"x": 1}) == ("p1", True)
+        assert store.r.durability.last == "replicated (1)"
+        bad_sentinel = ha.url.replace("sentinel_password=sent-pw", "sentinel_password=nope")
+        with pytest.raises(redis.AuthenticationError, match="every sentinel refused"):
+            connect(bad_sentinel, retries=3).ping()
+        with pytest.raises(redis.AuthenticationError):
+            connect(ha.url.replace(":data-pw@", ":nope@"), retries=3).ping()
+        assert "data-pw" not in redact_url(ha.url) and "sent-pw" not in redact_url(ha.url)
