@@ -8,6 +8,7 @@ Imports Keras lazily; only call these where TensorFlow is meant to load.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ def build_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upl
     else:
         try:
             # safe_mode=True refuses Lambda layers and any other deserialised bytecode.
-            model = keras.saving.deserialize_keras_object(m.config, custom_objects=objs, safe_mode=True)
-            model.compile_from_config(m.compile)
+            # Deep copies: Functional.from_config consumes parts of the dict it is given (the spec must stay intact).
+            model = keras.saving.deserialize_keras_object(copy.deepcopy(m.config), custom_objects=objs, safe_mode=True)
+            model.compile_from_config(copy.deepcopy(m.compile))
         except Exception as e:
             raise UserCodeError(f"model.config could not be loaded in safe mode: {type(e).__name__}: {e}") from e
     if m.initial_weights:
