@@ -16,7 +16,6 @@ REFUSED = {
     "BackupAndRestore": "traind already checkpoints and resumes every job (see the spec's checkpoint section)",
     "ProgbarLogger": "traind publishes progress itself (traind watch / JobHandle.status)",
     "RemoteMonitor": "traind publishes every epoch's metrics to Redis (JobHandle.history)",
-    "LambdaCallback": "it holds Python functions, which never cross to a worker",
     "SwapEMAWeights": "not supported by traind yet",
 }
 

@@ -316,15 +316,31 @@ class Client:
     def _check_model(self, spec: JobSpec, x: Any, y: Any, sample_weight: Any) -> None:
         """Rebuild the model from the spec in safe mode, as a worker will, and check every monitor against the metrics
         it logs: a job that cannot work is refused here, before anything is queued."""
+        import keras
+
         from jobs import datasets, fitcheck, fitdata
         from jobs.errors import UserCodeError
         from jobs.modelio import build_model
         from jobs.spec import monitors
 
+        # A fresh worker knows only the custom objects the spec declares: hide the ones this process registered
+        # (a class decorated with register_keras_serializable in the notebook would otherwise pass here only).
+        registry = keras.saving.get_custom_objects()
+        registered = dict(registry)
+        registry.clear()
         try:
             rebuilt = build_model(spec, self.storage, self.settings.allowed_modules, self.settings.max_upload_bytes)
         except UserCodeError as e:
-            raise SpecError([f"model: a worker could not rebuild this model: {e}"]) from e
+            import re
+
+            missing = re.search(r"Could not locate (\w+) '([^']+)'", str(e))
+            why = (f"Keras could not locate {missing[1]} {missing[2]!r}" if missing else str(e)[:400])
+            raise SpecError([f"model: a worker could not rebuild this model: {why}; declare custom layers, losses, "
+                             "metrics, activations and schedules once with custom_objects={'Name': Class} (from a "
+                             "module under TRAIND_ALLOWED_MODULES)"]) from e
+        finally:
+            registry.clear()
+            registry.update(registered)
         try:
             if datasets.is_dataset(x):
                 sample = next(iter(x.take(1)))

@@ -32,7 +32,7 @@ def _leaf(value: Any, where: str) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - any conversion failure is the user's data: say what it was
         raise SpecError([f"{where}: expected a NumPy array (or array-like), received {type(value).__name__}: {e}"]
                         ) from e
-    if arr.dtype == object:
+    if arr.dtype == object and not isinstance(value, np.ndarray):  # an object ndarray: Storage.put_arrays refuses it
         raise SpecError([f"{where}: expected a numeric/bool/str array, received {type(value).__name__} that "
                          "NumPy can only hold as dtype object (ragged or arbitrary Python objects)"])
     return arr
