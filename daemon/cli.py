@@ -21,36 +21,46 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from pydantic import ValidationError
 
 from daemon import render
-from daemon.watch import print_logs, watch_job
-from jobs.client import Client
-from jobs.errors import ConfigError, JobNotFoundError, JobTimeoutError, SpecError, StorageError, TraindError
-from jobs.redis_conn import connect, redact_url
-from jobs.settings import ClientSettings, CommonSettings, StackSettings, SupervisorSettings, WorkerSettings
+from jobs import logfmt
+from jobs.errors import (
+    AmbiguousJobIdError,
+    ConfigError,
+    JobNotFoundError,
+    JobTimeoutError,
+    SpecError,
+    StorageError,
+    TraindError,
+)
+from jobs.redis_conn import DEFAULT_REDIS_URL, connect, redact_url
 from jobs.states import JobState
-from jobs.storage import validate_job_id
 
+# Only what every command needs is imported above. Read-only commands (status, list, logs, watch, cancel) must answer
+# at once: they never import the client (rq, numpy), pydantic, TensorFlow or rich (tests/test_cli.py checks).
 if TYPE_CHECKING:
     from daemon.stack import Stack
+    from jobs.client import Client
+    from jobs.settings import CommonSettings
+    from jobs.store import JobStore
 
-S = TypeVar("S", bound=CommonSettings)
+S = TypeVar("S", bound="CommonSettings")
 _FORWARD = {"chaos": 1, "bench": 2}  # subcommands whose remaining args go to bench.* modules untouched
 
 
 def _settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
     """Settings from the environment, overridden by the options that were given."""
+    from pydantic import ValidationError
+
     kw: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
     if getattr(args, "redis_url", None):
         kw["redis_url"] = args.redis_url
     if getattr(args, "storage", None):
-        kw["storage_dir"] = Path(args.storage)
+        kw["storage_dir"] = args.storage  # a relative path or an unknown scheme is refused by the settings
     try:
         return cls(**kw)
     except ValidationError as e:
@@ -59,15 +69,48 @@ def _settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
 
 
 def _client(args: argparse.Namespace) -> Client:
+    from jobs.client import Client
+    from jobs.settings import ClientSettings
+
     settings = _settings(ClientSettings, args)
     # Few retries: an interactive command should report an unreachable Redis in seconds, not minutes.
     conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0)
     return Client(settings=settings, connection=conn)
 
 
-def _job_id(raw: str) -> str:
+# The variables the read-only commands read (or ignore: the allowlist matters to submit only) without the settings
+# classes. Any other TRAIND_ variable sends them through ClientSettings, which validates it (typos, limits) at
+# pydantic's import cost: an unknown name is still refused, only a little later.
+_READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED_MODULES"})
+
+
+def _store(args: argparse.Namespace) -> JobStore:
+    """The job store for read-only commands and cancel, without importing pydantic or the client (fast start)."""
+    from jobs.store import JobStore
+
+    if any(k.startswith("TRAIND_") and k not in _READ_ENV for k in os.environ):
+        from jobs.settings import ClientSettings
+
+        settings = _settings(ClientSettings, args)
+        url, limits = settings.effective_redis_url(), {"events_max": settings.events_max,
+                                                       "max_history": settings.max_history}
+    else:
+        url, limits = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL, {}
     try:
-        return validate_job_id(raw)
+        conn = connect(url, retries=2, socket_timeout_s=30.0)
+    except ValueError as e:  # a malformed URL: never echo it (it may hold a password)
+        raise ConfigError(f"invalid Redis URL {redact_url(url)}: {type(e).__name__} (expected "
+                          "redis://[user:password@]host:port/db; percent-encode '/', '#', '?' and '@' in a password)"
+                          ) from None
+    return JobStore(conn, **limits)
+
+
+def _resolve(store: JobStore, ref: str) -> str:
+    """The full job id for an id or a unique id prefix."""
+    from jobs.ops import resolve_job_id
+
+    try:
+        return resolve_job_id(store.r, ref)
     except StorageError as e:
         raise ConfigError(str(e)) from e
 
@@ -93,6 +136,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         else:
             print(handle.id)
         return 0
+    from daemon.watch import watch_job
+
     try:
         if args.json:
             final = handle.wait(timeout=args.timeout)
@@ -110,56 +155,69 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = _client(args).store.get(_job_id(args.job), with_history=True)
-    if args.json:
-        _print_json(st)
+    from jobs.ops import summary
+
+    store = _store(args)
+    st = store.get(_resolve(store, args.job), with_history=not args.spec)
+    if args.spec:
+        _print_json(st.get("spec") or {})
+    elif args.json:
+        _print_json(summary(st))
     else:
-        print(render.status_block(st))
+        print(render.status_block(summary(st)))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    client = _client(args)
-    jobs = client.list(args.state, args.limit)
+    store = _store(args)
+    jobs = store.list(args.state, args.limit)
     if args.json:
         _print_json(jobs)
     elif not jobs:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
     else:
-        now = client.store.now_ms()
+        now = store.now_ms()
         print(render.table([render.summary_row(j, now) for j in jobs], render.LIST_COLUMNS))
+        print(render.LIST_LEGEND, file=sys.stderr)  # for the reader; a pipe (| grep, | wc -l) gets the table only
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    client = _client(args)
-    final = watch_job(client.store, _job_id(args.job), sys.stdout, interval_s=args.interval_s)
+    from daemon.watch import watch_job
+
+    store = _store(args)
+    final = watch_job(store, _resolve(store, args.job), sys.stdout, interval_s=args.interval_s)
     print(render.final_summary(final))
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    print_logs(_client(args).store, _job_id(args.job), sys.stdout, follow=args.follow)
+    from daemon.watch import print_logs
+
+    store = _store(args)
+    print_logs(store, _resolve(store, args.job), sys.stdout, follow=args.follow)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job_id = _job_id(args.job)
-    prev = _client(args).store.request_cancel(job_id)
+    from jobs.ops import cancel
+
+    store = _store(args)
+    job_id = _resolve(store, args.job)
+    prev = cancel(store, job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
     if prev in (JobState.QUEUED, JobState.REQUEUED):
         print(f"cancelled {job_id} (was {prev.value})")
     elif prev is JobState.RUNNING:
         print(f"cancel requested for {job_id}: its worker stops at the next batch boundary and keeps its checkpoints")
-    elif prev is JobState.CANCELLED:
-        print(f"{job_id} is already cancelled")
     else:
-        print(f"error: {job_id} already {prev.value}; nothing to cancel", file=sys.stderr)
-        return 1
+        print(f"{job_id} is already cancelled")
     return 0
 
 
 # -- processes -------------------------------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
+    from jobs.settings import WorkerSettings
+
     settings = _settings(WorkerSettings, args, queues=args.queues, device=args.device, worker_id=args.worker_id,
                          burst=True if args.burst else None)
     try:
@@ -171,6 +229,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_supervise(args: argparse.Namespace) -> int:
     from daemon.supervisor import Supervisor
+    from jobs.settings import SupervisorSettings
 
     settings = _settings(SupervisorSettings, args, interval_s=args.interval_s, burst=True if args.burst else None)
     return Supervisor(settings).run()
@@ -188,12 +247,31 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, old)
 
 
+def _check_external_redis(url: str, given_by: str) -> None:
+    """``traind up`` with a Redis URL uses that server instead of starting one: check it answers before anything
+    starts, so a stale ``export TRAIND_REDIS_URL`` fails in a second with one line instead of a stack of children
+    logging connection errors."""
+    try:
+        connect(url, retries=0, socket_timeout_s=5.0).ping()
+    except ValueError:
+        raise ConfigError(f"{given_by}: invalid Redis URL {redact_url(url)}") from None
+    except redis.RedisError as e:
+        hint = ("unset TRAIND_REDIS_URL (perhaps left from an earlier `traind up`) to start an embedded Redis, "
+                if given_by == "TRAIND_REDIS_URL" else "drop --redis-url to start an embedded Redis, ")
+        raise ConfigError(f"{given_by} is {redact_url(url)} but no Redis answers there "
+                          f"({type(e).__name__}: {render.clean(e)}); {hint}or start that server") from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from daemon.stack import Stack
+    from jobs.settings import StackSettings
 
     settings = _settings(StackSettings, args, workers=args.workers, redis_port=args.redis_port)
     if args.example and settings.workers < 1:
         raise ConfigError("--example needs at least one worker (--workers 1)")
+    if settings.redis_url is not None:
+        _check_external_redis(settings.redis_url, "--redis-url" if getattr(args, "redis_url", None)
+                              else "TRAIND_REDIS_URL")
     restore = _sigterm_as_interrupt()
     try:
         with Stack(settings, out=sys.stdout, grace_s=args.grace_s) as stack:
@@ -211,6 +289,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _run_example(stack: Stack, timeout_s: float) -> int:
     from importlib.resources import as_file, files
 
+    from daemon.watch import watch_job
+    from jobs.client import Client
+    from jobs.settings import ClientSettings
+
     settings = ClientSettings(redis_url=stack.url, storage_dir=stack.storage)
     client = Client(settings=settings, connection=connect(stack.url, retries=5))
     with as_file(files("examples") / "regression.yaml") as spec_path:
@@ -218,7 +300,7 @@ def _run_example(stack: Stack, timeout_s: float) -> int:
     print(f"submitted example job {handle.id} ({spec_path.name}); training ...", flush=True)
     final = watch_job(client.store, handle.id, sys.stdout, timeout_s=timeout_s, check=stack.check)
     print(render.final_summary(final))
-    print(f"checkpoints: {client.storage.root / 'jobs' / handle.id}")
+    print(f"checkpoints: {client.storage.url}/jobs/{handle.id}")
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
 
 
@@ -265,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--redis-url", default=argparse.SUPPRESS,
                         help="Redis URL (env TRAIND_REDIS_URL; default redis://127.0.0.1:6379/0)")
     common.add_argument("--storage", default=argparse.SUPPRESS,
-                        help="shared checkpoint storage dir (env TRAIND_STORAGE_DIR; default ./traind-data)")
+                        help="checkpoint storage: an absolute path or s3://bucket/prefix (env TRAIND_STORAGE_DIR; "
+                             "default ~/.local/share/traind)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     p = argparse.ArgumentParser(prog="traind", description="Fault-tolerant Keras training daemon.", parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -289,27 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=_positive_float, help="with --wait: give up after this many seconds")
     sp.add_argument("--key", help="idempotency key: resubmitting with the same key returns the first job")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp = add("status", cmd_status, "show one job")
-    sp.add_argument("job")
-    sp.add_argument("--json", action="store_true")
+    sp = add("status", cmd_status, "show one job (its id or a unique prefix of it)")
+    sp.add_argument("job", help="job id, or a prefix matching exactly one job")
+    sp.add_argument("--json", action="store_true", help="the summary and history as JSON")
+    sp.add_argument("--spec", action="store_true", help="print the job's spec (JSON) instead")
     sp = add("list", cmd_list, "list jobs, newest first")
     sp.add_argument("--state", choices=[s.value for s in JobState])
     sp.add_argument("--limit", type=_positive_int, default=None)
     sp.add_argument("--json", action="store_true")
     sp = add("watch", cmd_watch, "live progress until the job ends (exit 0 if it succeeded)")
-    sp.add_argument("job")
+    sp.add_argument("job", help="job id or unique prefix")
     sp.add_argument("--interval-s", type=_positive_float, default=0.5)
     sp = add("logs", cmd_logs, "print a job's events")
-    sp.add_argument("job")
+    sp.add_argument("job", help="job id or unique prefix")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     sp = add("cancel", cmd_cancel, "cancel a job (a running one stops at its next batch boundary)")
-    sp.add_argument("job")
+    sp.add_argument("job", help="job id or unique prefix")
     sp = add("up", cmd_up, "run a local stack: embedded Redis (unless --redis-url), supervisor, workers")
     sp.add_argument("--workers", type=int, help="worker processes (default 1)")
     sp.add_argument("--redis-port", type=int, help="port of the embedded Redis (default: a free one)")
     sp.add_argument("--example", action="store_true", help="train examples/regression.yaml, print it, stop")
     sp.add_argument("--timeout", type=_positive_float, default=1800.0, help="--example: give up after S seconds")
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
+    from daemon import ops  # serve/workers/health/retry/purge live in their own module
+
+    ops.register(add)
     sub.add_parser("chaos", help="fault-injection run (bench.chaos); arguments are passed on")
     sp = sub.add_parser("bench", help="run a benchmark (bench.NAME); arguments are passed on")
     sp.add_argument("name")
@@ -327,31 +414,34 @@ def _split_forwarded(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _error(e: object) -> None:
+    # Messages may quote names, spec fields or Redis data: no terminal escapes get through.
+    print(f"error: {render.clean(e, newlines=True)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``traind``; returns the exit code."""
     head, rest = _split_forwarded(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(head)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
         if args.command in _FORWARD:
             return _forward(args.command, getattr(args, "name", None), rest, args)
         return int(args.func(args))
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (SpecError, ConfigError, AmbiguousJobIdError) as e:
+        _error(e)
         return 2
     except JobNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 1
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as e:
-        url = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or "redis://127.0.0.1:6379/0"
-        print(f"error: cannot reach Redis at {redact_url(url)}: {e}", file=sys.stderr)
+        url = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL
+        _error(f"cannot reach Redis at {redact_url(url)}: {e}")
         return 1
     except TraindError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 1
     except KeyboardInterrupt:
         return 130

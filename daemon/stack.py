@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -29,6 +30,7 @@ from typing import TextIO
 import redis
 
 from jobs.errors import ConfigError, TraindError
+from jobs.location import default_location
 from jobs.redis_conn import redact_url
 from jobs.settings import StackSettings
 
@@ -191,7 +193,11 @@ class Stack:
         self.settings = settings
         self.out = out
         self.grace_s = grace_s
-        self.storage = Path(settings.storage_dir).resolve()
+        # Checkpoints go to the storage location (a path or s3://...); the embedded Redis and the logs need a local
+        # directory: the storage dir itself when it is local, else the default local data dir.
+        self.storage = settings.storage_dir
+        local = not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", self.storage)
+        self.home = Path(self.storage if local else default_location()).resolve()
         self.redis: EmbeddedRedis | None = None
         self.url = settings.redis_url or ""
         self.children: list[Child] = []
@@ -209,14 +215,14 @@ class Stack:
 
     @property
     def url_file(self) -> Path:
-        return self.storage / "redis" / "url"
+        return self.home / "redis" / "url"
 
     def start(self) -> None:
         if self.settings.redis_url is None:
-            self.redis = EmbeddedRedis(self.storage / "redis", self.settings.redis_port)  # ConfigError if missing
+            self.redis = EmbeddedRedis(self.home / "redis", self.settings.redis_port)  # ConfigError if missing
         if self.settings.workers:
             check_worker_runtime()
-        self.storage.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         if self.redis is not None:
             self.redis.start()
             self.url = self.redis.url
@@ -224,7 +230,7 @@ class Stack:
         env = {**os.environ, "TRAIND_REDIS_URL": self.url, "TRAIND_STORAGE_DIR": str(self.storage)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        logs = self.storage / "logs"
+        logs = self.home / "logs"
         cli = [sys.executable, "-m", "daemon.cli"]
         self.children.append(Child("supervisor", [*cli, "supervise"], logs / "supervisor.log", env))
         for i in range(self.settings.workers):

@@ -20,7 +20,7 @@ from types import FrameType
 
 import redis
 
-from jobs import keys
+from jobs import keys, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
 from jobs.queue import enqueue, queue_contents
 from jobs.redis_conn import connect, redact_url
@@ -110,11 +110,13 @@ class Supervisor:
         now = self.store.now_ms() if now_ms is None else int(now_ms)
         rep = StepReport(now_ms=now)
         uptime = self._redis_uptime_s()
-        if uptime < self.settings.lease_ttl_s:
-            # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL.
+        # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL. A fresh
+        # Redis without leases (every `traind up`) has nothing to protect, so nothing is skipped or logged.
+        leases = self.r.zcard(keys.LEASES) if uptime < self.settings.lease_ttl_s else 0
+        if leases:
             rep.skipped_reason = (
-                f"redis restarted {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s); "
-                "not requeueing until workers had a chance to renew"
+                f"redis started {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s) with {leases} "
+                "running job(s): not requeueing until their workers had a chance to renew"
             )
         else:
             self._expire_leases(now, rep)
@@ -192,6 +194,9 @@ class Supervisor:
         )
         rep.requeued.append(job_id)
         log.warning("job %s requeued as attempt %d: worker %s lost", job_id, attempt + 1, worker)
+        # kill -> requeue, measured from the last lease renewal (the latest moment the worker was known alive)
+        telemetry.record_requeue(self.r, "worker_lost",
+                                 detection_s=(now - expired_at) / 1000 + self.settings.lease_ttl_s)
         # If we die right here the job sits in `pending` with score 0, and the next step (ours or another
         # supervisor's) enqueues it: the transition above already made the requeue durable.
         enqueue(self.r, job_id, attempt + 1, _str(vals["queue"]))
@@ -288,6 +293,7 @@ class Supervisor:
             while not self._stop.is_set():
                 try:
                     rep = self.step()
+                    telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import redis
 
-from daemon.render import event_line, progress_line
+from daemon.render import event_line, progress_line, progress_parts
 from jobs import keys
 from jobs.errors import JobTimeoutError
 from jobs.states import JobState
@@ -35,6 +35,25 @@ def last_epoch_metrics(store: JobStore, job_id: str, epoch: int) -> dict[str, An
     return val if isinstance(val, dict) else None
 
 
+def _live_view(status: dict[str, Any], last_epoch: dict[str, Any] | None, width: int) -> Any:
+    """The progress line as a rich renderable exactly one line of ``width`` columns: the bar takes what the text
+    leaves (10-30 columns) and the text ends in an ellipsis rather than wrapping (a wrapped line scrolls the
+    terminal on every redraw)."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    label, frac, tail = progress_parts(status, last_epoch)
+    bar_w = max(10, min(30, width - len(label) - len(tail) - 2))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, width=len(label))
+    grid.add_column(no_wrap=True, width=bar_w)
+    grid.add_column(no_wrap=True, overflow="ellipsis", max_width=max(width - len(label) - bar_w - 2, 1))
+    grid.add_row(Text(label), ProgressBar(total=1.0, completed=frac, width=bar_w),
+                 Text(tail, no_wrap=True, overflow="ellipsis"))
+    return grid
+
+
 def watch_job(
     store: JobStore,
     job_id: str,
@@ -42,21 +61,42 @@ def watch_job(
     interval_s: float = 0.5,
     timeout_s: float | None = None,
     check: Callable[[], None] | None = None,
+    console: Any = None,
 ) -> dict[str, Any]:
-    """Print the progress line until the job is terminal; return its final status (with history).
+    """Show the progress line until the job is terminal; return its final status (with history).
 
-    On a terminal (TTY) the line is redrawn in place; otherwise a line is printed whenever it changes.
-    ``check`` runs every poll and may raise to abort (``traind up`` checks its child processes there).
-    Raises JobTimeoutError after ``timeout_s``.
+    On a terminal the line is redrawn in place with rich (fitted to the terminal's width, so it never wraps);
+    otherwise a plain line is printed whenever it changes. ``console`` (a ``rich.console.Console``) overrides
+    the terminal detection (tests pass one of width 80). ``check`` runs every poll and may raise to abort
+    (``traind up`` checks its child processes there). Raises JobTimeoutError after ``timeout_s``.
     """
-    tty = out.isatty()
+    live = None
+    if console is None and out.isatty():
+        from rich.console import Console
+
+        console = Console(file=out)
+    if console is not None and console.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=console, auto_refresh=False, transient=False, redirect_stdout=False,
+                    redirect_stderr=False)
+        live.start()
+    try:
+        return _poll(store, job_id, out, live, interval_s, timeout_s, check)
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: float, timeout_s: float | None,
+          check: Callable[[], None] | None) -> dict[str, Any]:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last_line = ""
     outage_since: float | None = None
     while True:
         try:
             st = store.get(job_id, with_history=False)
-            line = progress_line(st, last_epoch_metrics(store, job_id, int(st.get("epoch") or 0)))
+            last = last_epoch_metrics(store, job_id, int(st.get("epoch") or 0))
             outage_since = None
         except (redis.ConnectionError, redis.TimeoutError):
             # A Redis restart (the stack's, or a failover) should not end a long watch; a lasting outage does.
@@ -65,21 +105,17 @@ def watch_job(
                 raise
             time.sleep(interval_s)
             continue
+        line = progress_line(st, last)
         if line != last_line:
-            if tty:
-                out.write("\r\x1b[2K" + line)
+            if live is not None:
+                live.update(_live_view(st, last, live.console.width), refresh=True)
             else:
                 out.write(line + "\n")
-            out.flush()
+                out.flush()
             last_line = line
         if JobState(st["state"]).is_terminal:
-            if tty:
-                out.write("\n")
-                out.flush()
             return store.get(job_id, with_history=True)
         if deadline is not None and time.monotonic() > deadline:
-            if tty:
-                out.write("\n")
             raise JobTimeoutError(f"job {job_id} still {st['state']} after {timeout_s} s (epoch {st.get('epoch')})")
         if check is not None:
             check()

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
-from jobs.errors import JobTimeoutError, SpecError
+from jobs.errors import JobNotFoundError, JobTimeoutError, SpecError, StorageError
+from jobs.location import parse_location
 from jobs.queue import enqueue
 from jobs.redis_conn import connect
 from jobs.settings import ClientSettings
@@ -24,6 +24,12 @@ from jobs.spec import JobSpec, load_spec_file, validate_spec
 from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's start-up INFO banners (CPU features, oneDNN, absl pre-init) in the client's stderr; its
+    warnings and errors still show. Must run before TensorFlow loads; a level the user set wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def new_job_id() -> str:
@@ -42,8 +48,18 @@ class JobHandle:
         return f"JobHandle({self.id!r})"
 
     def status(self, with_history: bool = False) -> dict[str, Any]:
-        """The job record: state, epoch, epochs, restarts, best_epoch, best_value, metrics, worker, ..."""
-        return self.client.store.get(self.id, with_history=with_history)
+        """The job's summary, as ``traind status --json`` prints it: state, epoch (finished epochs), epochs,
+        running_epoch/batch/steps (progress of the epoch in training), restarts, best_epoch, best_value, monitor,
+        metrics, worker, error, times; ``history`` too with ``with_history``. The spec is :meth:`spec`.
+
+        >>> # job.status()["state"], job.status()["best_value"]
+        """
+        return ops.summary(self.client.store.get(self.id, with_history=with_history))
+
+    def spec(self) -> dict[str, Any]:
+        """The job's validated spec as submitted (with the model's Keras config when it came from ``fit``)."""
+        spec = self.client.store.get(self.id, with_history=False).get("spec")
+        return spec if isinstance(spec, dict) else {}
 
     @property
     def state(self) -> JobState:
@@ -68,13 +84,18 @@ class JobHandle:
             time.sleep(poll_s)
 
     def cancel(self) -> JobState:
-        """Cancel; a running job stops at its next batch boundary and keeps its checkpoints."""
-        return self.client.store.request_cancel(self.id)
+        """Cancel, as ``traind cancel`` does; returns the state the job was in. A running job stops at its next
+        batch boundary and keeps its checkpoints; cancelling a cancelled job again is a no-op.
+        Raises JobFinishedError when the job already succeeded or failed.
+        """
+        return ops.cancel(self.client.store, self.id)
 
     def load_model(self, which: str = "best") -> Any:
         """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
         EarlyStopping's restore_best_weights applied), verified against its sha256."""
-        from jobs.errors import CheckpointError, StorageError
+        from jobs.errors import CheckpointError
+
+        quiet_tensorflow()
         from jobs.modelio import load_best_model, load_checkpoint_model  # keras: not on the client's import path
 
         st = self.client.store.get(self.id, with_history=False)
@@ -110,12 +131,13 @@ class Client:
         if redis_url is not None:
             overrides["redis_url"] = redis_url
         if storage is not None:
-            overrides["storage_dir"] = Path(storage)
+            overrides["storage_dir"] = parse_location(storage)[1]  # refused here if relative or unsupported
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
         self.r = connection or connect(self.settings.effective_redis_url())
         self.store = JobStore(self.r, events_max=self.settings.events_max, max_history=self.settings.max_history)
-        self.storage = Storage(self.settings.storage_dir)
+        # Nothing shared but Redis and the storage location: a laptop with s3:// needs no filesystem in common.
+        self.storage = Storage(self.settings.storage_dir, retry_s=self.settings.storage_retry_s)
 
     def _validate(self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
         limits = dict(
@@ -188,8 +210,14 @@ class Client:
         self.store.mark_delivered(job_id)
 
     def job(self, job_id: str) -> JobHandle:
-        self.store.raw(job_id)  # raises JobNotFoundError
-        return JobHandle(self, job_id)
+        """The job with this id, or with the one id that starts with it (``client.job("019ac3f1")``).
+
+        Raises JobNotFoundError, or AmbiguousJobIdError listing the jobs a prefix matches.
+        """
+        try:
+            return JobHandle(self, ops.resolve_job_id(self.r, job_id))
+        except StorageError as e:  # a malformed id names no job
+            raise JobNotFoundError(str(e)) from e
 
     def list(self, state: JobState | str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Job summaries, newest first, optionally filtered by state."""
@@ -235,6 +263,8 @@ class Client:
         >>> #                  callbacks=[ModelCheckpoint(p, save_best_only=True), EarlyStopping(patience=3)])
         """
         from jobs import fitcheck
+
+        quiet_tensorflow()  # the caller's model normally loaded TensorFlow already; this covers the rest
         from jobs.modelio import serialize_model  # keras import only when fitting
 
         allowed = self.settings.allowed_modules

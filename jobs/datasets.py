@@ -1,7 +1,8 @@
 """A finite ``tf.data.Dataset`` crosses to the workers as *data only*: materialised once with TensorFlow's own
-``Dataset.save`` (elements, no Python code), stored under ``uploads/ds-<sha256>/`` and named by the sha256 of its
-files, verified again on load. A pipeline that holds Python functions (``tf.py_function``, ``Dataset.from_generator``)
-is refused: traind runs no user Python except allowlisted loader modules.
+``Dataset.save`` (elements, no Python code), packed into one tar object ``uploads/ds-<sha256>.tar`` named by its
+sha256 (local directory or object store alike) and verified again on load. A pipeline that holds Python functions
+(``tf.py_function``, ``Dataset.from_generator``) is refused: traind runs no user Python except allowlisted
+loader modules.
 
 Imports TensorFlow lazily.
 
@@ -12,15 +13,16 @@ Imports TensorFlow lazily.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import re
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from jobs.errors import LimitError, SpecError, StorageError
-from jobs.storage import Storage, fsync_dir
+from jobs.storage import DIGEST_RE, Storage
 
 # Graph ops that call back into the Python interpreter: a saved dataset must not depend on them.
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"})
@@ -65,59 +67,55 @@ def check_dataset(ds: Any, what: str) -> None:
                          "use steps_per_epoch with a finite .repeat(n)"])
 
 
-def tree_digest(root: Path) -> str:
-    """sha256 over the sorted relative paths and contents of every file under ``root``."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix().encode()
-        h.update(len(rel).to_bytes(8, "big") + rel)
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
-def dataset_path(storage: Storage, digest: str) -> Path:
-    if not re.fullmatch(r"[0-9a-f]{64}", digest or ""):
+def dataset_key(digest: str) -> str:
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         raise StorageError(f"invalid dataset digest {digest!r}: expected 64 hex characters (sha256)")
-    return storage.confine(Path("uploads") / f"ds-{digest}")
+    return f"uploads/ds-{digest}.tar"
 
 
 def save_dataset(ds: Any, storage: Storage, what: str = "x", max_bytes: int | None = None) -> str:
-    """Check, materialise (``Dataset.save``) and store ``ds``; return the sha256 naming it."""
+    """Check, materialise (``Dataset.save``) and store ``ds`` as one tar object; return the sha256 naming it."""
     check_dataset(ds, what)
-    uploads = storage.confine("uploads")
-    uploads.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ds-", dir=uploads))
-    try:
-        ds.save(str(tmp / "data"))
-        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        if max_bytes is not None and size > max_bytes:
-            raise LimitError([f"{what}: the saved Dataset is {size} bytes, over TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with open(p, "rb+") as f:
-                    os.fsync(f.fileno())
-        digest = tree_digest(tmp)
-        dest = dataset_path(storage, digest)
-        if dest.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, dest)  # a directory rename: readers see all of it or nothing
-            fsync_dir(uploads)
-        return digest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with tempfile.TemporaryDirectory(prefix="traind-ds-") as d:
+        ds.save(str(Path(d) / "data"))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(Path(d) / "data", arcname="data")
+    data = buf.getvalue()
+    if max_bytes is not None and len(data) > max_bytes:
+        raise LimitError([f"{what}: the saved Dataset is {len(data)} bytes, over TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
+    digest = hashlib.sha256(data).hexdigest()
+    key = dataset_key(digest)
+    if not storage.exists(key):  # content-addressed: an existing object with this name has this content
+        storage.put_bytes(key, data)
+    return digest
 
 
-def load_dataset(storage: Storage, digest: str) -> Any:
-    """The stored Dataset, after checking its files still hash to ``digest``."""
+def local_dir() -> Path:
+    """Where workers unpack stored Datasets (Dataset.load reads lazily, so the files must outlive the call)."""
+    return Path(tempfile.gettempdir()) / f"traind-datasets-{os.getuid()}"
+
+
+def load_dataset(storage: Storage, digest: str, max_bytes: int | None = None) -> Any:
+    """The stored Dataset, verified against ``digest`` and unpacked once per machine (reused by later attempts)."""
     import tensorflow as tf
 
-    path = dataset_path(storage, digest)
-    if not path.is_dir():
-        raise StorageError(f"dataset upload {digest} not found under {storage.root / 'uploads'}")
-    if tree_digest(path) != digest:
-        raise StorageError(f"dataset upload {digest} is corrupt: its files do not hash to its name")
-    return tf.data.Dataset.load(str(path / "data"))
+    dest = local_dir() / digest
+    if not (dest / "data").is_dir():
+        data = storage.read_verified(dataset_key(digest), digest, f"dataset upload {digest}")
+        if max_bytes is not None and len(data) > max_bytes:
+            raise LimitError([f"dataset upload {digest}: {len(data)} bytes exceeds "
+                              f"TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
+        local_dir().mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=local_dir()))
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+                tar.extractall(tmp, filter="data")  # "data": no absolute paths, links out, devices or modes
+            try:
+                os.replace(tmp, dest)  # all or nothing; a concurrent unpack of the same digest may win
+            except OSError:
+                if not (dest / "data").is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tf.data.Dataset.load(str(dest / "data"))

@@ -43,6 +43,14 @@ class StorageError(TraindError):
     """A path escapes the storage root, or a file is missing or corrupt."""
 
 
+class StorageLocationError(StorageError, ValueError):
+    """The storage setting is a relative path, an unsupported URL scheme or a URL carrying credentials."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage cannot be used (bucket missing, access denied, unreachable past the retries)."""
+
+
 class CheckpointError(StorageError):
     """A checkpoint failed its checksum or manifest check."""
 
@@ -65,3 +73,17 @@ class RedisUnavailableError(TraindError):
 
 class ConfigError(TraindError):
     """A setting or command-line option is invalid or a required tool is missing."""
+
+
+class AmbiguousJobIdError(TraindError):
+    """A job id prefix matches more than one job; ``candidates`` lists (some of) them."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        self.prefix = prefix
+        self.candidates = list(candidates)
+        super().__init__(f"job id prefix {prefix!r} is ambiguous; it matches {', '.join(self.candidates)}"
+                         " - type more characters")
+
+
+class JobFinishedError(TraindError):
+    """The job already succeeded or failed, so there is nothing to cancel."""

@@ -8,6 +8,7 @@ JOBS_INDEX = f"{PREFIX}:jobs"  # zset job_id -> created (ms)
 LEASES = f"{PREFIX}:leases"  # zset job_id -> lease expiry (ms, Redis clock)
 PENDING = f"{PREFIX}:pending"  # zset job_id -> last delivery (ms); 0 = needs a queue message
 WORKERS = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat (ms)
+SUPERVISORS = f"{PREFIX}:supervisors"  # zset host-pid -> end of its last pass (ms, Redis clock)
 RQ_FUNC = "worker.execute.train"  # the name RQ records; RQ never imports it (traind's worker pops messages itself)
 
 

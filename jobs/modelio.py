@@ -9,16 +9,16 @@ Imports Keras lazily; only call these where TensorFlow is meant to load.
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jobs.errors import CheckpointError, SpecError, StorageError, UserCodeError
+from jobs.errors import SpecError, StorageError, UserCodeError
 from jobs.refs import resolve_ref
 from jobs.spec import JobSpec
-from jobs.storage import Storage, sha256_file
+from jobs.storage import Storage, job_key
 
 
 def serialize_model(model: Any, storage: Storage, max_bytes: int | None = None) -> dict[str, Any]:
@@ -98,30 +98,29 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
         best = json.loads(best)
     if not best:
         raise StorageError(f"job {status.get('id')}: no {which} checkpoint yet")
-    path = storage.confine(storage.job_dir(status["id"]) / Path(best["file"]).name)
-    if not path.exists():
-        raise CheckpointError(f"best checkpoint {path} is missing")
-    if sha256_file(path) != best["sha256"]:
-        raise CheckpointError(f"best checkpoint {path} failed its sha256 check; refusing to load it")
+    name = str(best["file"]).rsplit("/", 1)[-1]
+    key = job_key(status["id"], name)  # confined: the record cannot name a key outside the job
+    suffix = ".keras" if best.get("format") == "keras" else ".weights.h5"  # Keras insists on the extension
     objs = custom_objects(spec.model.custom_objects, allowed)
-    if best.get("format") == "keras":
-        return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
-    model = build_model(spec, storage, allowed)
-    with warnings.catch_warnings():
-        # .weights.h5 also carries optimizer variables; a fresh optimizer has none yet, which Keras warns about.
-        warnings.simplefilter("ignore", UserWarning)
-        model.load_weights(path)
+    # Verified against the sha256 Redis recorded (a local copy of the object on object storage).
+    with storage.local_file(key, best["sha256"], suffix=suffix, what=f"{which} checkpoint {name}") as path:
+        if best.get("format") == "keras":
+            return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
+        model = build_model(spec, storage, allowed)
+        with warnings.catch_warnings():
+            # .weights.h5 also carries optimizer variables; a fresh optimizer has none yet, which Keras warns about.
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(path)
     return model
 
 
 def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
                           allowed: Sequence[str]) -> Any:
     """A model rebuilt from the spec with the weights of a committed resumable checkpoint (sha256-verified)."""
-    path = storage.confine(storage.job_dir(job_id) / manifest["file"])
-    if not path.exists() or sha256_file(path) != manifest["sha256"]:
-        raise CheckpointError(f"checkpoint {manifest['file']} is missing or failed its sha256 check")
+    data = storage.read_verified(job_key(job_id, manifest["file"]), manifest["sha256"],
+                                 what=f"checkpoint {manifest['file']}")
     model = build_model(spec, storage, allowed)
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         weights = [z[k] for k in sorted(z.files) if k.startswith("w")]
     model.set_weights(weights)
     return model

@@ -12,6 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # when neither --redis-url nor TRAIND_REDIS_URL is given
 # Query parameters that carry secrets (redis-py accepts ``?password=...`` and ``?ssl_password=...``).
 _SECRET_PARAM = re.compile(r"(?i)((?:^|&)[^&=]*password)=[^&]*")
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from jobs.location import default_location, parse_location
+from jobs.redis_conn import DEFAULT_REDIS_URL
 
 
 def _split_csv(v: object) -> object:
@@ -32,7 +33,13 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True)
 
     redis_url: str | None = Field(None, description="Redis URL (redis://, rediss://, with user:password@ for ACL).")
-    storage_dir: Path = Field(Path("traind-data"), description="Shared checkpoint storage root (NFS mount).")
+    storage_dir: str = Field(
+        default_factory=default_location,
+        description="Checkpoint/upload storage: an absolute path (local or NFS) or a URL (s3://bucket/prefix; gs://, "
+                    "az:// where fsspec has them). Default: $XDG_DATA_HOME/traind (~/.local/share/traind).",
+    )
+    storage_retry_s: float = Field(60.0, ge=0, le=3600, description="How long transient object-store errors are "
+                                   "retried (with backoff) before the job fails.")
     allowed_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["examples"],
         description="Module prefixes that builders, loaders and custom objects may come from.",
@@ -44,11 +51,22 @@ class CommonSettings(BaseSettings):
     max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
     max_history: int = Field(100_000, ge=1)
     events_max: int = Field(2_000, ge=10)
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
     @field_validator("allowed_modules", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
         return _split_csv(v)
+
+    @field_validator("storage_dir", mode="before")
+    @classmethod
+    def _storage(cls, v: object) -> object:
+        # Refused here, at start, with one line: a relative path names a different place in every working
+        # directory, and an unknown scheme would otherwise become a local directory called "s3:".
+        if isinstance(v, (str, os.PathLike)):
+            kind, norm = parse_location(v)
+            return norm
+        return v
 
     @model_validator(mode="after")
     def _reject_env_typos(self) -> CommonSettings:
@@ -73,6 +91,10 @@ class ClientSettings(CommonSettings):
 
 class WorkerSettings(CommonSettings):
     """Settings of ``traind worker``."""
+
+    cache_dir: Path | None = Field(None, description="Local cache of uploads fetched from object storage "
+                                   "(default $XDG_CACHE_HOME/traind/uploads).")
+    cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="Bound of the upload cache (0 disables it).")
 
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     device: str = Field("cpu", pattern=r"^(cpu|gpu(:\d+)?)$")
@@ -104,8 +126,24 @@ class StackSettings(CommonSettings):
     redis_port: int = Field(0, ge=0, le=65535, description="Port of the embedded Redis (0: pick a free one).")
 
 
+class ServeSettings(CommonSettings):
+    """Settings of ``traind serve`` (HTTP API, dashboard, /metrics)."""
+
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 only behind a firewall or proxy.")
+    port: int = Field(8600, ge=0, le=65535)
+    api_token: SecretStr | None = Field(None, description="Bearer token with full access (submit, cancel, retry).")
+    api_read_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer tokens with read-only access (dashboards).")
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=300, description="Comment line sent to idle SSE streams.")
+
+    @field_validator("api_read_tokens", mode="before")
+    @classmethod
+    def _csv_tokens(cls, v: object) -> object:
+        return _split_csv(v)
+
+
 def _known_env_names() -> set[str]:
     names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
-    for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings):
+    for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings, ServeSettings):
         names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
     return names

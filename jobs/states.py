@@ -45,6 +45,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
 }
 
+# `traind retry`: an operator runs a failed or cancelled job again as a new attempt (-> requeued). Never in the
+# table above, so no automatic path (a supervisor's requeue, a late worker) can revive a finished job.
+RETRYABLE: frozenset[JobState] = frozenset({JobState.FAILED, JobState.CANCELLED})
+
 
 def allowed_sources(target: JobState) -> list[str]:
     """States from which ``target`` may be entered (what the Lua transition checks)."""

@@ -12,13 +12,13 @@ from typing import Any
 
 import redis
 
-from jobs import keys, lua
+from jobs import keys, lua, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
-from jobs.states import TERMINAL, JobState, allowed_sources
+from jobs.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 
 _INT_FIELDS = (
     "epoch", "epochs", "restarts", "preemptions", "attempt", "max_restarts", "best_epoch", "created_at",
-    "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch",
+    "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch", "running_epoch",
 )
 _FLOAT_FIELDS = ("best_value",)
 _JSON_FIELDS = (
@@ -78,6 +78,8 @@ class JobStore:
         )
         if pipeline is not None:
             return job_id, True
+        if int(res[0]):
+            telemetry.publish(self.r, job_id, "created", state=JobState.QUEUED.value)
         return res[1].decode(), bool(int(res[0]))
 
     def transition(
@@ -94,6 +96,7 @@ class JobStore:
         lease_ttl_ms: int = 0,
         trim_history_after: int | None = None,
         only_from: Iterable[JobState] | None = None,
+        retry: bool = False,
     ) -> JobState:
         """Atomically move ``job_id`` to ``to`` if the table allows it; return the previous state.
 
@@ -102,6 +105,8 @@ class JobStore:
         """
         to = JobState(to)
         sources = allowed_sources(to)
+        if retry:  # an explicit operator retry (see states.RETRYABLE), never implied by the table
+            sources = sorted(s.value for s in RETRYABLE) if to is JobState.REQUEUED else []
         if only_from is not None:  # narrow the table, e.g. "fail it only if nobody is running it"
             sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
         ev = json.dumps(event(event_msg, level, state=to.value)) if event_msg else ""
@@ -124,6 +129,7 @@ class JobStore:
             raise IllegalTransitionError(f"job {job_id}: cannot go from {cur} to {to.value}")
         if status == "alive":
             raise FencedError(f"job {job_id}: lease was renewed; not requeued")
+        telemetry.publish(self.r, job_id, "state", state=to.value, previous=cur)
         return JobState(cur)
 
     def heartbeat(self, job_id: str, token: str, ttl_ms: int) -> tuple[bool, bool]:
@@ -172,6 +178,7 @@ class JobStore:
                 raise LimitError([f"history: recording epoch {epochs} would exceed TRAIND_MAX_HISTORY="
                                   f"{self.max_history} entries; lower fit.epochs or raise TRAIND_MAX_HISTORY"])
             raise FencedError(f"job {job_id}: no longer owned by this attempt (state {why})")
+        telemetry.on_progress(self.r, job_id, history_set, ckpt_set)
 
     def request_cancel(self, job_id: str) -> JobState:
         """Cancel: a queued job ends now; a running one is flagged and stops at its next batch boundary."""
@@ -180,6 +187,7 @@ class JobStore:
         if st == "missing":
             raise JobNotFoundError(f"job {job_id!r} not found")
         state = JobState(st)
+        telemetry.publish(self.r, job_id, "event")
         if state in (JobState.QUEUED, JobState.REQUEUED):
             try:
                 return self.transition(job_id, JobState.CANCELLED, event_msg="cancelled before it started")
@@ -194,6 +202,7 @@ class JobStore:
         pipe.rpush(keys.events(job_id), json.dumps(ev))
         pipe.ltrim(keys.events(job_id), -self.events_max, -1)
         pipe.execute()
+        telemetry.publish(self.r, job_id, "event")
 
     def mark_delivered(self, job_id: str, when_ms: int | None = None) -> None:
         self._delivered(keys=[keys.PENDING], args=[job_id, when_ms if when_ms is not None else self.now_ms()])

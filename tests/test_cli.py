@@ -109,9 +109,13 @@ def test_status_json_and_human(cli: Any, tmp_path: Path) -> None:
         assert field in st, field
     assert (st["id"], st["name"], st["state"], st["epoch"], st["epochs"]) == (job_id, "reg", "queued", 0, 7)
     assert st["history"] == [] and st["stopped_early"] is False and st["best_value"] is None
-    assert "token" not in st
+    assert "token" not in st and "spec" not in st and st["monitor"] == "val_loss"
     rc, out, _ = cli("status", job_id)
-    assert rc == 0 and f"job       {job_id}" in out and "state     queued" in out and "epoch     0/7" in out
+    rows = dict(line.split(None, 1) if not line.startswith("epochs done") else ("epochs done", line[11:].strip())
+                for line in out.splitlines())
+    assert rc == 0 and rows["job"] == job_id and rows["state"] == "queued" and rows["epochs done"] == "0/7"
+    rc, out, _ = cli("status", job_id, "--spec")
+    assert rc == 0 and json.loads(out)["fit"]["epochs"] == 7
 
 
 def test_status_of_unknown_or_invalid_job(cli: Any) -> None:
@@ -132,10 +136,12 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     assert {j["id"]: j["state"] for j in rows} == {first: "cancelled", second: "queued"}
     rc, out, _ = cli("list", "--state", "queued", "--json")
     assert [j["id"] for j in json.loads(out)] == [second]
-    rc, out, _ = cli("list", "--limit", "1")
+    rc, out, err = cli("list", "--limit", "1")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "STATE", "EPOCH", "RESTARTS", "BEST", "WORKER", "UPDATED"]
+    assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS", "WORKER",
+                                           "UPDATED"]
     assert len(lines) == 2 and second in lines[1] and "0/7" in lines[1]
+    assert "EPOCHS DONE: finished/total epochs" in err and "BEST (EPOCH)" in err  # the legend, off the table's stdout
     rc, out, _ = cli("list", "--state", "running")
     assert rc == 0 and out.strip() == "no jobs in state running"
 
@@ -313,3 +319,217 @@ def test_up_embedded_redis_restarts_crashed_children_and_stops_on_sigterm(procs:
     wait_for(lambda: not _alive(redis_pid), 30, "the embedded redis-server to exit")
     assert "received SIGTERM; stopping" in (data / "logs" / "supervisor.log").read_text()
     assert (data / "redis" / "appendonlydir").is_dir()
+
+
+# -- what a new user tripped over (issue 9) and terminal escapes (issue 8 item 7) -------------------------------------
+def _running(store: Any, job_id: str, token: str = "t") -> None:
+    store.transition(job_id, JobState.RUNNING, attempt=1, fields={"token": token, "worker": "w"}, lease_ttl_ms=60_000)
+
+
+def _progress_steps(store: Any, job_id: str) -> list[Any]:
+    """What a worker writes through 2 epochs of 4 batches that end in early stopping, as a list of actions."""
+
+    def batch(b: int, running_epoch: int) -> Any:
+        return lambda: store.fenced_update(job_id, "t", fields={"batch": b, "steps": 4, "running_epoch": running_epoch,
+                                                                "metrics": {"loss": 1.0 / b}})
+
+    def epoch_end(e: int) -> Any:
+        return lambda: store.fenced_update(job_id, "t", fields={"epoch": e, "batch": 0, "best_epoch": e,
+                                                                "best_value": 0.5 / e},
+                                           history_set={e: {"epoch": e, "loss": 0.4 / e, "val_loss": 0.5 / e}})
+
+    return [*(batch(b, 1) for b in range(1, 5)), epoch_end(1), *(batch(b, 2) for b in range(1, 5)), epoch_end(2),
+            lambda: store.transition(job_id, JobState.SUCCEEDED, token="t", fields={"stopped_early": True})]
+
+
+def _driven_by_polls(steps: list[Any]) -> Any:
+    """A watch `check` callback that performs the next step on each poll (no threads, no sleeps to race)."""
+    pending = list(steps)
+
+    def check() -> None:
+        if pending:
+            pending.pop(0)()
+
+    return check
+
+
+def test_watch_epoch_counter_never_goes_back(cli: Any, tmp_path: Path, redis_url: str, storage_dir: Path) -> None:
+    import io
+
+    from daemon.watch import watch_job
+
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    job_id = submit(cli, tmp_path)
+    _running(store, job_id)
+    out = io.StringIO()  # not a terminal: one plain line per change
+    final = watch_job(store, job_id, out, interval_s=0.01, check=_driven_by_polls(_progress_steps(store, job_id)))
+    shown = [int(m.group(1)) for m in re.finditer(r"^epoch (\d+)/7 ", out.getvalue(), re.M)]
+    assert shown == sorted(shown) and shown[0] == 1 and shown[-1] == 2, out.getvalue()
+    assert "1/4" in out.getvalue() and "4/4" in out.getvalue()
+    assert final["state"] == "succeeded" and final["epoch"] == 2
+
+
+def test_watch_fits_an_80_column_terminal(cli: Any, tmp_path: Path, redis_url: str, storage_dir: Path) -> None:
+    """Every redraw stays on one line of an 80-column terminal (a wrapped line scrolls the screen each time)."""
+    import io
+
+    from rich.console import Console
+
+    from daemon.watch import watch_job
+
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    monitor = "val_sparse_categorical_accuracy"  # a long monitor name makes the full line ~150 columns
+    job_id = submit(cli, tmp_path, checkpoint={"monitor": monitor, "mode": "max"})
+    _running(store, job_id)
+    steps = _progress_steps(store, job_id)
+    steps.insert(0, lambda: store.fenced_update(job_id, "t", fields={"restarts": 1, "metrics": {monitor: 0.9}}))
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+    final = watch_job(store, job_id, buf, interval_s=0.01, check=_driven_by_polls(steps), console=console)
+    assert final["state"] == "succeeded"
+    raw = buf.getvalue()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)  # rich's cursor moves and erases between redraws
+    lines = [seg for seg in re.split(r"[\r\n]", text) if seg.strip()]
+    assert len(lines) >= 5 and all(len(seg) <= 80 for seg in lines), [len(seg) for seg in lines]
+    assert any("…" in seg for seg in lines)  # the long tail was cut, not wrapped
+    assert lines[-1].startswith("epoch 2/7 ")
+    assert raw.count("\x1b[1A") or raw.count("\x1b[2K")  # redrawn in place (cursor up / erase line)
+    full = render.progress_line(store.get(job_id, with_history=False))
+    assert len(full) > 80  # the test would pass trivially with a short line
+
+
+def test_status_of_a_running_job_shows_batch_progress(cli: Any, tmp_path: Path, redis_url: str,
+                                                      storage_dir: Path) -> None:
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    job_id = submit(cli, tmp_path)
+    _running(store, job_id)
+    store.fenced_update(job_id, "t", fields={"epoch": 3, "batch": 7, "steps": 20, "running_epoch": 4})
+    rc, out, _ = cli("status", job_id)
+    assert rc == 0 and "progress     epoch 4/7 batch 7/20 [#######" in out and "epochs done  3/7" in out
+    rc, out, _ = cli("status", job_id, "--json")
+    st = json.loads(out)
+    assert (st["running_epoch"], st["batch"], st["steps"], st["epoch"]) == (4, 7, 20, 3)  # ints, not strings
+
+
+def test_job_status_is_a_summary_and_spec_is_separate(redis_url: str, storage_dir: Path) -> None:
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    job = client.submit({**GOOD, "checkpoint": {"monitor": "val_mae"}})
+    st = job.status()
+    assert "spec" not in st and st["monitor"] == "val_mae" and st["epochs"] == 7
+    assert job.spec()["model"]["builder"] == "examples.regression:build_model"
+
+
+def test_cancel_of_a_finished_job_errors_in_python_and_cli(cli: Any, tmp_path: Path, redis_url: str,
+                                                           storage_dir: Path) -> None:
+    from jobs.errors import JobFinishedError
+
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    job_id = submit(cli, tmp_path)
+    _running(client.store, job_id)
+    client.store.transition(job_id, JobState.SUCCEEDED, token="t")
+    with pytest.raises(JobFinishedError, match=f"job {job_id} already succeeded; nothing to cancel"):
+        client.job(job_id).cancel()
+    rc, out, err = cli("cancel", job_id)
+    assert rc == 1 and out == "" and err.strip() == f"error: job {job_id} already succeeded; nothing to cancel"
+    assert client.store.get(job_id)["state"] == "succeeded" and not client.store.get(job_id)["cancel_requested"]
+    cancelled = submit(cli, tmp_path)
+    assert client.job(cancelled).cancel() is JobState.QUEUED
+    assert client.job(cancelled).cancel() is JobState.CANCELLED  # again: a no-op, as `traind cancel` says
+
+
+def test_unique_id_prefix_works_and_ambiguous_prefix_lists_candidates(cli: Any, tmp_path: Path, r: redis.Redis,
+                                                                      redis_url: str, storage_dir: Path) -> None:
+    a, b = submit(cli, tmp_path, name="a"), submit(cli, tmp_path, name="b")
+    common = os.path.commonprefix([a, b])
+    short_a = a[:len(common) + 1]
+    rc, out, _ = cli("status", short_a, "--json")
+    assert rc == 0 and json.loads(out)["id"] == a
+    rc, out, _ = cli("logs", short_a)
+    assert rc == 0 and "submitted" in out
+    rc, out, err = cli("status", common)
+    assert rc == 2 and out == "" and f"job id prefix {common!r} is ambiguous" in err and a in err and b in err
+    assert Client(redis_url=redis_url, storage=storage_dir).job(short_a).id == a
+    rc, out, _ = cli("cancel", short_a)
+    assert rc == 0 and f"cancelled {a} (was queued)" in out and r.hget(keys.job(b), "state") == b"queued"
+    rc, out, _ = cli("watch", short_a)
+    assert rc == 1 and f"job {a} cancelled" in out
+    rc, _, err = cli("status", "f" * 21)
+    assert rc == 1 and "not found" in err
+
+
+def test_terminal_escapes_from_redis_are_shown_not_obeyed(cli: Any, tmp_path: Path, r: redis.Redis) -> None:
+    """Names, monitors, events and errors planted in Redis (submit refuses such names) print as visible escapes."""
+    clear, title = "\x1b[2J", "\x1b]0;owned\x07"
+    job_id = submit(cli, tmp_path)
+    r.hset(keys.job(job_id), mapping={"name": f"n{clear}{title}\r\x9b", "error": f"boom{clear}",
+                                      "state": "failed", "best_value": "0.5", "best_epoch": "1",
+                                      "metrics": json.dumps({f"val_{clear}": 1.0})})
+    r.rpush(keys.events(job_id), json.dumps({"msg": f"ev{title}", "level": f"info{clear}", "ts": 1}))
+    outputs = []
+    for args in (("list",), ("status", job_id), ("logs", job_id), ("watch", job_id)):
+        rc, out, err = cli(*args)
+        outputs.append(out + err)
+    for text in outputs:
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\x9b" not in text, text
+    assert "n\\x1b[2J\\x1b]0;owned\\x07\\r\\x9b" in outputs[0] + outputs[1]  # the name, visibly escaped
+    assert "ev\\x1b]0;owned\\x07" in outputs[2] and "boom\\x1b[2J" in outputs[3]
+    assert render.clean("plain name ünï 日本") == "plain name ünï 日本"
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIND_", "TF_CPP"))}
+    return {**env, "TRAIND_ALLOWED_MODULES": "examples"}  # what a user exports for submit
+
+
+def test_read_commands_import_neither_client_nor_numpy(cli: Any, tmp_path: Path, redis_url: str) -> None:
+    """`traind status/list/logs` answer at once: nothing heavy is imported (the speed itself: bench/cli_latency.py)."""
+    job_id = submit(cli, tmp_path)
+    heavy = ("tensorflow", "keras", "numpy", "rq", "pydantic", "pydantic_settings", "yaml", "rich", "jobs.client",
+             "jobs.queue", "jobs.spec", "jobs.settings", "worker")
+    for args in (["status", job_id[:-3]], ["status", job_id, "--json"], ["list"], ["logs", job_id], ["cancel", job_id]):
+        code = (
+            "import sys, json; from daemon.cli import main; "
+            f"rc = main({args!r} + ['--redis-url', {redis_url!r}]); "
+            f"print(json.dumps([rc, sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r})]))"
+        )
+        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env=_subprocess_env())
+        rc, loaded = json.loads(res.stdout.splitlines()[-1])
+        assert rc == 0 and loaded == [], (args, loaded, res.stderr)
+
+
+def test_read_commands_still_refuse_unknown_variables(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.cli import _READ_ENV
+    from jobs.settings import _known_env_names
+
+    assert _READ_ENV <= _known_env_names()  # the fast path only skips validating real settings
+    monkeypatch.setenv("TRAIND_REDIS_ULR", "redis://typo")
+    rc, _, err = cli("list")
+    assert rc == 2 and "TRAIND_REDIS_ULR (did you mean TRAIND_REDIS_URL?)" in err
+
+
+def test_up_with_a_dead_external_redis_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    stale = f"redis://:old-pw@127.0.0.1:{free_port()}/0"  # what an export from an earlier `traind up` leaves
+    monkeypatch.setenv("TRAIND_REDIS_URL", stale)
+    rc = main(["up", "--workers", "0", "--storage", str(tmp_path / "data")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "TRAIND_REDIS_URL is redis://:***@127.0.0.1:" in err and "no Redis answers there" in err
+    assert "unset TRAIND_REDIS_URL" in err and "old-pw" not in err
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+
+
+def test_tensorflow_banners_stay_out_of_worker_and_client_output(redis_url: str, storage_dir: Path) -> None:
+    """TensorFlow's INFO banners (cpu_feature_guard, oneDNN, absl pre-init) are hidden; warnings and errors are not."""
+    banners = ("cpu_feature_guard", "oneDNN custom operations", "absl::InitializeLog")
+    env = _subprocess_env()
+    res = subprocess.run([sys.executable, "-m", "daemon.cli", "worker", "--burst", "--redis-url", redis_url,
+                          "--storage", str(storage_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0 and "serving" in res.stdout + res.stderr, res.stderr
+    assert not [b for b in banners if b in res.stdout + res.stderr], res.stderr
+    client_code = "from jobs.client import quiet_tensorflow; quiet_tensorflow(); import keras; print(keras.__version__)"
+    res = subprocess.run([sys.executable, "-c", client_code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0 and not [b for b in banners if b in res.stderr], res.stderr

@@ -251,10 +251,17 @@ def test_redis_restart_grace(r: redis.Redis, redis_url: str, client: Client) -> 
     now = age_lease(r, client.store, job.id)
     sup = make_sup(redis_url, uptime=2.0)
     rep = sup.step(now)
-    assert not rep.requeued and rep.skipped_reason and "restarted" in rep.skipped_reason
+    assert not rep.requeued and rep.skipped_reason and "1 running job(s): not requeueing" in rep.skipped_reason
     assert job.status()["state"] == "running"
     sup.uptime = 6.0  # one lease TTL later the worker had its chance to renew
     assert sup.step(now).requeued == [job.id]
+
+
+def test_fresh_redis_without_leases_is_no_restart(redis_url: str, client: Client) -> None:
+    """`traind up` starts Redis and the supervisor together: nothing to wait for, nothing logged about restarts."""
+    client.submit(spec())
+    rep = make_sup(redis_url, uptime=1.0).step()
+    assert rep.skipped_reason is None
 
 
 def test_real_uptime_is_read_and_cached(redis_url: str) -> None:

@@ -14,13 +14,13 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jobs import telemetry
 from jobs.errors import CheckpointError, FencedError, StorageError
-from jobs.storage import Storage, sha256_file
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore, event
 
 log = logging.getLogger("traind.worker")
@@ -68,9 +68,9 @@ def _pack(s: Snapshot) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(path: Path) -> dict[str, list[np.ndarray]]:
+def _unpack(data: bytes) -> dict[str, list[np.ndarray]]:
     groups: dict[str, list[np.ndarray]] = {"w": [], "o": [], "e": [], "m": []}
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         for name in sorted(z.files):
             groups[name[0]].append(z[name])
     return groups
@@ -82,7 +82,7 @@ class Checkpoints:
     def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str) -> None:
         self.storage, self.store = storage, store
         self.job_id, self.attempt, self.token = job_id, attempt, token
-        self.dir = storage.job_dir(job_id) / "ckpt"
+        self.prefix = job_key(job_id, "ckpt")  # storage key of the checkpoint "directory" (validates the id)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending: Future[dict[str, Any]] | None = None
         self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
@@ -90,20 +90,24 @@ class Checkpoints:
     # -- writing -------------------------------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> dict[str, Any]:
         """Write the snapshot's file and manifest atomically; returns the manifest (not yet committed)."""
+        t0 = time.perf_counter()
         name = f"e{snap.epoch:06d}-b{snap.batch:06d}-a{self.attempt}"
         data = _pack(snap)
-        path = self.dir / f"{name}.npz"
+        key = f"{self.prefix}/{name}"
         try:
-            digest = self.storage.write_bytes_atomic(path, data)
+            # Object first, then its manifest; neither is visible to resume until commit() records it in Redis.
+            digest = self.storage.put_bytes(f"{key}.npz", data)
             manifest = {
                 "key": snap.key, "epoch": snap.epoch, "batch": snap.batch, "attempt": self.attempt,
                 "file": f"ckpt/{name}.npz", "sha256": digest, "size": len(data), "metrics": snap.metrics,
                 "state": snap.state, "created": time.time(),
             }
-            self.storage.write_bytes_atomic(self.dir / f"{name}.json", json.dumps(manifest, indent=1).encode())
+            self.storage.put_bytes(f"{key}.json", json.dumps(manifest, indent=1).encode())
+            telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
+            telemetry.observe(self.store.r, "checkpoint_bytes", len(data))
         except OSError as e:
-            for p in (path, self.dir / f"{name}.json"):
-                p.unlink(missing_ok=True)
+            for k in (f"{key}.npz", f"{key}.json"):
+                self.storage.delete(k)
             raise StorageError(f"could not write checkpoint {name} ({e.strerror or e}); previous checkpoints are intact"
                                ) from e
         return manifest
@@ -147,10 +151,10 @@ class Checkpoints:
 
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            f = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
-            f.unlink(missing_ok=True)
-            f.with_suffix(".json").unlink(missing_ok=True)
-        except (StorageError, OSError, KeyError):
+            key = job_key(self.job_id, manifest["file"])  # confined: a manifest cannot name a key outside the job
+            self.storage.delete(key)
+            self.storage.delete(key.removesuffix(".npz") + ".json")
+        except (StorageError, OSError, KeyError, TypeError):
             pass
 
     def retention_victims(self, index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
@@ -168,19 +172,18 @@ class Checkpoints:
             self._remove_files(m)
 
     # -- reading -------------------------------------------------------------------------------------------------
-    def verify(self, manifest: dict[str, Any]) -> Path:
-        """The manifest's file, after checking it exists and matches its sha256."""
-        path = self.storage.confine(self.storage.job_dir(self.job_id) / manifest["file"])
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {manifest['file']} is missing")
-        if sha256_file(path) != manifest["sha256"]:
-            raise CheckpointError(f"checkpoint {manifest['file']} failed its sha256 check (torn or corrupt)")
-        return path
+    def verify(self, manifest: dict[str, Any]) -> bytes:
+        """The manifest's object, after checking it exists and matches its sha256 (CheckpointError otherwise)."""
+        try:
+            key = job_key(self.job_id, manifest["file"])
+        except (StorageError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
+        return self.storage.read_verified(key, manifest["sha256"], what=f"checkpoint {manifest['file']}")
 
     def load(self, manifest: dict[str, Any]) -> Restored:
-        path = self.verify(manifest)
+        data = self.verify(manifest)
         try:
-            g = _unpack(path)
+            g = _unpack(data)
         except (ValueError, OSError) as e:
             raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {e}") from e
         return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
@@ -194,6 +197,10 @@ class Checkpoints:
         """
         keys = sorted(index)
         if not keys:
+            if self.attempt > 1:
+                # Loud, never quiet: a retried attempt with no committed checkpoint redoes everything.
+                return None, [event(f"attempt {self.attempt}: no committed checkpoint in {self.storage.url} to resume "
+                                    "from; starting over from epoch 1", "warning")]
             return None, []
         latest = keys[-1]
         target = preempt_key if preempt_key in index else (best_key if policy == "best" and best_key in index
@@ -208,20 +215,23 @@ class Checkpoints:
             except CheckpointError as e:
                 events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
                 continue
-            where = f"epoch {m['epoch']}" + (f" batch {m['batch']}" if m["batch"] else "")
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            where = (f"epoch {m['epoch'] + 1} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
+                     else f"epoch {m['epoch']}")
             why = "preemption checkpoint" if k == preempt_key else (
                 f"{policy} checkpoint" if k == target else "fallback checkpoint")
             events.append(event(f"resuming from {why} at {where} ({m['file']})"))
             return restored, events
-        events.append(event("no valid checkpoint; starting from scratch", "warning"))
+        events.append(event(f"no valid checkpoint in {self.storage.url}; starting from scratch", "warning"))
         return None, events
 
     def export(self, model: Any, weights_only: bool, name: str) -> dict[str, Any]:
         """Write the user-facing model file (``best.keras`` or ``best.weights.h5``) atomically."""
         suffix = ".weights.h5" if weights_only else ".keras"
-        dest = self.storage.job_dir(self.job_id) / f"{name}{suffix}"
+        key = job_key(self.job_id, f"{name}{suffix}")
         if weights_only:
-            digest = self.storage.write_atomic(dest, lambda p: model.save_weights(p), tmp_suffix=suffix)
+            digest = self.storage.put_with(key, lambda p: model.save_weights(p), suffix=suffix)
         else:
-            digest = self.storage.write_atomic(dest, lambda p: model.save(p), tmp_suffix=suffix)
-        return {"file": dest.name, "sha256": digest, "format": "weights" if weights_only else "keras"}
+            digest = self.storage.put_with(key, lambda p: model.save(p), suffix=suffix)
+        return {"file": f"{name}{suffix}", "sha256": digest, "format": "weights" if weights_only else "keras"}

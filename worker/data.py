@@ -69,7 +69,7 @@ def load(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upload_byt
         a = fitdata.unpack(storage.get_arrays(d.arrays, max_bytes=max_upload_bytes))
         data = TrainData(a["x"], a["y"], sw=a["sample_weight"])
     elif d.dataset:
-        data = TrainData(dataset=datasets.load_dataset(storage, d.dataset))
+        data = TrainData(dataset=datasets.load_dataset(storage, d.dataset, max_upload_bytes))
     else:
         assert d.loader is not None
         fn = resolve_ref(d.loader, allowed, "data.loader")
@@ -82,7 +82,7 @@ def load(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upload_byt
         v = fitdata.unpack(storage.get_arrays(d.validation_arrays, max_bytes=max_upload_bytes))
         data.x_val, data.y_val, data.sw_val = v["x"], v["y"], v["sample_weight"]
     elif d.validation_dataset:
-        data.val_dataset = datasets.load_dataset(storage, d.validation_dataset)
+        data.val_dataset = datasets.load_dataset(storage, d.validation_dataset, max_upload_bytes)
     if data.is_arrays:
         if data.x is None or data.y is None or fitdata.num_samples(data.x) != fitdata.num_samples(data.y):
             raise UserCodeError("data: expected arrays x and y of equal length")

@@ -39,3 +39,15 @@ def configure_tensorflow(device: str) -> list[str]:
     if device.startswith("gpu") and not gpus:
         raise ConfigError(f"--device {device}: TensorFlow sees no GPU (is the CUDA build of tensorflow installed?)")
     return [g.name for g in gpus]
+
+
+def gpu_memory_mb(gpus: list[str]) -> float | None:
+    """Current TensorFlow allocation on this worker's GPU in MiB, or None on CPU / when TF cannot tell."""
+    if not gpus:
+        return None
+    try:
+        import tensorflow as tf
+
+        return round(tf.config.experimental.get_memory_info("GPU:0")["current"] / 2**20, 1)
+    except Exception:  # noqa: BLE001 - informational only
+        return None

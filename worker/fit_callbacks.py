@@ -18,7 +18,7 @@ import keras
 from jobs.errors import UserCodeError
 from jobs.refs import resolve_ref
 from jobs.spec import JobSpec
-from jobs.storage import Storage
+from jobs.storage import Storage, job_key
 
 CSV_NAME = "training.csv"
 
@@ -41,21 +41,50 @@ class FailOnNaN(keras.callbacks.Callback):
                                 f"batch {batch + 1}; the job stops (a retry would diverge the same way)")
 
 
-def csv_logger(spec: JobSpec, storage: Storage, job_id: str, start_epoch: int) -> keras.callbacks.CSVLogger:
-    """Keras' own CSVLogger appending to the job's ``training.csv``, after dropping rows of epochs this attempt
-    will redo (a resumed attempt continues the file; epochs are 0-based in it, as Keras writes them)."""
-    assert spec.csv_logger is not None
-    sep = spec.csv_logger.separator
-    path = storage.job_dir(job_id) / CSV_NAME
-    if path.exists():
-        rows = list(csv.reader(io.StringIO(path.read_text()), delimiter=sep))
-        keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < start_epoch]
+class JobCSVLogger(keras.callbacks.Callback):
+    """Keras' CSVLogger format (``epoch`` 0-based, then the sorted log keys, ``val_`` columns added when the first
+    epoch has none, ``NA`` for missing values) written to the job's ``training.csv`` in storage after every epoch.
+
+    The whole file is republished each epoch (atomic on every backend); a resumed attempt keeps the rows of the
+    epochs before its start and replaces the ones it redoes.
+    """
+
+    def __init__(self, storage: Storage, job_id: str, separator: str, start_epoch: int) -> None:
+        super().__init__()
+        self.storage, self.key, self.sep = storage, job_key(job_id, CSV_NAME), separator
+        self.header: list[str] | None = None
+        self.rows: list[list[str]] = []
+        try:
+            text = storage.read_bytes(self.key).decode()
+        except FileNotFoundError:
+            return
+        rows = list(csv.reader(io.StringIO(text), delimiter=separator))
+        if rows:
+            self.header = rows[0]
+            self.rows = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < start_epoch]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        if self.header is None:
+            keys = sorted(logs)
+            if keys and not any(k.startswith("val_") for k in keys):
+                keys += [f"val_{k}" for k in keys]
+            self.header = ["epoch", *keys]
+        self.rows.append([str(epoch), *(_cell(logs.get(k, "NA")) for k in self.header[1:])])
         buf = io.StringIO()
-        csv.writer(buf, delimiter=sep, lineterminator="\r\n").writerows(keep if len(keep) > 1 else [])
-        storage.write_bytes_atomic(path, buf.getvalue().encode())
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return keras.callbacks.CSVLogger(str(path), separator=sep, append=True)
+        w = csv.writer(buf, delimiter=self.sep)  # the excel dialect, as Keras' CSVLogger
+        w.writerow(self.header)
+        w.writerows(self.rows)
+        self.storage.put_bytes(self.key, buf.getvalue().encode())
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    try:
+        return str(float(v))
+    except (TypeError, ValueError):
+        return str(v)
 
 
 def lr_scheduler(spec: JobSpec, allowed: Sequence[str]) -> keras.callbacks.LearningRateScheduler:
@@ -73,5 +102,5 @@ def extra_callbacks(spec: JobSpec, storage: Storage, job_id: str, start_epoch: i
     if spec.terminate_on_nan:
         cbs.append(FailOnNaN())
     if spec.csv_logger is not None:
-        cbs.append(csv_logger(spec, storage, job_id, start_epoch))
+        cbs.append(JobCSVLogger(storage, job_id, spec.csv_logger.separator, start_epoch))
     return cbs

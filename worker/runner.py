@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs import keys, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
 from jobs.queue import Delivery, enqueue, pop
 from jobs.redis_conn import connect, redact_url
@@ -29,7 +29,7 @@ from jobs.spec import validate_spec
 from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
-from worker.device import configure_tensorflow, pin_device
+from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 
 log = logging.getLogger("traind.worker")
 
@@ -47,7 +47,15 @@ class Worker:
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url())
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
-        self.storage = Storage(settings.storage_dir).ensure()
+        self.storage = Storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
+        if not self.storage.is_local and settings.cache_max_bytes > 0:
+            from worker.cache import UploadCache
+
+            self.storage.cache = UploadCache(settings.cache_dir, settings.cache_max_bytes)
+        try:
+            self.storage.check()
+        except StorageError as e:  # jobs will fail with this line; the worker still serves (storage may come back)
+            log.error("%s", e)
         self.queues = [keys.rq_queue_name(q, self.device_kind, p) for q in settings.queues
                        for p in ("high", "default", "low")]
         self._stop = threading.Event()
@@ -125,6 +133,8 @@ class Worker:
         }
         if job_id is not None:
             info["job"] = job_id
+        if (gpu_mb := gpu_memory_mb(self.gpus)) is not None:
+            info["gpu_mem_mb"] = gpu_mb
         pipe = self.r.pipeline()
         pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
         if job_id is None:
@@ -215,6 +225,8 @@ class Worker:
             finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
             return False
         try:
+            # Storage gone (bucket missing, access denied): the job fails with one line naming it, the worker goes on.
+            self.storage.check()
             # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
             trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
                               attempt=attempt, token=token, spec=spec, record=record, control=control)
@@ -260,6 +272,7 @@ class Worker:
             return
         enqueue(self.r, job_id, attempt + 1, record["queue"])
         self.store.mark_delivered(job_id)
+        telemetry.record_requeue(self.r, "preempted")
 
 
 def _release_memory() -> None:

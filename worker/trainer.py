@@ -19,7 +19,7 @@ from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
 from jobs.spec import JobSpec, monitors
-from jobs.storage import Storage
+from jobs.storage import Storage, job_key
 from jobs.store import JobStore, event
 from worker import data as data_mod
 from worker import fit_callbacks
@@ -128,8 +128,9 @@ class Trainer:
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
         # Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
-        for tmp in self.ckpts.dir.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        # (On object storage: multipart uploads a killed writer left unfinished are aborted.)
+        for prefix in (job_key(self.job_id), self.ckpts.prefix):
+            self.storage.cleanup_incomplete(prefix)
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
@@ -151,7 +152,8 @@ class Trainer:
         if restored is None:
             fields.update({"best_epoch": None, "best_value": None, "best_ckpt_key": None})
         events.append(event(f"attempt {self.attempt} training on worker {rec.get('worker')} from epoch "
-                            f"{start_epoch + 1}/{self.spec.fit.epochs}"))
+                            f"{start_epoch + 1}/{self.spec.fit.epochs}"
+                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else "")))
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_del=hist_del, ckpt_del=stale,
                                  events=events)
         self.ckpts.delete_files([index[k] for k in stale])

@@ -100,7 +100,7 @@ def test_client_fit_mirrors_model_fit(redis_url: str, storage_dir: Path) -> None
         callbacks=[keras.callbacks.ModelCheckpoint("m.keras", monitor="val_loss", save_best_only=True),
                    keras.callbacks.EarlyStopping(monitor="val_loss", patience=2)],
     )
-    spec = job.status()["spec"]
+    spec = job.spec()
     assert spec["model"]["config"] and spec["model"]["initial_weights"] and spec["data"]["arrays"]
     assert spec["early_stopping"]["patience"] == 2 and spec["checkpoint"]["save_weights_only"] is False
     run_worker(redis_url, storage_dir)

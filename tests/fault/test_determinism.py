@@ -123,8 +123,10 @@ def test_sigterm_preempts_mid_epoch_without_losing_work(procs: Procs, redis_url:
     assert (final["preemptions"], final["restarts"], final["attempt"]) == (1, 0, 2)
     assert final.get("lease_expired_at") is None, "the lease never had to expire"
     assert messages(c.store, job.id, startswith="resuming from") == [
-        f"resuming from preemption checkpoint at epoch {epoch - 1} batch {batch} "
-        f"(ckpt/e{epoch - 1:06d}-b{batch:06d}-a1.npz)"]
+        f"resuming from preemption checkpoint at epoch {epoch} batch {batch}, continuing at batch {batch + 1} "
+        f"(ckpt/e{epoch - 1:06d}-b{batch:06d}-a1.npz)"]  # the epoch the preemption event named (1-based, as Keras)
+    assert messages(c.store, job.id, startswith=f"attempt 2 training on worker {final['worker']} from epoch {epoch}/"
+                    f"{final['epochs']} batch {batch + 1}/{STEPS}")
     worst = assert_same_run(c, storage_dir, job.id, baseline)
     print(f"\npreempted at epoch {epoch} batch {batch}/{STEPS}: requeued {requeued_ms} ms after SIGTERM, "
           f"max |dw| = {worst}")

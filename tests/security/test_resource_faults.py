@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from jobs.client import Client
-from jobs.storage import Storage
+from jobs.storage import LocalStorage, Storage
 from jobs.store import JobStore
 from tests.security.helpers import failed_with, good_spec, run_burst
 from worker.checkpoint import Checkpoints, ckpt_key
@@ -23,22 +23,18 @@ def test_disk_full_during_a_checkpoint_write(
     client: Client, r: redis.Redis, redis_url: str, storage_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Epoch 1's checkpoint (file + manifest) is written; epoch 2's write hits ENOSPC half way through."""
-    real = Storage.write_bytes_atomic
+    real = LocalStorage.put_bytes
     calls: list[Path] = []
 
-    def disk_fills_up(self: Storage, dest: Path, data: bytes) -> str:
-        calls.append(Path(dest))
+    def disk_fills_up(self: LocalStorage, key: str, data: bytes) -> str:
+        calls.append(Path(key))
         if len(calls) <= 2:
-            return real(self, dest, data)
+            return real(self, key, data)
+        with self.open_write(key) as w:  # the real atomic writer: the failure happens half way through its temp file
+            w.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
 
-        def half_then_enospc(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                f.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-
-        return self.write_atomic(dest, half_then_enospc)
-
-    monkeypatch.setattr(Storage, "write_bytes_atomic", disk_fills_up)
+    monkeypatch.setattr(LocalStorage, "put_bytes", disk_fills_up)
     job = client.submit(good_spec("disk-full", epochs=3))
     run_burst(redis_url, storage_dir)
 
@@ -53,10 +49,10 @@ def test_disk_full_during_a_checkpoint_write(
     assert sorted(index) == [ckpt_key(1, 0)], "only epoch 1's checkpoint was committed"
     ckpts = Checkpoints(Storage(storage_dir), store, job.id, 1, "verifier")
     try:
-        path = ckpts.verify(index[ckpt_key(1, 0)])  # exists and matches the sha256 recorded in Redis
+        ckpts.verify(index[ckpt_key(1, 0)])  # exists and matches the sha256 recorded in Redis
         assert ckpts.load(index[ckpt_key(1, 0)]).weights, "the previous checkpoint is readable"
     finally:
         ckpts.close()
-    ckpt_dir = path.parent
+    ckpt_dir = storage_dir / "jobs" / job.id / "ckpt"
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["e000001-b000000-a1.json", "e000001-b000000-a1.npz"], \
         "a temp file or a torn checkpoint was left behind"

@@ -1,0 +1,137 @@
+"""Operator commands: ``traind serve``, ``workers``, ``health``, ``retry`` and ``purge``.
+
+Registered on the main parser by :func:`register`; they share :mod:`jobs.admin` with the HTTP API.
+
+Exit codes as elsewhere: 0 success/healthy; 1 unhealthy, not found, or refused; 2 invalid input.
+
+>>> # traind health --worker local   (container healthcheck: exit 0 when this host's worker heartbeat is fresh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from jobs.errors import ConfigError, IllegalTransitionError
+from jobs.redis_conn import connect
+
+# jobs.admin (rq), jobs.settings (pydantic) and the server are imported by the commands that use them: this module is
+# imported by every `traind` invocation to register its subcommands, and read-only commands must start fast.
+AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(v: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", v)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30d, 12h, 90m or 45s, received {v!r}")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _settings_and_client(args: argparse.Namespace) -> Any:
+    from daemon.cli import _client  # the CLI's settings/override handling, one place
+
+    return _client(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from daemon.cli import _settings
+    from daemon.serve.app import run
+    from jobs.settings import ServeSettings
+
+    settings = _settings(ServeSettings, args, host=args.host, port=args.port)
+    return run(settings)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from daemon import render
+    from jobs import admin
+
+    client = _settings_and_client(args)
+    ws = admin.workers(client.store)
+    if args.json:
+        render_json(ws)
+        return 0
+    if not ws:
+        print("no workers registered")
+        return 0
+    rows = [{**w, "job": w.get("job") or "idle", "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
+             "beat": f"{w['heartbeat_age_s']:.1f}s ago"} for w in ws]
+    cols = [("id", "WORKER"), ("host", "HOST"), ("device", "DEVICE"), ("job", "JOB"), ("cpu_percent", "CPU%"),
+            ("rss_mb", "RSS MiB"), ("gpu", "GPU MiB"), ("beat", "HEARTBEAT"), ("jobs_done", "DONE")]
+    print(render.table(rows, cols))
+    return 0
+
+
+def render_json(obj: Any) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from daemon.cli import _settings
+    from jobs import admin
+    from jobs.settings import ClientSettings
+
+    settings = _settings(ClientSettings, args)
+    conn = connect(settings.effective_redis_url(), retries=1, socket_timeout_s=5.0)
+    max_age = args.max_age_s or 3 * settings.lease_ttl_s
+    ok, why = admin.health(conn, worker=args.worker, supervisor=args.supervisor, max_age_s=max_age)
+    print(("healthy: " if ok else "unhealthy: ") + why, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from daemon.cli import _resolve
+    from jobs import admin
+
+    client = _settings_and_client(args)
+    job_id = _resolve(client.store, args.job)  # an id or a unique prefix, as every job command takes
+    try:
+        attempt = admin.retry(client.store, job_id)
+    except IllegalTransitionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"retrying {job_id} as attempt {attempt}: it resumes from its last checkpoint")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from jobs import admin
+    from jobs.storage import Storage
+
+    client = _settings_and_client(args)
+    states = [s.strip() for s in args.state.split(",")] if args.state else None
+    try:
+        gone = admin.purge(client.store, Storage(client.settings.storage_dir), args.older_than, states,
+                           dry_run=args.dry_run)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(gone)} finished job(s)" + (": " + " ".join(gone[:50]) if gone else ""))
+    return 0
+
+
+def register(add: AddFn) -> None:
+    """Add the ops subcommands through the CLI's ``add(name, func, help)``."""
+    sp = add("serve", cmd_serve, "HTTP API, live dashboard and /metrics (needs TRAIND_API_TOKEN)")
+    sp.add_argument("--host", help="bind address (env TRAIND_HOST; default 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="port (env TRAIND_PORT; default 8600)")
+    sp = add("workers", cmd_workers, "list registered workers")
+    sp.add_argument("--json", action="store_true")
+    sp = add("health", cmd_health, "exit 0 when healthy: Redis reachable (+ a worker heartbeat / supervisor pass)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--worker", metavar="ID", help="this worker's heartbeat is fresh ('local': any worker on this host)")
+    g.add_argument("--supervisor", action="store_true", help="a supervisor finished a pass recently")
+    sp.add_argument("--max-age-s", type=float, help="freshness limit (default 3 x lease TTL)")
+    sp = add("retry", cmd_retry, "run a failed or cancelled job again from its checkpoint (new attempt)")
+    sp.add_argument("job")
+    sp = add("purge", cmd_purge, "remove finished jobs' records and files older than a duration")
+    sp.add_argument("--older-than", type=parse_duration, required=True, help="e.g. 30d, 12h")
+    sp.add_argument("--state", help="comma-separated subset of succeeded,failed,cancelled (default all three)")
+    sp.add_argument("--dry-run", action="store_true", help="only list what would be removed")

@@ -1,0 +1,181 @@
+"""REST API under ``/api/v1`` (OpenAPI schema at ``/openapi.json``).
+
+Reads are the same calls the CLI makes (``GET /api/v1/jobs/{id}`` is ``traind status --json``); submit goes
+through :meth:`jobs.client.Client.submit` (same validation, same messages, ``client_key`` idempotency).
+
+>>> # httpx.get(f"{base}/api/v1/jobs?state=running", headers={"Authorization": f"Bearer {token}"}).json()
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from daemon.serve import auth
+from daemon.serve.sse import ALL, EVENTS_TAIL, Hub, encode, stream
+from jobs import admin, keys
+from jobs.client import Client
+from jobs.errors import IllegalTransitionError, JobNotFoundError, SpecError, StorageError
+from jobs.states import JobState
+from jobs.storage import validate_job_id
+
+router = APIRouter(prefix="/api/v1")
+Read = Annotated[auth.Access, Depends(auth.read)]
+Write = Annotated[auth.Access, Depends(auth.write)]
+
+
+class SubmitRequest(BaseModel):
+    """A job spec (the YAML file's content as JSON) and an optional idempotency key."""
+
+    spec: dict[str, Any]
+    client_key: str | None = Field(None, description="Resubmitting with the same key returns the first job.")
+
+
+class SubmitResponse(BaseModel):
+    id: str
+    state: str
+    created: bool
+
+
+def _client(request: Request) -> Client:
+    return request.app.state.client
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+def _jid(job_id: str) -> str:
+    try:
+        return validate_job_id(job_id)
+    except StorageError as e:
+        raise HTTPException(422, str(e)) from e
+
+
+def _get(request: Request, job_id: str, with_history: bool = True) -> dict[str, Any]:
+    try:
+        return _client(request).store.get(_jid(job_id), with_history=with_history)
+    except JobNotFoundError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=SubmitResponse)
+def submit(body: SubmitRequest, request: Request, _: Write) -> SubmitResponse:
+    """Validate and submit a spec. Refused specs answer 422 with every problem (the CLI's messages)."""
+    client = _client(request)
+    before = None
+    if body.client_key:
+        before = client.r.get(keys.idempotency(body.client_key))
+    try:
+        handle = client.submit(body.spec, client_key=body.client_key)
+    except SpecError as e:
+        raise HTTPException(422, {
+            "error": f"job spec refused ({len(e.problems)} problem(s)); nothing was submitted",
+            "problems": e.problems}) from e
+    return SubmitResponse(id=handle.id, state=handle.state.value, created=before is None)
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, _: Read,
+              state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+              name: Annotated[str | None, Query(max_length=200, description="name contains (case-insensitive)")] = None,
+              queue: Annotated[str | None, Query(max_length=200, description="logical queue")] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+              offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    """A page of job summaries, newest first, with the total count after filtering."""
+    return admin.list_page(_client(request).store, state=state.value if state else None, name=name, queue=queue,
+                           limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}")
+def job_status(job_id: str, request: Request, _: Read,
+               history: Annotated[bool, Query(description="include the per-epoch history")] = True) -> dict[str, Any]:
+    """The job as ``traind status --json`` prints it."""
+    return _get(request, job_id, with_history=history)
+
+
+@router.get("/jobs/{job_id}/history")
+def job_history(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
+    """One entry per finished epoch (a redone epoch replaces its entry)."""
+    _get(request, job_id, with_history=False)
+    return _client(request).store.history(job_id)
+
+
+@router.get("/jobs/{job_id}/events")
+def job_events(job_id: str, request: Request, _: Read, start: Annotated[int, Query()] = 0) -> list[dict[str, Any]]:
+    """The job's events (oldest first); ``start`` as in LRANGE (negative: the last -start events)."""
+    _get(request, job_id, with_history=False)
+    return _client(request).store.events(job_id, start)
+
+
+@router.get("/jobs/{job_id}/checkpoints")
+def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
+    """Committed checkpoint manifests, oldest first."""
+    _get(request, job_id, with_history=False)
+    return [m for _, m in sorted(_client(request).store.checkpoints(job_id).items())]
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
+    """Cancel: a queued job ends now; a running one stops at its next batch boundary."""
+    try:
+        prev = _client(request).store.request_cancel(_jid(job_id))
+    except JobNotFoundError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+    if prev in (JobState.SUCCEEDED, JobState.FAILED):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {prev.value}; nothing to cancel")
+    return {"id": job_id, "previous": prev.value, "cancel_requested": prev is JobState.RUNNING}
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry(job_id: str, request: Request, _: Write) -> dict[str, Any]:
+    """Run a failed or cancelled job again from its checkpoint as a new attempt."""
+    try:
+        attempt = admin.retry(_client(request).store, _jid(job_id))
+    except JobNotFoundError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+    except IllegalTransitionError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
+    return {"id": job_id, "attempt": attempt, "state": JobState.REQUEUED.value}
+
+
+@router.get("/workers")
+def workers(request: Request, _: Read) -> list[dict[str, Any]]:
+    """Registered workers: host, device, current job, CPU, RSS, GPU memory, last heartbeat."""
+    return admin.workers(_client(request).store)
+
+
+@router.get("/queues")
+def queues(request: Request, _: Read) -> list[dict[str, Any]]:
+    """traind's RQ queues and their depths."""
+    return admin.queues(_client(request).store)
+
+
+def _sse(request: Request, key: str, snapshot: Any) -> StreamingResponse:
+    body = stream(_hub(request), key, snapshot, request.is_disconnected, request.app.state.settings.sse_heartbeat_s)
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/jobs/{job_id}/stream")
+def job_stream(job_id: str, request: Request, _: Read) -> StreamingResponse:
+    """Server-Sent Events for one job: ``snapshot`` then ``status``/``epoch``/``events`` as it changes."""
+    _get(request, job_id, with_history=False)
+    store = _client(request).store
+
+    def snapshot() -> bytes:
+        st = store.get(job_id, with_history=True)
+        st.pop("spec", None)
+        st["events"] = store.events(job_id, -EVENTS_TAIL * 4)
+        return encode("snapshot", st)
+
+    return _sse(request, job_id, snapshot)
+
+
+@router.get("/stream")
+def list_stream(request: Request, _: Read) -> StreamingResponse:
+    """Server-Sent Events for the jobs list: one ``job`` row event per changed job."""
+    return _sse(request, ALL, None)

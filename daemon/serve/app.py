@@ -1,0 +1,106 @@
+"""The FastAPI application of ``traind serve`` and how it runs under uvicorn.
+
+Stateless: everything shown is read from Redis on request (or on a Redis notification), so several serve
+processes can run behind a load balancer.
+
+>>> # app = create_app(ServeSettings(api_token="s3cret")); uvicorn.run(app, host="127.0.0.1", port=8600)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from daemon.serve import auth
+from daemon.serve.api import router
+from daemon.serve.metrics import TraindCollector
+from daemon.serve.sse import Hub
+from jobs.client import Client
+from jobs.errors import ConfigError
+from jobs.redis_conn import connect, redact_url
+from jobs.settings import ClientSettings, ServeSettings
+
+log = logging.getLogger("traind.serve")
+STATIC = files("daemon.serve") / "static"
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """Build the app; refuses to start without a token (an open API could submit jobs)."""
+    if settings.api_token is None and not settings.api_read_tokens:
+        raise ConfigError("traind serve needs TRAIND_API_TOKEN (full access) and/or TRAIND_API_READ_TOKENS "
+                          "(read-only); without one every request would be refused")
+    url = settings.effective_redis_url()
+    conn = connect(url, retries=5, socket_timeout_s=30.0)
+    client_settings = ClientSettings(**settings.model_dump(include=set(ClientSettings.model_fields)))
+    client = Client(settings=client_settings, connection=conn)
+    aconn = aredis.Redis.from_url(url, health_check_interval=30)
+    hub = Hub(client.store, aconn)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TraindCollector(client.store, settings.lease_ttl_s))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(hub.run(), name="traind-notify")
+        log.info("traind serve: redis %s", redact_url(url))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await aconn.aclose()
+
+    app = FastAPI(title="traind", version="1", lifespan=lifespan,
+                  description="Fault-tolerant Keras training daemon: jobs, workers, queues, live progress. "
+                              "Authenticate with `Authorization: Bearer <token>`.")
+    app.state.settings = settings
+    app.state.client = client
+    app.state.hub = hub
+    app.state.tokens = auth.Tokens(settings)
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        """Liveness for load balancers and container healthchecks (no auth, no data)."""
+        try:
+            conn.ping()
+        except redis.RedisError:
+            return JSONResponse({"ok": False, "redis": False}, status_code=503)
+        return JSONResponse({"ok": True, "redis": True})
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(auth.read)])
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # The dashboard: static files only (no data in them); every number comes from the API with the token.
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"))
+
+    return app
+
+
+def run(settings: ServeSettings, ready: Any = None) -> int:
+    """Serve until SIGTERM/SIGINT (uvicorn's handlers)."""
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=True,
+                            log_config=None)  # keep traind's logging setup (text or JSON)
+    server = uvicorn.Server(config)
+    log.info("traind serve on http://%s:%d", settings.host, settings.port)
+    server.run()
+    return 0

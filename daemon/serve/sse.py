@@ -1,0 +1,207 @@
+"""Server-Sent Events driven by Redis pub/sub: one subscription per serve process, fanned out to every viewer.
+
+Workers and supervisors publish a small notification on :data:`jobs.telemetry.CHANNEL` whenever they change a job
+(state, progress, epoch end, checkpoint, event). The :class:`Hub` reads the changed job **once** per notification
+(coalescing bursts: while one read is in flight, further notifications for that job merge into the next read)
+and hands the same encoded bytes to every viewer of that job and of the jobs list. Idle jobs cost nothing: no
+job hash is polled.
+
+Streams: ``snapshot`` (full status on connect), ``status`` (job without history), ``epoch`` (new history
+entries), ``events`` (the newest events), ``job`` (a list row), ``resync`` (Redis reconnected: re-read), and
+``: keepalive`` comments.
+
+>>> # hub = Hub(store, redis.asyncio.from_url(url)); asyncio.create_task(hub.run())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from jobs import keys, telemetry
+from jobs.admin import LIST_FIELDS
+from jobs.store import JobStore, parse_record
+
+log = logging.getLogger("traind.serve.sse")
+
+ALL = "*"  # subscription key of the jobs list
+QUEUE_MAX = 256  # a viewer this far behind is dropped; its browser reconnects and starts from a snapshot
+EVENTS_TAIL = 50
+
+
+def encode(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
+
+
+@dataclass
+class _Pending:
+    kinds: set[str] = field(default_factory=set)
+    epochs: set[int] = field(default_factory=set)
+
+
+class Hub:
+    """Fan-out of Redis notifications to SSE viewers."""
+
+    def __init__(self, store: JobStore, aconn: aredis.Redis) -> None:
+        self.store = store
+        self.aconn = aconn
+        self.viewers: dict[str, set[asyncio.Queue[bytes | None]]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._inflight: set[str] = set()
+        self.notifications = 0  # counters the benchmark and tests read
+        self.reads = 0
+        self.connected = asyncio.Event()
+
+    # -- viewers ---------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def viewer(self, key: str) -> Any:
+        q: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
+        self.viewers.setdefault(key, set()).add(q)
+        try:
+            yield q
+        finally:
+            self.viewers.get(key, set()).discard(q)
+            if not self.viewers.get(key):
+                self.viewers.pop(key, None)
+
+    def viewer_count(self) -> int:
+        return sum(len(v) for v in self.viewers.values())
+
+    def _send(self, key: str, payload: bytes) -> None:
+        for q in list(self.viewers.get(key, ())):
+            try:
+                q.put_nowait(payload)
+            except asyncio.QueueFull:  # too slow: end its stream (None) so the browser reconnects and resyncs
+                self.viewers[key].discard(q)
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.get_nowait()
+                    q.put_nowait(None)
+
+    # -- the subscription --------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Subscribe (reconnecting with backoff) until cancelled."""
+        backoff = 0.1
+        while True:
+            pubsub = self.aconn.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(telemetry.CHANNEL)
+                if not self.connected.is_set():
+                    self.connected.set()
+                else:
+                    self._broadcast_resync()
+                backoff = 0.1
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        self._on_message(msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError) as e:
+                log.warning("notification subscription lost (%s); resubscribing in %.1f s", e, backoff)
+                self._broadcast_resync()  # whatever happened meanwhile was missed: viewers re-read
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _broadcast_resync(self) -> None:
+        payload = encode("resync", {})
+        for key in list(self.viewers):
+            self._send(key, payload)
+
+    def _on_message(self, data: bytes | str) -> None:
+        self.notifications += 1
+        try:
+            note = json.loads(data)
+            job_id = str(note["job"])
+        except (ValueError, KeyError, TypeError):
+            return  # not ours / malformed: a notification is only a hint
+        if job_id not in self.viewers and ALL not in self.viewers:
+            return
+        p = self._pending.setdefault(job_id, _Pending())
+        p.kinds.add(str(note.get("kind", "")))
+        if isinstance(note.get("epoch"), int):
+            p.epochs.add(note["epoch"])
+        if job_id not in self._inflight:
+            self._inflight.add(job_id)
+            asyncio.get_running_loop().create_task(self._flush(job_id))
+
+    async def _flush(self, job_id: str) -> None:
+        try:
+            while (p := self._pending.pop(job_id, None)) is not None:
+                detail = job_id in self.viewers
+                try:
+                    out = await asyncio.to_thread(self._read, job_id, p, detail)
+                except redis.RedisError as e:
+                    log.warning("job %s: cannot read after notification: %s", job_id, e)
+                    return
+                self.reads += 1
+                for key, payload in out:
+                    self._send(key, payload)
+        finally:
+            self._inflight.discard(job_id)
+
+    def _read(self, job_id: str, p: _Pending, detail: bool) -> list[tuple[str, bytes]]:
+        """One pipelined read of what changed; returns (viewer key, encoded event) pairs."""
+        pipe = self.store.r.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.zscore(keys.LEASES, job_id)
+        epochs = sorted(p.epochs)
+        if detail and epochs:
+            pipe.hmget(keys.history(job_id), [str(e) for e in epochs])
+        if detail:
+            pipe.lrange(keys.events(job_id), -EVENTS_TAIL, -1)
+        res = pipe.execute()
+        raw = {k.decode(): v.decode(errors="replace") for k, v in res[0].items()}
+        if not raw:
+            return [(k, encode("deleted", {"id": job_id})) for k in (job_id, ALL) if k in self.viewers]
+        status = parse_record(raw)
+        status["lease_expires_at"] = int(res[1]) if res[1] is not None else None
+        out: list[tuple[str, bytes]] = []
+        if ALL in self.viewers:
+            row = {f: status.get(f) for f in LIST_FIELDS}
+            row["monitor"] = (status.get("spec") or {}).get("checkpoint", {}).get("monitor") \
+                if isinstance(status.get("spec"), dict) else None
+            out.append((ALL, encode("job", row)))
+        if detail:
+            status.pop("spec", None)
+            out.append((job_id, encode("status", status)))
+            i = 2
+            if epochs:
+                entries = [json.loads(v) for v in res[i] if v is not None]
+                if entries:
+                    out.append((job_id, encode("epoch", entries)))
+                i += 1
+            out.append((job_id, encode("events", [json.loads(v) for v in res[i]])))
+        return out
+
+
+async def stream(hub: Hub, key: str, snapshot: Callable[[], bytes] | None, is_disconnected: Any,
+                 keepalive_s: float) -> AsyncIterator[bytes]:
+    """The body of one SSE response: a snapshot, then what the hub sends, with keepalives.
+
+    The viewer is registered *before* the snapshot is read, so no change falls between the two.
+    """
+    with hub.viewer(key) as q:
+        yield b"retry: 2000\n\n"
+        if snapshot is not None:
+            yield await asyncio.to_thread(snapshot)
+        while True:
+            try:
+                item = await asyncio.wait_for(q.get(), timeout=keepalive_s)
+            except asyncio.TimeoutError:
+                if await is_disconnected():
+                    return
+                yield b": keepalive\n\n"
+                continue
+            if item is None:
+                return
+            yield item

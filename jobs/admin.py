@@ -1,0 +1,227 @@
+"""Operator reads and actions over traind's Redis records: job pages, workers, queues, retry, purge, health.
+
+Shared by the ops commands (``traind workers|health|retry|purge``) and ``traind serve`` so both show the same
+numbers. Every state change still goes through :meth:`jobs.store.JobStore.transition` (the one Lua transition).
+
+>>> # page = list_page(store, state="running", limit=50); workers(store)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import redis
+
+from jobs import keys, telemetry
+from jobs.errors import IllegalTransitionError, JobNotFoundError
+from jobs.queue import enqueue, queue_key
+from jobs.states import RETRYABLE, TERMINAL, JobState
+from jobs.storage import Storage, job_key
+from jobs.store import JobStore, parse_record
+
+LIST_FIELDS = ["id", "name", "state", "queue", "epoch", "epochs", "restarts", "preemptions", "attempt", "best_epoch",
+               "best_value", "stopped_early", "worker", "created_at", "updated_at", "started_at", "finished_at",
+               "error", "device"]
+_WORKER_INT = ("pid", "jobs_done", "seen")
+_WORKER_FLOAT = ("rss_mb", "cpu_percent", "gpu_mem_mb")
+
+
+def _decode(v: bytes | None) -> str | None:
+    return None if v is None else v.decode(errors="replace")
+
+
+def list_page(store: JobStore, *, state: str | None = None, name: str | None = None, queue: str | None = None,
+              limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """One page of job summaries, newest first: ``{"total", "offset", "limit", "items"}``.
+
+    Without name/queue filters only the page's hashes are read (the id index gives ``total``); with them, the
+    two filter fields of every candidate are read in one pipelined round trip per 1000 jobs.
+    """
+    ids = store.list_ids(state)
+    if name or queue:
+        kept: list[str] = []
+        for i in range(0, len(ids), 1000):
+            pipe = store.r.pipeline(transaction=False)
+            chunk = ids[i:i + 1000]
+            for jid in chunk:
+                pipe.hmget(keys.job(jid), ["name", "queue"])
+            for jid, (n, q) in zip(chunk, pipe.execute()):
+                jn, jq = _decode(n) or "", _decode(q) or ""
+                if name and name.lower() not in jn.lower():
+                    continue
+                # the logical queue is the 2nd part of the RQ queue name traind.<queue>.<device>.<priority>
+                if queue and queue not in (jq, jq.split(".")[1] if jq.count(".") >= 3 else jq):
+                    continue
+                kept.append(jid)
+        ids = kept
+    page = ids[offset:offset + limit]
+    pipe = store.r.pipeline(transaction=False)
+    for jid in page:
+        pipe.hmget(keys.job(jid), LIST_FIELDS)
+        pipe.hget(keys.job(jid), "spec")
+    res = pipe.execute()
+    items = []
+    for k in range(0, len(res), 2):
+        vals, spec = res[k], res[k + 1]
+        if vals[0] is None:
+            continue
+        rec = parse_record({f: v.decode(errors="replace") for f, v in zip(LIST_FIELDS, vals) if v is not None})
+        rec["monitor"] = _monitor(spec)
+        items.append(rec)
+    return {"total": len(ids), "offset": offset, "limit": limit, "items": items}
+
+
+def _monitor(spec: bytes | None) -> str | None:
+    try:
+        return json.loads(spec or b"null")["checkpoint"]["monitor"]
+    except (ValueError, TypeError, KeyError):
+        return "val_loss"  # the spec's default checkpoint monitor
+
+
+def workers(store: JobStore) -> list[dict[str, Any]]:
+    """Registered workers (host, device, current job, CPU, RSS, GPU memory, last heartbeat), newest first."""
+    now = store.now_ms()
+    ids = [i.decode() for i in store.r.zrevrange(keys.WORKERS, 0, -1)]
+    pipe = store.r.pipeline(transaction=False)
+    for wid in ids:
+        pipe.hgetall(keys.worker(wid))
+    out = []
+    for wid, raw in zip(ids, pipe.execute()):
+        w: dict[str, Any] = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        if not w:
+            continue  # registry entry whose hash expired: the supervisor forgets it
+        w["id"] = wid
+        for f in _WORKER_INT:
+            if f in w:
+                w[f] = int(float(w[f]))
+        for f in _WORKER_FLOAT:
+            if f in w:
+                w[f] = float(w[f])
+        w.setdefault("job", None)
+        w.setdefault("gpu_mem_mb", None)
+        w["heartbeat_age_s"] = round((now - w.get("seen", now)) / 1000, 3)
+        out.append(w)
+    return out
+
+
+def queues(store: JobStore) -> list[dict[str, Any]]:
+    """Each traind RQ queue with its depth (messages waiting)."""
+    names = sorted(n.decode().removeprefix("rq:queue:") for n in store.r.smembers("rq:queues"))
+    names = [n for n in names if n.startswith(f"{keys.PREFIX}.")]
+    pipe = store.r.pipeline(transaction=False)
+    for n in names:
+        pipe.llen(queue_key(n))
+    out = []
+    for n, depth in zip(names, pipe.execute()):
+        _, q, device, prio = (n.split(".", 3) + ["", "", ""])[:4]
+        out.append({"name": n, "queue": q, "device": device, "priority": prio, "depth": int(depth)})
+    return out
+
+
+def retry(store: JobStore, job_id: str) -> int:
+    """Run a failed or cancelled job again from its checkpoint as a new attempt; returns the new attempt.
+
+    Raises IllegalTransitionError for a job that is not failed/cancelled, JobNotFoundError for an unknown id.
+    """
+    raw = store.raw(job_id)
+    if raw.get("state") not in {s.value for s in RETRYABLE}:
+        raise IllegalTransitionError(
+            f"job {job_id} is {raw.get('state')}; only a failed or cancelled job can be retried")
+    attempt = int(raw.get("attempt") or 1)
+    # Fenced on the attempt: two concurrent retries cannot both enqueue.
+    store.transition(job_id, JobState.REQUEUED, attempt=attempt, retry=True,
+                     fields={"attempt": attempt + 1, "reason": "retried by an operator", "requeued_at": store.now_ms(),
+                             "finished_at": None, "error": None, "traceback": None, "cancel_requested": None,
+                             "stopped_early": None},
+                     event_msg=f"retried by an operator: attempt {attempt + 1} resumes from the last checkpoint",
+                     level="warning")
+    enqueue(store.r, job_id, attempt + 1, raw["queue"])
+    store.mark_delivered(job_id)
+    telemetry.record_requeue(store.r, "retry")
+    return attempt + 1
+
+
+def purge(store: JobStore, storage: Storage | None, older_than_s: float, states: list[str] | None = None,
+          dry_run: bool = False) -> list[str]:
+    """Remove finished jobs (records, history, events, checkpoint files) finished more than ``older_than_s`` ago."""
+    wanted = [JobState(s) for s in (states or [s.value for s in TERMINAL])]
+    bad = [s.value for s in wanted if s not in TERMINAL]
+    if bad:
+        raise ValueError(f"purge: only finished jobs can be purged; received state(s) {bad}, expected a subset of "
+                         f"{sorted(s.value for s in TERMINAL)}")
+    cutoff = store.now_ms() - int(older_than_s * 1000)
+    victims: list[tuple[str, str]] = []
+    for st in wanted:
+        ids = [m.decode() for m in store.r.smembers(keys.state_index(st.value))]
+        pipe = store.r.pipeline(transaction=False)
+        for jid in ids:
+            pipe.hmget(keys.job(jid), ["finished_at", "updated_at"])
+        for jid, (fin, upd) in zip(ids, pipe.execute()):
+            when = int(float(fin or upd or 0))
+            if when and when < cutoff:
+                victims.append((jid, st.value))
+    if dry_run or not victims:
+        return [v[0] for v in victims]
+    gone = {v[0] for v in victims}
+    for i in range(0, len(victims), 500):
+        pipe = store.r.pipeline(transaction=False)
+        for jid, st_value in victims[i:i + 500]:
+            pipe.delete(keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid))
+            pipe.srem(keys.state_index(st_value), jid)
+            pipe.zrem(keys.JOBS_INDEX, jid)
+            pipe.zrem(keys.PENDING, jid)
+            pipe.zrem(keys.LEASES, jid)
+        pipe.execute()
+    # An idempotency key of a purged job would hand a resubmission a job that no longer exists.
+    for k in store.r.scan_iter(match=keys.idempotency("*"), count=1000):
+        v = store.r.get(k)
+        if v is not None and v.decode() in gone:
+            store.r.delete(k)
+    if storage is not None:
+        for jid in gone:
+            try:
+                storage.delete_prefix(job_key(jid))  # a local dir or every object under the job's prefix
+            except Exception:  # noqa: BLE001 - a refused (confined) key is left alone
+                pass
+    return [v[0] for v in victims]
+
+
+def health(r: redis.Redis, *, worker: str | None = None, supervisor: bool = False, max_age_s: float = 15.0
+           ) -> tuple[bool, str]:
+    """(healthy, one-line reason). Redis reachable; with ``worker`` its heartbeat fresh (``local``: any worker on this
+    host); with ``supervisor`` some supervisor finished a pass within ``max_age_s``."""
+    try:
+        r.ping()
+        store = JobStore(r)
+        now = store.now_ms()
+    except redis.RedisError as e:
+        return False, f"redis unreachable: {type(e).__name__}: {e}"
+    if worker is not None:
+        ws = workers(store)
+        if worker == "local":
+            ws = [w for w in ws if w.get("host") == socket.gethostname()]
+        else:
+            ws = [w for w in ws if w["id"] == worker]
+        if not ws:
+            return False, f"worker {worker}: not registered"
+        w = min(ws, key=lambda w: w["heartbeat_age_s"])
+        if w["heartbeat_age_s"] > max_age_s:
+            return False, f"worker {w['id']}: last heartbeat {w['heartbeat_age_s']:.1f} s ago (> {max_age_s:g} s)"
+        return True, f"worker {w['id']}: heartbeat {w['heartbeat_age_s']:.1f} s ago"
+    if supervisor:
+        last = r.zrevrange(keys.SUPERVISORS, 0, 0, withscores=True)
+        if not last:
+            return False, "supervisor: no pass recorded"
+        sid, ms = last[0][0].decode(), last[0][1]
+        age = (now - ms) / 1000
+        if age > max_age_s:
+            return False, f"supervisor {sid}: last pass {age:.1f} s ago (> {max_age_s:g} s)"
+        return True, f"supervisor {sid}: last pass {age:.1f} s ago"
+    return True, "redis reachable"
+
+
+def job_exists(store: JobStore, job_id: str) -> None:
+    if not store.r.exists(keys.job(job_id)):
+        raise JobNotFoundError(f"job {job_id!r} not found")

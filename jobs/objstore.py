@@ -1,0 +1,234 @@
+"""Object-store backend of :class:`jobs.storage.Storage` (fsspec: s3fs for ``s3://``; gcsfs / adlfs where installed).
+
+Guarantees on object storage:
+- an object is written by one PUT (or one multipart upload, aborted on any error), so a reader sees the old object,
+  none, or the complete new one; the writer hashes while writing and Redis records that sha256, which every read
+  checks; a checkpoint is visible to resume only once its manifest is committed to Redis;
+- multipart uploads left by a killed writer are aborted by the next attempt (:meth:`ObjectStorage.cleanup_incomplete`);
+- transient errors (connection refused or reset, timeouts, 5xx, throttling) are retried with exponential backoff
+  for ``retry_s`` seconds; a bucket that does not exist or an access denied is :class:`StorageUnavailableError`,
+  one line naming the URL.
+
+Credentials and endpoint come only from the standard environment and config files of the backend (for S3:
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``, ``~/.aws/config``...);
+a location carrying ``user:password@`` is refused, so a secret never lands in a setting, a log or Redis.
+
+>>> # ObjectStorage("s3://ml-checkpoints/traind").put_bytes("jobs/j1/x", b"...")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jobs.errors import StorageError, StorageLocationError, StorageUnavailableError
+from jobs.location import SCHEMES, parse_location
+from jobs.storage import HashingWriter, Storage, validate_key
+
+log = logging.getLogger("traind.storage")
+T = TypeVar("T")
+
+SPOOL_BYTES = 64 * 2**20  # objects up to this size are uploaded from memory, larger ones from a local temp file
+
+
+def _transient(e: BaseException) -> bool:
+    """Errors worth retrying: network trouble, timeouts, 5xx, throttling. Not: missing objects, access denied."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError,
+                      ValueError, TypeError, KeyError, AttributeError, NotImplementedError)):
+        return False
+    text = str(e)
+    if re.search(r"NoSuchBucket|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Forbidden", text):
+        return False
+    return True  # OSError, ConnectionError, TimeoutError, botocore/aiohttp errors, 5xx ClientErrors, SlowDown ...
+
+
+class ObjectStorage(Storage):
+    """``s3://bucket/prefix`` (or gs://, az://) through fsspec. Thread-safe; one filesystem object per process."""
+
+    def __init__(self, location: str | os.PathLike[str] | None = None, *, retry_s: float = 60.0,
+                 fs: Any = None, **_: Any) -> None:
+        kind, url = parse_location(location)
+        if kind != "object":
+            raise StorageLocationError(f"ObjectStorage needs a URL, received {location!r}")
+        self.url = url
+        scheme, rest = url.split("://", 1)
+        self.protocol = SCHEMES[scheme]
+        self.bucket = rest.split("/", 1)[0]
+        self.root = rest  # "bucket/prefix": fsspec paths have no scheme
+        self.retry_s = retry_s
+        self._fs, self._fs_pid = fs, os.getpid() if fs is not None else -1
+        self.retries = 0  # transient errors retried so far (tests and benchmarks read it)
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None or self._fs_pid != os.getpid():  # never share an event loop with a forked parent
+            import fsspec
+
+            # No instance or listing caches: another machine changes the bucket behind this process' back.
+            # s3fs' own retry loop is turned down to one try: botocore's retries (AWS_RETRY_MODE / AWS_MAX_ATTEMPTS
+            # from the user's environment) run inside traind's, which holds the overall budget (retry_s).
+            fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, use_listings_cache=False)
+            if self.protocol == "s3":
+                fs.retries = 1
+            self._fs = fs
+            self._fs_pid = os.getpid()
+        return self._fs
+
+    def _p(self, key: str) -> str:
+        return f"{self.root}/{validate_key(key)}"
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``; retry transient errors with exponential backoff for ``retry_s`` seconds."""
+        deadline = time.monotonic() + self.retry_s
+        delay, tries = 0.2, 0
+        while True:
+            tries += 1
+            try:
+                return fn()
+            except FileNotFoundError as e:
+                if "bucket" in str(e).lower():
+                    raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
+                                                  f"(while trying to {what})") from None
+                raise  # a missing object: the caller knows what that means
+            except PermissionError as e:
+                raise StorageUnavailableError(f"storage {self.url}: access denied while trying to {what} ({e})"
+                                              ) from None
+            except Exception as e:  # noqa: BLE001 - classified below
+                if "NoSuchBucket" in str(e) or "does not exist" in str(e).lower() and "bucket" in str(e).lower():
+                    raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
+                                                  f"(while trying to {what})") from None
+                if not _transient(e):
+                    raise StorageUnavailableError(f"storage {self.url}: could not {what}: {type(e).__name__}: {e}"
+                                                  ) from None
+                if time.monotonic() + delay > deadline:
+                    raise StorageUnavailableError(
+                        f"storage {self.url}: could not {what} after {tries} tries over {self.retry_s:g} s: "
+                        f"{type(e).__name__}: {e}") from None
+                self.retries += 1
+                log.warning("storage %s: %s failed (%s: %s); retrying in %.1f s", self.url, what,
+                            type(e).__name__, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- primitives ----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writer(self, key: str) -> Iterator[HashingWriter]:
+        # Spool locally (memory, then a temp file past SPOOL_BYTES) while hashing, then upload the whole object in
+        # one retried PUT / multipart upload: a retry needs the bytes again, and a stream cannot be replayed.
+        spool = _Spool()
+        try:
+            w = HashingWriter(spool)
+            yield w
+            self._upload(key, spool)
+        finally:
+            spool.close()
+
+    def _upload(self, key: str, spool: _Spool) -> None:
+        path = self._p(key)
+        if spool.file is None:
+            data = spool.buf.getvalue()
+            self._retry(f"write {key}", lambda: self.fs.pipe_file(path, data))
+        else:
+            spool.file.flush()
+            local = spool.file.name
+            self._retry(f"write {key}", lambda: self.fs.put_file(local, path))
+
+    def put_local_file(self, key: str, path: Path) -> str:
+        from jobs.storage import sha256_file
+
+        digest = sha256_file(path)
+        self._retry(f"write {key}", lambda: self.fs.put_file(str(path), self._p(key)))
+        return digest
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._retry(f"read {key}", lambda: bytes(self.fs.cat_file(self._p(key))))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._retry(f"look up {key}", lambda: self.fs.info(self._p(key)))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._retry(f"delete {key}", lambda: self.fs.rm_file(self._p(key)))
+
+    def delete_prefix(self, prefix: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._retry(f"delete {prefix}/", lambda: self.fs.rm(self._p(prefix), recursive=True))
+
+    def cleanup_incomplete(self, prefix: str) -> int:
+        """Abort the multipart uploads a killed writer left under ``prefix`` (S3 keeps their parts, and bills them,
+        until aborted; a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` is the belt to these braces)."""
+        if self.protocol != "s3":
+            return 0  # gcsfs' resumable uploads and Azure's uncommitted blocks expire by themselves
+        key_prefix = self._p(prefix).split("/", 1)[1] + "/"
+        out = self._retry("list unfinished uploads", lambda: self.fs.call_s3(
+            "list_multipart_uploads", Bucket=self.bucket, Prefix=key_prefix))
+        n = 0
+        for up in out.get("Uploads", []):
+            with contextlib.suppress(Exception):
+                self._retry("abort an unfinished upload", lambda u=up: self.fs.call_s3(
+                    "abort_multipart_upload", Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"]))
+                n += 1
+        return n
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (relative to the root), for tests and tools."""
+        base = self.root + "/"
+        try:
+            found = self._retry(f"list {prefix}", lambda: self.fs.find(self._p(prefix)))
+        except FileNotFoundError:
+            return []
+        return sorted(f[len(base):] for f in found if f.startswith(base))
+
+    def check(self) -> None:
+        """The bucket exists and this process may use it; else StorageUnavailableError naming the URL."""
+        if self.protocol == "s3":
+            def head() -> Any:
+                try:
+                    return self.fs.call_s3("head_bucket", Bucket=self.bucket)
+                except FileNotFoundError:
+                    raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist"
+                                                  ) from None
+
+            self._retry("reach the bucket", head)
+        else:
+            try:
+                self._retry("reach the bucket", lambda: self.fs.info(self.bucket))
+            except FileNotFoundError:
+                raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist") from None
+
+
+class _Spool(io.RawIOBase):
+    """Bytes in memory up to SPOOL_BYTES, then in a named local temp file (put_file uploads it in parts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = io.BytesIO()
+        self.file: Any = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.file is None and self.buf.tell() + len(data) > SPOOL_BYTES:
+            self.file = tempfile.NamedTemporaryFile(prefix="traind-spool-", suffix=".tmp")  # noqa: SIM115
+            self.file.write(self.buf.getbuffer())
+            self.buf = io.BytesIO()
+        target = self.file if self.file is not None else self.buf
+        return int(target.write(data))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
