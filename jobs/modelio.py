@@ -39,10 +39,15 @@ def serialize_model(model: Any, storage: Storage, max_bytes: int | None = None) 
 
 
 def custom_objects(refs: Sequence[str], allowed: Sequence[str]) -> dict[str, Any]:
+    """``{name: object}`` for the declared ``module:Name`` refs, under the class name and, for classes decorated with
+    ``register_keras_serializable``, their registered name (``package>Name``) too, which is what configs record."""
+    import keras
+
     out: dict[str, Any] = {}
     for ref in refs:
         obj = resolve_ref(ref, allowed, "model.custom_objects")
         out[ref.split(":", 1)[1]] = obj
+        out[keras.saving.get_registered_name(obj)] = obj
     return out
 
 

@@ -26,7 +26,7 @@ def test_dataset_with_validation_dataset_and_early_stopping(client: Client) -> N
                          callbacks=[keras.callbacks.EarlyStopping(**es)])
     assert st["stopped_early"] is True
     assert_same_history(st, ref, list(range(1, len(ref["loss"]) + 1)), ("loss", "val_loss", "val_mae"))
-    assert st["spec"]["data"]["dataset"] and st["spec"]["data"]["validation_dataset"]
+    assert job.spec()["data"]["dataset"] and job.spec()["data"]["validation_dataset"]
     for a, b in zip(job.load_model("final").get_weights(), plain_model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
@@ -47,7 +47,7 @@ def test_custom_layer_declared_once_trains_like_keras(client: Client) -> None:
     kw = dict(epochs=3, batch_size=40, validation_split=0.25)
     ref, _ = plain_fit(build, x, y, **kw)
     job, st = traind_fit(client, build, x, y, custom_objects={"Scale": objects.Scale}, **kw)
-    assert st["spec"]["model"]["custom_objects"] == ["tests.parity.objects:Scale"]
+    assert job.spec()["model"]["custom_objects"] == ["tests.parity.objects:Scale"]
     assert_same_history(st, ref, [1, 2, 3])
     assert any(type(layer).__name__ == "Scale" for layer in job.load_model("final").layers)
 
@@ -58,7 +58,7 @@ def test_custom_objects_through_model_section(client: Client) -> None:
     keras.utils.set_random_seed(1)
     job = client.fit(objects.dense(scale=True), x, y, epochs=1,
                      model={"custom_objects": ["tests.parity.objects:Scale"]})
-    assert job.status()["spec"]["model"]["custom_objects"] == ["tests.parity.objects:Scale"]
+    assert job.spec()["model"]["custom_objects"] == ["tests.parity.objects:Scale"]
 
 
 def test_csv_logger_and_lr_scheduler_match_keras(client: Client, tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_csv_logger_and_lr_scheduler_match_keras(client: Client, tmp_path: Path)
     job, st = traind_fit(client, objects.dense, x, y, **kw, callbacks=[
         keras.callbacks.CSVLogger("ignored-client-path.csv", separator=";"),
         keras.callbacks.LearningRateScheduler(objects.halve_every_2)])
-    assert st["spec"]["lr_scheduler"] == {"schedule": "tests.parity.objects:halve_every_2"}
+    assert job.spec()["lr_scheduler"] == {"schedule": "tests.parity.objects:halve_every_2"}
     assert_same_history(st, ref, [1, 2, 3, 4, 5], ("loss", "val_loss", "learning_rate"))
     np.testing.assert_allclose(ref["learning_rate"], [0.05, 0.05, 0.025, 0.025, 0.0125], rtol=1e-6)
     ours = list(csv.reader((client.storage.job_dir(job.id) / "training.csv").open(), delimiter=";"))

@@ -63,9 +63,9 @@ def test_steps_per_epoch_with_arrays(client: Client) -> None:
     x, y = objects.regression()  # 240 samples: 6 batches of 40, so 3 epochs of 2 batches per pass
     kw = dict(epochs=5, batch_size=40, steps_per_epoch=2, validation_split=0.0)
     ref, _ = plain_fit(objects.dense, x, y, **kw)
-    _, st = traind_fit(client, objects.dense, x, y, **kw)
+    job, st = traind_fit(client, objects.dense, x, y, **kw)
     assert_same_history(st, ref, [1, 2, 3, 4, 5], ("loss", "mae"))
-    assert st["spec"]["checkpoint"]["monitor"] == "loss"  # no validation data: the default monitor is loss
+    assert job.spec()["checkpoint"]["monitor"] == "loss"  # no validation data: the default monitor is loss
 
 
 def test_multi_input_dict_model(client: Client) -> None:
