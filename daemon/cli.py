@@ -74,7 +74,7 @@ def _client(args: argparse.Namespace) -> Client:
 
     settings = _settings(ClientSettings, args)
     # Few retries: an interactive command should report an unreachable Redis in seconds, not minutes.
-    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0)
+    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0, settings=settings)
     return Client(settings=settings, connection=conn)
 
 
@@ -130,6 +130,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for p in e.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
+    if handle.durability.startswith("degraded"):
+        print(f"warning: job {handle.id} is recorded but not on a Redis replica ({handle.durability}); a Redis "
+              "failover right now could lose it", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json({"id": handle.id, "state": handle.state.value})
@@ -258,8 +261,10 @@ def _check_external_redis(url: str, given_by: str) -> None:
     except redis.RedisError as e:
         hint = ("unset TRAIND_REDIS_URL (perhaps left from an earlier `traind up`) to start an embedded Redis, "
                 if given_by == "TRAIND_REDIS_URL" else "drop --redis-url to start an embedded Redis, ")
-        raise ConfigError(f"{given_by} is {redact_url(url)} but no Redis answers there "
-                          f"({type(e).__name__}: {render.clean(e)}); {hint}or start that server") from None
+        problem = ("the Redis there refused the credentials" if isinstance(e, redis.AuthenticationError)
+                   else "no Redis answers there")
+        raise ConfigError(f"{given_by} is {redact_url(url)} but {problem} ({type(e).__name__}: {render.clean(e)}); "
+                          f"{hint}or start that server") from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from jobs import keys, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
 from jobs.queue import enqueue, queue_contents
 from jobs.redis_conn import connect, redact_url
+from jobs.replication import PrimaryWatch
 from jobs.settings import SupervisorSettings
 from jobs.states import JobState
 from jobs.store import JobStore
@@ -96,24 +97,34 @@ class Supervisor:
 
     def __init__(self, settings: SupervisorSettings, connection: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.r = connection or connect(settings.effective_redis_url())
+        self.r = connection or connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
         self._zrem_unless = self.r.register_script(_ZREM_UNLESS_STATE)
         self._drop_workers = self.r.register_script(_DROP_STALE_WORKERS)
         self._info: tuple[float, float] | None = None  # (monotonic when read, uptime then)
+        self._primary = PrimaryWatch()
         self._stop = threading.Event()
 
     # -- one pass ----------------------------------------------------------------------------------------------------
     def step(self, now_ms: int | None = None) -> StepReport:
         """Run one supervision pass at ``now_ms`` (Redis clock; read from Redis when None)."""
         t0 = time.monotonic()
-        now = self.store.now_ms() if now_ms is None else int(now_ms)
+        seen = self._primary.observe(self.r)  # clock, uptime and identity of one server, read together
+        self._info = (t0, seen.uptime_s)
+        now = seen.now_ms if now_ms is None else int(now_ms)
         rep = StepReport(now_ms=now)
         uptime = self._redis_uptime_s()
         # After a Redis restart every lease looks expired until workers reconnect and renew: wait one TTL. A fresh
         # Redis without leases (every `traind up`) has nothing to protect, so nothing is skipped or logged.
         leases = self.r.zcard(keys.LEASES) if uptime < self.settings.lease_ttl_s else 0
-        if leases:
+        if seen.changed:
+            # A failover (or restart) put us on another server whose clock may differ from the one that wrote the
+            # leases: give every running job one TTL on the new clock (neither all expired nor living forever).
+            n = self._primary.rebase_leases(self.r, keys.LEASES, int(self.settings.lease_ttl_s * 1000))
+            log.warning("Redis primary changed (now run_id %s): %d lease(s) reset to one TTL (%.1f s)",
+                        seen.run_id[:8], n, self.settings.lease_ttl_s)
+            rep.skipped_reason = f"redis primary changed; {n} lease(s) given one TTL to renew"
+        elif leases:
             rep.skipped_reason = (
                 f"redis started {uptime:.1f} s ago (< lease TTL {self.settings.lease_ttl_s} s) with {leases} "
                 "running job(s): not requeueing until their workers had a chance to renew"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -15,10 +16,18 @@ import redis
 
 from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
-from jobs.errors import JobNotFoundError, JobTimeoutError, SpecError, StorageError
+from jobs.errors import (
+    DurabilityError,
+    JobNotFoundError,
+    JobTimeoutError,
+    SpecError,
+    StalePrimaryError,
+    StorageError,
+)
 from jobs.location import parse_location
 from jobs.queue import enqueue
 from jobs.redis_conn import connect
+from jobs.replication import execute_pipeline, policy_of
 from jobs.settings import ClientSettings
 from jobs.spec import JobSpec, load_spec_file, validate_spec
 from jobs.states import JobState
@@ -40,9 +49,12 @@ def new_job_id() -> str:
 class JobHandle:
     """A submitted job. Every read goes to Redis; nothing is cached."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: Client, job_id: str, durability: str = "") -> None:
         self.client = client
         self.id = job_id
+        #: How the job's creation was made durable: "replicated (n)", "degraded: <why>" (not on a replica:
+        #: a Redis failover could lose it; logged as a warning), "not waited" (TRAIND_REDIS_MIN_REPLICAS=0).
+        self.durability = durability
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r})"
@@ -134,7 +146,7 @@ class Client:
             overrides["storage_dir"] = parse_location(storage)[1]  # refused here if relative or unsupported
         base = settings or ClientSettings()
         self.settings = base.model_copy(update=overrides) if overrides else base
-        self.r = connection or connect(self.settings.effective_redis_url())
+        self.r = connection or connect(self.settings.effective_redis_url(), settings=self.settings)
         self.store = JobStore(self.r, events_max=self.settings.events_max, max_history=self.settings.max_history)
         # Nothing shared but Redis and the storage location: a laptop with s3:// needs no filesystem in common.
         self.storage = Storage(self.settings.storage_dir, retry_s=self.settings.storage_retry_s)
@@ -161,10 +173,11 @@ class Client:
         job_spec = self._validate(spec)
         if client_key is not None and not (0 < len(client_key) <= 200):
             raise SpecError([f"client_key: expected 1-200 characters, received {len(client_key)}"])
-        job_id, created = self._create(job_spec, client_key)
+        job_id, created = self._create(job_spec, client_key)  # returns once replicated (or raises DurabilityError)
+        durability = policy_of(self.r).last
         if created:
             self._enqueue(job_id, job_spec)
-        return JobHandle(self, job_id)
+        return JobHandle(self, job_id, durability)
 
     def submit_many(self, specs: list[JobSpec | dict[str, Any]]) -> list[JobHandle]:
         """Submit several jobs with pipelined Redis round trips (validation still names every problem)."""
@@ -173,7 +186,8 @@ class Client:
         pipe = self.r.pipeline(transaction=False)
         for jid, sp in zip(ids, validated):
             self.store.create(jid, self._fields(sp, jid), pipeline=pipe)
-        pipe.execute()
+        execute_pipeline(self.r, pipe, f"{len(ids)} jobs: create")
+        durability = policy_of(self.r).last
         pipe = self.r.pipeline(transaction=False)
         for jid, sp in zip(ids, validated):
             enqueue(self.r, jid, 1, _queue_name(sp), pipeline=pipe)
@@ -183,7 +197,7 @@ class Client:
         for jid in ids:
             pipe.zadd(keys.PENDING, {jid: now}, xx=True)
         pipe.execute()
-        return [JobHandle(self, j) for j in ids]
+        return [JobHandle(self, j, durability) for j in ids]
 
     def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
         return {
@@ -203,7 +217,18 @@ class Client:
 
     def _create(self, spec: JobSpec, client_key: str | None) -> tuple[str, bool]:
         job_id = new_job_id()
-        return self.store.create(job_id, self._fields(spec, job_id), client_key)
+        try:
+            return self.store.create(job_id, self._fields(spec, job_id), client_key)
+        except StalePrimaryError:
+            raise  # not recorded where it counts: nothing will run
+        except DurabilityError as e:
+            # Recorded on the primary, not confirmed by a replica: it runs unless a failover loses it. Deliver it
+            # like any job, and say exactly that, so that a retry does not create a second copy.
+            self._enqueue(job_id, spec)
+            key = "the same client_key" if client_key else "a client_key"
+            raise DurabilityError(f"{e}. Job {job_id} is queued and will run unless the primary fails first: check "
+                                  f"`traind status {job_id}` before submitting again (or resubmit with {key}, which "
+                                  "never creates a second copy)") from e
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
         enqueue(self.r, job_id, 1, _queue_name(spec))
@@ -307,7 +332,16 @@ class Client:
                 spec[k] = v
         job_spec = self._validate(spec)
         self._check_model(job_spec, x, y, sample_weight)
-        return self.submit(job_spec, client_key=client_key)
+        handle = self.submit(job_spec, client_key=client_key)
+        for cb in callbacks or []:
+            if type(cb).__name__ == "TensorBoard":  # mapped, never silently dropped: say where the logs go
+                where = self.storage.job_dir(handle.id) / "tensorboard"
+                logging.getLogger("traind.client").warning(
+                    "TensorBoard(log_dir=%r): job %s writes its TensorBoard logs (every metric and the learning rate "
+                    "per epoch, events as text) to %s; view all jobs with: tensorboard --logdir %s",
+                    getattr(cb, "log_dir", None), handle.id, where, where.parent.parent)
+        return handle
+
 
     def _upload_data(self, x: Any, y: Any, sample_weight: Any, validation_data: Any, max_bytes: int) -> dict[str, Any]:
         """Store the training (and validation) data; return the spec's ``data`` section."""

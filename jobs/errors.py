@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+
 
 class TraindError(Exception):
     """Base class of all traind errors."""
@@ -73,6 +75,16 @@ class RedisUnavailableError(TraindError):
 
 class ConfigError(TraindError):
     """A setting or command-line option is invalid or a required tool is missing."""
+
+
+class DurabilityError(TraindError, RedisError):
+    """A write was not confirmed by enough Redis replicas (TRAIND_REDIS_MIN_REPLICAS) in time, or landed on a
+    primary the sentinels had already replaced: it may be lost in a failover. A RedisError, so processes treat it
+    like Redis being unavailable (a worker abandons the attempt to its lease instead of failing the job)."""
+
+
+class StalePrimaryError(DurabilityError):
+    """A write landed on a Redis node that the sentinels no longer report as the primary: it will be discarded."""
 
 
 class AmbiguousJobIdError(TraindError):

@@ -1,20 +1,55 @@
-"""Redis connections that survive a Redis restart: retries with exponential backoff, secrets never logged."""
+"""Redis connections that survive a Redis restart or a Sentinel failover: retries with exponential backoff,
+primary discovery through Redis Sentinel, secrets never logged.
+
+URLs: ``redis://`` / ``rediss://`` (TLS) for one server, or ``redis+sentinel://`` / ``rediss+sentinel://`` for a
+primary watched by sentinels::
+
+    redis+sentinel://[[user]:password@]host1:26379,host2:26379,host3:26379/<master-name>/<db>[?options]
+
+The userinfo password is the data nodes' (primary and replicas); the sentinels' own credentials, when they have
+``requirepass``, go in ``sentinel_username=`` / ``sentinel_password=``. TLS options (``ssl_ca_certs``,
+``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``) apply to sentinels and data nodes.
+
+>>> parse_sentinel_url("redis+sentinel://:pw@a:26379,b/mymaster/2").sentinels
+[('a', 26379), ('b', 26379)]
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import parse_url
 from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from jobs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jobs.settings import CommonSettings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # when neither --redis-url nor TRAIND_REDIS_URL is given
 # Query parameters that carry secrets (redis-py accepts ``?password=...`` and ``?ssl_password=...``).
 _SECRET_PARAM = re.compile(r"(?i)((?:^|&)[^&=]*password)=[^&]*")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+_SENTINEL_ONLY = ("sentinel_username", "sentinel_password")
+_TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_path",
+               "ssl_password")
+_DATA_PARAMS = ("socket_timeout", "socket_connect_timeout", "health_check_interval", "client_name")
+
+
+class TraindRedis(redis.Redis):
+    """A redis-py client that also carries traind's write-durability policy (see :mod:`jobs.replication`)."""
+
+    durability: Any = None
+    sentinel: SentinelTarget | None = None
 
 
 class _Retry(Retry):
@@ -32,29 +67,188 @@ class _Retry(Retry):
         return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-def connect(url: str, retries: int = 20, socket_timeout_s: float | None = 30.0) -> redis.Redis:
-    """A client for ``url`` (redis://, rediss:// for TLS, ``user:password@`` for ACL) that retries
-    dropped connections with exponential backoff (capped at 2 s) instead of failing at once.
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A parsed ``redis+sentinel://`` URL: where the sentinels are and which primary (and db) to use."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int = 0
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    data_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)  # TLS/socket options for all nodes
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+def _bad(url: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"invalid Redis Sentinel URL {redact_url(url)!r}: {why}; expected "
+        "redis+sentinel://[:password@]host1:26379,host2:26379,host3:26379/<master-name>/<db> "
+        "(rediss+sentinel:// for TLS)"
+    )
+
+
+def _host_port(url: str, item: str) -> tuple[str, int]:
+    item = item.strip()
+    if not item:
+        raise _bad(url, "empty sentinel address in the host list")
+    if item.startswith("["):  # [ipv6]:port
+        host, sep, rest = item[1:].partition("]")
+        if not sep:
+            raise _bad(url, f"unclosed '[' in sentinel address {item!r}")
+        port_s = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise _bad(url, f"unexpected text after ']' in sentinel address {item!r}")
+    else:
+        host, _, port_s = item.rpartition(":") if ":" in item else (item, "", "")
+    if not host:
+        raise _bad(url, f"sentinel address {item!r} has no host")
+    if not port_s:
+        return host, DEFAULT_SENTINEL_PORT
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise _bad(url, f"sentinel port {port_s!r} in {item!r} is not a number in 1-65535")
+    return host, int(port_s)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Parse ``redis+sentinel://`` / ``rediss+sentinel://``; raises ConfigError naming what is wrong.
+
+    >>> t = parse_sentinel_url("rediss+sentinel://app:pw@s1:26379,s2:26380/main/0?sentinel_password=x")
+    >>> (t.master, t.db, t.tls, t.username, t.sentinel_password)
+    ('main', 0, True, 'app', 'x')
     """
-    return redis.Redis.from_url(
-        url,
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise _bad(url, f"scheme {scheme!r} is not one of {', '.join(SENTINEL_SCHEMES)}")
+    tls = scheme.lower() == "rediss+sentinel"
+    rest, _, query = rest.partition("?")
+    rest = rest.partition("#")[0]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    sentinels = [_host_port(url, h) for h in hosts.split(",")]
+    parts = [p for p in path.split("/")]
+    if not parts or not parts[0]:
+        raise _bad(url, "no master name (the path's first part)")
+    if len(parts) > 2 and any(parts[2:]):
+        raise _bad(url, f"unexpected path {path!r} after /<master-name>/<db>")
+    master = unquote(parts[0])
+    db_s = parts[1] if len(parts) > 1 else ""
+    if db_s and not db_s.isdigit():
+        raise _bad(url, f"database {db_s!r} is not a number")
+    db = int(db_s) if db_s else 0
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(params) - set(_SENTINEL_ONLY) - set(_TLS_PARAMS) - set(_DATA_PARAMS))
+    if unknown:
+        raise _bad(url, f"unknown option(s) {', '.join(unknown)} (known: "
+                        f"{', '.join(_SENTINEL_ONLY + _TLS_PARAMS + _DATA_PARAMS)})")
+    if not tls and any(k in params for k in _TLS_PARAMS):
+        raise _bad(url, "TLS options given to redis+sentinel:// (use rediss+sentinel:// for TLS)")
+    # The same option parsing as rediss:// (cert_reqs, booleans, numbers), from redis-py itself.
+    data_query = urlencode({k: v for k, v in params.items() if k not in _SENTINEL_ONLY})
+    data_kwargs = parse_url(f"{'rediss' if tls else 'redis'}://h/0" + (f"?{data_query}" if data_query else ""))
+    for k in ("host", "port", "db", "connection_class"):
+        data_kwargs.pop(k, None)
+    return SentinelTarget(sentinels=sentinels, master=master, db=db, tls=tls, username=username, password=password,
+                          sentinel_username=params.get("sentinel_username") or None,
+                          sentinel_password=params.get("sentinel_password") or None, data_kwargs=data_kwargs)
+
+
+def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
+            settings: CommonSettings | None = None) -> TraindRedis:
+    """A client for ``url`` that retries dropped connections with exponential backoff (capped at 2 s) instead of
+    failing at once; with a ``redis+sentinel://`` URL it asks the sentinels for the primary on every (re)connect,
+    so after a failover it follows the new primary by itself.
+
+    ``settings`` supplies the socket timeout and the durability policy (``TRAIND_REDIS_MIN_REPLICAS``,
+    ``TRAIND_REDIS_WAIT_TIMEOUT_S``); without it, the defaults apply.
+
+    >>> # r = connect("redis+sentinel://s1:26379,s2:26379,s3:26379/traind/0"); r.ping()
+    """
+    from jobs.replication import Durability
+
+    if socket_timeout_s is None:
+        socket_timeout_s = settings.redis_socket_timeout_s if settings is not None else 30.0
+    common: dict[str, Any] = dict(
         retry=_Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=5.0,
         health_check_interval=10,
     )
+    client: TraindRedis
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        tls = {k: v for k, v in target.data_kwargs.items() if k.startswith("ssl")}
+        # A dead sentinel must not stall discovery: no retries and a short timeout per sentinel, the next is asked.
+        sentinel_kwargs: dict[str, Any] = dict(
+            socket_timeout=min(socket_timeout_s or 2.0, 2.0), socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0), username=target.sentinel_username, password=target.sentinel_password,
+            ssl=target.tls, **tls,
+        )
+        sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
+        data = {**common, **target.data_kwargs}
+        client = sentinel.master_for(
+            target.master, redis_class=TraindRedis, db=target.db, username=target.username,
+            password=target.password, ssl=target.tls, check_connection=True, **data,
+        )
+        client.sentinel = target
+        client.sentinel_manager = sentinel  # type: ignore[attr-defined]
+    else:
+        client = TraindRedis.from_url(url, **common)
+    client.durability = Durability.from_settings(settings)
+    return client
+
+
+def connect_async(url: str, health_check_interval_s: int = 30) -> Any:
+    """An asyncio client (``redis.asyncio``) for ``url``, following the primary through the sentinels for
+    ``redis+sentinel://`` URLs; for read paths such as ``traind serve``'s event streams.
+
+    >>> # r = connect_async("redis+sentinel://s1,s2,s3/traind/0"); await r.ping()
+    """
+    import redis.asyncio as aredis
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    if not is_sentinel_url(url):
+        return aredis.Redis.from_url(url, health_check_interval=health_check_interval_s)
+    target = parse_sentinel_url(url)
+    tls = {k: v for k, v in target.data_kwargs.items() if k.startswith("ssl")}
+    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=dict(
+        socket_timeout=2.0, socket_connect_timeout=2.0, username=target.sentinel_username,
+        password=target.sentinel_password, ssl=target.tls, **tls))
+    return sentinel.master_for(target.master, db=target.db, username=target.username, password=target.password,
+                               ssl=target.tls, check_connection=True, health_check_interval=health_check_interval_s,
+                               **target.data_kwargs)
 
 
 def redact_url(url: str | None) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host`` for logs and messages."""
+    """``redis://user:secret@host`` -> ``redis://user:***@host`` for logs and messages (sentinel URLs too).
+
+    >>> redact_url("redis+sentinel://:pw@a:26379,b:26379/m/0?sentinel_password=s")
+    'redis+sentinel://:***@a:26379,b:26379/m/0?sentinel_password=***'
+    """
     if not url:
         return str(url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (say an unclosed IPv6 bracket): hide everything between :// and the last @
+        return _SECRET_PARAM.sub(r"\1=***", re.sub(r"(?<=://)[^/]*@", ":***@", url))
     query = _SECRET_PARAM.sub(r"\1=***", parts.query)
     if parts.password is None and "@" not in parts.netloc:
         return urlunsplit(parts._replace(query=query)) if query != parts.query else url
-    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 host's brackets and the port
+    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 host's brackets, the port, a host list
     user = parts.username or ""
     netloc = f"{user}:***@{host}" if user else f":***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -32,7 +32,16 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True)
 
-    redis_url: str | None = Field(None, description="Redis URL (redis://, rediss://, with user:password@ for ACL).")
+    redis_url: str | None = Field(
+        None, description="Redis URL (redis://, rediss:// for TLS, user:password@ for ACL), or "
+        "redis+sentinel://[:password@]host1:26379,host2:26379/<master-name>/<db> (rediss+sentinel:// for TLS).")
+    redis_min_replicas: Literal["auto"] | Annotated[int, Field(ge=0, le=16)] = Field(
+        "auto", description="Replicas that must confirm job creation, checkpoint commits and state changes "
+        "(WAIT): auto = 1 when the primary has a replica, else accept as degraded; 0 = never wait.")
+    redis_wait_timeout_s: float = Field(2.0, gt=0, le=60, description="How long a write waits for its replicas.")
+    redis_socket_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A Redis reply slower than this drops the connection and reconnects "
+        "(through the sentinels: how long a frozen primary can hold a request). Must exceed dequeue_timeout_s.")
     storage_dir: str = Field(
         default_factory=default_location,
         description="Checkpoint/upload storage: an absolute path (local or NFS) or a URL (s3://bucket/prefix; gs://, "
@@ -81,6 +90,14 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"unknown TRAIND_ environment variable(s): {', '.join(hints)}")
         return self
 
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> CommonSettings:
+        # A WAIT longer than the socket timeout would be cut off as a dead connection and the write replayed.
+        if self.redis_wait_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_REDIS_WAIT_TIMEOUT_S ({self.redis_wait_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
+
     def effective_redis_url(self) -> str:
         return self.redis_url or DEFAULT_REDIS_URL
 
@@ -108,6 +125,14 @@ class WorkerSettings(CommonSettings):
     @classmethod
     def _csv_q(cls, v: object) -> object:
         return _split_csv(v)
+
+    @model_validator(mode="after")
+    def _dequeue_within_socket_timeout(self) -> WorkerSettings:
+        # The blocking dequeue holds its connection this long: a shorter socket timeout would break every wait.
+        if self.dequeue_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_DEQUEUE_TIMEOUT_S ({self.dequeue_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
 
 
 class SupervisorSettings(CommonSettings):

@@ -14,6 +14,7 @@ import redis
 
 from jobs import keys, lua, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
+from jobs.replication import run_script
 from jobs.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 
 _INT_FIELDS = (
@@ -71,13 +72,13 @@ class JobStore:
         With ``pipeline`` the script is only queued on it (the result comes from ``pipeline.execute()``).
         """
         idem = keys.idempotency(client_key) if client_key else keys.job(job_id) + ":noidem"
-        res = self._create(
-            keys=[keys.job(job_id), idem, keys.JOBS_INDEX, keys.state_index(""), keys.PENDING, keys.events(job_id)],
-            args=[job_id, _fields_json(fields), client_key or "", json.dumps(event("submitted"))],
-            client=pipeline,
-        )
+        kw = dict(keys=[keys.job(job_id), idem, keys.JOBS_INDEX, keys.state_index(""), keys.PENDING,
+                        keys.events(job_id)],
+                  args=[job_id, _fields_json(fields), client_key or "", json.dumps(event("submitted"))])
         if pipeline is not None:
+            self._create(**kw, client=pipeline)  # the caller executes it (durably: replication.execute_pipeline)
             return job_id, True
+        res = run_script(self.r, self._create, **kw, what=f"job {job_id}: create")
         if int(res[0]):
             telemetry.publish(self.r, job_id, "created", state=JobState.QUEUED.value)
         return res[1].decode(), bool(int(res[0]))
@@ -110,7 +111,8 @@ class JobStore:
         if only_from is not None:  # narrow the table, e.g. "fail it only if nobody is running it"
             sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
         ev = json.dumps(event(event_msg, level, state=to.value)) if event_msg else ""
-        status, cur = self._transition(
+        status, cur = run_script(
+            self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
                   keys.history(job_id)],
             args=[
@@ -166,10 +168,12 @@ class JobStore:
             payload["ckpt_del"] = cd
         if events:
             payload["events"] = events
-        ok, why = self._fenced(
-            keys=[keys.job(job_id), keys.history(job_id), keys.checkpoints(job_id), keys.events(job_id)],
-            args=[token, json.dumps(payload), self.events_max, self.max_history],
-        )
+        kw = dict(keys=[keys.job(job_id), keys.history(job_id), keys.checkpoints(job_id), keys.events(job_id)],
+                  args=[token, json.dumps(payload), self.events_max, self.max_history])
+        if history_set or hd or ckpt_set or cd:  # a commit (epoch, checkpoint): replicated before acknowledged
+            ok, why = run_script(self.r, self._fenced, **kw, what=f"job {job_id}: commit")
+        else:  # mid-epoch progress: redone by the next write anyway
+            ok, why = self._fenced(**kw)
         if not int(ok):
             why = why.decode() if isinstance(why, bytes) else str(why)
             if why == "history_limit":

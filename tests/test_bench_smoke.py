@@ -17,6 +17,8 @@ BENCHES = [
     ("resume", []),
     ("work_lost", []),
     ("detection", ["--rq-cap-s", "3"]),
+    ("failover", []),
+    ("cli_latency", []),
 ]
 
 

@@ -46,7 +46,14 @@ def config(tmp_path: Path) -> dict[str, Any]:
 
 @needs_compose
 def test_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"redis", "supervisor", "worker-cpu", "worker-gpu"}
+    by_profile: dict[str, set[str]] = {}
+    for name, svc in config["services"].items():  # docker-compose 1.x lists every profile's services
+        for prof in svc.get("profiles") or [""]:
+            by_profile.setdefault(prof, set()).add(name)
+    assert by_profile[""] == {"redis", "supervisor", "worker-cpu", "serve"}
+    assert by_profile["gpu"] == {"worker-gpu"}
+    assert by_profile.get("ha", set()) <= {"redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
+                                           "supervisor-ha", "worker-cpu-ha"}  # tests/ha/test_compose_ha.py
     assert config["services"]["supervisor"]["command"] == ["supervise"]
     assert config["services"]["worker-cpu"]["command"] == ["worker", "--device", "cpu"]
 
@@ -108,3 +115,19 @@ def test_ci_script_is_valid_bash_and_runs_the_readme_test_command() -> None:
     text = script.read_text()
     assert "set -euo pipefail" in text
     assert "\npython -m pytest -q\n" in text
+
+
+@needs_compose
+def test_every_service_has_a_healthcheck_and_serve_is_loopback_only(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name, svc in services.items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert services["supervisor"]["healthcheck"]["test"] == ["CMD", "traind", "health", "--supervisor"]
+    for w in ("worker-cpu", "worker-gpu", "worker-cpu-ha"):
+        assert services[w]["healthcheck"]["test"] == ["CMD", "traind", "health", "--worker", "local"]
+    serve = services["serve"]
+    assert serve["command"][0] == "serve" and "/healthz" in " ".join(serve["healthcheck"]["test"])
+    assert serve["environment"]["TRAIND_REDIS_URL"] == services["supervisor"]["environment"]["TRAIND_REDIS_URL"]
+    assert "TRAIND_API_TOKEN" in serve["environment"]
+    ports = [str(p.get("host_ip") if isinstance(p, dict) else p) for p in serve["ports"]]
+    assert len(ports) == 1 and ports[0].startswith("127.0.0.1"), ports

@@ -210,15 +210,15 @@ class Checkpoints:
         events: list[dict[str, Any]] = []
         for k in [target, *earlier, *later]:
             m = index[k]
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            at = f"epoch {m['epoch'] + 1} batch {m['batch']}" if m["batch"] else f"epoch {m['epoch']}"
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
+                events.append(event(f"skipping checkpoint {at}: {e}", "warning"))
                 continue
-            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
-            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
-            where = (f"epoch {m['epoch'] + 1} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
-                     else f"epoch {m['epoch']}")
+            where = f"{at}, continuing at batch {m['batch'] + 1}" if m["batch"] else at
             why = "preemption checkpoint" if k == preempt_key else (
                 f"{policy} checkpoint" if k == target else "fallback checkpoint")
             events.append(event(f"resuming from {why} at {where} ({m['file']})"))

@@ -21,7 +21,16 @@ from typing import Any
 import redis
 
 from jobs import keys, telemetry
-from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, SpecError, StorageError, TraindError
+from jobs.errors import (
+    DurabilityError,
+    FencedError,
+    IllegalTransitionError,
+    JobNotFoundError,
+    SpecError,
+    StalePrimaryError,
+    StorageError,
+    TraindError,
+)
 from jobs.queue import Delivery, enqueue, pop
 from jobs.redis_conn import connect, redact_url
 from jobs.settings import WorkerSettings
@@ -45,7 +54,7 @@ class Worker:
 
         self.gpus = configure_tensorflow(settings.device)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.r = connect(settings.effective_redis_url())
+        self.r = connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
         self.storage = Storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
         if not self.storage.is_local and settings.cache_max_bytes > 0:
@@ -180,9 +189,13 @@ class Worker:
                 fields={"token": token, "worker": self.id, "cancel_requested": None, "error": None},
                 lease_ttl_ms=int(self.settings.lease_ttl_s * 1000),
             )
-        except (JobNotFoundError, IllegalTransitionError, FencedError) as e:
+        except (JobNotFoundError, IllegalTransitionError, FencedError, StalePrimaryError) as e:
             log.info("dropping message for %s attempt %s: %s", job_id, attempt, e)
             return
+        except DurabilityError as e:
+            # Claimed on the primary but no replica confirmed it yet: train anyway. Should a failover lose the
+            # claim, this attempt's fenced writes are refused and it stops; no second worker can share the job.
+            log.warning("job %s: %s; training anyway (fencing guards the job)", job_id, e)
         control = JobControl()
         self.current = control
         hb = Heartbeat(self.store, job_id, token, control, self.settings.lease_ttl_s,

@@ -34,6 +34,7 @@ from worker.callbacks import (
 )
 from worker.checkpoint import Checkpoints, Restored, Snapshot, ckpt_key
 from worker.control import Interrupted, JobControl, StopReason
+from worker.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("traind.worker")
 
@@ -74,12 +75,14 @@ class Trainer:
         self.arrays = True
         self.epochs_done = 0
         self.extra_cbs: list[Any] = []
+        self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
         try:
             return self._run()
         finally:
+            self.tensorboard.close()
             try:
                 self.ckpts.close()
             except FencedError:
@@ -201,6 +204,7 @@ class Trainer:
         cbs += self.extra_cbs  # user-requested Keras callbacks run before traind's own, as in model.fit
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
+        cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
                                   "shuffle": False,  # arrays are shuffled per epoch by traind's own pipeline
                                   "validation_freq": spec.fit.validation_freq}
