@@ -22,14 +22,18 @@ needs_compose = pytest.mark.skipif(
 )
 PASSWORD = "0123abcdpw"
 STORAGE = "/data/traind"
+ALLOWED = "mycompany.models"
 
 
-def compose_config(tmp_path: Path, password: str | None) -> subprocess.CompletedProcess[str]:
+def compose_config(tmp_path: Path, password: str | None, allowed: str | None = ALLOWED
+                   ) -> subprocess.CompletedProcess[str]:
     env_file = tmp_path / "empty.env"  # a developer's .env must not leak into the test
     env_file.write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_PASSWORD", "TRAIND_ALLOWED_MODULES")}
     if password is not None:
         env["REDIS_PASSWORD"] = password
+    if allowed is not None:
+        env["TRAIND_ALLOWED_MODULES"] = allowed
     assert COMPOSE is not None
     return subprocess.run(
         [COMPOSE, "--env-file", str(env_file), "--profile", "gpu", "-f", str(ROOT / "docker-compose.yml"), "config"],
@@ -79,6 +83,7 @@ def test_every_traind_service_shares_the_checkpoint_volume_and_knows_the_passwor
         env = svc["environment"]
         assert env["TRAIND_STORAGE_DIR"] == STORAGE
         assert env["TRAIND_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
+        assert env["TRAIND_ALLOWED_MODULES"] == ALLOWED  # from .env / the environment, never a built-in default
         mounts = [v.split(":")[:2] if isinstance(v, str) else [v["source"], v["target"]] for v in svc["volumes"]]
         assert ["checkpoints", STORAGE] in mounts, name
     assert "checkpoints" in config["volumes"]
@@ -99,6 +104,14 @@ def test_a_password_is_required(tmp_path: Path) -> None:
     res = compose_config(tmp_path, None)
     assert res.returncode != 0
     assert "set REDIS_PASSWORD" in res.stderr
+
+
+@needs_compose
+def test_an_allowlist_is_required(tmp_path: Path) -> None:
+    """Issue 8.2: no built-in allowlist in deployment either; unset, compose refuses with a clear message."""
+    res = compose_config(tmp_path, PASSWORD, allowed=None)
+    assert res.returncode != 0
+    assert "set TRAIND_ALLOWED_MODULES (e.g. in .env)" in res.stderr, res.stderr
 
 
 def test_dockerfile_installs_the_package_with_an_extra() -> None:
