@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys, lua, telemetry
+from jobs import keys, lua, rqview, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
 from jobs.events import EventKind, event, kind_for_state
 from jobs.replication import run_script
@@ -134,6 +134,8 @@ class JobStore:
         if status == "alive":
             raise FencedError(f"job {job_id}: lease was renewed; not requeued")
         telemetry.publish(self.r, job_id, "state", state=to.value, previous=cur)
+        if JobState.RUNNING.value in (to.value, cur):  # RQ's tools see running jobs as executing
+            rqview.on_transition(self.r, job_id, to.value, cur, attempt, (fields or {}).get("worker"))
         return JobState(cur)
 
     def heartbeat(self, job_id: str, token: str, ttl_ms: int) -> tuple[bool, bool]:
@@ -205,6 +207,7 @@ class JobStore:
         """Append one event outside a transition (e.g. a re-delivered message)."""
         ev = event(kind, msg, level, **extra)
         ev["ts"] = self.now_ms()
+        ev["time"] = iso_ms(ev["ts"])
         pipe = self.r.pipeline()
         pipe.rpush(keys.events(job_id), json.dumps(ev))
         pipe.ltrim(keys.events(job_id), -self.events_max, -1)
@@ -333,3 +336,11 @@ def parse_record(raw: dict[str, str]) -> dict[str, Any]:
     for f in ("best_epoch", "best_value", "worker"):
         out.setdefault(f, None)
     return out
+
+
+def iso_ms(ms: int) -> str:
+    """ms since the epoch -> ``2026-11-28T06:32:15.123Z`` (what the Lua scripts write next to ms fields)."""
+    import datetime as _dt
+
+    t = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

@@ -15,15 +15,17 @@ import keras
 import numpy as np
 import redis
 
+from jobs import fitcheck, fitdata
 from jobs.ckpt_format import ckpt_key
 from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
 from jobs.events import EventKind, event
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, monitors
 from jobs.storage import Storage
 from jobs.store import JobStore
 from worker import data as data_mod
+from worker import fit_callbacks
 from worker.callbacks import (
     BestTracker,
     ControlCallback,
@@ -80,6 +82,7 @@ class Trainer:
         self.stop_after_epoch = False
         self.arrays = True
         self.epochs_done = 0
+        self.extra_cbs: list[Any] = []
         self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
@@ -108,20 +111,22 @@ class Trainer:
         data = data_mod.load(spec, self.storage, allowed, self.settings.max_upload_bytes)
         self.arrays = data.is_arrays
         if data.is_arrays:
-            if spec.fit.steps_per_epoch:
-                raise UserCodeError("fit.steps_per_epoch applies to Dataset loaders; arrays train on every sample")
-            self.steps = data.steps_per_epoch(spec.fit.batch_size)
+            self.steps = data.steps_per_epoch(spec.fit.batch_size, spec.fit.steps_per_epoch)
+            x1, y1 = fitdata.take(data.x, slice(0, 1)), fitdata.take(data.y, slice(0, 1))
             if not self.model.built:
-                self.model(data.x[:1])
-            _create_variables_eagerly(self.model, data.x[:1], data.y[:1])
+                self.model(x1)
+            _create_variables_eagerly(self.model, x1, y1)
         else:
             self.steps = spec.fit.steps_per_epoch
+        if spec.data.loader is not None:
+            self._check_monitors(data)  # client.fit checked these at submit; a loader's data is first seen here
         if spec.early_stopping:
             self.es = ResumableEarlyStopping(**spec.early_stopping.model_dump())
         if spec.lr_on_plateau:
             self.rlrop = ResumableReduceLROnPlateau(**spec.lr_on_plateau.model_dump())
 
         start_epoch, start_batch, metric_vars = self._resume()
+        self.extra_cbs = fit_callbacks.extra_callbacks(spec, self.storage, self.job_id, start_epoch, allowed)
         if start_epoch >= spec.fit.epochs:
             return self._finish()
         if start_batch:
@@ -150,7 +155,7 @@ class Trainer:
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
         restored, events = self.ckpts.select(index, self.spec.resume_from, best_key, preempt_key)
-        start_epoch, start_batch, metric_vars = 0, 0, None
+        start_epoch, start_batch, metric_vars = self.spec.fit.initial_epoch, 0, None
         if restored is not None:
             self._restore(restored)
             start_epoch, start_batch = restored.manifest["epoch"], restored.manifest["batch"]
@@ -215,15 +220,21 @@ class Trainer:
         cbs.append(ControlCallback(self.control, self._on_stop, self._on_progress,
                                    self.settings.progress_interval_s, batch_offset=skip,
                                    steps=self.steps if data.is_arrays else None))
+        cbs += self.extra_cbs  # user-requested Keras callbacks run before traind's own, as in model.fit
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
         cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
-                                  "shuffle": False}  # arrays are shuffled per epoch by traind's own pipeline
+                                  "shuffle": False,  # arrays are shuffled per epoch by traind's own pipeline
+                                  "validation_freq": spec.fit.validation_freq}
+        if spec.fit.class_weight:
+            kwargs["class_weight"] = dict(spec.fit.class_weight)
+        if spec.fit.validation_steps:
+            kwargs["validation_steps"] = spec.fit.validation_steps
         if data.is_arrays:
             assert self.steps is not None
             x = data_mod.epoch_dataset(data, spec.fit.batch_size, spec.fit.shuffle, spec.fit.seed, first, last,
-                                       skip_batches=skip)
+                                       skip_batches=skip, steps=self.steps, initial_epoch=spec.fit.initial_epoch)
             kwargs["steps_per_epoch"] = self.steps - skip if last == first + 1 and skip else self.steps
             if skip and last != first + 1:
                 raise AssertionError("a partial epoch is fitted on its own")
@@ -234,7 +245,7 @@ class Trainer:
         if data.validation is not None:
             kwargs["validation_data"] = data.validation
             if data.is_arrays:
-                kwargs["validation_batch_size"] = spec.fit.batch_size
+                kwargs["validation_batch_size"] = spec.fit.validation_batch_size or spec.fit.batch_size
         self.epoch_started = time.monotonic()
         try:
             self.model.fit(x, **kwargs)
@@ -242,6 +253,33 @@ class Trainer:
             raise  # traind's own signals and infrastructure errors: not the user's code
         except Exception as e:
             raise UserCodeError(f"training raised {type(e).__name__}: {e}") from e
+
+    def _check_monitors(self, data: data_mod.TrainData) -> None:
+        """Every monitor must name a metric this model logs on this data: fail now, with "did you mean", rather than
+        after an epoch. Without validation data, the default checkpoint monitor val_loss becomes loss (an event)."""
+        spec = self.spec
+        try:
+            if data.is_arrays:
+                x1, y1 = fitdata.take(data.x, slice(0, 2)), fitdata.take(data.y, slice(0, 2))
+                sw1 = None if data.sw is None else fitdata.take(data.sw, slice(0, 2))
+            else:
+                el = next(iter(data.dataset.take(1)))
+                x1, y1, sw1 = (tuple(el) + (None, None))[:3] if isinstance(el, tuple) else (el, None, None)
+            names = fitcheck.probe_metrics(self.model, x1, y1, sw1)
+        except Exception as e:
+            raise UserCodeError(f"the model cannot evaluate the loader's data: {type(e).__name__}: {e}") from e
+        has_val = data.validation is not None
+        mons = monitors(spec)
+        mon = spec.checkpoint.monitor
+        if not has_val and mon == "val_loss":
+            mons.pop("checkpoint.monitor")
+            self.tracker = BestTracker("loss", spec.checkpoint.mode, spec.checkpoint.initial_value_threshold)
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, "no validation data: the checkpoint monitors loss instead of the default val_loss",
+                "warning")])
+        problems = fitcheck.monitor_problems(mons, names, has_val)
+        if problems:
+            raise UserCodeError("; ".join(problems))
 
     def _state(self) -> dict[str, Any]:
         st: dict[str, Any] = {"tracker": self.tracker.get_state()}
@@ -278,7 +316,7 @@ class Trainer:
         improved, prev, cur = self.tracker.observe(self.model, e, logs)
         events: list[dict[str, Any]] = []
         fields: dict[str, Any] = {"epoch": e, "metrics": metrics, "batch": 0}
-        mon = spec.checkpoint.monitor
+        mon = self.tracker.monitor
         if improved or not spec.checkpoint.save_best_only:
             self._ensure_owner()  # the exports below replace job-wide files: only the owning attempt may
         if improved:
