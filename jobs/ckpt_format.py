@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -120,15 +121,44 @@ def manifest(*, epoch: int, batch: int, attempt: int, name: str, sha256: str, si
     }
 
 
-def pack(groups: dict[str, list[np.ndarray] | None]) -> bytes:
-    """The ``.npz`` bytes of ``{group letter: arrays}`` (uncompressed: checkpoint stalls matter more than disk)."""
+def _named(groups: dict[str, list[np.ndarray] | None]) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for prefix in GROUPS:
         for i, a in enumerate(groups.get(prefix) or []):
             arrays[f"{prefix}{i:06d}"] = np.asarray(a)
+    return arrays
+
+
+def pack(groups: dict[str, list[np.ndarray] | None]) -> bytes:
+    """The ``.npz`` bytes of ``{group letter: arrays}`` (uncompressed: checkpoint stalls matter more than disk)."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **_named(groups))
     return buf.getvalue()
+
+
+def write_npz(stream: Any, groups: dict[str, list[np.ndarray] | None]) -> None:
+    """Stream the same ``.npz`` as :func:`pack` into a write-only ``stream`` (a :class:`jobs.storage.HashingWriter`).
+
+    No copy of the whole archive is built in memory: ``zipfile`` writes each member as it goes (data descriptors,
+    as the stream cannot seek) and numpy writes an array in 16 MiB chunks.
+
+    >>> buf = io.BytesIO(); write_npz(buf, {"w": [np.ones(3)]}); unpack(buf.getvalue())["w"][0].tolist()
+    [1.0, 1.0, 1.0]
+    """
+    with zipfile.ZipFile(stream, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in _named(groups).items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:  # what np.savez writes, streamed
+                np.lib.format.write_array(member, a, allow_pickle=False)
+
+
+def checkpoint_export_record(m: dict[str, Any]) -> dict[str, Any]:
+    """A ``best_checkpoint``/``latest_checkpoint`` record naming a committed resumable checkpoint: the lazy export.
+
+    During training the user-facing ``best`` is not written on the training thread; it is the verified resumable
+    checkpoint of the best epoch, converted to a model on ``load_model`` (:mod:`jobs.modelio`). The ``best.keras``
+    / ``best.weights.h5`` file is written when the job finishes.
+    """
+    return {"file": m["file"], "sha256": m["sha256"], "format": "checkpoint", "key": m["key"]}
 
 
 def unpack(data: bytes, what: str = "checkpoint", only: str | None = None) -> dict[str, list[np.ndarray]]:

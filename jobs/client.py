@@ -113,6 +113,14 @@ class JobHandle:
         st = self.client.store.get(self.id, with_history=False)
         spec = JobSpec.model_validate(st["spec"])
         allowed = self.client.settings.allowed_modules
+        rec = st.get(f"{which}_checkpoint")
+        if isinstance(rec, dict) and rec.get("format") == "checkpoint":
+            # The lazy export written during training: the best epoch's resumable checkpoint, converted here.
+            manifest = self.client.store.checkpoints(self.id).get(rec.get("key"))  # type: ignore[arg-type]
+            if manifest is None or manifest.get("sha256") != rec.get("sha256"):
+                raise CheckpointError(f"job {self.id}: the {which} checkpoint {rec.get('file')} is no longer in the "
+                                      "checkpoint index (replaced by a newer one); try again")
+            return load_checkpoint_model(spec, self.client.storage, self.id, manifest, allowed)
         try:
             return load_best_model(spec, self.client.storage, st, allowed, which=which)
         except (CheckpointError, StorageError):

@@ -119,9 +119,18 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
 
 def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
                           allowed: Sequence[str]) -> Any:
-    """A model rebuilt from the spec with the weights of a committed resumable checkpoint (sha256-verified)."""
+    """A model rebuilt from the spec with the weights (and, for a full-model job, the optimizer variables) of a
+    committed resumable checkpoint, verified against its sha256: what ``best.keras`` / ``best.weights.h5`` hold."""
     data = fmt.read_checkpoint(storage, job_id, manifest)
-    weights = fmt.unpack(data, f"checkpoint {manifest['file']}", only="w")["w"]
+    full = not spec.checkpoint.save_weights_only
+    groups = fmt.unpack(data, f"checkpoint {manifest['file']}", only=None if full else "w")
     model = build_model(spec, storage, allowed)
-    model.set_weights(weights)
+    model.set_weights(groups["w"])
+    opt = getattr(model, "optimizer", None)
+    if full and opt is not None:
+        if not opt.built:
+            opt.build(model.trainable_variables)
+        if len(opt.variables) == len(groups["o"]):
+            for v, a in zip(opt.variables, groups["o"]):
+                v.assign(a)
     return model

@@ -91,7 +91,7 @@ class Attempt:
             log.warning("job %s: final state %s not recorded: %s", self.job_id, state.value, e)
 
     def _train(self) -> None:
-        from worker.trainer import Trainer
+        from worker.trainer import Outcome, Trainer
 
         job_id, attempt = self.job_id, self.attempt
         try:
@@ -106,11 +106,21 @@ class Attempt:
             # Storage gone (bucket missing, access denied): the job fails with one line naming it, the worker goes on.
             self.storage.check()
             # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
+            recorded: list[Outcome] = []
+
+            def succeeded(outcome: Outcome) -> None:
+                # Called from inside fit (Keras' on_train_end) when the last epoch is done: the job ends now, not
+                # after fit has torn down its input pipeline.
+                self._finish(JobState.SUCCEEDED, outcome.event, **outcome.fields)
+                recorded.append(outcome)
+
             trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
-                              attempt=attempt, token=self.token, spec=spec, record=record, control=self.control)
+                              attempt=attempt, token=self.token, spec=spec, record=record, control=self.control,
+                              on_finished=succeeded)
             outcome = trainer.run()
             if outcome.reason is None:
-                self._finish(JobState.SUCCEEDED, outcome.event, **outcome.fields)
+                if not recorded:
+                    succeeded(outcome)
             elif outcome.reason is StopReason.CANCEL:
                 self._finish(JobState.CANCELLED, outcome.event)
             elif outcome.reason is StopReason.PREEMPT:

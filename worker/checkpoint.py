@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,24 +66,36 @@ class Checkpoints:
         self.prefix = fmt.checkpoint_prefix(job_id)  # storage key of the checkpoint "directory" (validates the id)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
         self._pending: Future[dict[str, Any]] | None = None
-        self.stall_s: list[float] = []  # time the training thread waited per checkpoint (benchmarks read it)
+        # What benchmarks read: the training thread's time per checkpoint (wait + host copy), epochs skipped under
+        # backpressure, and the background writes' durations and sizes.
+        self.stall_s: list[float] = []
+        self.skipped: list[float] = []
+        self.write_s: list[float] = []
+        self.written_bytes: list[int] = []
 
     # -- writing -------------------------------------------------------------------------------------------------
     def write(self, snap: Snapshot) -> dict[str, Any]:
-        """Write the snapshot's object and manifest atomically; returns the manifest (not yet committed)."""
+        """Write the snapshot's object and manifest atomically; returns the manifest (not yet committed).
+
+        The ``.npz`` is streamed to storage (sha256 computed while writing, no re-read, no in-memory copy of the
+        whole archive); local storage fsyncs it before the rename.
+        """
         t0 = time.perf_counter()
         name = fmt.checkpoint_name(snap.epoch, snap.batch, self.attempt)
-        data = fmt.pack({"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars})
+        groups = {"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars}
         obj = job_key(self.job_id, fmt.checkpoint_file(name))
         meta = job_key(self.job_id, fmt.checkpoint_file(name, ".json"))
         try:
             # Object first, then its manifest; neither is visible to resume until commit() records it in Redis.
-            digest = self.storage.put_bytes(obj, data)
+            with self.storage.open_write(obj) as w:
+                fmt.write_npz(w, groups)
             manifest = fmt.manifest(epoch=snap.epoch, batch=snap.batch, attempt=self.attempt, name=name,
-                                    sha256=digest, size=len(data), metrics=snap.metrics, state=snap.state)
+                                    sha256=w.sha256, size=w.size, metrics=snap.metrics, state=snap.state)
             self.storage.put_bytes(meta, json.dumps(manifest, indent=1).encode())
+            self.write_s.append(time.perf_counter() - t0)
+            self.written_bytes.append(w.size)
             telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
-            telemetry.observe(self.store.r, "checkpoint_bytes", len(data))
+            telemetry.observe(self.store.r, "checkpoint_bytes", w.size)
         except OSError as e:
             for k in (obj, meta):
                 self.storage.delete(k)
@@ -108,29 +121,58 @@ class Checkpoints:
         self.commit(manifest, fields=fields, events=events)
         return manifest
 
-    def save_async(self, snap: Snapshot, best_key: int | None) -> None:
-        """Write + commit an epoch-end checkpoint in the background (one in flight), then apply retention.
+    def busy(self) -> bool:
+        """True while the previous background write is still running."""
+        return self._pending is not None and not self._pending.done()
 
-        Training continues while the object is written; the next save (or :meth:`flush`) waits for this one and
-        re-raises its error, so a failure is never silently lost. ``best_key`` is the monitor's best checkpoint,
-        which retention keeps.
+    def offer(self, take: Callable[[], Snapshot], best_key: int | None, *, must: bool,
+              export: dict[str, bool] | None = None) -> Snapshot | None:
+        """An epoch-end checkpoint in the background, under the backpressure policy; the snapshot or None (skipped).
+
+        Only ``take()`` (the device-to-host copy) runs on the training thread; packing, hashing, writing, fsync,
+        upload and the commit run on the checkpoint thread. At most one snapshot is in flight, so at most one host
+        copy of the state is held at once. When the previous write is still running (a write slower than an epoch):
+
+        - ``must`` (the monitor improved, the last epoch, a stop was requested): wait for it, then snapshot: the
+          best model and the final state are never skipped;
+        - otherwise skip this epoch (no copy, no stall) and record it in :attr:`skipped`: the latest checkpoint
+          stays the one being written, and the next epoch end after it lands is checkpointed. Work lost to a crash
+          is then at most one write plus one epoch, as when waiting, without slowing training to the disk's pace.
+
+        ``export`` names the lazy exports this checkpoint becomes once committed (``{"best": True}``): their
+        records (:func:`jobs.ckpt_format.checkpoint_export_record`) are set in the same commit. The next call (or
+        :meth:`flush`) re-raises a background failure, so none is silently lost.
         """
         t0 = time.perf_counter()
+        if self.busy() and not must:
+            self.skipped.append(time.perf_counter() - t0)
+            return None
         self.flush()
+        snap = take()
         self.stall_s.append(time.perf_counter() - t0)
+        names = [n for n, on in (export or {}).items() if on]
 
         def task() -> dict[str, Any]:
             manifest = self.write(snap)
-            self._commit_retaining(manifest, best_key)
+            self._commit_retaining(manifest, best_key, names)
             return manifest
 
         self._pending = self._pool.submit(task)
+        return snap
 
-    def _commit_retaining(self, manifest: dict[str, Any], best_key: int | None) -> None:
+    def save_async(self, snap: Snapshot, best_key: int | None) -> None:
+        """Write + commit ``snap`` in the background (waiting for the previous write first)."""
+        self.offer(lambda: snap, best_key, must=True)
+
+    def _commit_retaining(self, manifest: dict[str, Any], best_key: int | None, exports: list[str] | None = None
+                          ) -> None:
         index = self.store.checkpoints(self.job_id)
         index[manifest["key"]] = manifest
         victims = retention_victims(index, self.keep_last, best_key, manifest["key"])
-        self.commit(manifest, fields={"best_ckpt_key": best_key} if best_key is not None else None, delete=victims)
+        fields: dict[str, Any] = {"best_ckpt_key": best_key} if best_key is not None else {}
+        for name in exports or []:
+            fields[f"{name}_checkpoint"] = fmt.checkpoint_export_record(manifest)
+        self.commit(manifest, fields=fields or None, delete=victims)
         self.delete_files([index[k] for k in victims])
 
     def flush(self) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,8 @@ class Trainer:
     """One attempt. ``run()`` returns an :class:`Outcome` or raises UserCodeError / FencedError / StorageError."""
 
     def __init__(self, *, store: JobStore, storage: Storage, settings: WorkerSettings, job_id: str, attempt: int,
-                 token: str, spec: JobSpec, record: dict[str, Any], control: JobControl) -> None:
+                 token: str, spec: JobSpec, record: dict[str, Any], control: JobControl,
+                 on_finished: Callable[[Outcome], None] | None = None) -> None:
         self.store, self.storage, self.settings = store, storage, settings
         self.job_id, self.attempt, self.token, self.spec = job_id, attempt, token, spec
         self.record, self.control = record, control
@@ -83,6 +85,9 @@ class Trainer:
         self.arrays = True
         self.epochs_done = 0
         self.extra_cbs: list[Any] = []
+        self.skipped_epochs: list[int] = []  # epochs whose checkpoint was skipped under backpressure
+        self.outcome: Outcome | None = None  # set when training finished inside fit (see _on_train_end)
+        self.on_finished = on_finished
         self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
@@ -182,18 +187,7 @@ class Trainer:
         return start_epoch, start_batch, metric_vars
 
     def _restore(self, r: Restored) -> None:
-        model = self.model
-        try:
-            model.set_weights(r.weights)
-            opt = model.optimizer
-            if not opt.built:
-                opt.build(model.trainable_variables)
-            if len(opt.variables) != len(r.optimizer):
-                raise CheckpointError(f"optimizer has {len(opt.variables)} variables, checkpoint {len(r.optimizer)}")
-            for v, a in zip(opt.variables, r.optimizer):
-                v.assign(a)
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {r.manifest['file']} does not fit the model: {e}") from e
+        self._load_state(r)
         st = r.manifest["state"]
         self.tracker.set_state(st.get("tracker", {}))
         if self.es is not None and "es" in st:
@@ -224,6 +218,7 @@ class Trainer:
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
         cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
+        cbs.append(keras.callbacks.LambdaCallback(on_train_end=lambda logs: self._on_train_end()))  # last of all
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
                                   "shuffle": False,  # arrays are shuffled per epoch by traind's own pipeline
                                   "validation_freq": spec.fit.validation_freq}
@@ -292,7 +287,7 @@ class Trainer:
 
     def _snapshot(self, epoch: int, batch: int, metrics: dict[str, Any], mid_epoch: bool) -> Snapshot:
         model = self.model
-        weights = model.get_weights()
+        weights, optimizer = host_copy(model)
         state = self._state()
         es_best = None
         if self.es is not None and self.es.best_weights is not None:
@@ -302,9 +297,8 @@ class Trainer:
                 es_best = self.es.best_weights
         return Snapshot(
             epoch=epoch, batch=batch, weights=weights,
-            optimizer=[np.array(v.numpy()) for v in model.optimizer.variables], state=state, metrics=metrics,
-            es_best_weights=es_best,
-            metric_vars=[np.array(v.numpy()) for v in model.metrics_variables] if mid_epoch else None,
+            optimizer=optimizer, state=state, metrics=metrics, es_best_weights=es_best,
+            metric_vars=[v.numpy() for v in model.metrics_variables] if mid_epoch else None,
         )
 
     def _on_epoch_end(self, epoch0: int, logs: dict[str, Any]) -> None:
@@ -317,22 +311,19 @@ class Trainer:
         events: list[dict[str, Any]] = []
         fields: dict[str, Any] = {"epoch": e, "metrics": metrics, "batch": 0}
         mon = self.tracker.monitor
-        if improved or not spec.checkpoint.save_best_only:
-            self._ensure_owner()  # the exports below replace job-wide files: only the owning attempt may
+        # No export on the training thread: the best (and latest) model is the epoch's resumable checkpoint,
+        # recorded as a lazy export when its background write commits; files are written when the job finishes.
         if improved:
-            exported = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "best")
-            fields.update({"best_epoch": e, "best_value": cur, "best_checkpoint": exported})
+            fields.update({"best_epoch": e, "best_value": cur})
             frm = "" if prev is None else f" from {_fmt(prev)}"
-            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}, saved "
-                                f"{exported['file']}", epoch=e, improved=True))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}; checkpointing "
+                                "it as the best model", epoch=e, improved=True))
         elif cur is None:
             events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} not in logs ({', '.join(sorted(logs))}); not "
                                 "compared", "warning", epoch=e, improved=False))
         else:
             events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} did not improve from {_fmt(prev)} ({_fmt(cur)})",
                                 epoch=e, improved=False))
-        if not spec.checkpoint.save_best_only:
-            fields["latest_checkpoint"] = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "latest")
         if self.rlrop is not None:
             old_lr = metrics.get("learning_rate")
             new_lr = _lr(self.model)
@@ -349,15 +340,23 @@ class Trainer:
         self.epoch_started = time.monotonic()
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_set={e: entry}, events=events)
 
-        snap = self._snapshot(e, 0, metrics, mid_epoch=False)
+        reason = self.control.reason
+        must = improved or stopping or e >= spec.fit.epochs or reason in (StopReason.PREEMPT, StopReason.CANCEL)
         if improved:
-            self.best_key = snap.key
-        self.ckpts.save_async(snap, self.best_key)
+            self.best_key = ckpt_key(e, 0)
+        snap = self.ckpts.offer(lambda: self._snapshot(e, 0, metrics, mid_epoch=False), self.best_key, must=must,
+                                export={"best": improved, "latest": not spec.checkpoint.save_best_only})
+        if snap is None:
+            self.skipped_epochs.append(e)
+            # Backpressure (see Checkpoints.offer): the write of an earlier epoch is still running.
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, f"epoch {e}: checkpoint skipped, the previous checkpoint is still being written; "
+                "the next epoch end after it lands is checkpointed", epoch=e, skipped_checkpoint=True)])
         reason = self.control.reason
         if reason in (StopReason.PREEMPT, StopReason.CANCEL) and not stopping and e < spec.fit.epochs:
             self.ckpts.flush()  # a requeue must point at a committed checkpoint
             if reason is StopReason.PREEMPT:
-                self.preempt_key = snap.key
+                self.preempt_key = ckpt_key(e, 0)
             raise Interrupted(reason)
 
     def _on_stop(self, epoch0: int, batches_done: int) -> None:
@@ -396,16 +395,81 @@ class Trainer:
             self.control.request(StopReason.FENCED)
         raise Interrupted(StopReason.FENCED)
 
+    def _on_train_end(self) -> None:
+        """Keras' on_train_end: when training is complete, finish the job now, before fit() returns.
+
+        fit() then still tears down its input pipeline (a multi-epoch prefetching tf.data iterator, which took
+        10-30 s on a loaded machine); the job is ``succeeded`` by then and the worker only tidies up.
+        """
+        done = self.epochs_done >= self.spec.fit.epochs or self.stop_after_epoch
+        if done and self.outcome is None:
+            self.outcome = self._finish()
+            if self.on_finished is not None:
+                self.on_finished(self.outcome)
+
     def _finish(self) -> Outcome:
+        """Wait for the last checkpoint, then write the user-facing files (latest, final, best) and say how it ended."""
+        if self.outcome is not None:
+            return self.outcome
         self.ckpts.flush()
+        self.tensorboard.close()  # its files are complete when the job is
+        wo = self.spec.checkpoint.save_weights_only
         fields: dict[str, Any] = {"stopped_early": bool(self.es is not None and self.es.stopped_epoch > 0)}
         msg = "training finished"
+        self._ensure_owner()
+        # The model holds the last epoch's state: export it as latest (and as best when that epoch was the best).
+        best_now = self.best_key is not None and self.best_key == ckpt_key(self.epochs_done, 0)
+        if not self.spec.checkpoint.save_best_only:
+            fields["latest_checkpoint"] = self.ckpts.export(self.model, wo, "latest")
+        if best_now:
+            fields["best_checkpoint"] = self.ckpts.export(self.model, wo, "best")
         if self.es is not None and self.es.restore_best_weights and self.es.best_weights is not None:
             self.model.set_weights(self.es.best_weights)
             msg += f"; restored weights of best epoch {self.es.best_epoch + 1}"
-        self._ensure_owner()
-        fields["final_checkpoint"] = self.ckpts.export(self.model, self.spec.checkpoint.save_weights_only, "final")
+        fields["final_checkpoint"] = self.ckpts.export(self.model, wo, "final")
+        if self.best_key is not None and not best_now:
+            best = self._export_best_from_checkpoint(self.best_key, wo)
+            if best is not None:
+                fields["best_checkpoint"] = best
         return Outcome(None, fields, msg, epochs_done=self.epochs_done)
+
+    def _export_best_from_checkpoint(self, key: int, weights_only: bool) -> dict[str, Any] | None:
+        """Write ``best`` from the best epoch's verified resumable checkpoint (the model is done training).
+        None, keeping the lazy record, when that checkpoint cannot be loaded."""
+        m = self.store.checkpoints(self.job_id).get(key)
+        if m is None:
+            return None
+        try:
+            self._load_state(self.ckpts.load(m))
+        except CheckpointError as e:
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, f"best model file not written: {e}; load_model('best') uses the checkpoint",
+                "warning")])
+            return None
+        return self.ckpts.export(self.model, weights_only, "best")
+
+    def _load_state(self, r: Restored) -> None:
+        model = self.model
+        try:
+            model.set_weights(r.weights)
+            opt = model.optimizer
+            if not opt.built:
+                opt.build(model.trainable_variables)
+            if len(opt.variables) != len(r.optimizer):
+                raise CheckpointError(f"optimizer has {len(opt.variables)} variables, checkpoint {len(r.optimizer)}")
+            for v, a in zip(opt.variables, r.optimizer):
+                v.assign(a)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {r.manifest['file']} does not fit the model: {e}") from e
+
+
+def host_copy(model: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The device-to-host copy of the resumable state: (weights, optimizer variables) as numpy arrays.
+
+    The only checkpoint work on the training thread. On CPU, TensorFlow may hand back arrays sharing the variables'
+    buffers; its copy-on-write keeps them intact when training updates the variables.
+    """
+    return model.get_weights(), [v.numpy() for v in model.optimizer.variables]
 
 
 def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:
