@@ -220,7 +220,21 @@ def environment() -> dict[str, Any]:
         "redis_server": redis_v,
         "load_before": loadavg(),
         "busy_processes_before": busy_processes(),
+        "git": git_state(),
     }
+
+
+def git_state() -> dict[str, Any]:
+    """The commit the benchmark ran from and whether the work tree had uncommitted changes (then the numbers are
+    of that commit plus those changes)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 # -- redis -----------------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class Attempt:
         self.own_signals = own_signals
         self.token = secrets.token_hex(16)
         self.control = JobControl()
+        self._hb: Heartbeat | None = None
         self.built = False  # True once training began building anything (the worker then releases memory)
 
     def claim(self) -> bool:
@@ -80,6 +81,7 @@ class Attempt:
         """Train the claimed attempt to its final state, renewing the lease meanwhile."""
         hb = Heartbeat(self.store, self.job_id, self.token, self.control, self.settings.lease_ttl_s,
                        self.settings.heartbeat_interval_s, on_beat=self.on_beat)
+        self._hb = hb
         with hb:
             self._train()
 
@@ -110,7 +112,9 @@ class Attempt:
 
             def succeeded(outcome: Outcome) -> None:
                 # Called from inside fit (Keras' on_train_end) when the last epoch is done: the job ends now, not
-                # after fit has torn down its input pipeline.
+                # after fit has torn down its input pipeline. The lease ends with the job: no beat may find it gone.
+                if self._hb is not None:
+                    self._hb.stop()
                 self._finish(JobState.SUCCEEDED, outcome.event, **outcome.fields)
                 recorded.append(outcome)
 
