@@ -11,7 +11,7 @@ Runs against moto's S3 server (a separate process on a free port, over HTTP, thr
 * cache: the data load of a job (``get_arrays`` of its upload) on a worker whose cache is empty (first job) and
   when the same data was fetched before (second job: served from the local cache, verified by its hash).
 
-    python -m bench.s3 [--smoke] [--json PATH] [--reps N] [--endpoint URL --bucket NAME]
+    python -m bench.s3 [--smoke] [--json PATH] [--reps N] [--resume-reps N] [--endpoint URL --bucket NAME]
 """
 
 from __future__ import annotations
@@ -161,11 +161,31 @@ def body(run: u.Run) -> None:
     run.table("data load of jobs with the same upload on one worker machine (cache: verified by sha256)", jobs)
     run.results["cache"] = jobs
 
+    # -- resume end to end: bench.resume (requeue -> first batch on a warm / cold worker), S3 vs local ------------
+    if run.args.resume_reps:
+        import json
+
+        from bench import resume
+
+        rows = []
+        for where, extra in (("local", []), ("s3", ["--storage", f"{s3.url}-resume"])):
+            out = run.dir / f"resume-{where}.json"
+            smoke = ["--smoke"] if run.args.smoke else []
+            resume.main(["--reps", str(run.args.resume_reps), "--json", str(out), *smoke, *extra])
+            res = json.loads(out.read_text())["results"]
+            for srow in res["summary"]:
+                rows.append({"storage": where, **srow, "model_load_s": round(res["model_load"]["model_load_s"], 3),
+                             "goal_s": round(res["goal_warm_s"], 3)})
+            run.results[f"resume_{where}"] = res
+        run.table("resume end to end (bench.resume in this run): requeue -> first batch, medians", rows)
+
 
 def add_args(p: Any) -> None:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--endpoint", help="S3 endpoint (else a moto server is started)")
     p.add_argument("--bucket", help="existing bucket at --endpoint")
+    p.add_argument("--resume-reps", type=int, default=0,
+                   help="also run bench.resume (warm/cold pairs) on a local dir and on S3, in this run")
 
 
 def main(argv: list[str] | None = None) -> int:
