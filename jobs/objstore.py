@@ -103,6 +103,8 @@ class ObjectStorage(Storage):
             except PermissionError as e:
                 raise StorageUnavailableError(f"storage {self.url}: access denied while trying to {what} ({e})"
                                               ) from None
+            except StorageError:
+                raise  # already one line naming the location
             except Exception as e:  # noqa: BLE001 - classified below
                 if "NoSuchBucket" in str(e) or "does not exist" in str(e).lower() and "bucket" in str(e).lower():
                     raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
