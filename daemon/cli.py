@@ -261,15 +261,19 @@ def _check_external_redis(url: str, given_by: str) -> None:
     except redis.RedisError as e:
         hint = ("unset TRAIND_REDIS_URL (perhaps left from an earlier `traind up`) to start an embedded Redis, "
                 if given_by == "TRAIND_REDIS_URL" else "drop --redis-url to start an embedded Redis, ")
-        raise ConfigError(f"{given_by} is {redact_url(url)} but no Redis answers there "
-                          f"({type(e).__name__}: {render.clean(e)}); {hint}or start that server") from None
+        problem = ("the Redis there refused the credentials" if isinstance(e, redis.AuthenticationError)
+                   else "no Redis answers there")
+        raise ConfigError(f"{given_by} is {redact_url(url)} but {problem} ({type(e).__name__}: {render.clean(e)}); "
+                          f"{hint}or start that server") from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from daemon.stack import Stack
+    from daemon.stack import EXAMPLE_MODULES, Stack
     from jobs.settings import StackSettings
 
     settings = _settings(StackSettings, args, workers=args.workers, redis_port=args.redis_port)
+    if args.example:  # the example's own module, for this command only (the default allowlist is empty)
+        settings.allowed_modules = [*settings.allowed_modules, *EXAMPLE_MODULES]
     if args.example and settings.workers < 1:
         raise ConfigError("--example needs at least one worker (--workers 1)")
     if settings.redis_url is not None:
@@ -296,7 +300,8 @@ def _run_example(stack: Stack, timeout_s: float) -> int:
     from jobs.client import Client
     from jobs.settings import ClientSettings
 
-    settings = ClientSettings(redis_url=stack.url, storage_dir=stack.storage)
+    settings = ClientSettings(redis_url=stack.url, storage_dir=stack.storage,
+                              allowed_modules=stack.settings.allowed_modules)
     client = Client(settings=settings, connection=connect(stack.url, retries=5))
     with as_file(files("examples") / "regression.yaml") as spec_path:
         handle = client.submit(spec_path)
@@ -438,6 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except JobNotFoundError as e:
         _error(e)
+        return 1
+    except redis.exceptions.NoPermissionError as e:  # an ACL user without the rights (a read-only one submitting)
+        print(f"error: Redis refused this user the command: {e}; check the ACL of TRAIND_REDIS_URL's user "
+              "(docs/security.md)", file=sys.stderr)
         return 1
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as e:
         url = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL

@@ -1,9 +1,12 @@
 """``traind up``: a local stack of an embedded Redis (AOF), one supervisor and N workers as child processes.
 
 Children get the Redis URL through the environment (``TRAIND_REDIS_URL``), never argv, so a password does not show
-in ``ps``; the embedded Redis reads its password from a 0600 config file for the same reason. Crashed children are
-restarted with backoff; on stop, workers get SIGTERM first (they may still write to Redis), then the supervisor,
-then Redis, each escalated to SIGKILL after a grace period.
+in ``ps``; the embedded Redis reads its password from a 0600 config file for the same reason. Its directory (AOF,
+config, URL file) is ``<storage>.redis`` next to the storage root, outside the tree jobs write. Crashed children are
+restarted with backoff: a worker forever (a job that kills its worker is the supervisor's to fail after
+``max_restarts``, never a reason to stop the stack), the supervisor and Redis until they crash-loop. On stop,
+workers get SIGTERM first (they may still write to Redis), then the supervisor, then Redis, each escalated to
+SIGKILL after a grace period.
 
 >>> # with Stack(StackSettings(workers=2), out=sys.stdout) as stack:
 >>> #     stack.wait()   # until Ctrl-C
@@ -39,7 +42,9 @@ REDIS_HINT = (
     "(or point traind at an existing server with --redis-url / TRAIND_REDIS_URL)"
 )
 ROOT = Path(__file__).resolve().parents[1]  # the directory holding the daemon/, jobs/, worker/ packages
-_CRASH_LOOP = 3  # consecutive quick crashes after which `check()` gives up
+_CRASH_LOOP = 3  # consecutive quick crashes of the supervisor or Redis after which `check()` gives up
+_WORKER_BACKOFF_MAX_S = 30.0
+EXAMPLE_MODULES = ["examples.regression"]  # what `traind up --example` runs; allowed for that command only
 _QUICK_S = 60.0  # a child that ran longer than this before exiting was not crash-looping
 
 
@@ -214,12 +219,18 @@ class Stack:
         self.stop()
 
     @property
+    def redis_dir(self) -> Path:
+        """The embedded Redis' AOF, config and URL file: next to the local storage root, never inside it (a job's
+        files are confined to the root; nothing a job names can reach the database or its password)."""
+        return self.home.with_name(self.home.name + ".redis")
+
+    @property
     def url_file(self) -> Path:
-        return self.home / "redis" / "url"
+        return self.redis_dir / "url"
 
     def start(self) -> None:
         if self.settings.redis_url is None:
-            self.redis = EmbeddedRedis(self.home / "redis", self.settings.redis_port)  # ConfigError if missing
+            self.redis = EmbeddedRedis(self.redis_dir, self.settings.redis_port)  # ConfigError if missing
         if self.settings.workers:
             check_worker_runtime()
         self.home.mkdir(parents=True, exist_ok=True)
@@ -227,7 +238,8 @@ class Stack:
             self.redis.start()
             self.url = self.redis.url
             _write_private(self.url_file, self.url + "\n")
-        env = {**os.environ, "TRAIND_REDIS_URL": self.url, "TRAIND_STORAGE_DIR": str(self.storage)}
+        env = {**os.environ, "TRAIND_REDIS_URL": self.url, "TRAIND_STORAGE_DIR": str(self.storage),
+               "TRAIND_ALLOWED_MODULES": ",".join(self.settings.allowed_modules)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         logs = self.home / "logs"
@@ -251,8 +263,13 @@ class Stack:
             pid = c.proc.pid if c.proc is not None else "-"
             w(f"  {c.name:<11} pid {pid}, log {c.log}\n")
         if self.redis is not None:
-            w(f'  use it:     export TRAIND_REDIS_URL="$(cat {self.url_file})" TRAIND_STORAGE_DIR={self.storage}\n')
+            allowed = ",".join(self.settings.allowed_modules)
+            w(f'  use it:     export TRAIND_REDIS_URL="$(cat {self.url_file})" TRAIND_STORAGE_DIR={self.storage}'
+              + (f" TRAIND_ALLOWED_MODULES={allowed}\n" if allowed else "\n"))
             w("             traind submit examples/regression.yaml && traind list\n")
+        if not self.settings.allowed_modules:
+            w("  allowlist   empty: jobs can run no code; start with TRAIND_ALLOWED_MODULES=<your package> "
+              "(examples.regression to try)\n")
         self.out.flush()
 
     def check(self) -> None:
@@ -266,12 +283,18 @@ class Stack:
                 code = c.proc.returncode
                 c.exits.append(code)
                 c.quick_crashes = c.quick_crashes + 1 if now - c.started < _QUICK_S else 1
-                if c.quick_crashes >= _CRASH_LOOP:
+                worker = c.name.startswith("worker")
+                if c.quick_crashes >= _CRASH_LOOP and not worker:
                     raise StackError(f"{c.name} exited {c.quick_crashes} times in a row (last code {code}); "
                                      f"last lines of {c.log}:\n{log_tail(c.log)}")
-                delay = min(2.0 ** c.quick_crashes, 30.0)
+                # A worker killed by its job (SIGKILL, OOM, segfault) comes back: the supervisor requeues the job
+                # and fails it after max_restarts. Stopping the stack (Redis included) would punish every job.
+                delay = min(2.0 ** (c.quick_crashes - 1), _WORKER_BACKOFF_MAX_S) if worker else min(
+                    2.0 ** c.quick_crashes, 30.0)
                 c.restart_at = now + delay
-                self.out.write(f"{c.name} exited with code {code}; restarting in {delay:.0f} s (log: {c.log})\n")
+                again = f" ({c.quick_crashes} quick exits in a row)" if c.quick_crashes > 1 else ""
+                self.out.write(f"{c.name} exited with code {code}{again}; restarting in {delay:.0f} s "
+                               f"(log: {c.log})\n")
                 self.out.flush()
             elif now >= c.restart_at:
                 if self.redis is not None and c is self.redis.child:

@@ -21,12 +21,13 @@ from types import FrameType
 import redis
 
 from jobs import keys, telemetry
-from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
+from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, StorageError
 from jobs.queue import enqueue, queue_contents
 from jobs.redis_conn import connect, redact_url
 from jobs.replication import PrimaryWatch
 from jobs.settings import SupervisorSettings
 from jobs.states import JobState
+from jobs.storage import validate_job_id
 from jobs.store import JobStore
 
 log = logging.getLogger("traind.supervisor")
@@ -149,20 +150,31 @@ class Supervisor:
     def _expire_leases(self, now: int, rep: StepReport) -> None:
         expired = self.r.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=SCAN_LIMIT, withscores=True)
         for raw_id, score in expired:
-            job_id = raw_id.decode()
-            vals = dict(zip(_JOB_FIELDS, self.r.hmget(keys.job(job_id), _JOB_FIELDS), strict=True))
-            if _str(vals["state"]) != JobState.RUNNING.value:
-                self._zrem_unless(keys=[keys.job(job_id), keys.LEASES], args=[job_id, '["running"]'])
+            job_id = self._job_id(raw_id, keys.LEASES)
+            if job_id is None:
                 continue
             try:
+                vals = dict(zip(_JOB_FIELDS, self.r.hmget(keys.job(job_id), _JOB_FIELDS), strict=True))
+                if _str(vals["state"]) != JobState.RUNNING.value:
+                    self._zrem_unless(keys=[keys.job(job_id), keys.LEASES], args=[job_id, '["running"]'])
+                    continue
                 self._handle_lost(job_id, vals, int(score), now, rep)
             except (FencedError, IllegalTransitionError, JobNotFoundError):
                 # Another supervisor requeued it first, or the worker renewed / finished meanwhile: nothing to do.
                 log.debug("job %s: lease expiry handled elsewhere", job_id)
-            except redis.RedisError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 raise  # the run loop backs off; the next step retries from Redis' state
-            except Exception:  # noqa: BLE001 - one corrupt record must not stop supervision of the others
+            except Exception:  # noqa: BLE001 - one corrupt record (WRONGTYPE included) must not stop the others
                 log.exception("job %s: cannot handle its expired lease", job_id)
+
+    def _job_id(self, raw: bytes, zset: str) -> str | None:
+        """A sorted-set member as a job id; None (logged, and removed: no job can have it) when it is not one."""
+        try:
+            return validate_job_id(raw.decode())
+        except (UnicodeDecodeError, StorageError):
+            log.error("%s: member %r is not a job id; removing it", zset, raw[:100])
+            self.r.zrem(zset, raw)
+            return None
 
     def _handle_lost(self, job_id: str, vals: dict[str, bytes | None], expired_at: int, now: int,
                      rep: StepReport) -> None:
@@ -220,18 +232,20 @@ class Supervisor:
             return
         # Pipelined: with a backlog of thousands of queued jobs, a round trip per job kept the supervisor busy
         # (0.41 s a pass at 10,000 queued jobs) and delayed lease expiry handling behind it.
+        due_ids = [(job_id, score) for raw_id, score in due if (job_id := self._job_id(raw_id, keys.PENDING))]
         pipe = self.r.pipeline(transaction=False)
-        for raw_id, _ in due:
-            pipe.hmget(keys.job(raw_id.decode()), ["state", "attempt", "queue"])
-        records = pipe.execute()
+        for job_id, _ in due_ids:
+            pipe.hmget(keys.job(job_id), ["state", "attempt", "queue"])
+        records = pipe.execute(raise_on_error=False)  # a WRONGTYPE job key is that entry's error, not the pass's
         contents: dict[str, set[str]] = {}  # each queue's message ids, read once per step
         waiting: list[str] = []
-        for (raw_id, score), record in zip(due, records):
-            job_id = raw_id.decode()
+        for (job_id, score), record in zip(due_ids, records):
             try:
+                if isinstance(record, Exception):
+                    raise record
                 if self._check_delivery(job_id, int(score), now, record, contents, rep):
                     waiting.append(job_id)
-            except redis.RedisError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 raise
             except Exception:  # noqa: BLE001 - one corrupt record must not stop supervision of the others
                 log.exception("job %s: cannot check its delivery", job_id)
@@ -275,7 +289,7 @@ class Supervisor:
     def _drop_stale_workers(self, now: int, rep: StepReport) -> None:
         cutoff = now - int(self.settings.worker_stale_s * 1000)
         dropped = self._drop_workers(keys=[keys.WORKERS], args=[cutoff, keys.worker(""), SCAN_LIMIT])
-        rep.dropped_workers = [d.decode() for d in dropped]
+        rep.dropped_workers = [d.decode(errors="replace") for d in dropped]  # any bytes: a planted member too
         for w in rep.dropped_workers:
             log.info("worker %s unseen for %.0f s: unregistered", w, self.settings.worker_stale_s)
 

@@ -1,1 +1,2 @@
-"""Example builders and loaders; the default TRAIND_ALLOWED_MODULES allows this package."""
+"""Example builders and loaders. Not allowlisted by default: `traind up --example` allows examples.regression for
+itself; set TRAIND_ALLOWED_MODULES=examples (clients and workers) to use them otherwise."""

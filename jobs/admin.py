@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from jobs import keys, telemetry
 from jobs.errors import IllegalTransitionError, JobNotFoundError
-from jobs.queue import enqueue, queue_key
 from jobs.states import RETRYABLE, TERMINAL, JobState
-from jobs.storage import Storage, job_key
 from jobs.store import JobStore, parse_record
+
+if TYPE_CHECKING:
+    from jobs.storage import Storage
 
 LIST_FIELDS = ["id", "name", "state", "queue", "epoch", "epochs", "restarts", "preemptions", "attempt", "best_epoch",
                "best_value", "stopped_early", "worker", "created_at", "updated_at", "started_at", "finished_at",
@@ -108,6 +109,8 @@ def workers(store: JobStore) -> list[dict[str, Any]]:
 
 def queues(store: JobStore) -> list[dict[str, Any]]:
     """Each traind RQ queue with its depth (messages waiting)."""
+    from jobs.queue import queue_key  # rq: imported on use, so `traind serve` starts fast
+
     names = sorted(n.decode().removeprefix("rq:queue:") for n in store.r.smembers("rq:queues"))
     names = [n for n in names if n.startswith(f"{keys.PREFIX}.")]
     pipe = store.r.pipeline(transaction=False)
@@ -125,6 +128,8 @@ def retry(store: JobStore, job_id: str) -> int:
 
     Raises IllegalTransitionError for a job that is not failed/cancelled, JobNotFoundError for an unknown id.
     """
+    from jobs.queue import enqueue
+
     raw = store.raw(job_id)
     if raw.get("state") not in {s.value for s in RETRYABLE}:
         raise IllegalTransitionError(
@@ -182,10 +187,16 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
     if storage is not None:
         for jid in gone:
             try:
-                storage.delete_prefix(job_key(jid))  # a local dir or every object under the job's prefix
+                storage.delete_prefix(_job_key(jid))  # a local dir or every object under the job's prefix
             except Exception:  # noqa: BLE001 - a refused (confined) key is left alone
                 pass
     return [v[0] for v in victims]
+
+
+def _job_key(job_id: str) -> str:
+    from jobs.storage import job_key
+
+    return job_key(job_id)
 
 
 def health(r: redis.Redis, *, worker: str | None = None, supervisor: bool = False, max_age_s: float = 15.0

@@ -18,9 +18,29 @@ def _f(v: Any) -> Any:
         return v
 
 
+def _tensorboard_problems(cb: Any) -> list[str]:
+    """Every job writes per-epoch TensorBoard scalars (all metrics, learning rate) and its events under
+    ``<storage>/jobs/<id>/tensorboard``; settings asking for more than that are refused, not ignored."""
+    out = []
+    if int(getattr(cb, "histogram_freq", 0) or 0):
+        out.append(f"TensorBoard: histogram_freq={cb.histogram_freq}; traind writes per-epoch scalars only "
+                   "(expected 0)")
+    if int(getattr(cb, "embeddings_freq", 0) or 0):
+        out.append(f"TensorBoard: embeddings_freq={cb.embeddings_freq}; expected 0")
+    if getattr(cb, "write_images", False):
+        out.append("TensorBoard: write_images=True; expected False")
+    if getattr(cb, "update_freq", "epoch") not in ("epoch", None):
+        out.append(f"TensorBoard: update_freq={cb.update_freq!r}; traind writes once per epoch (expected 'epoch')")
+    if getattr(cb, "_stop_batch", 0):  # Keras keeps profile_batch as (_start_batch, _stop_batch)
+        out.append(f"TensorBoard: profile_batch=({cb._start_batch}, {cb._stop_batch}); profiling a remote worker "
+                   "is not supported (expected 0)")
+    return out
+
+
 def callbacks_to_spec(callbacks: list[Any]) -> dict[str, Any]:
     """ModelCheckpoint -> ``checkpoint``, EarlyStopping -> ``early_stopping``,
-    ReduceLROnPlateau -> ``lr_on_plateau``; any other callback is refused (traind cannot ship its code).
+    ReduceLROnPlateau -> ``lr_on_plateau``, TensorBoard -> the job's own TensorBoard logs (always written; options
+    beyond per-epoch scalars are refused); any other callback is refused (traind cannot ship its code).
     """
     out: dict[str, Any] = {}
     problems: list[str] = []
@@ -57,7 +77,9 @@ def callbacks_to_spec(callbacks: list[Any]) -> dict[str, Any]:
                 "cooldown": int(cb.cooldown),
                 "min_lr": _f(cb.min_lr),
             }
-        elif kind in ("History", "ProgbarLogger", "TensorBoard", "BackupAndRestore"):
+        elif kind == "TensorBoard":
+            problems += _tensorboard_problems(cb)  # supported settings map to the job's own TensorBoard logs
+        elif kind in ("History", "ProgbarLogger", "BackupAndRestore"):
             continue  # traind records history and progress itself and checkpoints on its own terms
         else:
             problems.append(

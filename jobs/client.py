@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -15,7 +16,14 @@ import redis
 
 from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
-from jobs.errors import JobNotFoundError, JobTimeoutError, SpecError, StorageError
+from jobs.errors import (
+    DurabilityError,
+    JobNotFoundError,
+    JobTimeoutError,
+    SpecError,
+    StalePrimaryError,
+    StorageError,
+)
 from jobs.location import parse_location
 from jobs.queue import enqueue
 from jobs.redis_conn import connect
@@ -209,7 +217,18 @@ class Client:
 
     def _create(self, spec: JobSpec, client_key: str | None) -> tuple[str, bool]:
         job_id = new_job_id()
-        return self.store.create(job_id, self._fields(spec, job_id), client_key)
+        try:
+            return self.store.create(job_id, self._fields(spec, job_id), client_key)
+        except StalePrimaryError:
+            raise  # not recorded where it counts: nothing will run
+        except DurabilityError as e:
+            # Recorded on the primary, not confirmed by a replica: it runs unless a failover loses it. Deliver it
+            # like any job, and say exactly that, so that a retry does not create a second copy.
+            self._enqueue(job_id, spec)
+            key = "the same client_key" if client_key else "a client_key"
+            raise DurabilityError(f"{e}. Job {job_id} is queued and will run unless the primary fails first: check "
+                                  f"`traind status {job_id}` before submitting again (or resubmit with {key}, which "
+                                  "never creates a second copy)") from e
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
         enqueue(self.r, job_id, 1, _queue_name(spec))
@@ -283,7 +302,15 @@ class Client:
                 spec[k] = {**spec[k], **v}
             else:
                 spec[k] = v
-        return self.submit(spec, client_key=client_key)
+        handle = self.submit(spec, client_key=client_key)
+        for cb in callbacks or []:
+            if type(cb).__name__ == "TensorBoard":  # mapped, never silently dropped: say where the logs go
+                where = self.storage.job_dir(handle.id) / "tensorboard"
+                logging.getLogger("traind.client").warning(
+                    "TensorBoard(log_dir=%r): job %s writes its TensorBoard logs (every metric and the learning rate "
+                    "per epoch, events as text) to %s; view all jobs with: tensorboard --logdir %s",
+                    getattr(cb, "log_dir", None), handle.id, where, where.parent.parent)
+        return handle
 
 
 def _queue_name(spec: JobSpec) -> str:

@@ -25,7 +25,7 @@ from jobs.storage import JOB_ID_RE
 class Message(BaseModel):
     """The payload of one delivery: which job, which attempt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: attempt "1" or true is refused, not coerced
     job_id: str = Field(pattern=JOB_ID_RE.pattern)
     attempt: int = Field(ge=1, le=1_000_000)
 

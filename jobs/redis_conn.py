@@ -20,14 +20,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from jobs.errors import ConfigError
 
@@ -65,6 +65,28 @@ class _Retry(Retry):
             return is_retryable(e) if is_retryable is not None else True
 
         return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, except that sentinels refusing our credentials is an AuthenticationError at once
+    (redis-py folds it into MasterNotFoundError, a ConnectionError, which would be retried for half a minute)."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError:
+            refused = 0
+            for s in self.sentinels:
+                try:
+                    s.ping()
+                except (AuthenticationError, AuthorizationError, redis.ResponseError):
+                    refused += 1
+                except (ConnectionError, TimeoutError):
+                    pass
+            if refused and refused == len(self.sentinels):
+                raise AuthenticationError("every sentinel refused the sentinel credentials (sentinel_username / "
+                                          "sentinel_password in the redis+sentinel:// URL)") from None
+            raise
 
 
 @dataclass(frozen=True)
@@ -179,6 +201,7 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
     """
     from jobs.replication import Durability
 
+    check_redis_url(url)  # one line, password redacted, before any parser can quote part of it
     if socket_timeout_s is None:
         socket_timeout_s = settings.redis_socket_timeout_s if settings is not None else 30.0
     common: dict[str, Any] = dict(
@@ -198,7 +221,7 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
             retry=Retry(NoBackoff(), 0), username=target.sentinel_username, password=target.sentinel_password,
             ssl=target.tls, **tls,
         )
-        sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
+        sentinel = _Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
         data = {**common, **target.data_kwargs}
         client = sentinel.master_for(
             target.master, redis_class=TraindRedis, db=target.db, username=target.username,
@@ -207,7 +230,11 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
         client.sentinel = target
         client.sentinel_manager = sentinel  # type: ignore[attr-defined]
     else:
-        client = TraindRedis.from_url(url, **common)
+        try:
+            client = TraindRedis.from_url(url, **common)
+        except ValueError:  # redis-py's message can quote part of the URL, the password included: never show it
+            raise ConfigError(f"TRAIND_REDIS_URL {redact_url(url)} is not a valid Redis URL; percent-encode special "
+                              "characters of the password") from None
     client.durability = Durability.from_settings(settings)
     return client
 
@@ -236,19 +263,56 @@ def connect_async(url: str, health_check_interval_s: int = 30) -> Any:
 def redact_url(url: str | None) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host`` for logs and messages (sentinel URLs too).
 
+    Everything between ``://`` and the *last* ``@`` is credentials: a password with an unencoded ``/``, ``?`` or
+    ``#`` (base64 has ``/``) makes URL parsers split it into path, query or fragment, and it must not show there.
+
     >>> redact_url("redis+sentinel://:pw@a:26379,b:26379/m/0?sentinel_password=s")
     'redis+sentinel://:***@a:26379,b:26379/m/0?sentinel_password=***'
+    >>> redact_url("redis://:ab/cd@h:6379/0")
+    'redis://:***@h:6379/0'
     """
     if not url:
         return str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" + url[url.rfind("@"):] if "@" in url else url
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else userinfo
+        if not re.fullmatch(r"[A-Za-z0-9._~%+-]*", user):
+            user = ""  # not a plain user name: part of a garbled password
+        rest = f"{user}:***@{rest}"
+    head, q, query = rest.partition("?")
+    if q:
+        query, hsh, frag = query.partition("#")
+        rest = head + q + _SECRET_PARAM.sub(r"\1=***", query) + hsh + frag
+    return f"{scheme}://{rest}"
+
+
+def check_redis_url(url: str, what: str = "TRAIND_REDIS_URL") -> str:
+    """``url`` if it parses as a Redis URL, else ConfigError: one line, the password redacted, percent-encoding
+    explained (``urllib.parse.quote(password, safe='')``).
+
+    >>> check_redis_url("redis://:ab/cd@h:6379/0")
+    Traceback (most recent call last):
+    ...
+    jobs.errors.ConfigError: TRAIND_REDIS_URL redis://:***@h:6379/0 is not a valid URL: ...
+    """
     try:
         parts = urlsplit(url)
-    except ValueError:  # malformed (say an unclosed IPv6 bracket): hide everything between :// and the last @
-        return _SECRET_PARAM.sub(r"\1=***", re.sub(r"(?<=://)[^/]*@", ":***@", url))
-    query = _SECRET_PARAM.sub(r"\1=***", parts.query)
-    if parts.password is None and "@" not in parts.netloc:
-        return urlunsplit(parts._replace(query=query)) if query != parts.query else url
-    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 host's brackets, the port, a host list
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise ConfigError(f"{what} {redact_url(url)} is not a valid URL") from None
+    problem = None
+    after_host = parts.path + "?" + parts.query + "#" + parts.fragment
+    if "@" in after_host and "@" not in parts.netloc:
+        problem = "its password contains '/', '?' or '#'"
+    elif "sentinel" not in parts.scheme:  # a sentinel URL lists several host:port pairs; its parser checks them
+        try:
+            parts.port  # noqa: B018 - raises for a non-numeric port
+        except ValueError:
+            problem = "its port is not a number (or its password contains ':', '/', '?' or '#')"
+    if problem:
+        raise ConfigError(f"{what} {redact_url(url)} is not a valid URL: {problem}; percent-encode special characters "
+                          "of the user name and password (Python: urllib.parse.quote(password, safe=''))")
+    return url

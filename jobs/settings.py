@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobs.location import default_location, parse_location
-from jobs.redis_conn import DEFAULT_REDIS_URL
+from jobs.redis_conn import DEFAULT_REDIS_URL, check_redis_url
 
 
 def _split_csv(v: object) -> object:
@@ -30,7 +30,9 @@ def _split_csv(v: object) -> object:
 class CommonSettings(BaseSettings):
     """Settings every traind process reads."""
 
-    model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True)
+    # hide_input_in_errors: a refused setting's message must never quote the value (a URL carries the password).
+    model_config = SettingsConfigDict(env_prefix="TRAIND_", extra="forbid", validate_default=True,
+                                      hide_input_in_errors=True)
 
     redis_url: str | None = Field(
         None, description="Redis URL (redis://, rediss:// for TLS, user:password@ for ACL), or "
@@ -50,7 +52,7 @@ class CommonSettings(BaseSettings):
     storage_retry_s: float = Field(60.0, ge=0, le=3600, description="How long transient object-store errors are "
                                    "retried (with backoff) before the job fails.")
     allowed_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["examples"],
+        default_factory=list,  # nothing: every deployment names its own code (`traind up --example` adds its own)
         description="Module prefixes that builders, loaders and custom objects may come from.",
     )
     lease_ttl_s: float = Field(5.0, gt=0.2, le=3600)
@@ -66,6 +68,12 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _csv(cls, v: object) -> object:
         return _split_csv(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        # ConfigError (one line, password redacted) rather than a parser's ValueError quoting part of the password.
+        return None if v is None else check_redis_url(v)
 
     @field_validator("storage_dir", mode="before")
     @classmethod
@@ -88,6 +96,14 @@ class CommonSettings(BaseSettings):
                 near = difflib.get_close_matches(k, sorted(known), n=1)
                 hints.append(f"{k}" + (f" (did you mean {near[0]}?)" if near else ""))
             raise ValueError(f"unknown TRAIND_ environment variable(s): {', '.join(hints)}")
+        return self
+
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> CommonSettings:
+        # A WAIT longer than the socket timeout would be cut off as a dead connection and the write replayed.
+        if self.redis_wait_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_REDIS_WAIT_TIMEOUT_S ({self.redis_wait_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
         return self
 
     def effective_redis_url(self) -> str:
@@ -117,6 +133,14 @@ class WorkerSettings(CommonSettings):
     @classmethod
     def _csv_q(cls, v: object) -> object:
         return _split_csv(v)
+
+    @model_validator(mode="after")
+    def _dequeue_within_socket_timeout(self) -> WorkerSettings:
+        # The blocking dequeue holds its connection this long: a shorter socket timeout would break every wait.
+        if self.dequeue_timeout_s >= self.redis_socket_timeout_s:
+            raise ValueError(f"TRAIND_DEQUEUE_TIMEOUT_S ({self.dequeue_timeout_s}) must be below "
+                             f"TRAIND_REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s})")
+        return self
 
 
 class SupervisorSettings(CommonSettings):

@@ -15,17 +15,30 @@ from __future__ import annotations
 import difflib
 import json
 import reprlib
+import unicodedata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobs.errors import LimitError, SpecError
-from jobs.refs import ref_problem
+from jobs.refs import imported_problem, ref_problem
 
 Mode = Literal["auto", "min", "max"]
 _SHA = r"^[0-9a-f]{64}$"
+
+
+def _no_control_chars(v: str) -> str:
+    """Names are printed by ``list``/``status``/``watch``/``logs``: refuse what a terminal would interpret
+    (ESC sequences, OSC titles, carriage returns, bidi overrides), i.e. Unicode categories Cc, Cf, Zl and Zp."""
+    for i, ch in enumerate(v):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            raise ValueError(f"control character {ch!r} at position {i} is not allowed (printable text only)")
+    return v
+
+
+PrintableName = Annotated[str, AfterValidator(_no_control_chars)]
 
 
 class _Strict(BaseModel):
@@ -83,7 +96,7 @@ class FitSpec(_Strict):
 class CheckpointSpec(_Strict):
     """Keras ModelCheckpoint semantics plus retention."""
 
-    monitor: str = "val_loss"
+    monitor: PrintableName = "val_loss"
     mode: Mode = "auto"
     save_best_only: bool = True
     save_weights_only: bool = False
@@ -94,7 +107,7 @@ class CheckpointSpec(_Strict):
 class EarlyStoppingSpec(_Strict):
     """Keras EarlyStopping arguments."""
 
-    monitor: str = "val_loss"
+    monitor: PrintableName = "val_loss"
     patience: int = Field(0, ge=0)
     min_delta: float = Field(0.0, ge=0.0)
     mode: Mode = "auto"
@@ -106,7 +119,7 @@ class EarlyStoppingSpec(_Strict):
 class ReduceLROnPlateauSpec(_Strict):
     """Keras ReduceLROnPlateau arguments."""
 
-    monitor: str = "val_loss"
+    monitor: PrintableName = "val_loss"
     factor: float = Field(0.1, gt=0.0, lt=1.0)
     patience: int = Field(10, ge=0)
     mode: Mode = "auto"
@@ -126,7 +139,7 @@ class ResourcesSpec(_Strict):
 class JobSpec(_Strict):
     """A complete training job."""
 
-    name: str = Field(..., min_length=1, max_length=200)
+    name: PrintableName = Field(..., min_length=1, max_length=200)
     model: ModelSpec
     data: DataSpec
     fit: FitSpec
@@ -185,6 +198,11 @@ def _json_size(data: Any, limit: int | None) -> int:
     return size
 
 
+def _ref_problem(ref: object, allowed: list[str], what: str) -> str | None:
+    """A refused reference: not a well-formed allowed ``module:name``, or a name the module only imported."""
+    return ref_problem(ref, allowed, what) or imported_problem(str(ref), allowed, what)
+
+
 def _format_error(err: dict[str, Any]) -> str:
     loc = tuple(err.get("loc", ()))
     where = _loc(loc)
@@ -227,12 +245,12 @@ def validate_spec(
         for section, field in (("model", "builder"), ("data", "loader")):
             ref = (data.get(section) or {}).get(field) if isinstance(data.get(section), dict) else None
             if ref is not None:
-                p = ref_problem(ref, allowed_modules, f"{section}.{field}")
+                p = _ref_problem(ref, allowed_modules, f"{section}.{field}")
                 if p:
                     problems.append(p)
         customs = (data.get("model") or {}).get("custom_objects") if isinstance(data.get("model"), dict) else None
         for i, ref in enumerate(customs if isinstance(customs, list) else []):  # a non-list is a type error above
-            p = ref_problem(ref, allowed_modules, f"model.custom_objects.{i}")
+            p = _ref_problem(ref, allowed_modules, f"model.custom_objects.{i}")
             if p:
                 problems.append(p)
     if spec is not None and max_epochs is not None and spec.fit.epochs > max_epochs:
@@ -267,10 +285,44 @@ def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
 
 
 def load_spec_file(path: str | Path, **limits: Any) -> JobSpec:
-    """Load and validate a YAML/JSON spec file."""
+    """Load and validate a YAML/JSON spec file; one larger than ``max_spec_bytes`` is refused before it is parsed
+    (or even read past the limit: a FIFO or a growing file too)."""
     p = Path(path)
+    max_bytes = limits.get("max_spec_bytes")
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except OSError as e:
         raise SpecError([f"{p}: cannot read spec file: {e}"]) from e
+    if max_bytes is not None and len(data) > max_bytes:
+        try:
+            size = f"{p.stat().st_size} bytes"
+        except OSError:
+            size = "more bytes"
+        raise LimitError([f"{p}: spec file of {size} exceeds TRAIND_MAX_SPEC_BYTES={max_bytes}; refused before "
+                          "parsing"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"{p}: expected UTF-8 text, received undecodable bytes ({e})"]) from e
     return validate_spec(parse_spec_text(text, str(p)), **limits)
+
+
+def load_stored_spec(text: str | None, **limits: Any) -> JobSpec:
+    """The spec a job record carries (JSON), validated as at submit; its size is checked before it is parsed.
+
+    >>> load_stored_spec('{"name": "x", "model": {"builder": "m:f"}, "data": {"loader": "m:g"}, "fit": {"epochs": 1}}'
+    ...                  ).fit.epochs
+    1
+    """
+    max_bytes = limits.get("max_spec_bytes")
+    if text is None:
+        raise SpecError(["<spec>: expected a mapping, received NoneType (the job record has no spec field)"])
+    if max_bytes is not None and len(text) > max_bytes:  # characters <= bytes: a cheap lower bound
+        raise LimitError([f"<spec>: stored spec of {len(text)} characters exceeds TRAIND_MAX_SPEC_BYTES={max_bytes}; "
+                          "refused before parsing"])
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise SpecError([f"<spec>: stored spec is not valid JSON: {type(e).__name__}: {str(e)[:200]}"]) from e
+    return validate_spec(data, **limits)

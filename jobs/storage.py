@@ -379,23 +379,41 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def own_path(self, key: str) -> Path:
+        """The literal path of ``key``, for deleting or listing: StorageError when reaching it means following a
+        symlink (out of the root, or to another job's directory or the uploads inside it). Reads may follow one
+        (they are verified against a sha256); deletes never do.
+        """
+        literal = self.root / validate_key(key)
+        resolved = self.confine(key)  # out of the root: "path 'jobs/<id>/ckpt' resolves to ..., outside ..."
+        if self.confine(literal.parent) != literal.parent:  # a directory on the way is a symlink
+            raise StorageError(f"path {key!r} resolves to {str(resolved)!r} through a symlink; traind never follows "
+                               "a job's directories elsewhere")
+        return literal
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(StorageError, OSError):
-            self.path(key).unlink(missing_ok=True)
+            self.own_path(key).unlink(missing_ok=True)  # a symlink itself is removed, never its target
 
     def delete_prefix(self, prefix: str) -> None:
         import shutil
 
-        d = self.path(prefix)
-        if d != self.root:
+        d = self.own_path(prefix)
+        if d.is_symlink():
+            d.unlink()
+        elif d != self.root:
             shutil.rmtree(d, ignore_errors=True)
 
     def cleanup_incomplete(self, prefix: str) -> int:
-        d = self.path(prefix)
+        d = self.own_path(prefix)
+        if d.is_symlink():  # a directory symlinked elsewhere: listing it would delete someone else's temp files
+            raise StorageError(f"path {prefix!r} resolves to {str(self.confine(prefix))!r} through a symlink; traind "
+                               "never follows a job's directories elsewhere")
         n = 0
         for tmp in d.glob(".*.tmp*") if d.is_dir() else ():
-            tmp.unlink(missing_ok=True)
-            n += 1
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a symlink is removed itself, never its target
+                n += 1
         return n
 
     @contextlib.contextmanager

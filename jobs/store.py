@@ -61,7 +61,6 @@ class JobStore:
         self._fenced = r.register_script(lua.FENCED_UPDATE)
         self._create = r.register_script(lua.CREATE)
         self._cancel = r.register_script(lua.REQUEST_CANCEL)
-        self._now = r.register_script(lua.NOW_MS)
         self._delivered = r.register_script(lua.MARK_DELIVERED)
 
     # -- writes --------------------------------------------------------------------------------------------------
@@ -212,8 +211,10 @@ class JobStore:
         self._delivered(keys=[keys.PENDING], args=[job_id, when_ms if when_ms is not None else self.now_ms()])
 
     def now_ms(self) -> int:
-        """Redis' clock in ms (the clock all leases use)."""
-        return int(self._now())
+        """Redis' clock in ms (the clock all leases use). The ``TIME`` command, not a script: read-only users
+        (``traind list``/``status``/``watch``) have no script rights."""
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + int(usec) // 1000
 
     # -- reads ---------------------------------------------------------------------------------------------------
     def raw(self, job_id: str) -> dict[str, str]:
@@ -237,9 +238,20 @@ class JobStore:
         h = self.r.hgetall(keys.history(job_id))
         return [json.loads(v) for _, v in sorted(((int(k), v) for k, v in h.items()), key=lambda kv: kv[0])]
 
-    def checkpoints(self, job_id: str) -> dict[int, dict[str, Any]]:
-        h = self.r.hgetall(keys.checkpoints(job_id))
-        return {int(k): json.loads(v) for k, v in h.items()}
+    def checkpoints(self, job_id: str) -> dict[int, Any]:
+        """The committed checkpoint index: key -> manifest. A corrupt entry's value is kept as its raw text (the
+        reader skips it with an event: ``worker.checkpoint.check_manifest``); a non-integer key is left out."""
+        out: dict[int, Any] = {}
+        for k, v in self.r.hgetall(keys.checkpoints(job_id)).items():
+            try:
+                key = int(k)
+            except ValueError:
+                continue
+            try:
+                out[key] = json.loads(v)
+            except (ValueError, RecursionError):
+                out[key] = v.decode(errors="replace")
+        return out
 
     def events(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return [json.loads(v) for v in self.r.lrange(keys.events(job_id), start, -1)]

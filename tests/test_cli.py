@@ -291,7 +291,8 @@ def test_up_embedded_redis_restarts_crashed_children_and_stops_on_sigterm(procs:
     wait_for(lambda: "Ctrl-C stops everything" in log_of(up) or up.poll() is not None, 60, "the stack to come up")
     out = log_of(up)
     assert up.poll() is None, out
-    url_file = data / "redis" / "url"
+    redis_dir = tmp_path / "data.redis"  # next to the storage root, outside the tree jobs write (issue 8.4)
+    url_file = redis_dir / "url"
     assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
     url = url_file.read_text().strip()
     password = urlsplit(url).password
@@ -299,7 +300,7 @@ def test_up_embedded_redis_restarts_crashed_children_and_stops_on_sigterm(procs:
     r = redis.Redis.from_url(url)
     assert r.config_get("appendonly") == {"appendonly": "yes"}
     assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
-    assert r.config_get("dir")["dir"] == str((data / "redis").resolve())
+    assert r.config_get("dir")["dir"] == str(redis_dir.resolve())
     redis_pid = int(r.info("server")["process_id"])
     sup_pid = int(re.search(r"supervisor\s+pid (\d+)", out).group(1))  # type: ignore[union-attr]
     if Path("/proc").is_dir():  # the password is passed by file and environment, never on a command line
@@ -318,7 +319,7 @@ def test_up_embedded_redis_restarts_crashed_children_and_stops_on_sigterm(procs:
     assert "stopping the stack" in log_of(up)
     wait_for(lambda: not _alive(redis_pid), 30, "the embedded redis-server to exit")
     assert "received SIGTERM; stopping" in (data / "logs" / "supervisor.log").read_text()
-    assert (data / "redis" / "appendonlydir").is_dir()
+    assert (redis_dir / "appendonlydir").is_dir() and not (data / "redis").exists()
 
 
 # -- what a new user tripped over (issue 9) and terminal escapes (issue 8 item 7) -------------------------------------

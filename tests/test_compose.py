@@ -23,17 +23,21 @@ needs_compose = pytest.mark.skipif(
 )
 PASSWORD = "0123abcdpw"
 STORAGE = "s3://traind/checkpoints"
+ALLOWED = "mycompany.models"
 # The other secrets compose requires (MinIO's admin password, traind's own MinIO secret key).
 SECRETS = {"MINIO_ROOT_PASSWORD": "minio-admin-pw", "S3_SECRET_KEY": "traind-s3-secret"}
 
 
-def compose_config(tmp_path: Path, password: str | None) -> subprocess.CompletedProcess[str]:
+def compose_config(tmp_path: Path, password: str | None, allowed: str | None = ALLOWED
+                   ) -> subprocess.CompletedProcess[str]:
     env_file = tmp_path / "empty.env"  # a developer's .env must not leak into the test
     env_file.write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_PASSWORD", "TRAIND_ALLOWED_MODULES")}
     env.update(SECRETS)
     if password is not None:
         env["REDIS_PASSWORD"] = password
+    if allowed is not None:
+        env["TRAIND_ALLOWED_MODULES"] = allowed
     assert COMPOSE is not None
     return subprocess.run(
         [COMPOSE, "--env-file", str(env_file), "--profile", "gpu", "-f", str(ROOT / "docker-compose.yml"), "config"],
@@ -54,7 +58,7 @@ def test_services(config: dict[str, Any]) -> None:
     for name, svc in config["services"].items():  # docker-compose 1.x lists every profile's services
         for prof in svc.get("profiles") or [""]:
             by_profile.setdefault(prof, set()).add(name)
-    assert by_profile[""] == {"redis", "minio", "minio-init", "supervisor", "worker-cpu"}
+    assert by_profile[""] == {"redis", "minio", "minio-init", "supervisor", "worker-cpu", "serve"}
     assert by_profile["gpu"] == {"worker-gpu"}
     assert by_profile.get("ha", set()) <= {"redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
                                            "supervisor-ha", "worker-cpu-ha"}  # tests/ha/test_compose_ha.py
@@ -84,6 +88,7 @@ def test_every_traind_service_uses_the_s3_store_and_knows_the_password(config: d
         env = svc["environment"]
         assert env["TRAIND_STORAGE_DIR"] == STORAGE
         assert env["TRAIND_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
+        assert env["TRAIND_ALLOWED_MODULES"] == ALLOWED  # from .env / the environment, never a built-in default
         assert (env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"]) == ("http://minio:9000", "traind")
         assert env["AWS_SECRET_ACCESS_KEY"] == SECRETS["S3_SECRET_KEY"]
         assert not svc.get("volumes"), f"{name} mounts a volume; only Redis and S3 are shared"
@@ -139,6 +144,14 @@ def test_a_password_is_required(tmp_path: Path) -> None:
     assert "set REDIS_PASSWORD" in res.stderr
 
 
+@needs_compose
+def test_an_allowlist_is_required(tmp_path: Path) -> None:
+    """Issue 8.2: no built-in allowlist in deployment either; unset, compose refuses with a clear message."""
+    res = compose_config(tmp_path, PASSWORD, allowed=None)
+    assert res.returncode != 0
+    assert "set TRAIND_ALLOWED_MODULES (e.g. in .env)" in res.stderr, res.stderr
+
+
 def test_dockerfile_installs_the_package_with_an_extra() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "\nFROM python:3.11-slim\n" in text
@@ -153,3 +166,19 @@ def test_ci_script_is_valid_bash_and_runs_the_readme_test_command() -> None:
     text = script.read_text()
     assert "set -euo pipefail" in text
     assert "\npython -m pytest -q\n" in text
+
+
+@needs_compose
+def test_every_service_has_a_healthcheck_and_serve_is_loopback_only(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name, svc in services.items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert services["supervisor"]["healthcheck"]["test"] == ["CMD", "traind", "health", "--supervisor"]
+    for w in ("worker-cpu", "worker-gpu", "worker-cpu-ha"):
+        assert services[w]["healthcheck"]["test"] == ["CMD", "traind", "health", "--worker", "local"]
+    serve = services["serve"]
+    assert serve["command"][0] == "serve" and "/healthz" in " ".join(serve["healthcheck"]["test"])
+    assert serve["environment"]["TRAIND_REDIS_URL"] == services["supervisor"]["environment"]["TRAIND_REDIS_URL"]
+    assert "TRAIND_API_TOKEN" in serve["environment"]
+    ports = [str(p.get("host_ip") if isinstance(p, dict) else p) for p in serve["ports"]]
+    assert len(ports) == 1 and ports[0].startswith("127.0.0.1"), ports

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from jobs.store import JobStore, event
 
 log = logging.getLogger("traind.worker")
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
+_CKPT_FILE = re.compile(r"ckpt/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.npz")  # what write() records: a file in ckpt/
+_ARRAY = re.compile(r"[woem][0-9]{6}")  # the array names _pack writes
+_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 def ckpt_key(epoch: int, batch: int) -> int:
@@ -71,9 +75,43 @@ def _pack(s: Snapshot) -> bytes:
 def _unpack(data: bytes) -> dict[str, list[np.ndarray]]:
     groups: dict[str, list[np.ndarray]] = {"w": [], "o": [], "e": [], "m": []}
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        unexpected = [n for n in z.files if not _ARRAY.fullmatch(n)]
+        if unexpected:
+            raise CheckpointError(f"unexpected array name(s) {unexpected[:5]!r}; expected w/o/e/m + 6 digits")
         for name in sorted(z.files):
             groups[name[0]].append(z[name])
     return groups
+
+
+def check_manifest(m: object) -> dict[str, Any]:
+    """``m`` if it has the shape :meth:`Checkpoints.write` records, else CheckpointError saying what is wrong.
+
+    The index in Redis is the authority on which checkpoints exist, but its entries are data: one that is corrupt or
+    planted must be skipped, never trusted to name a file or a resume point.
+    """
+    if not isinstance(m, dict):
+        raise CheckpointError(f"manifest is corrupt: expected a JSON object, received {str(m)[:100]!r}")
+    bad = [k for k in ("epoch", "batch") if not isinstance(m.get(k), int) or isinstance(m.get(k), bool) or m[k] < 0]
+    if not isinstance(m.get("sha256"), str) or not _SHA.fullmatch(m["sha256"]):
+        bad.append("sha256")
+    if not isinstance(m.get("state"), dict):
+        bad.append("state")
+    if bad:
+        raise CheckpointError(f"manifest is corrupt: missing or invalid {', '.join(bad)}")
+    name = m.get("file")
+    if not isinstance(name, str) or not _CKPT_FILE.fullmatch(name):
+        raise CheckpointError(f"manifest names file {str(name)[:200]!r}; expected a file directly inside the job's "
+                              "ckpt/ directory (ckpt/<name>.npz)")
+    return m
+
+
+def _where(m: Any, key: int) -> str:
+    """``epoch E`` / ``epoch E+1 batch B`` for an event, from a manifest that may be corrupt (then its index key)."""
+    ep = m.get("epoch") if isinstance(m, dict) else None
+    batch = m.get("batch") if isinstance(m, dict) else None
+    if not isinstance(ep, int):
+        return str(key)
+    return f"epoch {ep + 1} batch {batch}" if isinstance(batch, int) and batch else f"epoch {ep}"
 
 
 class Checkpoints:
@@ -149,12 +187,30 @@ class Checkpoints:
         finally:
             self._pool.shutdown(wait=True)
 
+    def key_of(self, manifest: dict[str, Any]) -> str:
+        """The storage key of the file a manifest names: only a plain name directly inside this job's ckpt/."""
+        name = check_manifest(manifest)["file"]
+        try:
+            return job_key(self.job_id, name)
+        except StorageError as e:
+            raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
+
     def _remove_files(self, manifest: dict[str, Any]) -> None:
         try:
-            key = job_key(self.job_id, manifest["file"])  # confined: a manifest cannot name a key outside the job
-            self.storage.delete(key)
+            key = self.key_of(manifest)
+        except CheckpointError as e:
+            # Never delete what a corrupt or planted manifest names (``../../uploads/<sha>.npz``); say so and go on.
+            msg = f"not deleting the files of a checkpoint: {e}"
+            log.warning("job %s: %s", self.job_id, msg)
+            try:
+                self.store.add_event(self.job_id, msg, "warning")
+            except Exception:  # noqa: BLE001 - the warning is informational; the job goes on
+                pass
+            return
+        try:
+            self.storage.delete(key)  # local storage: a symlink is removed itself, never followed
             self.storage.delete(key.removesuffix(".npz") + ".json")
-        except (StorageError, OSError, KeyError, TypeError):
+        except (StorageError, OSError):
             pass
 
     def retention_victims(self, index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
@@ -174,18 +230,17 @@ class Checkpoints:
     # -- reading -------------------------------------------------------------------------------------------------
     def verify(self, manifest: dict[str, Any]) -> bytes:
         """The manifest's object, after checking it exists and matches its sha256 (CheckpointError otherwise)."""
-        try:
-            key = job_key(self.job_id, manifest["file"])
-        except (StorageError, KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint manifest names an invalid file: {e}") from e
+        key = self.key_of(manifest)
         return self.storage.read_verified(key, manifest["sha256"], what=f"checkpoint {manifest['file']}")
 
     def load(self, manifest: dict[str, Any]) -> Restored:
         data = self.verify(manifest)
         try:
             g = _unpack(data)
-        except (ValueError, OSError) as e:
-            raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {e}") from e
+        except CheckpointError as e:
+            raise CheckpointError(f"checkpoint {manifest['file']}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint to skip, not a failed job
+            raise CheckpointError(f"checkpoint {manifest['file']} could not be read: {type(e).__name__}: {e}") from e
         return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
 
     def select(self, index: dict[int, dict[str, Any]], policy: str, best_key: int | None,
@@ -210,15 +265,15 @@ class Checkpoints:
         events: list[dict[str, Any]] = []
         for k in [target, *earlier, *later]:
             m = index[k]
+            # Keras' 1-based numbering: an end-of-epoch checkpoint is "epoch E" (E finished); a mid-epoch one
+            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
+            at = _where(m, k)
             try:
                 restored = self.load(m)
             except CheckpointError as e:
-                events.append(event(f"skipping checkpoint epoch {m['epoch']}: {e}", "warning"))
+                events.append(event(f"skipping checkpoint {at}: {e}", "warning"))
                 continue
-            # Keras' 1-based numbering: an end-of-epoch checkpoint is "at epoch E" (E finished); a mid-epoch one
-            # (preemption) is inside epoch E+1, after its batch B, and training continues with batch B+1.
-            where = (f"epoch {m['epoch'] + 1} batch {m['batch']}, continuing at batch {m['batch'] + 1}" if m["batch"]
-                     else f"epoch {m['epoch']}")
+            where = f"{at}, continuing at batch {m['batch'] + 1}" if m["batch"] else at
             why = "preemption checkpoint" if k == preempt_key else (
                 f"{policy} checkpoint" if k == target else "fallback checkpoint")
             events.append(event(f"resuming from {why} at {where} ({m['file']})"))

@@ -34,11 +34,12 @@ from jobs.errors import (
 from jobs.queue import Delivery, enqueue, pop
 from jobs.redis_conn import connect, redact_url
 from jobs.settings import WorkerSettings
-from jobs.spec import validate_spec
+from jobs.spec import load_stored_spec
 from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
+from worker.versions import check_keras
 
 log = logging.getLogger("traind.worker")
 
@@ -51,6 +52,8 @@ class Worker:
         self.device_kind = "gpu" if settings.device.startswith("gpu") else "cpu"
         pin_device(settings.device)  # before TensorFlow is imported anywhere in this process
         import tensorflow  # noqa: F401 - warm: paid once per worker, never per job
+
+        check_keras()  # before taking any job: safe mode's protections need a recent Keras
 
         self.gpus = configure_tensorflow(settings.device)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -69,6 +72,7 @@ class Worker:
                        for p in ("high", "default", "low")]
         self._stop = threading.Event()
         self._interrupts = 0
+        self._own_signals = False  # True once run() handles SIGTERM/SIGINT itself (they then never raise)
         self.current: Any = None  # the JobControl of the running job
         self.jobs_done = 0
         self._proc: Any = None
@@ -79,6 +83,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            self._own_signals = True
         log.info("worker %s on %s (gpus: %s) serving %s via %s", self.id, self.settings.device, self.gpus,
                  self.queues, redact_url(self.settings.effective_redis_url()))
         backoff = 0.1
@@ -229,11 +234,8 @@ class Worker:
 
         try:
             record = self.store.raw(job_id)
-            import json
-
-            spec = validate_spec(json.loads(record.get("spec") or "null"),
-                                 allowed_modules=self.settings.allowed_modules, max_epochs=self.settings.max_epochs,
-                                 max_spec_bytes=self.settings.max_spec_bytes)
+            spec = load_stored_spec(record.get("spec"), allowed_modules=self.settings.allowed_modules,
+                                    max_epochs=self.settings.max_epochs, max_spec_bytes=self.settings.max_spec_bytes)
         except (SpecError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
             return False
@@ -267,6 +269,15 @@ class Worker:
             tb = traceback.format_exc(limit=30)
             finish(JobState.FAILED, f"failed: {type(e).__name__}: {e}", "error", error=f"{type(e).__name__}: {e}",
                    traceback=tb[-20000:])
+        except BaseException as e:
+            # SystemExit (argparse, sys.exit), KeyboardInterrupt, GeneratorExit raised by the job's own code must
+            # cost the job, not the worker. The worker's own SIGTERM/SIGINT handlers never raise (they request a
+            # stop), so only without them (run() not in the main thread) can a KeyboardInterrupt be a real Ctrl-C.
+            if isinstance(e, KeyboardInterrupt) and not self._own_signals:
+                raise
+            tb = traceback.format_exc(limit=30)
+            error = f"job code raised {type(e).__name__}: {e}"
+            finish(JobState.FAILED, f"failed: {error}", "error", error=error, traceback=tb[-20000:])
         return True
 
     def _requeue_preempted(self, job_id: str, attempt: int, token: str, record: dict[str, str],

@@ -32,6 +32,7 @@ from worker.callbacks import (
 )
 from worker.checkpoint import Checkpoints, Restored, Snapshot, ckpt_key
 from worker.control import Interrupted, JobControl, StopReason
+from worker.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("traind.worker")
 
@@ -71,12 +72,14 @@ class Trainer:
         self.stop_after_epoch = False
         self.arrays = True
         self.epochs_done = 0
+        self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
         try:
             return self._run()
         finally:
+            self.tensorboard.close()
             try:
                 self.ckpts.close()
             except FencedError:
@@ -195,6 +198,7 @@ class Trainer:
                                    steps=self.steps if data.is_arrays else None))
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
+        cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
                                   "shuffle": False}  # arrays are shuffled per epoch by traind's own pipeline
         if data.is_arrays:

@@ -16,11 +16,12 @@ from pydantic import BaseModel, Field
 
 from daemon.serve import auth
 from daemon.serve.sse import ALL, EVENTS_TAIL, Hub, encode, stream
-from jobs import admin, keys
-from jobs.client import Client
-from jobs.errors import IllegalTransitionError, JobNotFoundError, SpecError, StorageError
+from jobs import admin, keys, ops
+from jobs.errors import IllegalTransitionError, JobFinishedError, JobNotFoundError, SpecError, StorageError
+from jobs.ops import summary
 from jobs.states import JobState
 from jobs.storage import validate_job_id
+from jobs.store import JobStore
 
 router = APIRouter(prefix="/api/v1")
 Read = Annotated[auth.Access, Depends(auth.read)]
@@ -40,7 +41,16 @@ class SubmitResponse(BaseModel):
     created: bool
 
 
-def _client(request: Request) -> Client:
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _client(request: Request) -> Any:
+    """The submitting client, built on first use (it imports rq and numpy, which reads do not need)."""
+    if request.app.state.client is None:
+        from jobs.client import Client
+
+        request.app.state.client = Client(settings=request.app.state.client_settings, connection=_store(request).r)
     return request.app.state.client
 
 
@@ -57,7 +67,7 @@ def _jid(job_id: str) -> str:
 
 def _get(request: Request, job_id: str, with_history: bool = True) -> dict[str, Any]:
     try:
-        return _client(request).store.get(_jid(job_id), with_history=with_history)
+        return _store(request).get(_jid(job_id), with_history=with_history)
     except JobNotFoundError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
 
@@ -86,47 +96,53 @@ def list_jobs(request: Request, _: Read,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
     """A page of job summaries, newest first, with the total count after filtering."""
-    return admin.list_page(_client(request).store, state=state.value if state else None, name=name, queue=queue,
+    return admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
                            limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}")
 def job_status(job_id: str, request: Request, _: Read,
                history: Annotated[bool, Query(description="include the per-epoch history")] = True) -> dict[str, Any]:
-    """The job as ``traind status --json`` prints it."""
-    return _get(request, job_id, with_history=history)
+    """The job as ``traind status --json`` prints it (without the spec: see ``/jobs/{id}/spec``)."""
+    return summary(_get(request, job_id, with_history=history))
+
+
+@router.get("/jobs/{job_id}/spec")
+def job_spec(job_id: str, request: Request, _: Read) -> dict[str, Any]:
+    """The validated spec the job was submitted with (``traind status --spec``)."""
+    return _get(request, job_id, with_history=False).get("spec") or {}
 
 
 @router.get("/jobs/{job_id}/history")
 def job_history(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
     """One entry per finished epoch (a redone epoch replaces its entry)."""
     _get(request, job_id, with_history=False)
-    return _client(request).store.history(job_id)
+    return _store(request).history(job_id)
 
 
 @router.get("/jobs/{job_id}/events")
 def job_events(job_id: str, request: Request, _: Read, start: Annotated[int, Query()] = 0) -> list[dict[str, Any]]:
     """The job's events (oldest first); ``start`` as in LRANGE (negative: the last -start events)."""
     _get(request, job_id, with_history=False)
-    return _client(request).store.events(job_id, start)
+    return _store(request).events(job_id, start)
 
 
 @router.get("/jobs/{job_id}/checkpoints")
 def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
     """Committed checkpoint manifests, oldest first."""
     _get(request, job_id, with_history=False)
-    return [m for _, m in sorted(_client(request).store.checkpoints(job_id).items())]
+    return [m for _, m in sorted(_store(request).checkpoints(job_id).items())]
 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
     """Cancel: a queued job ends now; a running one stops at its next batch boundary."""
     try:
-        prev = _client(request).store.request_cancel(_jid(job_id))
+        prev = ops.cancel(_store(request), _jid(job_id))
     except JobNotFoundError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
-    if prev in (JobState.SUCCEEDED, JobState.FAILED):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {prev.value}; nothing to cancel")
+    except JobFinishedError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     return {"id": job_id, "previous": prev.value, "cancel_requested": prev is JobState.RUNNING}
 
 
@@ -134,7 +150,7 @@ def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
 def retry(job_id: str, request: Request, _: Write) -> dict[str, Any]:
     """Run a failed or cancelled job again from its checkpoint as a new attempt."""
     try:
-        attempt = admin.retry(_client(request).store, _jid(job_id))
+        attempt = admin.retry(_store(request), _jid(job_id))
     except JobNotFoundError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
     except IllegalTransitionError as e:
@@ -145,13 +161,13 @@ def retry(job_id: str, request: Request, _: Write) -> dict[str, Any]:
 @router.get("/workers")
 def workers(request: Request, _: Read) -> list[dict[str, Any]]:
     """Registered workers: host, device, current job, CPU, RSS, GPU memory, last heartbeat."""
-    return admin.workers(_client(request).store)
+    return admin.workers(_store(request))
 
 
 @router.get("/queues")
 def queues(request: Request, _: Read) -> list[dict[str, Any]]:
     """traind's RQ queues and their depths."""
-    return admin.queues(_client(request).store)
+    return admin.queues(_store(request))
 
 
 def _sse(request: Request, key: str, snapshot: Any) -> StreamingResponse:
@@ -164,11 +180,10 @@ def _sse(request: Request, key: str, snapshot: Any) -> StreamingResponse:
 def job_stream(job_id: str, request: Request, _: Read) -> StreamingResponse:
     """Server-Sent Events for one job: ``snapshot`` then ``status``/``epoch``/``events`` as it changes."""
     _get(request, job_id, with_history=False)
-    store = _client(request).store
+    store = _store(request)
 
     def snapshot() -> bytes:
-        st = store.get(job_id, with_history=True)
-        st.pop("spec", None)
+        st = summary(store.get(job_id, with_history=True))
         st["events"] = store.events(job_id, -EVENTS_TAIL * 4)
         return encode("snapshot", st)
 

@@ -19,16 +19,14 @@ import redis
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from daemon.serve import auth
 from daemon.serve.api import router
-from daemon.serve.metrics import TraindCollector
 from daemon.serve.sse import Hub
-from jobs.client import Client
 from jobs.errors import ConfigError
 from jobs.redis_conn import connect, connect_async, redact_url
 from jobs.settings import ClientSettings, ServeSettings
+from jobs.store import JobStore
 
 log = logging.getLogger("traind.serve")
 STATIC = files("daemon.serve") / "static"
@@ -42,11 +40,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     url = settings.effective_redis_url()
     client_settings = ClientSettings(**settings.model_dump(include=set(ClientSettings.model_fields)))
     conn = connect(url, retries=5, socket_timeout_s=30.0, settings=client_settings)
-    client = Client(settings=client_settings, connection=conn)
+    store = JobStore(conn, events_max=settings.events_max, max_history=settings.max_history)
     aconn = connect_async(url)  # follows the primary through the sentinels for redis+sentinel:// URLs
-    hub = Hub(client.store, aconn)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(TraindCollector(client.store, settings.lease_ttl_s))
+    hub = Hub(store, aconn)
+    metrics_registry: list[Any] = []  # prometheus_client is imported on the first scrape: a faster start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,7 +61,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description="Fault-tolerant Keras training daemon: jobs, workers, queues, live progress. "
                               "Authenticate with `Authorization: Bearer <token>`.")
     app.state.settings = settings
-    app.state.client = client
+    app.state.store = store
+    app.state.client = None  # jobs.client (rq, numpy) is imported on the first submit
+    app.state.client_settings = client_settings
     app.state.hub = hub
     app.state.tokens = auth.Tokens(settings)
     app.include_router(router)
@@ -80,7 +79,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(auth.read)])
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from daemon.serve.metrics import TraindCollector
+
+        if not metrics_registry:
+            reg = CollectorRegistry(auto_describe=False)
+            reg.register(TraindCollector(store, settings.lease_ttl_s))
+            metrics_registry.append(reg)
+        return Response(generate_latest(metrics_registry[0]), media_type=CONTENT_TYPE_LATEST)
 
     # The dashboard: static files only (no data in them); every number comes from the API with the token.
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

@@ -28,6 +28,7 @@ import redis.asyncio as aredis
 
 from jobs import keys, telemetry
 from jobs.admin import LIST_FIELDS
+from jobs.ops import summary
 from jobs.store import JobStore, parse_record
 
 log = logging.getLogger("traind.serve.sse")
@@ -172,8 +173,7 @@ class Hub:
                 if isinstance(status.get("spec"), dict) else None
             out.append((ALL, encode("job", row)))
         if detail:
-            status.pop("spec", None)
-            out.append((job_id, encode("status", status)))
+            out.append((job_id, encode("status", summary(status))))
             i = 2
             if epochs:
                 entries = [json.loads(v) for v in res[i] if v is not None]

@@ -4,8 +4,12 @@ itself, and nothing that was acknowledged is lost (real primary, replica, three 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +21,12 @@ import redis
 from jobs.client import Client, JobHandle
 from jobs.settings import ClientSettings
 from jobs.states import JobState
-from tests.conftest import Procs, wait_for
+from tests.conftest import ROOT, Procs, wait_for
 from tests.fault.helpers import RUN_S, Cluster, assert_history_complete, job_spec, messages, wait_terminal
 from tests.ha.cluster import SentinelCluster
 
 pytestmark = pytest.mark.fault
-EPOCHS = 12
+EPOCHS = 10
 # A frozen primary holds a request until the socket timeout; keep it short so processes move on within seconds.
 HA_ENV = {"TRAIND_LEASE_TTL_S": "5", "TRAIND_REDIS_SOCKET_TIMEOUT_S": "3", "TRAIND_REDIS_WAIT_TIMEOUT_S": "1"}
 
@@ -45,7 +49,7 @@ def _cluster(procs: Procs, ha: SentinelCluster, storage: Path) -> Cluster:
 class Submitter(threading.Thread):
     """Submits a one-epoch job every ``interval_s`` while a failover happens; records each id or error."""
 
-    def __init__(self, client: Client, limit: int = 5, interval_s: float = 0.4) -> None:
+    def __init__(self, client: Client, limit: int = 3, interval_s: float = 0.4) -> None:
         super().__init__(daemon=True)
         self.client, self.limit, self.interval_s = client, limit, interval_s
         self.ok: list[JobHandle] = []
@@ -154,3 +158,59 @@ def test_primary_frozen_rejoins_as_replica_and_its_stale_writes_lose(procs: Proc
     assert st["state"] == JobState.SUCCEEDED.value
     for p in [*c.workers.values(), *c.supervisors]:
         assert p.poll() is None, c.logs()
+
+
+def test_fencing_and_acknowledged_commits_survive_failover(ha: SentinelCluster) -> None:
+    """In-process, on the real cluster: what was acknowledged before the kill is on the new primary, and the
+    attempt whose lease ran out during the failover can no longer write once the supervisor requeued its job."""
+    import asyncio
+
+    from daemon.supervisor import Supervisor
+    from jobs.errors import FencedError
+    from jobs.redis_conn import connect, connect_async
+    from jobs.settings import SupervisorSettings
+    from jobs.store import JobStore
+
+    settings = ClientSettings(redis_url=ha.url, redis_socket_timeout_s=3.0, redis_wait_timeout_s=1.0)
+    store = JobStore(connect(ha.url, settings=settings))
+    store.create("fence1", {"attempt": 1, "restarts": 0, "max_restarts": 3, "queue": "default"})
+    store.transition("fence1", JobState.RUNNING, attempt=1, fields={"token": "t1", "worker": "old"},
+                     lease_ttl_ms=1000)
+    store.fenced_update("fence1", "t1", history_set={1: {"epoch": 1, "loss": 0.5}}, ckpt_set={1: {"key": 1}})
+    assert store.r.durability.last == "replicated (1)"
+    sup = Supervisor(SupervisorSettings(redis_url=ha.url, lease_ttl_s=1.0, redis_socket_timeout_s=3.0))
+    assert sup.step().skipped_reason is None
+
+    old = ha.current_primary()
+    old.signal(signal.SIGKILL)
+    ha.wait_failover(old)
+    assert store.history("fence1") == [{"epoch": 1, "loss": 0.5}] and 1 in store.checkpoints("fence1")
+
+    # The old attempt never renews: the supervisor grants one TTL on the new primary, then requeues.
+    requeued: list[str] = []
+    wait_for(lambda: requeued.extend(sup.step().requeued) or requeued, 60, "the lapsed attempt to be requeued",
+             interval=0.1)
+    assert requeued == ["fence1"]
+    store.transition("fence1", JobState.RUNNING, attempt=2, fields={"token": "t2", "worker": "new"},
+                     lease_ttl_ms=5000)
+    with pytest.raises(FencedError):
+        store.fenced_update("fence1", "t1", history_set={2: {"epoch": 2, "loss": 0.4}})
+    assert store.heartbeat("fence1", "t1", 1000) == (False, False)
+    store.fenced_update("fence1", "t2", history_set={2: {"epoch": 2, "loss": 0.3}})
+    assert [h["loss"] for h in store.history("fence1")] == [0.5, 0.3]
+
+    async def ping() -> bool:  # traind serve's asyncio client follows the new primary too
+        r = connect_async(ha.url)
+        try:
+            return bool(await r.ping()) and (await r.hget("traind:job:fence1", "worker")) == b"new"
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(ping())
+
+    # The CLI on the Sentinel URL (a fresh process: discovers the new primary through the sentinels).
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "fence1", "--json", "--redis-url", ha.url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["worker"] == "new"

@@ -11,7 +11,7 @@ import redis
 
 from jobs.errors import ConfigError, DurabilityError
 from jobs.redis_conn import connect, is_sentinel_url, parse_sentinel_url, redact_url
-from jobs.settings import ClientSettings
+from jobs.settings import ClientSettings, WorkerSettings
 from jobs.store import JobStore
 from tests.redis_server import RedisServer
 
@@ -79,6 +79,10 @@ def test_settings_validate_min_replicas() -> None:
     assert ClientSettings(redis_min_replicas=2).redis_min_replicas == 2
     with pytest.raises(ValueError, match="redis_min_replicas"):
         ClientSettings(redis_min_replicas="sometimes")
+    with pytest.raises(ValueError, match=r"TRAIND_REDIS_WAIT_TIMEOUT_S \(5.0\) must be below"):
+        ClientSettings(redis_wait_timeout_s=5, redis_socket_timeout_s=3)
+    with pytest.raises(ValueError, match=r"TRAIND_DEQUEUE_TIMEOUT_S \(5.0\) must be below"):
+        WorkerSettings(dequeue_timeout_s=5, redis_socket_timeout_s=3)
 
 
 # -- the policy against real servers ---------------------------------------------------------------------------------
@@ -106,7 +110,7 @@ def _replicate(primary: RedisServer, replica: RedisServer) -> None:
 
 def test_single_server_auto_is_degraded_not_blocking(pair: tuple[RedisServer, RedisServer]) -> None:
     primary, _ = pair
-    store = _store(primary.url, redis_wait_timeout_s=30.0)  # a WAIT would block 30 s: auto must not wait
+    store = _store(primary.url, redis_wait_timeout_s=20.0)  # a WAIT would block 20 s: auto must not wait
     assert store.create("a1", {"x": 1}) == ("a1", True)
     assert store.r.durability.last == "degraded: the primary has no replica connected"
     assert store.raw("a1")["state"] == "queued"
@@ -142,3 +146,39 @@ def test_scripts_reload_after_the_server_lost_them(pair: tuple[RedisServer, Redi
     store.create("e1", {"x": 1})
     redis.Redis.from_url(primary.url).script_flush()
     assert store.create("e2", {"x": 1}) == ("e2", True)  # NOSCRIPT: loaded again, the write ran once
+
+
+def test_unconfirmed_submit_says_the_job_is_queued(pair: tuple[RedisServer, RedisServer], tmp_path: Path) -> None:
+    from jobs.client import Client
+
+    primary, _ = pair
+    settings = ClientSettings(redis_url=primary.url, storage_dir=str(tmp_path), redis_min_replicas=1,
+                              redis_wait_timeout_s=0.2)
+    client = Client(settings=settings)
+    spec = {"name": "x", "model": {"builder": "examples.regression:build_model"},
+            "data": {"loader": "examples.regression:load_data"}, "fit": {"epochs": 1}}
+    with pytest.raises(DurabilityError, match=r"only 0 of 1 replica\(s\) confirmed.* is queued and will run") as e:
+        client.submit(spec)
+    job_id = str(e.value).split("Job ", 1)[1].split(" ", 1)[0]
+    from jobs import keys
+    from jobs.queue import queue_contents
+
+    raw = client.store.raw(job_id)
+    assert raw["state"] == "queued"  # told "queued": it is, and its message is on its queue
+    assert keys.rq_job_id(job_id, 1) in queue_contents(client.r, raw["queue"])
+
+
+def test_sentinel_and_data_passwords(tmp_path: Path) -> None:
+    """Both passwords on a real cluster: the right ones replicate; a wrong one fails at once with a clear error."""
+    from tests.ha.cluster import SentinelCluster
+
+    with SentinelCluster(tmp_path / "ha", password="data-pw", sentinel_password="sent-pw") as ha:
+        store = JobStore(connect(ha.url, retries=3))
+        assert store.create("p1", {"x": 1}) == ("p1", True)
+        assert store.r.durability.last == "replicated (1)"
+        bad_sentinel = ha.url.replace("sentinel_password=sent-pw", "sentinel_password=nope")
+        with pytest.raises(redis.AuthenticationError, match="every sentinel refused"):
+            connect(bad_sentinel, retries=3).ping()
+        with pytest.raises(redis.AuthenticationError):
+            connect(ha.url.replace(":data-pw@", ":nope@"), retries=3).ping()
+        assert "data-pw" not in redact_url(ha.url) and "sent-pw" not in redact_url(ha.url)

@@ -49,8 +49,9 @@ def test_max_spec_bytes(r: redis.Redis, redis_url: str, storage_dir: Path) -> No
     jid = plant_job(r, big)
     run_burst(redis_url, storage_dir, max_spec_bytes=2048)
     error = failed_with(r, jid)
-    assert error.startswith("invalid spec: invalid job spec (1 problem(s)):\n  - <spec>: at least "), error
-    assert error.endswith("bytes as JSON exceeds TRAIND_MAX_SPEC_BYTES=2048"), error
+    # The worker measures the stored JSON before parsing it (issue 8.8).
+    assert error.startswith("invalid spec: invalid job spec (1 problem(s)):\n  - <spec>: stored spec of "), error
+    assert error.endswith("characters exceeds TRAIND_MAX_SPEC_BYTES=2048; refused before parsing"), error
 
 
 def test_yaml_alias_bomb_is_refused_quickly() -> None:

@@ -127,10 +127,11 @@ def test_symlinked_job_dir_is_refused_by_the_worker(
     assert list(elsewhere.iterdir()) == [], "something was written outside the storage root"
 
 
-def test_symlinked_checkpoint_dir_is_refused_at_the_first_checkpoint_write(
+def test_symlinked_checkpoint_dir_is_refused_before_anything_is_listed_or_written(
     client: Client, r: redis.Redis, redis_url: str, storage_dir: Path, tmp_path: Path
 ) -> None:
-    """``<root>/jobs/<id>/ckpt`` -> outside: the attempt is refused before any write; nothing lands outside."""
+    """``<root>/jobs/<id>/ckpt`` -> outside: refused when the attempt starts (before its temp-file cleanup lists the
+    directory, issue 8.3); nothing lands outside."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     job = client.submit(good_spec("symlinked-ckpt-dir", epochs=3))

@@ -161,7 +161,8 @@ def _problems(path: Path, root: Path = ROOT) -> list[str]:
             out.append(f"{where}: yaml.{fname} (only yaml.safe_load is allowed)")
         if fname in ("load_model", "deserialize_keras_object") and not _is_const(_kw(node, "safe_mode"), True):
             out.append(f"{where}: {fname} without safe_mode=True")
-        if (fname == "Queue" or (base == "Job" and fname in ("fetch", "fetch_many", "create"))) and not (
+        rq_queue = fname == "Queue" and base not in ("asyncio", "queue", "multiprocessing")  # not RQ's Queue
+        if (rq_queue or (base == "Job" and fname in ("fetch", "fetch_many", "create"))) and not (
             isinstance(_kw(node, "serializer"), ast.Name) and _kw(node, "serializer").id == "JSONSerializer"  # type: ignore[union-attr]
         ):
             out.append(f"{where}: rq {base + '.' if base else ''}{fname} without serializer=JSONSerializer")

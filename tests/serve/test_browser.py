@@ -1,0 +1,97 @@
+"""The dashboard in a real browser (Playwright + Debian's headless chromium; no browser download): while a real
+job trains, the loss curve gains points and the state turns to succeeded; numbers equal the API's (which equals
+``traind status --json``). Screenshots are kept in tests/artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jobs.client import Client
+from tests.conftest import ROOT, Procs, log_of
+from tests.serve.conftest import READ_TOKEN, TOKEN, Served, slow_spec
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
+
+
+def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storage_dir: Path, procs: Procs) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    handle = client.submit(slow_spec(name="browser-job", epochs=8, batch_delay_s=0.12))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(served.url + "/")
+            page.fill("#token", READ_TOKEN)
+            page.click("#login button[type=submit]")
+            row = page.locator(f'tr[data-job="{handle.id}"]')
+            expect(row).to_be_visible(timeout=30_000)
+            expect(row.locator("[data-state]")).to_have_text("queued")
+
+            page.goto(f"{served.url}/#/job/{handle.id}")
+            expect(page.locator("#kv")).to_have_attribute("data-state", "queued", timeout=30_000)
+            w = procs.worker(redis_url, storage_dir, "--worker-id", "browser-w")
+            loss_points = page.locator('[data-chart="loss"] circle[data-series="loss"]')
+            try:
+                expect(page.locator("#kv")).to_have_attribute("data-state", "running", timeout=180_000)
+                expect(loss_points).to_have_count(2, timeout=120_000)  # live: points arrive while it trains
+            except AssertionError:
+                raise AssertionError(log_of(w)) from None
+            mid = client.store.get(handle.id)
+            assert mid["state"] == "running", "the curve was supposed to grow while the job was still running"
+            page.screenshot(path=str(ARTIFACTS / "dashboard-job-running.png"), full_page=True)
+            expect(page.locator("#kv")).to_have_attribute("data-state", "succeeded", timeout=180_000)
+            expect(loss_points).to_have_count(8, timeout=30_000)
+            expect(page.locator('[data-chart="loss"] circle[data-series="val_loss"]')).to_have_count(8)
+            expect(page.locator('[data-chart="learning rate"] circle')).to_have_count(8)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
+
+            st = client.store.get(handle.id)  # what `traind status --json` prints
+            assert page.locator("#kv-epoch").inner_text() == f"{st['epoch']}/{st['epochs']}"
+            assert page.locator("#kv-best").inner_text() == f"{st['best_value']!r} @ epoch {st['best_epoch']}"
+            assert page.locator("#kv-restarts").inner_text() == str(st["restarts"])
+            assert page.locator("#events div").count() == len(client.store.events(handle.id))
+            assert page.locator("#ckpts tr").count() >= 2
+
+            page.goto(f"{served.url}/#/")
+            row = page.locator(f'tr[data-job="{handle.id}"]')
+            expect(row.locator("[data-state]")).to_have_text("succeeded", timeout=30_000)
+            assert row.locator("td.epoch").inner_text() == "8/8"
+            assert row.locator("td.best").inner_text() == f"val_loss {st['best_value']!r} @ {st['best_epoch']}"
+            page.screenshot(path=str(ARTIFACTS / "dashboard-jobs.png"), full_page=True)
+
+            page.goto(f"{served.url}/#/workers")
+            expect(page.locator('tr[data-worker="browser-w"]')).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-workers.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_dashboard_asks_for_a_token_and_serves_its_own_assets(served: Served) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            external: list[str] = []
+            page.on("request", lambda req: external.append(req.url) if not req.url.startswith(served.url) else None)
+            page.goto(served.url + "/")
+            expect(page.locator("#login")).to_be_visible()
+            page.fill("#token", "not-" + TOKEN)
+            page.click("#login button[type=submit]")
+            expect(page.locator("#login-error")).to_contain_text("invalid bearer token", timeout=30_000)
+            assert external == []  # no CDN: every asset comes from traind
+        finally:
+            browser.close()
