@@ -52,6 +52,7 @@ def measure_resume(r: Any, store: Any, job_id: str, new_attempt: int, t_req: int
                    timeout: float = 300) -> dict[str, Any]:
     """Poll (~2 ms) until the resumed attempt's first progress write; returns its timeline (seconds from requeue)."""
     from jobs import keys
+    from jobs.events import EventKind
 
     resume_ts = None
     resume_msg = None
@@ -66,9 +67,9 @@ def measure_resume(r: Any, store: Any, job_id: str, new_attempt: int, t_req: int
         if resume_ts is None:
             for raw in evs:
                 e = json.loads(raw)
-                if e["msg"].startswith("resuming from"):
+                if e.get("kind") == EventKind.RESUMED.value:
                     resume_msg = e["msg"]
-                if e["msg"].startswith(f"attempt {new_attempt} training"):
+                if e.get("kind") == EventKind.TRAINING.value and e.get("attempt") == new_attempt:
                     resume_ts = int(e["ts"])
         if (resume_ts is not None and v["attempt"] == str(new_attempt) and v["state"] == "running"
                 and int(v["batch"] or 0) >= 1 and int(v["updated_at"] or 0) >= resume_ts):
@@ -123,6 +124,11 @@ def body(run: u.Run) -> None:
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
     url, storage, procs, client = u.start_stack(run)
+    if run.args.storage:  # e.g. s3://bucket/prefix: endpoint and keys from the AWS_* variables (bench/s3.py)
+        from jobs.client import Client
+
+        storage = run.args.storage
+        client = Client(settings=u.client_settings(url, storage))
     r, store = client.r, client.store
     pool = u.Pool(procs, r, url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
     first = pool.spawn("worker0")
@@ -184,6 +190,7 @@ def body(run: u.Run) -> None:
 
 def add_args(p: Any) -> None:
     p.add_argument("--reps", type=int, default=None, help="warm/cold pairs (default 6; smoke 1)")
+    p.add_argument("--storage", default=None, help="checkpoint storage URL (default: a local dir in the scratch dir)")
 
 
 def main(argv: list[str] | None = None) -> int:
