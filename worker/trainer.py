@@ -123,8 +123,8 @@ class Trainer:
         self.step_ckpts = spec.checkpoint.step_checkpoints and data.is_arrays
         if spec.checkpoint.step_checkpoints and not data.is_arrays:
             self.store.fenced_update(self.job_id, self.token, events=[event(
-                "checkpoint.save_freq/every_s: step checkpoints need array data (traind's own pipeline can skip the "
-                "batches already trained); this Dataset job checkpoints at epoch ends only", "warning")])
+                EventKind.NOTE, "checkpoint.save_freq/every_s: step checkpoints need array data (traind's own pipeline "
+                "can skip the batches already trained); this Dataset job checkpoints at epoch ends only", "warning")])
         if spec.data.loader is not None:
             self._check_monitors(data)  # client.fit checked these at submit; a loader's data is first seen here
         if spec.early_stopping:
@@ -397,8 +397,7 @@ class Trainer:
             return
         self.last_step_save = now
         snap = self._snapshot(epoch0, batches_done, {}, mid_epoch=True)
-        best_key = self.best_key
-        self.ckpts.save_async(snap, lambda m: self._commit(m, best_key))
+        self.ckpts.save_async(snap, self.best_key)
 
     def _on_progress(self, epoch0: int, batches_done: int, logs: dict[str, Any]) -> None:
         try:

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from jobs.client import Client
+from jobs.events import EventKind
 from jobs.spec import validate_spec
 from tests.conftest import Procs
-from tests.fault.helpers import RUN_S, Cluster, assert_same_arrays, final_checkpoint, messages, wait_terminal
+from tests.fault.helpers import RUN_S, Cluster, assert_same_arrays, events_of, final_checkpoint, wait_terminal
 from tests.parity.conftest import ALLOWED
 
 pytestmark = pytest.mark.fault
@@ -55,10 +56,11 @@ def test_sigkill_at_a_random_batch_resumes_at_the_next_batch_with_identical_weig
     # The last step checkpoint before the killing batch, or the one before it when the kill came while the newest
     # was still being written in the background (one write in flight: at most two intervals are ever lost).
     saved = (batch - 1) // SAVE_FREQ * SAVE_FREQ
-    expected = [f"resuming from latest checkpoint at epoch {epoch0 + 1} batch {b}, continuing at batch {b + 1} "
-                f"(ckpt/e{epoch0:06d}-b{b:06d}-a1.npz)" for b in (saved, saved - SAVE_FREQ)]
-    resumed = messages(c.store, victim.id, startswith="resuming from")
-    assert len(resumed) == 1 and resumed[0] in expected, (resumed, expected, c.logs())
+    resumed = events_of(c.store, victim.id, EventKind.RESUMED)
+    assert len(resumed) == 1, (resumed, c.logs())
+    r = resumed[0]
+    assert (r["why"], r["epoch"]) == ("latest", epoch0 + 1) and r["batch"] in (saved, saved - SAVE_FREQ), r
+    assert f"continuing at batch {r['batch'] + 1}" in r["msg"], r
     # Same history, epoch by epoch (the resumed epoch's metrics cover all its batches), same final weights.
     assert [h["epoch"] for h in st["history"]] == list(range(1, EPOCHS + 1))
     for mine, ref in zip(st["history"], baseline["history"]):
