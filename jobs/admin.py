@@ -16,6 +16,7 @@ import redis
 
 from jobs import keys, telemetry
 from jobs.errors import IllegalTransitionError, JobNotFoundError
+from jobs.events import EventKind
 from jobs.states import RETRYABLE, TERMINAL, JobState
 from jobs.store import JobStore, parse_record
 
@@ -33,45 +34,71 @@ def _decode(v: bytes | None) -> str | None:
     return None if v is None else v.decode(errors="replace")
 
 
+# Filters a candidate list server-side: one round trip and only the matching ids come back, instead of every
+# job's name and queue. KEYS: none (job keys are derived from the ids, single-instance Redis as everywhere).
+# ARGV: prefix, source ("all" or a state), name needle (lowercase, "" = any), queue ("" = any), ids of that state (JSON)
+_FILTER = """
+local ids
+if ARGV[2] == 'all' then ids = redis.call('ZREVRANGE', ARGV[1] .. ':jobs', 0, -1)
+else ids = cjson.decode(ARGV[5]) end
+local out = {}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', ARGV[1] .. ':job:' .. id, 'name', 'queue')
+  local ok = f[1] ~= false
+  if ok and ARGV[3] ~= '' then ok = string.find(string.lower(f[1]), ARGV[3], 1, true) ~= nil end
+  if ok and ARGV[4] ~= '' then
+    local q = f[2] or ''
+    local logical = string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$')
+    ok = (q == ARGV[4]) or (logical == ARGV[4])
+  end
+  if ok then out[#out + 1] = id end
+end
+return out
+"""
+_MONITORS: dict[str, str] = {}  # job id -> checkpoint monitor: a spec never changes, so this cache is never stale
+
+
 def list_page(store: JobStore, *, state: str | None = None, name: str | None = None, queue: str | None = None,
               limit: int = 50, offset: int = 0) -> dict[str, Any]:
     """One page of job summaries, newest first: ``{"total", "offset", "limit", "items"}``.
 
-    Without name/queue filters only the page's hashes are read (the id index gives ``total``); with them, the
-    two filter fields of every candidate are read in one pipelined round trip per 1000 jobs.
+    Unfiltered: the index gives the page and the total (O(page)). A state filter reads that state's set. Name and
+    queue filters run in one Lua pass over the candidates and return only the matching ids.
     """
-    ids = store.list_ids(state)
-    if name or queue:
-        kept: list[str] = []
-        for i in range(0, len(ids), 1000):
-            pipe = store.r.pipeline(transaction=False)
-            chunk = ids[i:i + 1000]
-            for jid in chunk:
-                pipe.hmget(keys.job(jid), ["name", "queue"])
-            for jid, (n, q) in zip(chunk, pipe.execute()):
-                jn, jq = _decode(n) or "", _decode(q) or ""
-                if name and name.lower() not in jn.lower():
-                    continue
-                # the logical queue is the 2nd part of the RQ queue name traind.<queue>.<device>.<priority>
-                if queue and queue not in (jq, jq.split(".")[1] if jq.count(".") >= 3 else jq):
-                    continue
-                kept.append(jid)
-        ids = kept
-    page = ids[offset:offset + limit]
+    if not (state or name or queue):
+        pipe = store.r.pipeline(transaction=False)
+        pipe.zcard(keys.JOBS_INDEX)
+        pipe.zrevrange(keys.JOBS_INDEX, offset, offset + limit - 1)
+        total, raw_ids = pipe.execute()
+        page = [i.decode() for i in raw_ids]
+    else:
+        if name or queue:
+            src = json.dumps(store.list_ids(state)) if state else "[]"
+            ids = [i.decode() for i in store.r.eval(_FILTER, 0, keys.PREFIX, state or "all", (name or "").lower(),
+                                                      queue or "", src)]
+        else:
+            ids = store.list_ids(state)
+        total, page = len(ids), ids[offset:offset + limit]
     pipe = store.r.pipeline(transaction=False)
     for jid in page:
         pipe.hmget(keys.job(jid), LIST_FIELDS)
+    unknown = [jid for jid in page if jid not in _MONITORS]
+    for jid in unknown:
         pipe.hget(keys.job(jid), "spec")
     res = pipe.execute()
+    for jid, spec in zip(unknown, res[len(page):]):
+        if spec is not None:
+            if len(_MONITORS) > 100_000:
+                _MONITORS.clear()
+            _MONITORS[jid] = _monitor(spec) or "val_loss"
     items = []
-    for k in range(0, len(res), 2):
-        vals, spec = res[k], res[k + 1]
+    for jid, vals in zip(page, res[:len(page)]):
         if vals[0] is None:
             continue
         rec = parse_record({f: v.decode(errors="replace") for f, v in zip(LIST_FIELDS, vals) if v is not None})
-        rec["monitor"] = _monitor(spec)
+        rec["monitor"] = _MONITORS.get(jid, "val_loss")
         items.append(rec)
-    return {"total": len(ids), "offset": offset, "limit": limit, "items": items}
+    return {"total": int(total), "offset": offset, "limit": limit, "items": items}
 
 
 def _monitor(spec: bytes | None) -> str | None:
@@ -128,7 +155,7 @@ def retry(store: JobStore, job_id: str) -> int:
 
     Raises IllegalTransitionError for a job that is not failed/cancelled, JobNotFoundError for an unknown id.
     """
-    from jobs.queue import enqueue
+    from jobs.delivery import requeue  # rq: imported on use, so `traind serve` starts fast
 
     raw = store.raw(job_id)
     if raw.get("state") not in {s.value for s in RETRYABLE}:
@@ -136,14 +163,10 @@ def retry(store: JobStore, job_id: str) -> int:
             f"job {job_id} is {raw.get('state')}; only a failed or cancelled job can be retried")
     attempt = int(raw.get("attempt") or 1)
     # Fenced on the attempt: two concurrent retries cannot both enqueue.
-    store.transition(job_id, JobState.REQUEUED, attempt=attempt, retry=True,
-                     fields={"attempt": attempt + 1, "reason": "retried by an operator", "requeued_at": store.now_ms(),
-                             "finished_at": None, "error": None, "traceback": None, "cancel_requested": None,
-                             "stopped_early": None},
-                     event_msg=f"retried by an operator: attempt {attempt + 1} resumes from the last checkpoint",
-                     level="warning")
-    enqueue(store.r, job_id, attempt + 1, raw["queue"])
-    store.mark_delivered(job_id)
+    requeue(store, job_id, attempt=attempt, queue=raw["queue"], retry=True, kind=EventKind.RETRIED,
+            fields={"reason": "retried by an operator", "finished_at": None, "error": None, "traceback": None,
+                    "cancel_requested": None, "stopped_early": None},
+            msg=f"retried by an operator: attempt {attempt + 1} resumes from the last checkpoint")
     telemetry.record_requeue(store.r, "retry")
     return attempt + 1
 
@@ -173,7 +196,7 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
     for i in range(0, len(victims), 500):
         pipe = store.r.pipeline(transaction=False)
         for jid, st_value in victims[i:i + 500]:
-            pipe.delete(keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid))
+            pipe.delete(keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid), keys.token(jid))
             pipe.srem(keys.state_index(st_value), jid)
             pipe.zrem(keys.JOBS_INDEX, jid)
             pipe.zrem(keys.PENDING, jid)

@@ -6,9 +6,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from jobs.errors import SpecError
+
+# Why each refused Keras callback is refused (anything not listed and not converted is refused generically).
+REFUSED = {
+    "BackupAndRestore": "traind already checkpoints and resumes every job (see the spec's checkpoint section)",
+    "ProgbarLogger": "traind publishes progress itself (traind watch / JobHandle.status)",
+    "RemoteMonitor": "traind publishes every epoch's metrics to Redis (JobHandle.history)",
+    "SwapEMAWeights": "not supported by traind yet",
+}
 
 
 def _f(v: Any) -> Any:
@@ -37,11 +46,14 @@ def _tensorboard_problems(cb: Any) -> list[str]:
     return out
 
 
-def callbacks_to_spec(callbacks: list[Any]) -> dict[str, Any]:
-    """ModelCheckpoint -> ``checkpoint``, EarlyStopping -> ``early_stopping``,
-    ReduceLROnPlateau -> ``lr_on_plateau``, TensorBoard -> the job's own TensorBoard logs (always written; options
-    beyond per-epoch scalars are refused); any other callback is refused (traind cannot ship its code).
+def callbacks_to_spec(callbacks: list[Any], allowed: Sequence[str] | None = None) -> dict[str, Any]:
+    """ModelCheckpoint -> ``checkpoint``, EarlyStopping -> ``early_stopping``, ReduceLROnPlateau -> ``lr_on_plateau``,
+    CSVLogger -> ``csv_logger``, TerminateOnNaN -> ``terminate_on_nan``, LearningRateScheduler -> ``lr_scheduler``
+    (its schedule must be a function in an allowlisted module), TensorBoard -> the job's own TensorBoard logs (always
+    written; options beyond per-epoch scalars are refused); any other callback is refused with the reason.
     """
+    from jobs.fitcheck import ref_of
+
     out: dict[str, Any] = {}
     problems: list[str] = []
     for cb in callbacks:
@@ -77,14 +89,27 @@ def callbacks_to_spec(callbacks: list[Any]) -> dict[str, Any]:
                 "cooldown": int(cb.cooldown),
                 "min_lr": _f(cb.min_lr),
             }
+        elif kind == "CSVLogger":
+            # The file goes to the job's directory (training.csv): a client path means nothing on a worker.
+            out["csv_logger"] = {"separator": str(cb.sep), "append": bool(cb.append)}
+        elif kind == "TerminateOnNaN":
+            out["terminate_on_nan"] = True
+        elif kind == "LearningRateScheduler":
+            ref, problem = ref_of(cb.schedule, allowed or [], "LearningRateScheduler.schedule")
+            if problem and allowed is not None:
+                problems.append(problem)
+            else:
+                out["lr_scheduler"] = {"schedule": ref}
+        elif kind == "History":
+            continue  # traind records the history itself (JobHandle.history), epoch by epoch
         elif kind == "TensorBoard":
             problems += _tensorboard_problems(cb)  # supported settings map to the job's own TensorBoard logs
-        elif kind in ("History", "ProgbarLogger", "BackupAndRestore"):
-            continue  # traind records history and progress itself and checkpoints on its own terms
+        elif kind in REFUSED:
+            problems.append(f"callbacks: {kind} is refused: {REFUSED[kind]}")
         else:
             problems.append(
-                f"callbacks: {kind} cannot be sent to a worker (no code crosses Redis); "
-                "expected ModelCheckpoint, EarlyStopping or ReduceLROnPlateau"
+                f"callbacks: {kind} cannot be sent to a worker (no code crosses Redis); expected ModelCheckpoint, "
+                "EarlyStopping, ReduceLROnPlateau, CSVLogger, TerminateOnNaN or LearningRateScheduler"
             )
     if problems:
         raise SpecError(problems)

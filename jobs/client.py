@@ -16,6 +16,7 @@ import redis
 
 from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
+from jobs.delivery import deliver, deliver_many
 from jobs.errors import (
     DurabilityError,
     JobNotFoundError,
@@ -25,7 +26,6 @@ from jobs.errors import (
     StorageError,
 )
 from jobs.location import parse_location
-from jobs.queue import enqueue
 from jobs.redis_conn import connect
 from jobs.replication import execute_pipeline, policy_of
 from jobs.settings import ClientSettings
@@ -188,15 +188,7 @@ class Client:
             self.store.create(jid, self._fields(sp, jid), pipeline=pipe)
         execute_pipeline(self.r, pipe, f"{len(ids)} jobs: create")
         durability = policy_of(self.r).last
-        pipe = self.r.pipeline(transaction=False)
-        for jid, sp in zip(ids, validated):
-            enqueue(self.r, jid, 1, _queue_name(sp), pipeline=pipe)
-        pipe.execute()
-        now = self.store.now_ms()
-        pipe = self.r.pipeline(transaction=False)
-        for jid in ids:
-            pipe.zadd(keys.PENDING, {jid: now}, xx=True)
-        pipe.execute()
+        deliver_many(self.store, [(jid, 1, _queue_name(sp)) for jid, sp in zip(ids, validated)])
         return [JobHandle(self, j, durability) for j in ids]
 
     def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
@@ -231,8 +223,7 @@ class Client:
                                   "never creates a second copy)") from e
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
-        enqueue(self.r, job_id, 1, _queue_name(spec))
-        self.store.mark_delivered(job_id)
+        deliver(self.store, job_id, 1, _queue_name(spec))
 
     def job(self, job_id: str) -> JobHandle:
         """The job with this id, or with the one id that starts with it (``client.job("019ac3f1")``).
@@ -251,58 +242,88 @@ class Client:
     def fit(
         self,
         model: Any,
-        x: Any,
+        /,
+        x: Any = None,
         y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: Any = "auto",
+        callbacks: list[Any] | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        class_weight: dict[int, float] | None = None,
+        sample_weight: Any = None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq: int = 1,
         *,
         name: str | None = None,
-        epochs: int = 1,
-        batch_size: int | None = None,
-        validation_split: float = 0.0,
-        validation_data: tuple[Any, Any] | None = None,
-        shuffle: bool = True,
-        callbacks: list[Any] | None = None,
         seed: int = 0,
+        custom_objects: dict[str, Any] | list[Any] | None = None,
         client_key: str | None = None,
-        **spec_overrides: Any,
+        **spec_sections: Any,
     ) -> JobHandle:
-        """Like ``model.fit``, but trained by a traind worker: uploads the arrays and the model (config,
-        compile config and current weights; no pickle), and turns Keras ModelCheckpoint / EarlyStopping /
-        ReduceLROnPlateau callbacks into the spec's ``checkpoint`` / ``early_stopping`` / ``lr_on_plateau``.
+        """Like ``model.fit`` (same arguments, same meaning), but trained by a traind worker.
 
-        >>> # job = client.fit(model, x, t, epochs=200, batch_size=100, validation_split=0.3,
+        Uploads the data (NumPy arrays, dicts/lists of them, or a finite tf.data.Dataset saved with
+        ``Dataset.save``) and the model (config, compile config and current weights; no pickle), turns Keras callbacks
+        into spec sections, rebuilds the model in safe mode as a worker will and checks every ``monitor`` against
+        the metrics it logs, all before anything is queued. Other keyword arguments are spec sections
+        (``checkpoint=``, ``resources=``, ``model={"custom_objects": [...]}``, ``fit={"deterministic": True}``...).
+
+        >>> # job = client.fit(model, {"a": xa, "b": xb}, t, epochs=20, batch_size=100, validation_split=0.3,
+        >>> #                  sample_weight=w, custom_objects={"Scale": Scale},
         >>> #                  callbacks=[ModelCheckpoint(p, save_best_only=True), EarlyStopping(patience=3)])
         """
-        import numpy as np
+        from jobs import fitcheck
 
         quiet_tensorflow()  # the caller's model normally loaded TensorFlow already; this covers the rest
         from jobs.modelio import serialize_model  # keras import only when fitting
 
+        allowed = self.settings.allowed_modules
+        problems = _unsupported_kwargs(spec_sections)
+        if verbose not in ("auto", 0, 1, 2):
+            problems.append(f"verbose: expected 'auto', 0, 1 or 2, received {verbose!r}")
+        if problems:
+            raise SpecError(problems)
         mx = self.settings.max_upload_bytes
         self.storage.ensure()
-        arrays = self.storage.put_arrays({"x": np.asarray(x), "y": np.asarray(y)}, max_bytes=mx)
-        data: dict[str, Any] = {"arrays": arrays}
-        if validation_data is not None:
-            if len(validation_data) != 2:
-                raise SpecError([f"validation_data: expected (x_val, y_val), received {len(validation_data)} items"])
-            xv, yv = validation_data
-            data["validation_arrays"] = self.storage.put_arrays(
-                {"x": np.asarray(xv), "y": np.asarray(yv)}, max_bytes=mx
-            )
+        data = self._upload_data(x, y, sample_weight, validation_data, mx)
         model_section = serialize_model(model, self.storage, max_bytes=mx)
+        extra_model = spec_sections.pop("model", None) or {}
+        if not isinstance(extra_model, dict):
+            raise SpecError([f"model: expected a dict of model spec fields, received {type(extra_model).__name__}"])
+        refs = fitcheck.custom_object_refs(custom_objects, allowed)
+        refs += fitcheck.custom_object_refs(extra_model.pop("custom_objects", None), allowed)
+        model_section.update(extra_model)
+        if refs:
+            model_section["custom_objects"] = list(dict.fromkeys(refs))
+        fit: dict[str, Any] = {
+            "epochs": epochs, "batch_size": batch_size or 32, "validation_split": validation_split,
+            "shuffle": shuffle, "seed": seed, "initial_epoch": initial_epoch, "validation_freq": validation_freq,
+        }
+        for k, v in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps),
+                     ("validation_batch_size", validation_batch_size), ("class_weight", class_weight)):
+            if v is not None:
+                fit[k] = v
         spec: dict[str, Any] = {
             "name": name or getattr(model, "name", None) or "fit",
             "model": model_section,
             "data": data,
-            "fit": {"epochs": epochs, "batch_size": batch_size or 32, "validation_split": validation_split,
-                    "shuffle": shuffle, "seed": seed},
+            "fit": fit,
         }
-        spec.update(callbacks_to_spec(callbacks or []))
-        for k, v in spec_overrides.items():
+        spec.update(callbacks_to_spec(callbacks or [], allowed))
+        for k, v in spec_sections.items():
             if isinstance(v, dict) and isinstance(spec.get(k), dict):
                 spec[k] = {**spec[k], **v}
             else:
                 spec[k] = v
-        handle = self.submit(spec, client_key=client_key)
+        job_spec = self._validate(spec)
+        self._check_model(job_spec, x, y, sample_weight)
+        handle = self.submit(job_spec, client_key=client_key)
         for cb in callbacks or []:
             if type(cb).__name__ == "TensorBoard":  # mapped, never silently dropped: say where the logs go
                 where = self.storage.job_dir(handle.id) / "tensorboard"
@@ -311,6 +332,129 @@ class Client:
                     "per epoch, events as text) to %s; view all jobs with: tensorboard --logdir %s",
                     getattr(cb, "log_dir", None), handle.id, where, where.parent.parent)
         return handle
+
+
+    def _upload_data(self, x: Any, y: Any, sample_weight: Any, validation_data: Any, max_bytes: int) -> dict[str, Any]:
+        """Store the training (and validation) data; return the spec's ``data`` section."""
+        from jobs import datasets, fitdata
+
+        _refuse_python_data(x, "x")
+        data: dict[str, Any] = {}
+        if datasets.is_dataset(x):
+            for arg, v in (("y", y), ("sample_weight", sample_weight)):
+                if v is not None:
+                    raise SpecError([f"{arg}: must be None when x is a tf.data.Dataset (as in Keras: the Dataset "
+                                     f"yields (x, y) or (x, y, sample_weight)), received {type(v).__name__}"])
+            data["dataset"] = datasets.save_dataset(x, self.storage, "x", max_bytes)
+        else:
+            if x is None or y is None:
+                raise SpecError(["x, y: expected training data (arrays, dicts/lists of arrays, or a Dataset as x), "
+                                 f"received x={type(x).__name__}, y={type(y).__name__}"])
+            packed = fitdata.pack({"x": x, "y": y, "sample_weight": sample_weight})
+            data["arrays"] = self.storage.put_arrays(packed, max_bytes=max_bytes)
+        if validation_data is None:
+            return data
+        _refuse_python_data(validation_data, "validation_data")
+        if datasets.is_dataset(validation_data):
+            data["validation_dataset"] = datasets.save_dataset(validation_data, self.storage, "validation_data",
+                                                               max_bytes)
+        elif isinstance(validation_data, tuple) and len(validation_data) in (2, 3):
+            parts = dict(zip(fitdata.PARTS, validation_data))
+            data["validation_arrays"] = self.storage.put_arrays(fitdata.pack(parts), max_bytes=max_bytes)
+        else:
+            shown = f"{len(validation_data)} items" if isinstance(validation_data, (tuple, list)) else \
+                type(validation_data).__name__
+            raise SpecError([f"validation_data: expected a tuple (x_val, y_val) or (x_val, y_val, val_sample_weight) "
+                             f"or a tf.data.Dataset, received {shown}"])
+        return data
+
+    def _check_model(self, spec: JobSpec, x: Any, y: Any, sample_weight: Any) -> None:
+        """Rebuild the model from the spec in safe mode, as a worker will, and check every monitor against the metrics
+        it logs: a job that cannot work is refused here, before anything is queued."""
+        import keras
+
+        from jobs import datasets, fitcheck, fitdata
+        from jobs.errors import UserCodeError
+        from jobs.modelio import build_model
+        from jobs.spec import monitors
+
+        # A fresh worker knows only the custom objects the spec declares: hide the ones this process registered
+        # (a class decorated with register_keras_serializable in the notebook would otherwise pass here only).
+        registry = keras.saving.get_custom_objects()
+        registered = dict(registry)
+        registry.clear()
+        try:
+            rebuilt = build_model(spec, self.storage, self.settings.allowed_modules, self.settings.max_upload_bytes)
+        except UserCodeError as e:
+            import re
+
+            missing = re.search(r"Could not locate (\w+) '([^']+)'", str(e))
+            why = (f"Keras could not locate {missing[1]} {missing[2]!r}" if missing else str(e)[:400])
+            raise SpecError([f"model: a worker could not rebuild this model: {why}; declare custom layers, losses, "
+                             "metrics, activations and schedules once with custom_objects={'Name': Class} (from a "
+                             "module under TRAIND_ALLOWED_MODULES)"]) from e
+        finally:
+            registry.clear()
+            registry.update(registered)
+        try:
+            if datasets.is_dataset(x):
+                sample = next(iter(x.take(1)))
+                x1, y1, sw1 = (tuple(sample) + (None, None))[:3] if isinstance(sample, tuple) else (sample, None, None)
+            else:
+                n = min(2, fitdata.num_samples(y))
+                x1, y1 = fitdata.take(x, slice(0, n)), fitdata.take(y, slice(0, n))
+                sw1 = None if sample_weight is None else fitdata.take(sample_weight, slice(0, n))
+            names = fitcheck.probe_metrics(rebuilt, x1, y1, sw1)
+        except Exception as e:  # noqa: BLE001 - the data does not fit the model: Keras' reason, shortened
+            raise SpecError([f"data: the model cannot evaluate this data ({type(e).__name__}: {str(e)[:400]})"]) from e
+        d = spec.data
+        has_val = bool(d.has_validation or spec.fit.validation_split > 0)
+        problems = fitcheck.monitor_problems(monitors(spec), names, has_val)
+        if problems:
+            raise SpecError(problems)
+
+
+# Keras fit arguments (Keras 2 and 3) that traind does not take, with the reason.
+_KERAS_UNSUPPORTED = {
+    "max_queue_size": "traind feeds data with tf.data, not a Python queue",
+    "workers": "traind feeds data with tf.data, not Python worker threads",
+    "use_multiprocessing": "traind feeds data with tf.data, not Python worker processes",
+}
+
+
+def _unsupported_kwargs(kwargs: dict[str, Any]) -> list[str]:
+    import difflib
+
+    sections = [f for f in JobSpec.model_fields if f not in ("name", "data")]
+    problems = []
+    for k in kwargs:
+        if k in _KERAS_UNSUPPORTED:
+            problems.append(f"{k}: Keras fit argument not supported by traind: {_KERAS_UNSUPPORTED[k]}")
+        elif k not in sections:
+            valid = ["x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data",
+                     "shuffle", "class_weight", "sample_weight", "initial_epoch", "steps_per_epoch",
+                     "validation_steps", "validation_batch_size", "validation_freq", "name", "seed",
+                     "custom_objects", "client_key", *sections]
+            near = difflib.get_close_matches(k, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            problems.append(f"{k}: not a Keras fit argument nor a traind spec section{hint} (expected one of "
+                            f"{', '.join(valid)})")
+    return problems
+
+
+def _refuse_python_data(x: Any, what: str) -> None:
+    """Generators, iterators and keras.utils.PyDataset hold Python code: they cannot be shipped."""
+    import inspect
+    from collections.abc import Iterator
+
+    kind = type(x).__name__
+    is_pydataset = any(c.__name__ in ("PyDataset", "Sequence") and c.__module__.startswith("keras")
+                       for c in type(x).__mro__)
+    if inspect.isgenerator(x) or isinstance(x, Iterator) or is_pydataset:
+        raise SpecError([
+            f"{what}: a {kind} yields batches from Python code, which traind neither pickles nor runs on its workers; "
+            "pass NumPy arrays (or dicts/lists of them), a finite tf.data.Dataset built from tensors, or name a "
+            "loader module on the workers' allowlist in a spec (data.loader: 'module:function')"])
 
 
 def _queue_name(spec: JobSpec) -> str:

@@ -16,6 +16,11 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def token(job_id: str) -> str:
+    """String: the running attempt's fencing token (a capability; kept out of the status hash tools print)."""
+    return f"{PREFIX}:job:{job_id}:token"
+
+
 def history(job_id: str) -> str:
     """Hash epoch(1-based) -> metrics JSON: a redone epoch replaces its entry."""
     return f"{PREFIX}:job:{job_id}:history"

@@ -8,6 +8,24 @@ from __future__ import annotations
 _NOW = """
 local _t = redis.call('TIME')
 local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+-- ms -> "2026-11-28T06:32:15.123Z": a person reading the hash with redis-cli sees when, next to the ms value.
+local function iso(ms)
+  local s = math.floor(ms / 1000)
+  local z = math.floor(s / 86400) + 719468
+  local rem = s - (z - 719468) * 86400
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(rem / 3600),
+    math.floor(rem % 3600 / 60), rem % 60, ms % 1000)
+end
+-- The fencing token is a capability: it lives in its own key, never in the status hash that tools print.
+local function token_key(job_key) return job_key .. ':token' end
 """
 
 # KEYS: job, leases, pending, events, state-index prefix (string), history
@@ -20,7 +38,7 @@ local job_id, to = ARGV[1], ARGV[2]
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[5] then return {'fenced', cur} end
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[6] then return {'fenced', cur} end
+if ARGV[6] ~= '' and redis.call('GET', token_key(KEYS[1])) ~= ARGV[6] then return {'fenced', cur} end
 local ok = false
 for _, s in ipairs(cjson.decode(ARGV[3])) do if s == cur then ok = true end end
 if not ok then return {'illegal', cur} end
@@ -28,17 +46,24 @@ if ARGV[10] == '1' then
   local exp = redis.call('ZSCORE', KEYS[2], job_id)
   if exp and tonumber(exp) > now then return {'alive', cur} end
 end
-redis.call('HSET', KEYS[1], 'state', to, 'updated_at', now)
+redis.call('HSET', KEYS[1], 'state', to, 'updated_at', now, 'updated_at_utc', iso(now))
 local fields = cjson.decode(ARGV[7])
 for k, v in pairs(fields) do
-  if v == cjson.null then redis.call('HDEL', KEYS[1], k) else redis.call('HSET', KEYS[1], k, tostring(v)) end
+  if k == 'token' then
+    if v == cjson.null then redis.call('DEL', token_key(KEYS[1])) else redis.call('SET', token_key(KEYS[1]), v) end
+  elseif v == cjson.null then redis.call('HDEL', KEYS[1], k)
+  else redis.call('HSET', KEYS[1], k, tostring(v)) end
+  if k:sub(-3) == '_at' and k ~= 'updated_at' then
+    if v == cjson.null then redis.call('HDEL', KEYS[1], k .. '_utc')
+    elseif tonumber(v) then redis.call('HSET', KEYS[1], k .. '_utc', iso(tonumber(v))) end
+  end
 end
 redis.call('SREM', KEYS[5] .. cur, job_id)
 redis.call('SADD', KEYS[5] .. to, job_id)
 if to == 'running' then
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[11]), job_id)
   redis.call('ZREM', KEYS[3], job_id)
-  redis.call('HSET', KEYS[1], 'started_at', now)
+  redis.call('HSET', KEYS[1], 'started_at', now, 'started_at_utc', iso(now))
 else
   redis.call('ZREM', KEYS[2], job_id)
 end
@@ -47,8 +72,8 @@ local terminal = false
 for _, s in ipairs(cjson.decode(ARGV[4])) do if s == to then terminal = true end end
 if terminal then
   redis.call('ZREM', KEYS[3], job_id)
-  redis.call('HSET', KEYS[1], 'finished_at', now)
-  redis.call('HDEL', KEYS[1], 'token')
+  redis.call('HSET', KEYS[1], 'finished_at', now, 'finished_at_utc', iso(now))
+  redis.call('DEL', token_key(KEYS[1]))
 end
 if ARGV[12] ~= '' then
   local keep = tonumber(ARGV[12])
@@ -57,7 +82,7 @@ if ARGV[12] ~= '' then
   end
 end
 if ARGV[8] ~= '' then
-  local ev = cjson.decode(ARGV[8]); ev['ts'] = now
+  local ev = cjson.decode(ARGV[8]); ev['ts'] = now; ev['time'] = iso(now)
   redis.call('RPUSH', KEYS[4], cjson.encode(ev))
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
 end
@@ -70,10 +95,10 @@ return {'ok', cur}
 HEARTBEAT = (
     _NOW
     + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'token', 'cancel_requested')
-if st[1] ~= 'running' or st[2] ~= ARGV[2] then return {0, tostring(st[1])} end
+local st = redis.call('HMGET', KEYS[1], 'state', 'cancel_requested')
+if st[1] ~= 'running' or redis.call('GET', token_key(KEYS[1])) ~= ARGV[2] then return {0, tostring(st[1])} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-return {1, st[3] or '0'}
+return {1, st[2] or '0'}
 """
 )
 
@@ -83,7 +108,7 @@ return {1, st[3] or '0'}
 FENCED_UPDATE = (
     _NOW
     + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'token')
+local st = {redis.call('HGET', KEYS[1], 'state'), redis.call('GET', token_key(KEYS[1]))}
 if st[1] ~= 'running' or st[2] ~= ARGV[1] then return {0, tostring(st[1])} end
 local p = cjson.decode(ARGV[2])
 if p.history_set then
@@ -102,9 +127,11 @@ if p.fields then
     if v == cjson.null then redis.call('HDEL', KEYS[1], k) else redis.call('HSET', KEYS[1], k, tostring(v)) end
   end
 end
-redis.call('HSET', KEYS[1], 'updated_at', now)
+redis.call('HSET', KEYS[1], 'updated_at', now, 'updated_at_utc', iso(now))
 if p.events then
-  for _, ev in ipairs(p.events) do ev['ts'] = now; redis.call('RPUSH', KEYS[4], cjson.encode(ev)) end
+  for _, ev in ipairs(p.events) do
+    ev['ts'] = now; ev['time'] = iso(now); redis.call('RPUSH', KEYS[4], cjson.encode(ev))
+  end
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
 end
 return {1, 'ok'}
@@ -123,12 +150,13 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[1]} end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, tostring(v)) end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', now, 'updated_at', now)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', now, 'updated_at', now, 'created_at_utc', iso(now),
+           'updated_at_utc', iso(now))
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('SADD', KEYS[4] .. 'queued', ARGV[1])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
-local ev = cjson.decode(ARGV[4]); ev['ts'] = now
+local ev = cjson.decode(ARGV[4]); ev['ts'] = now; ev['time'] = iso(now)
 redis.call('RPUSH', KEYS[6], cjson.encode(ev))
 return {1, ARGV[1]}
 """
@@ -143,7 +171,7 @@ local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return 'missing' end
 if st ~= 'running' then return st end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-local ev = cjson.decode(ARGV[1]); ev['ts'] = now
+local ev = cjson.decode(ARGV[1]); ev['ts'] = now; ev['time'] = iso(now)
 redis.call('RPUSH', KEYS[2], cjson.encode(ev))
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 return st
@@ -154,6 +182,25 @@ return st
 MARK_DELIVERED = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) return 1 end
 return 0
+"""
+
+# KEYS: job, zset ; ARGV: job_id, states that keep the entry (json).
+# Drops a lease/pending entry only while the job is (still) in none of those states, so a claim or requeue that
+# lands between the supervisor's read and its ZREM is never undone.
+ZREM_UNLESS_STATE = """
+local st = redis.call('HGET', KEYS[1], 'state')
+for _, s in ipairs(cjson.decode(ARGV[2])) do if s == st then return 0 end end
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
+# KEYS: workers ; ARGV: cutoff (ms), worker-hash prefix, limit. Re-checks the score so a fresh heartbeat wins.
+DROP_STALE_WORKERS = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, w in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], w)
+  redis.call('DEL', ARGV[2] .. w)
+end
+return stale
 """
 
 NOW_MS = _NOW + "return now"

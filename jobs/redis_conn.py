@@ -27,7 +27,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from jobs.errors import ConfigError
 
@@ -65,6 +65,28 @@ class _Retry(Retry):
             return is_retryable(e) if is_retryable is not None else True
 
         return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, except that sentinels refusing our credentials is an AuthenticationError at once
+    (redis-py folds it into MasterNotFoundError, a ConnectionError, which would be retried for half a minute)."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError:
+            refused = 0
+            for s in self.sentinels:
+                try:
+                    s.ping()
+                except (AuthenticationError, AuthorizationError, redis.ResponseError):
+                    refused += 1
+                except (ConnectionError, TimeoutError):
+                    pass
+            if refused and refused == len(self.sentinels):
+                raise AuthenticationError("every sentinel refused the sentinel credentials (sentinel_username / "
+                                          "sentinel_password in the redis+sentinel:// URL)") from None
+            raise
 
 
 @dataclass(frozen=True)
@@ -199,7 +221,7 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
             retry=Retry(NoBackoff(), 0), username=target.sentinel_username, password=target.sentinel_password,
             ssl=target.tls, **tls,
         )
-        sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
+        sentinel = _Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
         data = {**common, **target.data_kwargs}
         client = sentinel.master_for(
             target.master, redis_class=TraindRedis, db=target.db, username=target.username,

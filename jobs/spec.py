@@ -71,26 +71,52 @@ class DataSpec(_Strict):
         None, description="'module:function' returning (x, y), (x, y, x_val, y_val) or a Dataset."
     )
     loader_kwargs: dict[str, Any] = Field(default_factory=dict)
-    arrays: str | None = Field(None, pattern=_SHA, description="sha256 of an uploaded .npz with keys x, y.")
+    arrays: str | None = Field(
+        None, pattern=_SHA,
+        description="sha256 of an uploaded .npz: x, y (optionally sample_weight); dict/list inputs as x.d.NAME/x.l.I.")
     validation_arrays: str | None = Field(None, pattern=_SHA, description="sha256 of an uploaded .npz (x, y).")
+    dataset: str | None = Field(None, pattern=_SHA, description="sha256 of a tf.data.Dataset saved by Dataset.save.")
+    validation_dataset: str | None = Field(None, pattern=_SHA, description="sha256 of a saved validation Dataset.")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        if (self.loader is None) == (self.arrays is None):
-            raise ValueError("data: give exactly one of 'loader' (module:function) or 'arrays' (uploaded .npz)")
+        if sum(v is not None for v in (self.loader, self.arrays, self.dataset)) != 1:
+            raise ValueError("data: give exactly one of 'loader' (module:function), 'arrays' (uploaded .npz) or "
+                             "'dataset' (uploaded tf.data.Dataset)")
+        if self.validation_arrays is not None and self.validation_dataset is not None:
+            raise ValueError("data: give at most one of 'validation_arrays' and 'validation_dataset'")
         return self
+
+    @property
+    def has_validation(self) -> bool | None:
+        """True/False when known at submit; None for a loader (it may return validation data)."""
+        if self.loader is not None:
+            return None
+        return self.validation_arrays is not None or self.validation_dataset is not None
 
 
 class FitSpec(_Strict):
-    """The arguments of ``model.fit`` that traind honours."""
+    """The arguments of ``model.fit`` that traind honours (same meaning as in Keras)."""
 
     epochs: int = Field(..., ge=1)
     batch_size: int = Field(32, ge=1, le=1_000_000)
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)
     shuffle: bool = True
     seed: int = Field(0, ge=0, lt=2**31, description="Seeds weights and each epoch's shuffle (seed, epoch).")
-    steps_per_epoch: int | None = Field(None, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="Batches per epoch (Keras' steps_per_epoch).")
+    initial_epoch: int = Field(0, ge=0, description="Epoch at which to start training (0-based, as in Keras).")
+    validation_freq: int = Field(1, ge=1, description="Validate every N epochs (Keras' integer validation_freq).")
+    validation_steps: int | None = Field(None, ge=1, description="Validation batches per evaluation.")
+    validation_batch_size: int | None = Field(None, ge=1, le=1_000_000)
+    class_weight: dict[int, float] | None = Field(None, description="Class index -> loss weight (single output).")
     deterministic: bool = Field(False, description="Enable TF op determinism (bit-exact resume, slower).")
+
+    @model_validator(mode="after")
+    def _epochs(self) -> FitSpec:
+        if self.initial_epoch >= self.epochs:
+            raise ValueError(f"initial_epoch ({self.initial_epoch}) must be below epochs ({self.epochs}); "
+                             "as in Keras, epochs is the index of the last epoch, not a count")
+        return self
 
 
 class CheckpointSpec(_Strict):
@@ -128,6 +154,19 @@ class ReduceLROnPlateauSpec(_Strict):
     min_lr: float = Field(0.0, ge=0.0)
 
 
+class CSVLoggerSpec(_Strict):
+    """Keras CSVLogger: one row per epoch, written to ``training.csv`` in the job's directory."""
+
+    separator: str = Field(",", min_length=1, max_length=1)
+    append: bool = False
+
+
+class LRSchedulerSpec(_Strict):
+    """Keras LearningRateScheduler with ``schedule(epoch, lr) -> lr`` from an allowlisted module."""
+
+    schedule: str = Field(..., description="'module:function' taking (epoch, lr) and returning the new lr.")
+
+
 class ResourcesSpec(_Strict):
     """Where the job runs."""
 
@@ -146,9 +185,23 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     early_stopping: EarlyStoppingSpec | None = None
     lr_on_plateau: ReduceLROnPlateauSpec | None = None
+    csv_logger: CSVLoggerSpec | None = None
+    terminate_on_nan: bool = Field(False, description="Keras TerminateOnNaN: a NaN/inf loss fails the job.")
+    lr_scheduler: LRSchedulerSpec | None = None
     resume_from: Literal["best", "latest"] = "best"
     max_restarts: int = Field(3, ge=0, le=1000)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _default_monitor(self) -> JobSpec:
+        # ModelCheckpoint's default monitor is val_loss; a job known to have no validation data gets "loss" instead
+        # (documented), while a val_* monitor the user wrote is refused by static_fit_problems.
+        d = self.data
+        validates = d.has_validation or (d.arrays is not None and self.fit.validation_split > 0)
+        if d.loader is None and not validates and "monitor" not in self.checkpoint.model_fields_set:
+            self.checkpoint.monitor = "loss"
+            self.checkpoint.model_fields_set.discard("monitor")
+        return self
 
 
 _MODELS: dict[str, type[BaseModel]] = {
@@ -159,6 +212,8 @@ _MODELS: dict[str, type[BaseModel]] = {
     "checkpoint": CheckpointSpec,
     "early_stopping": EarlyStoppingSpec,
     "lr_on_plateau": ReduceLROnPlateauSpec,
+    "csv_logger": CSVLoggerSpec,
+    "lr_scheduler": LRSchedulerSpec,
     "resources": ResourcesSpec,
 }
 
@@ -242,7 +297,7 @@ def validate_spec(
         problems.extend(_format_error(err) for err in e.errors())
     # The allowlist is checked on the raw data too, so one pass reports type errors and refused code together.
     if allowed_modules is not None:
-        for section, field in (("model", "builder"), ("data", "loader")):
+        for section, field in (("model", "builder"), ("data", "loader"), ("lr_scheduler", "schedule")):
             ref = (data.get(section) or {}).get(field) if isinstance(data.get(section), dict) else None
             if ref is not None:
                 p = _ref_problem(ref, allowed_modules, f"{section}.{field}")
@@ -255,6 +310,8 @@ def validate_spec(
                 problems.append(p)
     if spec is not None and max_epochs is not None and spec.fit.epochs > max_epochs:
         problems.append(f"fit.epochs: {spec.fit.epochs} exceeds TRAIND_MAX_EPOCHS={max_epochs}")
+    if spec is not None:
+        problems.extend(static_fit_problems(spec))
     if problems:
         raise SpecError(problems)
     assert spec is not None
@@ -269,6 +326,37 @@ def validate_spec(
             raise LimitError([f"<spec>: at least {stored} bytes as JSON once defaults are filled in exceeds "
                               f"TRAIND_MAX_SPEC_BYTES={max_spec_bytes}"])
     return spec
+
+
+def monitors(spec: JobSpec) -> dict[str, str]:
+    """Every ``monitor`` field of the spec: ``{"checkpoint.monitor": "val_loss", ...}``."""
+    out = {"checkpoint.monitor": spec.checkpoint.monitor}
+    if spec.early_stopping is not None:
+        out["early_stopping.monitor"] = spec.early_stopping.monitor
+    if spec.lr_on_plateau is not None:
+        out["lr_on_plateau.monitor"] = spec.lr_on_plateau.monitor
+    return out
+
+
+def static_fit_problems(spec: JobSpec) -> list[str]:
+    """What is wrong with the fit/data combination without building the model (monitor names are checked against
+    the compiled model by :func:`jobs.fitcheck.monitor_problems`)."""
+    problems: list[str] = []
+    d, f = spec.data, spec.fit
+    validates = d.has_validation or (d.arrays is not None and f.validation_split > 0)
+    if d.loader is None and not validates:
+        for where, mon in monitors(spec).items():
+            if mon.startswith("val_"):
+                problems.append(
+                    f"{where}: {mon!r} needs validation data, and this job has none; pass validation_data or "
+                    f"validation_split, or monitor a training metric such as {mon.removeprefix('val_')!r}")
+    if d.dataset is not None and f.validation_split:
+        problems.append("fit.validation_split: not supported with a Dataset (as in Keras); pass validation_data")
+    if f.class_weight == {}:
+        problems.append("fit.class_weight: expected a non-empty {class index: weight} mapping, received {}")
+    if f.class_weight is not None and any(k < 0 for k in f.class_weight):
+        problems.append(f"fit.class_weight: expected class indices >= 0, received {sorted(f.class_weight)}")
+    return problems
 
 
 def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:

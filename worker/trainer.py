@@ -1,6 +1,7 @@
 """Train one claimed attempt of a job: build, load data, resume, fit, checkpoint every epoch.
 
-The caller (:mod:`worker.runner`) owns the claim, the heartbeat and the final state transition.
+The caller (:mod:`worker.attempt`) owns the claim, the heartbeat and the final state transition; ``Trainer.run``
+tells it how training ended with a complete :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import keras
 import numpy as np
 import redis
 
+from jobs import fitcheck, fitdata
+from jobs.ckpt_format import ckpt_key
 from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
+from jobs.events import EventKind, event
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
-from jobs.spec import JobSpec
-from jobs.storage import Storage, job_key
-from jobs.store import JobStore, event
+from jobs.spec import JobSpec, monitors
+from jobs.storage import Storage
+from jobs.store import JobStore
 from worker import data as data_mod
+from worker import fit_callbacks
 from worker.callbacks import (
     BestTracker,
     ControlCallback,
@@ -30,7 +35,7 @@ from worker.callbacks import (
     ResumableReduceLROnPlateau,
     clean_logs,
 )
-from worker.checkpoint import Checkpoints, Restored, Snapshot, ckpt_key
+from worker.checkpoint import Checkpoints, Restored, Snapshot
 from worker.control import Interrupted, JobControl, StopReason
 from worker.tensorboard import TensorBoardLogger
 
@@ -39,12 +44,17 @@ log = logging.getLogger("traind.worker")
 
 @dataclass
 class Outcome:
-    """How the attempt ended; ``fields`` go into the final transition."""
+    """How the attempt ended: ``reason`` None when training finished (the job succeeded), else why it stopped.
 
-    reason: StopReason | None  # None: training finished (succeeded)
+    ``fields`` and ``event`` go into the final transition; ``preempt_key`` is the committed checkpoint a
+    preempted attempt resumes from (None when it stopped at an epoch end and resumes from the latest one).
+    """
+
+    reason: StopReason | None
     fields: dict[str, Any] = field(default_factory=dict)
     event: str = ""
     preempt_key: int | None = None
+    epochs_done: int = 0
 
 
 def _fmt(v: float | None) -> str:
@@ -59,7 +69,7 @@ class Trainer:
         self.store, self.storage, self.settings = store, storage, settings
         self.job_id, self.attempt, self.token, self.spec = job_id, attempt, token, spec
         self.record, self.control = record, control
-        self.ckpts = Checkpoints(storage, store, job_id, attempt, token)
+        self.ckpts = Checkpoints(storage, store, job_id, attempt, token, keep_last=spec.checkpoint.keep_last)
         self.model: Any = None
         self.es: ResumableEarlyStopping | None = None
         self.rlrop: ResumableReduceLROnPlateau | None = None
@@ -72,12 +82,16 @@ class Trainer:
         self.stop_after_epoch = False
         self.arrays = True
         self.epochs_done = 0
+        self.extra_cbs: list[Any] = []
         self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
+        """Train until done or stopped; raises UserCodeError / FencedError / StorageError / CheckpointError."""
         try:
             return self._run()
+        except Interrupted as i:
+            return self._stopped(i.reason)
         finally:
             self.tensorboard.close()
             try:
@@ -97,20 +111,22 @@ class Trainer:
         data = data_mod.load(spec, self.storage, allowed, self.settings.max_upload_bytes)
         self.arrays = data.is_arrays
         if data.is_arrays:
-            if spec.fit.steps_per_epoch:
-                raise UserCodeError("fit.steps_per_epoch applies to Dataset loaders; arrays train on every sample")
-            self.steps = data.steps_per_epoch(spec.fit.batch_size)
+            self.steps = data.steps_per_epoch(spec.fit.batch_size, spec.fit.steps_per_epoch)
+            x1, y1 = fitdata.take(data.x, slice(0, 1)), fitdata.take(data.y, slice(0, 1))
             if not self.model.built:
-                self.model(data.x[:1])
-            _create_variables_eagerly(self.model, data.x[:1], data.y[:1])
+                self.model(x1)
+            _create_variables_eagerly(self.model, x1, y1)
         else:
             self.steps = spec.fit.steps_per_epoch
+        if spec.data.loader is not None:
+            self._check_monitors(data)  # client.fit checked these at submit; a loader's data is first seen here
         if spec.early_stopping:
             self.es = ResumableEarlyStopping(**spec.early_stopping.model_dump())
         if spec.lr_on_plateau:
             self.rlrop = ResumableReduceLROnPlateau(**spec.lr_on_plateau.model_dump())
 
         start_epoch, start_batch, metric_vars = self._resume()
+        self.extra_cbs = fit_callbacks.extra_callbacks(spec, self.storage, self.job_id, start_epoch, allowed)
         if start_epoch >= spec.fit.epochs:
             return self._finish()
         if start_batch:
@@ -122,18 +138,24 @@ class Trainer:
         self._fit(data, start_epoch, spec.fit.epochs)
         return self._finish()
 
+    def _stopped(self, reason: StopReason) -> Outcome:
+        if reason is StopReason.CANCEL:
+            msg = f"cancelled after epoch {self.epochs_done}; checkpoints kept"
+        elif reason is StopReason.PREEMPT:
+            msg = f"preempted after epoch {self.epochs_done}"
+        else:
+            msg = "lease lost: another attempt owns the job"
+        return Outcome(reason, {}, msg, preempt_key=self.preempt_key, epochs_done=self.epochs_done)
+
     # -- resume --------------------------------------------------------------------------------------------------
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
-        # Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
-        # (On object storage: multipart uploads a killed writer left unfinished are aborted.)
-        for prefix in (job_key(self.job_id), self.ckpts.prefix):
-            self.storage.cleanup_incomplete(prefix)
+        self.ckpts.clear_incomplete()
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
         restored, events = self.ckpts.select(index, self.spec.resume_from, best_key, preempt_key)
-        start_epoch, start_batch, metric_vars = 0, 0, None
+        start_epoch, start_batch, metric_vars = self.spec.fit.initial_epoch, 0, None
         if restored is not None:
             self._restore(restored)
             start_epoch, start_batch = restored.manifest["epoch"], restored.manifest["batch"]
@@ -149,9 +171,11 @@ class Trainer:
                                   "batch": start_batch, "steps": self.steps or 0}
         if restored is None:
             fields.update({"best_epoch": None, "best_value": None, "best_ckpt_key": None})
-        events.append(event(f"attempt {self.attempt} training on worker {rec.get('worker')} from epoch "
-                            f"{start_epoch + 1}/{self.spec.fit.epochs}"
-                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else "")))
+        events.append(event(EventKind.TRAINING, f"attempt {self.attempt} training on worker {rec.get('worker')} from "
+                            f"epoch {start_epoch + 1}/{self.spec.fit.epochs}"
+                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else ""),
+                            attempt=self.attempt, worker=rec.get("worker"), epoch=start_epoch + 1,
+                            batch=start_batch + 1 if start_batch else 0))
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_del=hist_del, ckpt_del=stale,
                                  events=events)
         self.ckpts.delete_files([index[k] for k in stale])
@@ -196,15 +220,21 @@ class Trainer:
         cbs.append(ControlCallback(self.control, self._on_stop, self._on_progress,
                                    self.settings.progress_interval_s, batch_offset=skip,
                                    steps=self.steps if data.is_arrays else None))
+        cbs += self.extra_cbs  # user-requested Keras callbacks run before traind's own, as in model.fit
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
         cbs.append(self.tensorboard)  # after the epoch's history is in Redis: it writes what Redis holds
         kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "callbacks": cbs, "verbose": 0,
-                                  "shuffle": False}  # arrays are shuffled per epoch by traind's own pipeline
+                                  "shuffle": False,  # arrays are shuffled per epoch by traind's own pipeline
+                                  "validation_freq": spec.fit.validation_freq}
+        if spec.fit.class_weight:
+            kwargs["class_weight"] = dict(spec.fit.class_weight)
+        if spec.fit.validation_steps:
+            kwargs["validation_steps"] = spec.fit.validation_steps
         if data.is_arrays:
             assert self.steps is not None
             x = data_mod.epoch_dataset(data, spec.fit.batch_size, spec.fit.shuffle, spec.fit.seed, first, last,
-                                       skip_batches=skip)
+                                       skip_batches=skip, steps=self.steps, initial_epoch=spec.fit.initial_epoch)
             kwargs["steps_per_epoch"] = self.steps - skip if last == first + 1 and skip else self.steps
             if skip and last != first + 1:
                 raise AssertionError("a partial epoch is fitted on its own")
@@ -215,7 +245,7 @@ class Trainer:
         if data.validation is not None:
             kwargs["validation_data"] = data.validation
             if data.is_arrays:
-                kwargs["validation_batch_size"] = spec.fit.batch_size
+                kwargs["validation_batch_size"] = spec.fit.validation_batch_size or spec.fit.batch_size
         self.epoch_started = time.monotonic()
         try:
             self.model.fit(x, **kwargs)
@@ -223,6 +253,33 @@ class Trainer:
             raise  # traind's own signals and infrastructure errors: not the user's code
         except Exception as e:
             raise UserCodeError(f"training raised {type(e).__name__}: {e}") from e
+
+    def _check_monitors(self, data: data_mod.TrainData) -> None:
+        """Every monitor must name a metric this model logs on this data: fail now, with "did you mean", rather than
+        after an epoch. Without validation data, the default checkpoint monitor val_loss becomes loss (an event)."""
+        spec = self.spec
+        try:
+            if data.is_arrays:
+                x1, y1 = fitdata.take(data.x, slice(0, 2)), fitdata.take(data.y, slice(0, 2))
+                sw1 = None if data.sw is None else fitdata.take(data.sw, slice(0, 2))
+            else:
+                el = next(iter(data.dataset.take(1)))
+                x1, y1, sw1 = (tuple(el) + (None, None))[:3] if isinstance(el, tuple) else (el, None, None)
+            names = fitcheck.probe_metrics(self.model, x1, y1, sw1)
+        except Exception as e:
+            raise UserCodeError(f"the model cannot evaluate the loader's data: {type(e).__name__}: {e}") from e
+        has_val = data.validation is not None
+        mons = monitors(spec)
+        mon = spec.checkpoint.monitor
+        if not has_val and mon == "val_loss":
+            mons.pop("checkpoint.monitor")
+            self.tracker = BestTracker("loss", spec.checkpoint.mode, spec.checkpoint.initial_value_threshold)
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, "no validation data: the checkpoint monitors loss instead of the default val_loss",
+                "warning")])
+        problems = fitcheck.monitor_problems(mons, names, has_val)
+        if problems:
+            raise UserCodeError("; ".join(problems))
 
     def _state(self) -> dict[str, Any]:
         st: dict[str, Any] = {"tracker": self.tracker.get_state()}
@@ -259,31 +316,35 @@ class Trainer:
         improved, prev, cur = self.tracker.observe(self.model, e, logs)
         events: list[dict[str, Any]] = []
         fields: dict[str, Any] = {"epoch": e, "metrics": metrics, "batch": 0}
-        mon = spec.checkpoint.monitor
+        mon = self.tracker.monitor
         if improved or not spec.checkpoint.save_best_only:
             self._ensure_owner()  # the exports below replace job-wide files: only the owning attempt may
         if improved:
             exported = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "best")
             fields.update({"best_epoch": e, "best_value": cur, "best_checkpoint": exported})
             frm = "" if prev is None else f" from {_fmt(prev)}"
-            events.append(event(f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}, saved {exported['file']}"))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}, saved "
+                                f"{exported['file']}", epoch=e, improved=True))
         elif cur is None:
-            events.append(event(f"epoch {e}: {mon} not in logs ({', '.join(sorted(logs))}); not compared", "warning"))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} not in logs ({', '.join(sorted(logs))}); not "
+                                "compared", "warning", epoch=e, improved=False))
         else:
-            events.append(event(f"epoch {e}: {mon} did not improve from {_fmt(prev)} ({_fmt(cur)})"))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} did not improve from {_fmt(prev)} ({_fmt(cur)})",
+                                epoch=e, improved=False))
         if not spec.checkpoint.save_best_only:
             fields["latest_checkpoint"] = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "latest")
         if self.rlrop is not None:
             old_lr = metrics.get("learning_rate")
             new_lr = _lr(self.model)
             if old_lr is not None and new_lr is not None and new_lr < old_lr * (1 - 1e-6):
-                events.append(event(f"epoch {e}: learning rate reduced from {_fmt(old_lr)} to {_fmt(new_lr)}"))
+                events.append(event(EventKind.LR_REDUCED, f"epoch {e}: learning rate reduced from {_fmt(old_lr)} to "
+                                    f"{_fmt(new_lr)}", epoch=e))
         stopping = self.es is not None and self.es.stopped_epoch == epoch0 and epoch0 > 0 and self.model.stop_training
         if stopping:
             self.stop_after_epoch = True
             fields["stopped_early"] = True
-            events.append(event(f"early stop at epoch {e} (best {self.es.monitor} {_fmt(_f(self.es.best))} "
-                                f"at epoch {self.es.best_epoch + 1})"))
+            events.append(event(EventKind.EARLY_STOP, f"early stop at epoch {e} (best {self.es.monitor} "
+                                f"{_fmt(_f(self.es.best))} at epoch {self.es.best_epoch + 1})", epoch=e))
         entry = {"epoch": e, **metrics, "time_s": round(time.monotonic() - self.epoch_started, 4)}
         self.epoch_started = time.monotonic()
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_set={e: entry}, events=events)
@@ -291,22 +352,13 @@ class Trainer:
         snap = self._snapshot(e, 0, metrics, mid_epoch=False)
         if improved:
             self.best_key = snap.key
-        best_key = self.best_key
-        self.ckpts.save_async(snap, lambda m: self._commit(m, best_key))
+        self.ckpts.save_async(snap, self.best_key)
         reason = self.control.reason
         if reason in (StopReason.PREEMPT, StopReason.CANCEL) and not stopping and e < spec.fit.epochs:
             self.ckpts.flush()  # a requeue must point at a committed checkpoint
             if reason is StopReason.PREEMPT:
                 self.preempt_key = snap.key
             raise Interrupted(reason)
-
-    def _commit(self, manifest: dict[str, Any], best_key: int | None) -> None:
-        index = self.store.checkpoints(self.job_id)
-        index[manifest["key"]] = manifest
-        victims = self.ckpts.retention_victims(index, self.spec.checkpoint.keep_last, best_key, manifest["key"])
-        fields = {"best_ckpt_key": best_key} if best_key is not None else None
-        self.ckpts.commit(manifest, fields=fields, delete=victims)
-        self.ckpts.delete_files([index[k] for k in victims])
 
     def _on_stop(self, epoch0: int, batches_done: int) -> None:
         """A stop was requested at a batch boundary. Preemption saves a mid-epoch checkpoint first."""
@@ -318,10 +370,10 @@ class Trainer:
         # a user Dataset resumes from the last epoch end instead.
         if reason is StopReason.PREEMPT and self.arrays and self.steps and batches_done < self.steps:
             snap = self._snapshot(epoch0, batches_done, {}, mid_epoch=True)
-            manifest = self.ckpts.write(snap)
-            self.ckpts.commit(manifest, fields={"preempt_key": snap.key},
-                              events=[event(f"preempted: saved checkpoint at epoch {epoch0 + 1} batch "
-                                            f"{batches_done}/{self.steps}")])
+            self.ckpts.save(snap, fields={"preempt_key": snap.key},
+                            events=[event(EventKind.CHECKPOINT, f"preempted: saved checkpoint at epoch {epoch0 + 1} "
+                                          f"batch {batches_done}/{self.steps}", epoch=epoch0 + 1,
+                                          batch=batches_done)])
             self.preempt_key = snap.key
 
     def _on_progress(self, epoch0: int, batches_done: int, logs: dict[str, Any]) -> None:
@@ -353,7 +405,7 @@ class Trainer:
             msg += f"; restored weights of best epoch {self.es.best_epoch + 1}"
         self._ensure_owner()
         fields["final_checkpoint"] = self.ckpts.export(self.model, self.spec.checkpoint.save_weights_only, "final")
-        return Outcome(None, fields, msg)
+        return Outcome(None, fields, msg, epochs_done=self.epochs_done)
 
 
 def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:

@@ -42,7 +42,8 @@ def _wait(cond: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
 class Node:
     """One redis-server process (data node or sentinel)."""
 
-    def __init__(self, workdir: Path, name: str) -> None:
+    def __init__(self, workdir: Path, name: str, password: str | None = None) -> None:
+        self.password = password
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -61,7 +62,8 @@ class Node:
         return self
 
     def client(self, timeout: float = 1.0) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return redis.Redis(port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                           password=self.password)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -84,19 +86,25 @@ class SentinelCluster:
     """Primary ``nodes[0]``, replica ``nodes[1]``, sentinels ``sentinels[0..2]`` (quorum 2)."""
 
     def __init__(self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS,
-                 failover_timeout_ms: int = FAILOVER_TIMEOUT_MS) -> None:
+                 failover_timeout_ms: int = FAILOVER_TIMEOUT_MS, password: str | None = None,
+                 sentinel_password: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
-        self.nodes = [Node(self.workdir, "primary"), Node(self.workdir, "replica")]
-        self.sentinels = [Node(self.workdir, f"sentinel{i}") for i in range(3)]
+        self.password, self.sentinel_password = password, sentinel_password
+        self.nodes = [Node(self.workdir, "primary", password), Node(self.workdir, "replica", password)]
+        self.sentinels = [Node(self.workdir, f"sentinel{i}", sentinel_password) for i in range(3)]
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{MASTER}/0"
+        auth = f":{self.password}@" if self.password else ""
+        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"redis+sentinel://{auth}{hosts}/{MASTER}/0{query}"
 
     def start(self) -> SentinelCluster:
         base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.password:  # masterauth: a node must log in to the primary whenever it is (or becomes) a replica
+            base += ["--requirepass", self.password, "--masterauth", self.password]
         primary, replica = self.nodes
         primary.start(["--port", str(primary.port), "--dir", str(primary.dir), *base])
         replica.start(["--port", str(replica.port), "--dir", str(replica.dir), *base,
@@ -112,6 +120,9 @@ class SentinelCluster:
                 f"sentinel down-after-milliseconds {MASTER} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {MASTER} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {MASTER} 1\n"
+                + (f"sentinel auth-pass {MASTER} {self.password}\n" if self.password else "")
+                # A sentinel's own password; sentinels use it to log in to each other too.
+                + (f"requirepass {self.sentinel_password}\n" if self.sentinel_password else "")
             )
             s.start([str(conf), "--sentinel"])
         # Every sentinel sees the replica and the two other sentinels before a test may fail anything over.

@@ -166,3 +166,19 @@ def test_unconfirmed_submit_says_the_job_is_queued(pair: tuple[RedisServer, Redi
     raw = client.store.raw(job_id)
     assert raw["state"] == "queued"  # told "queued": it is, and its message is on its queue
     assert keys.rq_job_id(job_id, 1) in queue_contents(client.r, raw["queue"])
+
+
+def test_sentinel_and_data_passwords(tmp_path: Path) -> None:
+    """Both passwords on a real cluster: the right ones replicate; a wrong one fails at once with a clear error."""
+    from tests.ha.cluster import SentinelCluster
+
+    with SentinelCluster(tmp_path / "ha", password="data-pw", sentinel_password="sent-pw") as ha:
+        store = JobStore(connect(ha.url, retries=3))
+        assert store.create("p1", {"x": 1}) == ("p1", True)
+        assert store.r.durability.last == "replicated (1)"
+        bad_sentinel = ha.url.replace("sentinel_password=sent-pw", "sentinel_password=nope")
+        with pytest.raises(redis.AuthenticationError, match="every sentinel refused"):
+            connect(bad_sentinel, retries=3).ping()
+        with pytest.raises(redis.AuthenticationError):
+            connect(ha.url.replace(":data-pw@", ":nope@"), retries=3).ping()
+        assert "data-pw" not in redact_url(ha.url) and "sent-pw" not in redact_url(ha.url)

@@ -126,15 +126,21 @@ def test_reexported_callable_of_an_allowed_module_is_refused(
 def test_lambda_layer_is_refused_in_safe_mode(
     client: Client, r: redis.Redis, redis_url: str, storage_dir: Path, marker: Path
 ) -> None:
-    """``client.fit`` ships a model config; a Lambda layer's bytecode is never deserialized by the worker."""
+    """A Lambda layer's bytecode is never deserialized: ``client.fit`` refuses it at submit (it rebuilds the model in
+    safe mode as a worker would), and a spec carrying the same config, submitted directly, fails on the worker."""
     import keras
 
     from examples.regression import load_data
+    from jobs.modelio import serialize_model
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2.0), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     x, y = load_data(n=64)
-    job = client.fit(model, x, y, epochs=1, name="lambda")
+    with pytest.raises(SpecError, match="a worker could not rebuild this model") as ei:
+        client.fit(model, x, y, epochs=1, name="lambda")
+    assert "safe_mode=False" in str(ei.value)
+    _nothing_recorded(r)
+    job = client.submit(good_spec("lambda", model=serialize_model(model, client.storage)))
     run_burst(redis_url, storage_dir)
     error = failed_with(r, job.id)
     assert error.startswith("model.config could not be loaded in safe mode: ValueError:"), error
