@@ -19,6 +19,7 @@ BENCHES = [
     ("detection", ["--rq-cap-s", "3"]),
     ("failover", []),
     ("cli_latency", []),
+    ("s3", []),  # its own moto S3 server; upload, resume-from-S3 and cache tables (no worker processes)
 ]
 
 
