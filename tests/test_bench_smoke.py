@@ -17,6 +17,7 @@ BENCHES = [
     ("resume", []),
     ("work_lost", []),
     ("detection", ["--rq-cap-s", "3"]),
+    ("serve", []),
     ("failover", []),
     ("cli_latency", []),
 ]
