@@ -474,20 +474,14 @@ def wait_running(r: Any, job_id: str, attempt: int, timeout: float = 300) -> dic
 
 def requeue_now(store: Any, job_id: str, attempt: int, reason: str = "bench: worker killed") -> int:
     """What the supervisor does for a lost attempt, without waiting for its lease to expire (the killed worker's
-    lease would otherwise hold the job for up to lease_ttl_s): transition to requeued, enqueue the next attempt.
-    Returns ``requeued_at`` (Redis clock, ms)."""
-    from jobs.queue import enqueue
-    from jobs.states import JobState
+    lease would otherwise hold the job for up to lease_ttl_s). Returns ``requeued_at`` (Redis clock, ms)."""
+    from jobs.delivery import requeue
+    from jobs.events import EventKind
 
     rec = store.raw(job_id)
-    now = store.now_ms()
-    store.transition(job_id, JobState.REQUEUED, attempt=attempt,
-                     fields={"attempt": attempt + 1, "restarts": int(rec.get("restarts") or 0) + 1, "reason": reason,
-                             "requeued_at": now, "token": None},
-                     event_msg=f"{reason}; requeued as attempt {attempt + 1}", level="warning")
-    enqueue(store.r, job_id, attempt + 1, rec["queue"])
-    store.mark_delivered(job_id)
-    return now
+    return requeue(store, job_id, attempt=attempt, queue=rec["queue"], kind=EventKind.REQUEUED,
+                   msg=f"{reason}; requeued as attempt {attempt + 1}",
+                   fields={"restarts": int(rec.get("restarts") or 0) + 1, "reason": reason})
 
 
 # -- stats -----------------------------------------------------------------------------------------------------------

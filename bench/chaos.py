@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import re
 import shlex
 import shutil
 import signal
@@ -398,6 +397,8 @@ class Chaos:
 
     # -- analysis --------------------------------------------------------------------------------------------------
     def analyse(self, sampler: Sampler) -> dict[str, Any]:
+        from jobs.events import EventKind
+
         a = self.args
         per_job: list[dict[str, Any]] = []
         violations: list[str] = []
@@ -411,13 +412,12 @@ class Chaos:
                 continue
             ev = self.store.events(jid)
             events[jid] = ev
-            msgs = [e["msg"] for e in ev]
-            trained = sum(1 for m in msgs if re.match(r"epoch \d+: ", m))
+            trained = sum(1 for e in ev if e.get("kind") == EventKind.EPOCH.value)
             final_epoch = int(st["epoch"] or 0)
             claims: dict[int, int] = {}
-            for m in msgs:
-                if mm := re.match(r"attempt (\d+) training on worker ", m):
-                    claims[int(mm.group(1))] = claims.get(int(mm.group(1)), 0) + 1
+            for e in ev:
+                if e.get("kind") == EventKind.TRAINING.value:
+                    claims[int(e["attempt"])] = claims.get(int(e["attempt"]), 0) + 1
             for att, cnt in claims.items():
                 if cnt > 1:
                     violations.append(f"job {jid}: attempt {att} was claimed {cnt} times")
@@ -496,14 +496,16 @@ class Chaos:
     @staticmethod
     def _kill_outcome(k: Kill, events: list[dict[str, Any]]) -> None:
         """Match a kill with the requeue of the attempt it hit and with the next attempt's resume point."""
+        from jobs.events import EventKind
+
         nxt = k.attempt + 1
         for e in events:
-            msg = e["msg"]
-            if k.requeue_ms is None and f"requeued as attempt {nxt} " in msg and "lost (lease expired" in msg:
+            kind, attempt = e.get("kind"), e.get("attempt")
+            if k.requeue_ms is None and kind == EventKind.REQUEUED.value and attempt == nxt:
                 k.requeue_ms = int(e["ts"])
                 k.detect_ms = k.requeue_ms - k.kill_ms
-            if mm := re.match(rf"attempt {nxt} training on worker \S+ from epoch (\d+)/", msg):
-                k.resumed_from = int(mm.group(1)) - 1
+            if kind == EventKind.TRAINING.value and attempt == nxt:
+                k.resumed_from = int(e["epoch"]) - 1
                 k.redone = max(0, k.epoch - k.resumed_from)
         if k.requeue_ms is not None:
             k.outcome = "requeued"

@@ -237,7 +237,8 @@ def in_process_traind(worker: Any, client: Any, spec: dict[str, Any]) -> tuple[d
             for owner, name in [
                 (runner_mod, "pop"), (runner_mod, "_release_memory"), (Worker, "execute"), (Worker, "register"),
                 (trainer_mod, "build_model"), (data_mod, "load"), (Trainer, "run"), (Trainer, "_resume"),
-                (Trainer, "_fit"), (Trainer, "_on_epoch_end"), (Trainer, "_snapshot"), (Trainer, "_commit"),
+                (Trainer, "_fit"), (Trainer, "_on_epoch_end"), (Trainer, "_snapshot"),
+                (Checkpoints, "_commit_retaining"),
                 (Trainer, "_on_progress"), (Trainer, "_finish"), (Checkpoints, "export"), (Checkpoints, "save_async"),
                 (Checkpoints, "write"), (Checkpoints, "flush"), (JobStore, "fenced_update"), (JobStore, "heartbeat"),
                 (JobStore, "transition"), (ControlCallback, "on_train_batch_end"), (storage_mod, "sha256_file"),
@@ -371,7 +372,7 @@ def breakdown(run: u.Run, url: str, storage: Path, client: Any, spec: dict[str, 
     publish, publish_n = _within(t, "JobStore.fenced_update", "Trainer._on_epoch_end")
     fit_total = main("Trainer._fit")
     setup = main("Trainer.run") - fit_total - main("Trainer._finish")
-    ckpt_bg = bg("Checkpoints.write") + bg("Trainer._commit")
+    ckpt_bg = bg("Checkpoints.write") + bg("Checkpoints._commit_retaining")
 
     def row(piece: str, seconds: float, calls: int | None, per_epoch: bool = True) -> dict[str, Any]:
         return {"piece": piece, "seconds": seconds, "per_epoch_ms": 1000 * seconds / n_ep if per_epoch else None,

@@ -52,6 +52,7 @@ def measure_resume(r: Any, store: Any, job_id: str, new_attempt: int, t_req: int
                    timeout: float = 300) -> dict[str, Any]:
     """Poll (~2 ms) until the resumed attempt's first progress write; returns its timeline (seconds from requeue)."""
     from jobs import keys
+    from jobs.events import EventKind
 
     resume_ts = None
     resume_msg = None
@@ -66,9 +67,9 @@ def measure_resume(r: Any, store: Any, job_id: str, new_attempt: int, t_req: int
         if resume_ts is None:
             for raw in evs:
                 e = json.loads(raw)
-                if e["msg"].startswith("resuming from"):
+                if e.get("kind") == EventKind.RESUMED.value:
                     resume_msg = e["msg"]
-                if e["msg"].startswith(f"attempt {new_attempt} training"):
+                if e.get("kind") == EventKind.TRAINING.value and e.get("attempt") == new_attempt:
                     resume_ts = int(e["ts"])
         if (resume_ts is not None and v["attempt"] == str(new_attempt) and v["state"] == "running"
                 and int(v["batch"] or 0) >= 1 and int(v["updated_at"] or 0) >= resume_ts):

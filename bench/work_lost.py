@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from typing import Any
 
@@ -40,19 +39,19 @@ def spec(c: dict[str, Any], policy: str) -> dict[str, Any]:
 
 
 def resumed_epoch(r: Any, job_id: str, start: int, timeout: float = 300) -> tuple[int, str]:
-    """Epoch E of the "resuming from ... at epoch E" event (0 when the attempt started from scratch)."""
+    """Epoch E of the ``resumed`` event (0 when the attempt started from scratch), and the event's message."""
     from jobs import keys
+    from jobs.events import EventKind
 
     def find() -> tuple[int, str] | None:
         for raw in r.lrange(keys.events(job_id), start, -1):
-            msg = json.loads(raw)["msg"]
-            m = re.match(r"resuming from .* at epoch (\d+)", msg)
-            if m:
-                return int(m.group(1)), msg
-            if msg.startswith("no valid checkpoint"):
-                return 0, msg
-            if msg.startswith("attempt 2 training"):
-                return 0, msg  # no checkpoint at all yet: trained from scratch
+            ev = json.loads(raw)
+            if ev.get("kind") == EventKind.RESUMED.value:
+                return int(ev["epoch"]), ev["msg"]
+            if ev.get("kind") == EventKind.NO_CHECKPOINT.value:
+                return 0, ev["msg"]
+            if ev.get("kind") == EventKind.TRAINING.value and ev.get("attempt") == 2:
+                return 0, ev["msg"]  # no checkpoint at all yet: trained from scratch
         return None
 
     return u.wait_for(find, timeout, f"the resume of {job_id}", 0.02)

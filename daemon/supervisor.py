@@ -21,8 +21,10 @@ from types import FrameType
 import redis
 
 from jobs import admin, keys, telemetry
+from jobs.delivery import deliver, requeue
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, StorageError
-from jobs.queue import enqueue, queue_contents
+from jobs.events import EventKind
+from jobs.queue import queue_contents
 from jobs.redis_conn import connect, redact_url
 from jobs.replication import PrimaryWatch
 from jobs.settings import SupervisorSettings
@@ -34,25 +36,6 @@ log = logging.getLogger("traind.supervisor")
 
 SCAN_LIMIT = 1000  # entries handled per step and kind; the rest wait for the next step
 _INFO_CACHE_S = 1.0
-
-# KEYS: job, zset ; ARGV: job_id, states that keep the entry (json).
-# Drops a lease/pending entry only while the job is (still) in none of those states, so a claim or requeue that
-# lands between our read and our ZREM is never undone.
-_ZREM_UNLESS_STATE = """
-local st = redis.call('HGET', KEYS[1], 'state')
-for _, s in ipairs(cjson.decode(ARGV[2])) do if s == st then return 0 end end
-return redis.call('ZREM', KEYS[2], ARGV[1])
-"""
-
-# KEYS: workers ; ARGV: cutoff (ms), worker-hash prefix, limit. Re-checks the score so a fresh heartbeat wins.
-_DROP_STALE_WORKERS = """
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, w in ipairs(stale) do
-  redis.call('ZREM', KEYS[1], w)
-  redis.call('DEL', ARGV[2] .. w)
-end
-return stale
-"""
 
 _JOB_FIELDS = ["state", "attempt", "restarts", "max_restarts", "worker", "queue", "resume_from", "cancel_requested"]
 
@@ -100,8 +83,6 @@ class Supervisor:
         self.settings = settings
         self.r = connection or connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
-        self._zrem_unless = self.r.register_script(_ZREM_UNLESS_STATE)
-        self._drop_workers = self.r.register_script(_DROP_STALE_WORKERS)
         self._info: tuple[float, float] | None = None  # (monotonic when read, uptime then)
         self._primary = PrimaryWatch()
         self._stop = threading.Event()
@@ -156,7 +137,7 @@ class Supervisor:
             try:
                 vals = dict(zip(_JOB_FIELDS, self.r.hmget(keys.job(job_id), _JOB_FIELDS), strict=True))
                 if _str(vals["state"]) != JobState.RUNNING.value:
-                    self._zrem_unless(keys=[keys.job(job_id), keys.LEASES], args=[job_id, '["running"]'])
+                    self.store.zrem_unless_state(keys.LEASES, job_id, keep=[JobState.RUNNING])
                     continue
                 self._handle_lost(job_id, vals, int(score), now, rep)
             except (FencedError, IllegalTransitionError, JobNotFoundError):
@@ -207,23 +188,18 @@ class Supervisor:
             log.error("job %s failed: %s", job_id, error)
             return
         resume = _str(vals["resume_from"], "best")
-        self.store.transition(
-            job_id, JobState.REQUEUED, attempt=attempt, require_lease_expired=True,
-            fields={"attempt": attempt + 1, "restarts": restarts + 1, "reason": reason, "requeued_at": now,
-                    "lease_expired_at": expired_at, "token": None},
-            event_msg=(f"worker {worker} lost (lease expired {ago:.1f} s ago); requeued as attempt {attempt + 1} "
-                       f"(restart {restarts + 1}/{max_restarts}), resuming from the {resume} checkpoint"),
-            level="warning",
+        requeue(
+            self.store, job_id, attempt=attempt, queue=_str(vals["queue"]), require_lease_expired=True, now_ms=now,
+            fields={"restarts": restarts + 1, "reason": reason, "lease_expired_at": expired_at},
+            kind=EventKind.REQUEUED,
+            msg=(f"worker {worker} lost (lease expired {ago:.1f} s ago); requeued as attempt {attempt + 1} "
+                 f"(restart {restarts + 1}/{max_restarts}), resuming from the {resume} checkpoint"),
         )
         rep.requeued.append(job_id)
         log.warning("job %s requeued as attempt %d: worker %s lost", job_id, attempt + 1, worker)
         # kill -> requeue, measured from the last lease renewal (the latest moment the worker was known alive)
         telemetry.record_requeue(self.r, "worker_lost",
                                  detection_s=(now - expired_at) / 1000 + self.settings.lease_ttl_s)
-        # If we die right here the job sits in `pending` with score 0, and the next step (ours or another
-        # supervisor's) enqueues it: the transition above already made the requeue durable.
-        enqueue(self.r, job_id, attempt + 1, _str(vals["queue"]))
-        self.store.mark_delivered(job_id)
 
     def _check_deliveries(self, now: int, rep: StepReport) -> None:
         cutoff = now - int(self.settings.redelivery_check_s * 1000)
@@ -260,7 +236,7 @@ class Supervisor:
         """Re-enqueue a pending job whose message is gone; True when its message is still waiting on its queue."""
         state, attempt_b, queue_b = record
         if _str(state) not in (JobState.QUEUED.value, JobState.REQUEUED.value):
-            self._zrem_unless(keys=[keys.job(job_id), keys.PENDING], args=[job_id, '["queued","requeued"]'])
+            self.store.zrem_unless_state(keys.PENDING, job_id, keep=[JobState.QUEUED, JobState.REQUEUED])
             return False
         attempt, queue = _int(attempt_b, 1), _str(queue_b)
         if not queue:
@@ -273,13 +249,12 @@ class Supervisor:
             return True
         # A duplicate (the submitter enqueues right now, or a worker holds the popped message and is about to
         # claim) is harmless: the claim checks state and attempt, and a popped duplicate still names its job.
-        enqueue(self.r, job_id, attempt, queue)
+        deliver(self.store, job_id, attempt, queue, when_ms=now)
         contents[queue].add(rq_id)
-        self.store.mark_delivered(job_id, now)
         rep.redelivered.append(job_id)
         if score != 0:
             # Delivered once, but the message is gone and nobody claimed it: a worker popped it and died.
-            self.store.add_event(job_id, "queue message lost; re-enqueued", "warning")
+            self.store.add_event(job_id, EventKind.REDELIVERED, "queue message lost; re-enqueued", "warning")
             log.warning("job %s: queue message %s lost; re-enqueued", job_id, rq_id)
         else:
             log.info("job %s: enqueued attempt %d (its submitter or requeuer stopped before enqueueing)",
@@ -288,8 +263,7 @@ class Supervisor:
 
     def _drop_stale_workers(self, now: int, rep: StepReport) -> None:
         cutoff = now - int(self.settings.worker_stale_s * 1000)
-        dropped = self._drop_workers(keys=[keys.WORKERS], args=[cutoff, keys.worker(""), SCAN_LIMIT])
-        rep.dropped_workers = [d.decode(errors="replace") for d in dropped]  # any bytes: a planted member too
+        rep.dropped_workers = self.store.drop_stale_workers(cutoff, SCAN_LIMIT)
         for w in rep.dropped_workers:
             log.info("worker %s unseen for %.0f s: unregistered", w, self.settings.worker_stale_s)
 

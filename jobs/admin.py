@@ -17,6 +17,7 @@ import redis
 
 from jobs import keys, telemetry
 from jobs.errors import IllegalTransitionError, JobNotFoundError
+from jobs.events import EventKind
 from jobs.states import RETRYABLE, TERMINAL, JobState
 from jobs.store import JobStore, parse_record
 
@@ -156,7 +157,7 @@ def retry(store: JobStore, job_id: str) -> int:
 
     Raises IllegalTransitionError for a job that is not failed/cancelled, JobNotFoundError for an unknown id.
     """
-    from jobs.queue import enqueue
+    from jobs.delivery import requeue  # rq: imported on use, so `traind serve` starts fast
 
     raw = store.raw(job_id)
     if raw.get("state") not in {s.value for s in RETRYABLE}:
@@ -164,14 +165,10 @@ def retry(store: JobStore, job_id: str) -> int:
             f"job {job_id} is {raw.get('state')}; only a failed or cancelled job can be retried")
     attempt = int(raw.get("attempt") or 1)
     # Fenced on the attempt: two concurrent retries cannot both enqueue.
-    store.transition(job_id, JobState.REQUEUED, attempt=attempt, retry=True,
-                     fields={"attempt": attempt + 1, "reason": "retried by an operator", "requeued_at": store.now_ms(),
-                             "finished_at": None, "error": None, "traceback": None, "cancel_requested": None,
-                             "stopped_early": None},
-                     event_msg=f"retried by an operator: attempt {attempt + 1} resumes from the last checkpoint",
-                     level="warning")
-    enqueue(store.r, job_id, attempt + 1, raw["queue"])
-    store.mark_delivered(job_id)
+    requeue(store, job_id, attempt=attempt, queue=raw["queue"], retry=True, kind=EventKind.RETRIED,
+            fields={"reason": "retried by an operator", "finished_at": None, "error": None, "traceback": None,
+                    "cancel_requested": None, "stopped_early": None},
+            msg=f"retried by an operator: attempt {attempt + 1} resumes from the last checkpoint")
     telemetry.record_requeue(store.r, "retry")
     return attempt + 1
 

@@ -16,6 +16,7 @@ import redis
 
 from jobs import keys, ops
 from jobs.callbacks_spec import callbacks_to_spec
+from jobs.delivery import deliver, deliver_many
 from jobs.errors import (
     DurabilityError,
     JobNotFoundError,
@@ -25,7 +26,6 @@ from jobs.errors import (
     StorageError,
 )
 from jobs.location import parse_location
-from jobs.queue import enqueue
 from jobs.redis_conn import connect
 from jobs.replication import execute_pipeline, policy_of
 from jobs.settings import ClientSettings
@@ -188,15 +188,7 @@ class Client:
             self.store.create(jid, self._fields(sp, jid), pipeline=pipe)
         execute_pipeline(self.r, pipe, f"{len(ids)} jobs: create")
         durability = policy_of(self.r).last
-        pipe = self.r.pipeline(transaction=False)
-        for jid, sp in zip(ids, validated):
-            enqueue(self.r, jid, 1, _queue_name(sp), pipeline=pipe)
-        pipe.execute()
-        now = self.store.now_ms()
-        pipe = self.r.pipeline(transaction=False)
-        for jid in ids:
-            pipe.zadd(keys.PENDING, {jid: now}, xx=True)
-        pipe.execute()
+        deliver_many(self.store, [(jid, 1, _queue_name(sp)) for jid, sp in zip(ids, validated)])
         return [JobHandle(self, j, durability) for j in ids]
 
     def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
@@ -231,8 +223,7 @@ class Client:
                                   "never creates a second copy)") from e
 
     def _enqueue(self, job_id: str, spec: JobSpec) -> None:
-        enqueue(self.r, job_id, 1, _queue_name(spec))
-        self.store.mark_delivered(job_id)
+        deliver(self.store, job_id, 1, _queue_name(spec))
 
     def job(self, job_id: str) -> JobHandle:
         """The job with this id, or with the one id that starts with it (``client.job("019ac3f1")``).

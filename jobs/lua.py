@@ -184,4 +184,23 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('ZADD', KEYS[1], ARGV[
 return 0
 """
 
+# KEYS: job, zset ; ARGV: job_id, states that keep the entry (json).
+# Drops a lease/pending entry only while the job is (still) in none of those states, so a claim or requeue that
+# lands between the supervisor's read and its ZREM is never undone.
+ZREM_UNLESS_STATE = """
+local st = redis.call('HGET', KEYS[1], 'state')
+for _, s in ipairs(cjson.decode(ARGV[2])) do if s == st then return 0 end end
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
+# KEYS: workers ; ARGV: cutoff (ms), worker-hash prefix, limit. Re-checks the score so a fresh heartbeat wins.
+DROP_STALE_WORKERS = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, w in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], w)
+  redis.call('DEL', ARGV[2] .. w)
+end
+return stale
+"""
+
 NOW_MS = _NOW + "return now"

@@ -9,16 +9,16 @@ Imports Keras lazily; only call these where TensorFlow is meant to load.
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from jobs import ckpt_format as fmt
 from jobs.errors import SpecError, StorageError, UserCodeError
 from jobs.refs import resolve_ref
 from jobs.spec import JobSpec
-from jobs.storage import Storage, job_key
+from jobs.storage import Storage
 
 
 def serialize_model(model: Any, storage: Storage, max_bytes: int | None = None) -> dict[str, Any]:
@@ -103,9 +103,7 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
         best = json.loads(best)
     if not best:
         raise StorageError(f"job {status.get('id')}: no {which} checkpoint yet")
-    name = str(best["file"]).rsplit("/", 1)[-1]
-    key = job_key(status["id"], name)  # confined: the record cannot name a key outside the job
-    suffix = ".keras" if best.get("format") == "keras" else ".weights.h5"  # Keras insists on the extension
+    key, name, suffix = fmt.export_key(status["id"], best)  # Keras insists on the suffix
     objs = custom_objects(spec.model.custom_objects, allowed)
     # Verified against the sha256 Redis recorded (a local copy of the object on object storage).
     with storage.local_file(key, best["sha256"], suffix=suffix, what=f"{which} checkpoint {name}") as path:
@@ -122,10 +120,8 @@ def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], all
 def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
                           allowed: Sequence[str]) -> Any:
     """A model rebuilt from the spec with the weights of a committed resumable checkpoint (sha256-verified)."""
-    data = storage.read_verified(job_key(job_id, manifest["file"]), manifest["sha256"],
-                                 what=f"checkpoint {manifest['file']}")
+    data = fmt.read_checkpoint(storage, job_id, manifest)
+    weights = fmt.unpack(data, f"checkpoint {manifest['file']}", only="w")["w"]
     model = build_model(spec, storage, allowed)
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        weights = [z[k] for k in sorted(z.files) if k.startswith("w")]
     model.set_weights(weights)
     return model

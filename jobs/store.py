@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +13,7 @@ import redis
 
 from jobs import keys, lua, rqview, telemetry
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
+from jobs.events import EventKind, event, kind_for_state
 from jobs.replication import run_script
 from jobs.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 
@@ -44,11 +44,6 @@ def _fields_json(fields: dict[str, Any] | None) -> str:
     return json.dumps({k: _s(v) for k, v in (fields or {}).items()}, separators=(",", ":"))
 
 
-def event(msg: str, level: str = "info", **extra: Any) -> dict[str, Any]:
-    """An event record (Redis adds ``ts``)."""
-    return {"msg": msg, "level": level, **extra}
-
-
 class JobStore:
     """Typed access to traind's records in one Redis database."""
 
@@ -62,6 +57,8 @@ class JobStore:
         self._create = r.register_script(lua.CREATE)
         self._cancel = r.register_script(lua.REQUEST_CANCEL)
         self._delivered = r.register_script(lua.MARK_DELIVERED)
+        self._zrem_unless = r.register_script(lua.ZREM_UNLESS_STATE)
+        self._drop_workers = r.register_script(lua.DROP_STALE_WORKERS)
 
     # -- writes --------------------------------------------------------------------------------------------------
     def create(self, job_id: str, fields: dict[str, Any], client_key: str | None = None,
@@ -73,7 +70,8 @@ class JobStore:
         idem = keys.idempotency(client_key) if client_key else keys.job(job_id) + ":noidem"
         kw = dict(keys=[keys.job(job_id), idem, keys.JOBS_INDEX, keys.state_index(""), keys.PENDING,
                         keys.events(job_id)],
-                  args=[job_id, _fields_json(fields), client_key or "", json.dumps(event("submitted"))])
+                  args=[job_id, _fields_json(fields), client_key or "",
+                        json.dumps(event(EventKind.SUBMITTED, "submitted"))])
         if pipeline is not None:
             self._create(**kw, client=pipeline)  # the caller executes it (durably: replication.execute_pipeline)
             return job_id, True
@@ -92,6 +90,8 @@ class JobStore:
         fields: dict[str, Any] | None = None,
         event_msg: str | None = None,
         level: str = "info",
+        kind: EventKind | None = None,
+        event_fields: dict[str, Any] | None = None,
         require_lease_expired: bool = False,
         lease_ttl_ms: int = 0,
         trim_history_after: int | None = None,
@@ -101,7 +101,8 @@ class JobStore:
         """Atomically move ``job_id`` to ``to`` if the table allows it; return the previous state.
 
         ``attempt``/``token`` fence the change to one delivery attempt; ``require_lease_expired`` makes the
-        supervisor's requeue a no-op for a job whose worker renewed its lease meanwhile.
+        supervisor's requeue a no-op for a job whose worker renewed its lease meanwhile. ``event_msg`` records an
+        event of ``kind`` (by default the kind of the target state, e.g. ``failed``) with ``event_fields`` added.
         """
         to = JobState(to)
         sources = allowed_sources(to)
@@ -109,7 +110,9 @@ class JobStore:
             sources = sorted(s.value for s in RETRYABLE) if to is JobState.REQUEUED else []
         if only_from is not None:  # narrow the table, e.g. "fail it only if nobody is running it"
             sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
-        ev = json.dumps(event(event_msg, level, state=to.value)) if event_msg else ""
+        ev = ""
+        if event_msg:
+            ev = json.dumps(event(kind or kind_for_state(to), event_msg, level, state=to.value, **(event_fields or {})))
         status, cur = run_script(
             self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
@@ -187,8 +190,8 @@ class JobStore:
 
     def request_cancel(self, job_id: str) -> JobState:
         """Cancel: a queued job ends now; a running one is flagged and stops at its next batch boundary."""
-        st = self._cancel(keys=[keys.job(job_id), keys.events(job_id)],
-                          args=[json.dumps(event("cancel requested")), self.events_max]).decode()
+        ev = event(EventKind.CANCEL_REQUESTED, "cancel requested")
+        st = self._cancel(keys=[keys.job(job_id), keys.events(job_id)], args=[json.dumps(ev), self.events_max]).decode()
         if st == "missing":
             raise JobNotFoundError(f"job {job_id!r} not found")
         state = JobState(st)
@@ -200,8 +203,9 @@ class JobStore:
                 return self.request_cancel(job_id)
         return state
 
-    def add_event(self, job_id: str, msg: str, level: str = "info", **extra: Any) -> None:
-        ev = event(msg, level, **extra)
+    def add_event(self, job_id: str, kind: EventKind, msg: str, level: str = "info", **extra: Any) -> None:
+        """Append one event outside a transition (e.g. a re-delivered message)."""
+        ev = event(kind, msg, level, **extra)
         ev["ts"] = self.now_ms()
         ev["time"] = iso_ms(ev["ts"])
         pipe = self.r.pipeline()
@@ -212,6 +216,16 @@ class JobStore:
 
     def mark_delivered(self, job_id: str, when_ms: int | None = None) -> None:
         self._delivered(keys=[keys.PENDING], args=[job_id, when_ms if when_ms is not None else self.now_ms()])
+
+    def zrem_unless_state(self, zset: str, job_id: str, keep: Iterable[JobState]) -> bool:
+        """Drop ``job_id`` from ``zset`` (leases, pending) unless the job is in one of the ``keep`` states."""
+        return bool(self._zrem_unless(keys=[keys.job(job_id), zset],
+                                      args=[job_id, json.dumps([JobState(s).value for s in keep])]))
+
+    def drop_stale_workers(self, cutoff_ms: int, limit: int) -> list[str]:
+        """Unregister up to ``limit`` workers whose last heartbeat is at or before ``cutoff_ms``; their ids."""
+        dropped = self._drop_workers(keys=[keys.WORKERS], args=[cutoff_ms, keys.worker(""), limit])
+        return [d.decode(errors="replace") for d in dropped]  # any bytes: a planted member too
 
     def now_ms(self) -> int:
         """Redis' clock in ms (the clock all leases use). The ``TIME`` command, not a script: read-only users
@@ -243,7 +257,7 @@ class JobStore:
 
     def checkpoints(self, job_id: str) -> dict[int, Any]:
         """The committed checkpoint index: key -> manifest. A corrupt entry's value is kept as its raw text (the
-        reader skips it with an event: ``worker.checkpoint.check_manifest``); a non-integer key is left out."""
+        reader skips it with an event: ``jobs.ckpt_format.check_manifest``); a non-integer key is left out."""
         out: dict[int, Any] = {}
         for k, v in self.r.hgetall(keys.checkpoints(job_id)).items():
             try:
@@ -330,7 +344,3 @@ def iso_ms(ms: int) -> str:
 
     t = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)

@@ -164,17 +164,18 @@ def test_logs_and_cancel_of_a_queued_job(cli: Any, tmp_path: Path) -> None:
 
 def test_log_tail_returns_each_event_once_across_trimming(r: redis.Redis, redis_url: str, storage_dir: Path) -> None:
     from daemon.watch import EventTail
+    from jobs.events import EventKind
     from jobs.store import JobStore
 
     store = JobStore(r, events_max=10)
     job = Client(redis_url=redis_url, storage=storage_dir).submit(GOOD)
     for i in range(12):
-        store.add_event(job.id, f"e{i}")
+        store.add_event(job.id, EventKind.NOTE, f"e{i}")
     tail = EventTail(store, job.id)
     assert [e["msg"] for e in tail.poll()] == [f"e{i}" for i in range(2, 12)]
     assert tail.poll() == []
     for i in range(12, 15):
-        store.add_event(job.id, f"e{i}")  # the list stays at 10: its front is trimmed
+        store.add_event(job.id, EventKind.NOTE, f"e{i}")  # the list stays at 10: its front is trimmed
     assert [e["msg"] for e in tail.poll()] == ["e12", "e13", "e14"]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from jobs.store import JobStore
 from worker.control import JobControl, StopReason
@@ -53,7 +52,3 @@ class Heartbeat(threading.Thread):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def now_s() -> float:
-    return time.time()

@@ -14,28 +14,16 @@ import secrets
 import signal
 import socket
 import threading
-import time
-import traceback
 from typing import Any
 
 import redis
 
-from jobs import keys, telemetry
-from jobs.errors import (
-    DurabilityError,
-    FencedError,
-    IllegalTransitionError,
-    JobNotFoundError,
-    SpecError,
-    StalePrimaryError,
-    StorageError,
-    TraindError,
-)
-from jobs.queue import Delivery, enqueue, pop
+from jobs import keys
+from jobs.delivery import reject
+from jobs.errors import StorageError
+from jobs.queue import pop
 from jobs.redis_conn import connect, redact_url
 from jobs.settings import WorkerSettings
-from jobs.spec import load_stored_spec
-from jobs.states import JobState
 from jobs.storage import Storage
 from jobs.store import JobStore
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
@@ -112,7 +100,7 @@ class Worker:
         if delivery is None:
             return False
         if delivery.message is None:
-            self._reject(delivery)
+            reject(self.store, delivery)
             return True
         self.execute(delivery.message.job_id, delivery.message.attempt)
         return True
@@ -129,9 +117,6 @@ class Worker:
 
             log.warning("signal %s: checkpointing at the next batch boundary and requeueing", signum)
             control.request(StopReason.PREEMPT)
-
-    def stop(self) -> None:
-        self._stop.set()
 
     # -- registry ------------------------------------------------------------------------------------------------
     def register(self, job_id: str | None = None) -> None:
@@ -166,137 +151,28 @@ class Worker:
             pass
 
     # -- one job -------------------------------------------------------------------------------------------------
-    def _reject(self, d: Delivery) -> None:
-        """A malformed message costs its job (when identifiable), never the worker."""
-        log.error("rejected message: %s", d.error)
-        jid, attempt = d.guess_job_id(), d.guess_attempt()
-        if jid is None or attempt is None:
-            return
-        try:
-            # Only the delivery this message was for, and only while nobody trains it: a garbled duplicate
-            # must never fail a job that a healthy worker is running.
-            self.store.transition(jid, JobState.FAILED, attempt=attempt,
-                                  only_from=(JobState.QUEUED, JobState.REQUEUED),
-                                  fields={"error": f"malformed queue message: {d.error}"},
-                                  event_msg=f"failed: malformed queue message ({d.error})", level="error")
-        except (JobNotFoundError, IllegalTransitionError, FencedError):
-            pass
-
     def execute(self, job_id: str, attempt: int) -> None:
-        """Claim ``job_id``/``attempt`` and train it; a stale or duplicate message is dropped."""
-        from worker.control import JobControl
-        from worker.heartbeat import Heartbeat
+        """Claim ``job_id``/``attempt`` and train it (:class:`worker.attempt.Attempt`); a stale message is dropped."""
+        from worker.attempt import Attempt
 
-        token = secrets.token_hex(16)
-        try:
-            self.store.transition(
-                job_id, JobState.RUNNING, attempt=attempt,
-                fields={"token": token, "worker": self.id, "cancel_requested": None, "error": None},
-                lease_ttl_ms=int(self.settings.lease_ttl_s * 1000),
-            )
-        except (JobNotFoundError, IllegalTransitionError, FencedError, StalePrimaryError) as e:
-            log.info("dropping message for %s attempt %s: %s", job_id, attempt, e)
+        att = Attempt(self.store, self.storage, self.settings, worker_id=self.id, job_id=job_id, attempt=attempt,
+                      on_beat=lambda: self._safe_register(job_id), own_signals=self._own_signals)
+        if not att.claim():
             return
-        except DurabilityError as e:
-            # Claimed on the primary but no replica confirmed it yet: train anyway. Should a failover lose the
-            # claim, this attempt's fenced writes are refused and it stops; no second worker can share the job.
-            log.warning("job %s: %s; training anyway (fencing guards the job)", job_id, e)
-        control = JobControl()
-        self.current = control
-        hb = Heartbeat(self.store, job_id, token, control, self.settings.lease_ttl_s,
-                       self.settings.heartbeat_interval_s, on_beat=lambda: self._safe_register(job_id))
-        built = True
+        self.current = att.control
         try:
-            with hb:
-                built = self._train(job_id, attempt, token, control)
+            att.run()
         finally:
             self.current = None
             self.jobs_done += 1
-            if built:  # clear_session + gc.collect cost ~1-2 s: skip them for a job refused before building anything
+            if att.built:  # clear_session + gc.collect cost ~1-2 s: skip them for a job refused before building
                 _release_memory()
 
     def _safe_register(self, job_id: str) -> None:
         try:
             self.register(job_id)
-        except Exception:  # noqa: BLE001 - registry is informational
+        except Exception:  # registry is informational
             pass
-
-    def _train(self, job_id: str, attempt: int, token: str, control: Any) -> bool:
-        """Run the claimed attempt to its final state; False when the spec was refused before anything was built."""
-        from worker.control import Interrupted, StopReason
-        from worker.trainer import Trainer
-
-        def finish(state: JobState, msg: str, level: str = "info", **fields: Any) -> None:
-            try:
-                self.store.transition(job_id, state, token=token, fields=fields, event_msg=msg, level=level)
-            except (FencedError, IllegalTransitionError) as e:
-                log.warning("job %s: final state %s not recorded: %s", job_id, state.value, e)
-
-        try:
-            record = self.store.raw(job_id)
-            spec = load_stored_spec(record.get("spec"), allowed_modules=self.settings.allowed_modules,
-                                    max_epochs=self.settings.max_epochs, max_spec_bytes=self.settings.max_spec_bytes)
-        except (SpecError, ValueError, KeyError, RecursionError) as e:  # RecursionError: absurdly nested JSON
-            finish(JobState.FAILED, f"failed: invalid spec in Redis: {e}", "error", error=f"invalid spec: {e}")
-            return False
-        try:
-            # Storage gone (bucket missing, access denied): the job fails with one line naming it, the worker goes on.
-            self.storage.check()
-            # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
-            trainer = Trainer(store=self.store, storage=self.storage, settings=self.settings, job_id=job_id,
-                              attempt=attempt, token=token, spec=spec, record=record, control=control)
-            outcome = trainer.run()
-            finish(JobState.SUCCEEDED, outcome.event, **outcome.fields)
-        except Interrupted as i:
-            if i.reason is StopReason.CANCEL:
-                finish(JobState.CANCELLED, f"cancelled after epoch {trainer.epochs_done}; checkpoints kept")
-            elif i.reason is StopReason.PREEMPT:
-                self._requeue_preempted(job_id, attempt, token, record, trainer.preempt_key)
-            else:
-                log.warning("job %s attempt %s fenced off; abandoned without writing", job_id, attempt)
-        except FencedError as e:
-            log.warning("job %s attempt %s fenced off: %s", job_id, attempt, e)
-        except redis.RedisError as e:
-            # Redis stayed unreachable past the client's retries: the outcome cannot be recorded. Leave the job
-            # to its lease: the supervisor requeues it and the next attempt resumes from the last checkpoint.
-            log.error("job %s attempt %s: Redis unreachable (%s); abandoning the attempt", job_id, attempt, e)
-        except StorageError as e:
-            finish(JobState.FAILED, f"failed: storage error: {e}", "error", error=str(e))
-        except TraindError as e:  # UserCodeError, CheckpointError, ...: the job's fault, no retry
-            tb = traceback.format_exc(limit=30)
-            finish(JobState.FAILED, f"failed: {e}", "error", error=str(e), traceback=tb[-20000:])
-        except Exception as e:  # noqa: BLE001 - anything else raised while training is the job's, not the worker's
-            tb = traceback.format_exc(limit=30)
-            finish(JobState.FAILED, f"failed: {type(e).__name__}: {e}", "error", error=f"{type(e).__name__}: {e}",
-                   traceback=tb[-20000:])
-        except BaseException as e:
-            # SystemExit (argparse, sys.exit), KeyboardInterrupt, GeneratorExit raised by the job's own code must
-            # cost the job, not the worker. The worker's own SIGTERM/SIGINT handlers never raise (they request a
-            # stop), so only without them (run() not in the main thread) can a KeyboardInterrupt be a real Ctrl-C.
-            if isinstance(e, KeyboardInterrupt) and not self._own_signals:
-                raise
-            tb = traceback.format_exc(limit=30)
-            error = f"job code raised {type(e).__name__}: {e}"
-            finish(JobState.FAILED, f"failed: {error}", "error", error=error, traceback=tb[-20000:])
-        return True
-
-    def _requeue_preempted(self, job_id: str, attempt: int, token: str, record: dict[str, str],
-                           preempt_key: int | None) -> None:
-        """Graceful preemption: hand the job back now (no waiting for the lease) to resume from its checkpoint."""
-        fields = {"attempt": attempt + 1, "preemptions": int(record.get("preemptions") or 0) + 1,
-                  "reason": f"preempted on worker {self.id}", "requeued_at": self.store.now_ms()}
-        if preempt_key is not None:
-            fields["preempt_key"] = preempt_key
-        try:
-            self.store.transition(job_id, JobState.REQUEUED, token=token, fields=fields,
-                                  event_msg=f"preempted on worker {self.id}; requeued as attempt {attempt + 1}",
-                                  level="warning")
-        except (FencedError, IllegalTransitionError) as e:
-            log.warning("job %s: preemption requeue refused: %s", job_id, e)
-            return
-        enqueue(self.r, job_id, attempt + 1, record["queue"])
-        self.store.mark_delivered(job_id)
-        telemetry.record_requeue(self.r, "preempted")
 
 
 def _release_memory() -> None:
@@ -324,7 +200,3 @@ def _drop_custom_gradients() -> None:
             del registry[name]
     except Exception:  # noqa: BLE001 - best effort
         pass
-
-
-def sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))

@@ -1,6 +1,7 @@
 """Train one claimed attempt of a job: build, load data, resume, fit, checkpoint every epoch.
 
-The caller (:mod:`worker.runner`) owns the claim, the heartbeat and the final state transition.
+The caller (:mod:`worker.attempt`) owns the claim, the heartbeat and the final state transition; ``Trainer.run``
+tells it how training ended with a complete :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import numpy as np
 import redis
 
 from jobs import fitcheck, fitdata
+from jobs.ckpt_format import ckpt_key
 from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
+from jobs.events import EventKind, event
 from jobs.modelio import build_model
 from jobs.settings import WorkerSettings
 from jobs.spec import JobSpec, monitors
-from jobs.storage import Storage, job_key
-from jobs.store import JobStore, event
+from jobs.storage import Storage
+from jobs.store import JobStore
 from worker import data as data_mod
 from worker import fit_callbacks
 from worker.callbacks import (
@@ -32,7 +35,7 @@ from worker.callbacks import (
     ResumableReduceLROnPlateau,
     clean_logs,
 )
-from worker.checkpoint import Checkpoints, Restored, Snapshot, ckpt_key
+from worker.checkpoint import Checkpoints, Restored, Snapshot
 from worker.control import Interrupted, JobControl, StopReason
 from worker.tensorboard import TensorBoardLogger
 
@@ -41,12 +44,17 @@ log = logging.getLogger("traind.worker")
 
 @dataclass
 class Outcome:
-    """How the attempt ended; ``fields`` go into the final transition."""
+    """How the attempt ended: ``reason`` None when training finished (the job succeeded), else why it stopped.
 
-    reason: StopReason | None  # None: training finished (succeeded)
+    ``fields`` and ``event`` go into the final transition; ``preempt_key`` is the committed checkpoint a
+    preempted attempt resumes from (None when it stopped at an epoch end and resumes from the latest one).
+    """
+
+    reason: StopReason | None
     fields: dict[str, Any] = field(default_factory=dict)
     event: str = ""
     preempt_key: int | None = None
+    epochs_done: int = 0
 
 
 def _fmt(v: float | None) -> str:
@@ -61,7 +69,7 @@ class Trainer:
         self.store, self.storage, self.settings = store, storage, settings
         self.job_id, self.attempt, self.token, self.spec = job_id, attempt, token, spec
         self.record, self.control = record, control
-        self.ckpts = Checkpoints(storage, store, job_id, attempt, token)
+        self.ckpts = Checkpoints(storage, store, job_id, attempt, token, keep_last=spec.checkpoint.keep_last)
         self.model: Any = None
         self.es: ResumableEarlyStopping | None = None
         self.rlrop: ResumableReduceLROnPlateau | None = None
@@ -79,8 +87,11 @@ class Trainer:
 
     # -- public --------------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
+        """Train until done or stopped; raises UserCodeError / FencedError / StorageError / CheckpointError."""
         try:
             return self._run()
+        except Interrupted as i:
+            return self._stopped(i.reason)
         finally:
             self.tensorboard.close()
             try:
@@ -127,13 +138,19 @@ class Trainer:
         self._fit(data, start_epoch, spec.fit.epochs)
         return self._finish()
 
+    def _stopped(self, reason: StopReason) -> Outcome:
+        if reason is StopReason.CANCEL:
+            msg = f"cancelled after epoch {self.epochs_done}; checkpoints kept"
+        elif reason is StopReason.PREEMPT:
+            msg = f"preempted after epoch {self.epochs_done}"
+        else:
+            msg = "lease lost: another attempt owns the job"
+        return Outcome(reason, {}, msg, preempt_key=self.preempt_key, epochs_done=self.epochs_done)
+
     # -- resume --------------------------------------------------------------------------------------------------
     def _resume(self) -> tuple[int, int, list[np.ndarray] | None]:
         index = self.store.checkpoints(self.job_id)
-        # Temp files of writes a dead (or fenced) attempt never finished: this attempt owns the job now.
-        # (On object storage: multipart uploads a killed writer left unfinished are aborted.)
-        for prefix in (job_key(self.job_id), self.ckpts.prefix):
-            self.storage.cleanup_incomplete(prefix)
+        self.ckpts.clear_incomplete()
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
@@ -154,9 +171,11 @@ class Trainer:
                                   "batch": start_batch, "steps": self.steps or 0}
         if restored is None:
             fields.update({"best_epoch": None, "best_value": None, "best_ckpt_key": None})
-        events.append(event(f"attempt {self.attempt} training on worker {rec.get('worker')} from epoch "
-                            f"{start_epoch + 1}/{self.spec.fit.epochs}"
-                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else "")))
+        events.append(event(EventKind.TRAINING, f"attempt {self.attempt} training on worker {rec.get('worker')} from "
+                            f"epoch {start_epoch + 1}/{self.spec.fit.epochs}"
+                            + (f" batch {start_batch + 1}/{self.steps}" if start_batch else ""),
+                            attempt=self.attempt, worker=rec.get("worker"), epoch=start_epoch + 1,
+                            batch=start_batch + 1 if start_batch else 0))
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_del=hist_del, ckpt_del=stale,
                                  events=events)
         self.ckpts.delete_files([index[k] for k in stale])
@@ -256,7 +275,8 @@ class Trainer:
             mons.pop("checkpoint.monitor")
             self.tracker = BestTracker("loss", spec.checkpoint.mode, spec.checkpoint.initial_value_threshold)
             self.store.fenced_update(self.job_id, self.token, events=[event(
-                "no validation data: the checkpoint monitors loss instead of the default val_loss", "warning")])
+                EventKind.NOTE, "no validation data: the checkpoint monitors loss instead of the default val_loss",
+                "warning")])
         problems = fitcheck.monitor_problems(mons, names, has_val)
         if problems:
             raise UserCodeError("; ".join(problems))
@@ -303,24 +323,28 @@ class Trainer:
             exported = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "best")
             fields.update({"best_epoch": e, "best_value": cur, "best_checkpoint": exported})
             frm = "" if prev is None else f" from {_fmt(prev)}"
-            events.append(event(f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}, saved {exported['file']}"))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} improved{frm} to {_fmt(cur)}, saved "
+                                f"{exported['file']}", epoch=e, improved=True))
         elif cur is None:
-            events.append(event(f"epoch {e}: {mon} not in logs ({', '.join(sorted(logs))}); not compared", "warning"))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} not in logs ({', '.join(sorted(logs))}); not "
+                                "compared", "warning", epoch=e, improved=False))
         else:
-            events.append(event(f"epoch {e}: {mon} did not improve from {_fmt(prev)} ({_fmt(cur)})"))
+            events.append(event(EventKind.EPOCH, f"epoch {e}: {mon} did not improve from {_fmt(prev)} ({_fmt(cur)})",
+                                epoch=e, improved=False))
         if not spec.checkpoint.save_best_only:
             fields["latest_checkpoint"] = self.ckpts.export(self.model, spec.checkpoint.save_weights_only, "latest")
         if self.rlrop is not None:
             old_lr = metrics.get("learning_rate")
             new_lr = _lr(self.model)
             if old_lr is not None and new_lr is not None and new_lr < old_lr * (1 - 1e-6):
-                events.append(event(f"epoch {e}: learning rate reduced from {_fmt(old_lr)} to {_fmt(new_lr)}"))
+                events.append(event(EventKind.LR_REDUCED, f"epoch {e}: learning rate reduced from {_fmt(old_lr)} to "
+                                    f"{_fmt(new_lr)}", epoch=e))
         stopping = self.es is not None and self.es.stopped_epoch == epoch0 and epoch0 > 0 and self.model.stop_training
         if stopping:
             self.stop_after_epoch = True
             fields["stopped_early"] = True
-            events.append(event(f"early stop at epoch {e} (best {self.es.monitor} {_fmt(_f(self.es.best))} "
-                                f"at epoch {self.es.best_epoch + 1})"))
+            events.append(event(EventKind.EARLY_STOP, f"early stop at epoch {e} (best {self.es.monitor} "
+                                f"{_fmt(_f(self.es.best))} at epoch {self.es.best_epoch + 1})", epoch=e))
         entry = {"epoch": e, **metrics, "time_s": round(time.monotonic() - self.epoch_started, 4)}
         self.epoch_started = time.monotonic()
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_set={e: entry}, events=events)
@@ -328,22 +352,13 @@ class Trainer:
         snap = self._snapshot(e, 0, metrics, mid_epoch=False)
         if improved:
             self.best_key = snap.key
-        best_key = self.best_key
-        self.ckpts.save_async(snap, lambda m: self._commit(m, best_key))
+        self.ckpts.save_async(snap, self.best_key)
         reason = self.control.reason
         if reason in (StopReason.PREEMPT, StopReason.CANCEL) and not stopping and e < spec.fit.epochs:
             self.ckpts.flush()  # a requeue must point at a committed checkpoint
             if reason is StopReason.PREEMPT:
                 self.preempt_key = snap.key
             raise Interrupted(reason)
-
-    def _commit(self, manifest: dict[str, Any], best_key: int | None) -> None:
-        index = self.store.checkpoints(self.job_id)
-        index[manifest["key"]] = manifest
-        victims = self.ckpts.retention_victims(index, self.spec.checkpoint.keep_last, best_key, manifest["key"])
-        fields = {"best_ckpt_key": best_key} if best_key is not None else None
-        self.ckpts.commit(manifest, fields=fields, delete=victims)
-        self.ckpts.delete_files([index[k] for k in victims])
 
     def _on_stop(self, epoch0: int, batches_done: int) -> None:
         """A stop was requested at a batch boundary. Preemption saves a mid-epoch checkpoint first."""
@@ -355,10 +370,10 @@ class Trainer:
         # a user Dataset resumes from the last epoch end instead.
         if reason is StopReason.PREEMPT and self.arrays and self.steps and batches_done < self.steps:
             snap = self._snapshot(epoch0, batches_done, {}, mid_epoch=True)
-            manifest = self.ckpts.write(snap)
-            self.ckpts.commit(manifest, fields={"preempt_key": snap.key},
-                              events=[event(f"preempted: saved checkpoint at epoch {epoch0 + 1} batch "
-                                            f"{batches_done}/{self.steps}")])
+            self.ckpts.save(snap, fields={"preempt_key": snap.key},
+                            events=[event(EventKind.CHECKPOINT, f"preempted: saved checkpoint at epoch {epoch0 + 1} "
+                                          f"batch {batches_done}/{self.steps}", epoch=epoch0 + 1,
+                                          batch=batches_done)])
             self.preempt_key = snap.key
 
     def _on_progress(self, epoch0: int, batches_done: int, logs: dict[str, Any]) -> None:
@@ -390,7 +405,7 @@ class Trainer:
             msg += f"; restored weights of best epoch {self.es.best_epoch + 1}"
         self._ensure_owner()
         fields["final_checkpoint"] = self.ckpts.export(self.model, self.spec.checkpoint.save_weights_only, "final")
-        return Outcome(None, fields, msg)
+        return Outcome(None, fields, msg, epochs_done=self.epochs_done)
 
 
 def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:

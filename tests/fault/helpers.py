@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jobs.client import Client, JobHandle
+from jobs.events import EventKind
 from jobs.states import JobState
 from jobs.store import JobStore
 from tests.conftest import Procs, log_of, wait_for
@@ -168,9 +169,10 @@ def wait_terminal(store: JobStore, job_id: str, timeout: float = RUN_S) -> dict[
     return store.get(job_id, with_history=True)
 
 
-def messages(store: JobStore, job_id: str, contains: str = "", startswith: str = "") -> list[str]:
-    """The job's event messages that contain ``contains`` and start with ``startswith``."""
-    return [e["msg"] for e in store.events(job_id) if contains in e["msg"] and e["msg"].startswith(startswith)]
+def events_of(store: JobStore, job_id: str, kind: EventKind, **fields: Any) -> list[dict[str, Any]]:
+    """The job's events of ``kind`` whose fields equal ``fields`` (e.g. ``attempt=2``), oldest first."""
+    return [e for e in store.events(job_id)
+            if e.get("kind") == EventKind(kind).value and all(e.get(k) == v for k, v in fields.items())]
 
 
 def assert_history_complete(st: dict[str, Any], epochs: int) -> None:

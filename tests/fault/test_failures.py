@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from jobs.events import EventKind
 from jobs.states import JobState
 from tests.conftest import Procs
-from tests.fault.helpers import RUN_S, STEPS, Cluster, job_spec, messages, wait_terminal
+from tests.fault.helpers import RUN_S, STEPS, Cluster, events_of, job_spec, wait_terminal
 
 pytestmark = pytest.mark.fault
 
@@ -28,7 +29,7 @@ def test_raising_builder_fails_once_and_worker_lost_every_time_fails_after_max_r
     assert (st["restarts"], st["attempt"]) == (0, 1)
     assert "ValueError: no such layer: Dense3" in st["error"]
     assert "Traceback (most recent call last)" in st["traceback"] and "raising_builder" in st["traceback"]
-    assert not messages(c.store, bad.id, contains="requeued")
+    assert not events_of(c.store, bad.id, EventKind.REQUEUED)
     failed_on = st["worker"]
 
     # A job that SIGKILLs its worker in epoch 2, on every attempt: attempt 1 dies, is requeued, attempt 2 dies too
@@ -40,11 +41,10 @@ def test_raising_builder_fails_once_and_worker_lost_every_time_fails_after_max_r
     assert st["state"] == JobState.FAILED.value, c.logs()
     assert st["error"] == "worker lost 2 times (max_restarts=1)"
     assert (st["restarts"], st["attempt"]) == (1, 2)
-    trained_on = {m.split(" on worker ")[1].split()[0] for m in messages(c.store, killer.id, contains=" on worker ")
-                  if m.startswith("attempt ")}
+    trained_on = {e["worker"] for e in events_of(c.store, killer.id, EventKind.TRAINING)}
     assert trained_on == {"w1", "w2"} and failed_on in trained_on
     # Attempt 2 resumed from the checkpoint of epoch 1 and died at the same step again.
-    assert messages(c.store, killer.id, startswith="resuming from") == [
-        "resuming from latest checkpoint at epoch 1 (ckpt/e000001-b000000-a1.npz)"]
+    assert [(e["why"], e["epoch"], e["batch"], e["file"]) for e in events_of(c.store, killer.id, EventKind.RESUMED)
+            ] == [("latest", 1, 0, "ckpt/e000001-b000000-a1.npz")]
     assert [h["epoch"] for h in c.store.history(killer.id)] == [1]
     assert all(p.poll() is not None for p in c.workers.values())  # both workers died at the planted step

@@ -1,6 +1,6 @@
-"""SIGKILL of a worker's whole process tree mid-epoch: the supervisor notices the lapsed lease within the TTL plus
-one pass, and a second worker resumes from the newest committed checkpoint. A torn or corrupted checkpoint is never
-loaded: resume falls back to the previous valid one and says so.
+"""SIGKILL of a worker's whole process tree mid-epoch: the supervisor requeues the job once, after its lease lapsed
+(how fast is bench/detection.py's question), and a second worker resumes from the newest committed checkpoint. A torn
+or corrupted checkpoint is never loaded: resume falls back to the previous valid one and says so.
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from jobs.events import EventKind
 from jobs.states import JobState
 from tests.conftest import Procs
 from tests.fault.helpers import (
     LEASE_TTL_S,
     RUN_S,
-    SUPERVISOR_INTERVAL_S,
     Cluster,
     assert_history_complete,
+    events_of,
     job_spec,
     kill_tree,
-    messages,
     wait_committed,
     wait_mid_epoch,
     wait_state,
@@ -38,17 +38,14 @@ def test_sigkill_mid_epoch_resumes_on_another_worker(procs: Procs, redis_url: st
     done = at_kill["epoch"]
     wait_committed(c.store, job.id, done)
     victim = c.holder(job.id)
-    kill_ms = c.store.now_ms()
     kill_tree(c.workers[victim])
     latest = c.store.checkpoints(job.id)[max(c.store.checkpoints(job.id))]  # frozen now: nobody owns the job
     assert latest["epoch"] >= done and latest["batch"] == 0
 
-    st = wait_state(c.store, job.id, lambda s: s["attempt"] == 2, LEASE_TTL_S + 10, "the requeue")
+    st = wait_state(c.store, job.id, lambda s: s["attempt"] == 2, LEASE_TTL_S + 60, "the requeue")
     requeued_at, expired_at = int(st["requeued_at"]), int(st["lease_expired_at"])  # Redis clock, ms
-    # Detection: the lease (renewed every 0.5 s) lapses <= TTL after the kill; the supervisor's next pass
-    # (every 0.5 s) requeues it. Allow TTL + 1.5 s in all.
-    assert requeued_at - kill_ms <= (LEASE_TTL_S + 1.5) * 1000, f"kill -> requeue took {requeued_at - kill_ms} ms"
-    assert 0 <= requeued_at - expired_at <= (SUPERVISOR_INTERVAL_S + 0.5) * 1000, "lease expiry -> requeue"
+    # Requeued by the supervisor only once the lease lapsed (how fast is bench/detection.py's question).
+    assert expired_at <= requeued_at, (expired_at, requeued_at)
 
     final = wait_terminal(c.store, job.id, RUN_S)
     assert final["state"] == JobState.SUCCEEDED.value, c.logs()
@@ -57,12 +54,10 @@ def test_sigkill_mid_epoch_resumes_on_another_worker(procs: Procs, redis_url: st
     assert_history_complete(final, 7)
     # The right checkpoint: the newest epoch-end one committed before the kill (the partial epoch is redone).
     e = latest["epoch"]
-    resumed = messages(c.store, job.id, startswith="resuming from")
-    assert resumed == [f"resuming from latest checkpoint at epoch {e} (ckpt/e{e:06d}-b000000-a1.npz)"]
-    assert messages(c.store, job.id, f"attempt 2 training on worker {final['worker']} from epoch {e + 1}/7")
-    assert len(messages(c.store, job.id, "lost (lease expired")) == 1
-    print(f"\nDETECTION sigkill: kill -> requeue {requeued_at - kill_ms} ms, "
-          f"lease expiry -> requeue {requeued_at - expired_at} ms")
+    resumed = [(r["why"], r["epoch"], r["batch"], r["file"]) for r in events_of(c.store, job.id, EventKind.RESUMED)]
+    assert resumed == [("latest", e, 0, f"ckpt/e{e:06d}-b000000-a1.npz")]
+    assert events_of(c.store, job.id, EventKind.TRAINING, attempt=2, worker=final["worker"], epoch=e + 1)
+    assert [r["attempt"] for r in events_of(c.store, job.id, EventKind.REQUEUED)] == [2]  # requeued once
 
 
 def test_corrupt_checkpoint_is_never_loaded(procs: Procs, redis_url: str, storage_dir: Path) -> None:
@@ -92,14 +87,14 @@ def test_corrupt_checkpoint_is_never_loaded(procs: Procs, redis_url: str, storag
     assert final["state"] == JobState.SUCCEEDED.value, c.logs()
     assert (final["restarts"], final["attempt"]) == (1, 2)
     assert_history_complete(final, 6)
-    skipped = messages(c.store, job.id, startswith="skipping checkpoint")
-    assert skipped == [f"skipping checkpoint epoch {done}: checkpoint {newest['file']} failed its sha256 check "
-                       "(torn or corrupt)"]
+    skipped = events_of(c.store, job.id, EventKind.SKIPPED_CHECKPOINT)
+    assert [(s["epoch"], s["file"]) for s in skipped] == [(done, newest["file"])]
+    assert "failed its sha256 check" in skipped[0]["msg"]
     prev = [k for k in index if k < max(index)]
     assert prev, f"no earlier checkpoint to fall back to: {sorted(index)}"
     fallback = index[max(prev)]
-    assert messages(c.store, job.id, startswith="resuming from") == [
-        f"resuming from fallback checkpoint at epoch {fallback['epoch']} ({fallback['file']})"]
+    assert [(r["why"], r["epoch"], r["file"]) for r in events_of(c.store, job.id, EventKind.RESUMED)] == [
+        ("fallback", fallback["epoch"], fallback["file"])]
     # The damaged checkpoint left the index (its epoch was redone); the final index only holds verified files.
     for m in c.store.checkpoints(job.id).values():
         assert m["file"] != newest["file"] or m["attempt"] != 1

@@ -19,10 +19,11 @@ import pytest
 import redis
 
 from jobs.client import Client, JobHandle
+from jobs.events import EventKind
 from jobs.settings import ClientSettings
 from jobs.states import JobState
 from tests.conftest import ROOT, Procs, wait_for
-from tests.fault.helpers import RUN_S, Cluster, assert_history_complete, job_spec, messages, wait_terminal
+from tests.fault.helpers import RUN_S, Cluster, assert_history_complete, events_of, job_spec, wait_terminal
 from tests.ha.cluster import SentinelCluster
 
 pytestmark = pytest.mark.fault
@@ -80,9 +81,9 @@ def _check_jobs(c: Cluster, jobs: list[JobHandle], sub: Submitter) -> None:
         assert final["state"] == JobState.SUCCEEDED.value, c.logs()
         assert_history_complete(final, EPOCHS)
         assert final["restarts"] <= 1, (final["restarts"], c.logs())
-        assert len(messages(c.store, j.id, startswith="training finished")) == 1
+        assert len(events_of(c.store, j.id, EventKind.SUCCEEDED)) == 1
         # Every epoch trained once: one end-of-epoch event each (a redo is possible only after a restart).
-        counts = [len(messages(c.store, j.id, startswith=f"epoch {e}: val_loss")) for e in range(1, EPOCHS + 1)]
+        counts = [len(events_of(c.store, j.id, EventKind.EPOCH, epoch=e)) for e in range(1, EPOCHS + 1)]
         assert min(counts) == 1 and sum(counts) - EPOCHS <= final["restarts"], (counts, c.logs())
     # Submissions during the failover: each returned an id that exists and trains, or raised a clear error.
     for e in sub.errors:

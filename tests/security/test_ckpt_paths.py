@@ -110,8 +110,8 @@ def test_planted_manifests_skip_with_events_delete_nothing_outside_ckpt_and_fall
 
 def test_manifest_file_names_are_confined_to_ckpt() -> None:
     """The names a manifest may use: ``ckpt/<name>.npz`` and nothing else (pure check, no worker)."""
+    from jobs.ckpt_format import check_manifest
     from jobs.errors import CheckpointError
-    from worker.checkpoint import check_manifest
 
     sha = "a" * 64
     for bad in ["../../uploads/x.npz", "ckpt/../x.npz", "/etc/passwd", "ckpt/.x.npz", "ckpt/sub/x.npz", "x.npz",

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from jobs.ckpt_format import ckpt_key
 from jobs.client import Client
 from jobs.storage import LocalStorage, Storage
 from jobs.store import JobStore
 from tests.security.helpers import failed_with, good_spec, run_burst
-from worker.checkpoint import Checkpoints, ckpt_key
+from worker.checkpoint import Checkpoints
 
 
 def test_disk_full_during_a_checkpoint_write(

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from jobs.client import Client
+from jobs.events import EventKind
 from jobs.states import JobState
 from jobs.store import JobStore
 from tests.conftest import ROOT, Procs, log_of, wait_for
@@ -33,9 +34,9 @@ from tests.fault.helpers import (
     SUPERVISOR_INTERVAL_S,
     WORKER_START_S,
     assert_history_complete,
+    events_of,
     job_spec,
     kill_tree,
-    messages,
     wait_committed,
     wait_mid_epoch,
     wait_terminal,
@@ -149,8 +150,8 @@ def test_kill_mid_epoch_resumes_from_s3_on_another_machine(procs: Procs, redis_u
     assert final["worker"] != victim
     assert_history_complete(final, epochs)
     e = latest["epoch"]
-    assert messages(c.store, job.id, startswith="resuming from") == [
-        f"resuming from latest checkpoint at epoch {e} (ckpt/e{e:06d}-b000000-a1.npz)"]
+    assert [(r["why"], r["epoch"], r["file"]) for r in events_of(c.store, job.id, EventKind.RESUMED)] == [
+        ("latest", e, f"ckpt/e{e:06d}-b000000-a1.npz")]
 
     # Everything lives in the bucket, under the prefix; the workers' private dirs hold no checkpoint.
     objs = objects(moto, bucket, "team/traind/")
@@ -238,11 +239,12 @@ def test_torn_s3_object_is_skipped_and_the_previous_used(procs: Procs, redis_url
     final = wait_terminal(c.store, job.id, RUN_S + WORKER_START_S)
     assert final["state"] == JobState.SUCCEEDED.value, c.logs()
     assert_history_complete(final, 6)
-    assert messages(c.store, job.id, startswith="skipping checkpoint") == [
-        f"skipping checkpoint epoch {done}: checkpoint {newest['file']} failed its sha256 check (torn or corrupt)"]
+    skipped = events_of(c.store, job.id, EventKind.SKIPPED_CHECKPOINT)
+    assert [(s["epoch"], s["file"]) for s in skipped] == [(done, newest["file"])]
+    assert "failed its sha256 check (torn or corrupt)" in skipped[0]["msg"]
     fallback = index[max(k for k in index if k < max(index))]
-    assert messages(c.store, job.id, startswith="resuming from") == [
-        f"resuming from fallback checkpoint at epoch {fallback['epoch']} ({fallback['file']})"]
+    assert [(r["why"], r["epoch"], r["file"]) for r in events_of(c.store, job.id, EventKind.RESUMED)] == [
+        ("fallback", fallback["epoch"], fallback["file"])]
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the unfinished upload was aborted"
 
 
