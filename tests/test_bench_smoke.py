@@ -20,6 +20,7 @@ BENCHES = [
     ("serve", []),
     ("failover", []),
     ("cli_latency", []),
+    ("s3", []),  # its own moto S3 server; upload, resume-from-S3 and cache tables (no worker processes)
 ]
 
 
