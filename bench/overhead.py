@@ -34,8 +34,8 @@ SMALL = {
 # ~3 GB with Adam; one step per epoch). "dir": the storage the checkpoints go to (None: the run's dir on disk).
 BIG = {
     "full": {"dim": 1024, "depth": 2, "batch": 32, "rows": [
-        {"label": "100MB-disk", "units": 4500, "n": 128, "epochs": 5, "dir": None},
-        {"label": "100MB-tmpfs", "units": 4500, "n": 128, "epochs": 5, "dir": "/dev/shm"},
+        {"label": "100MB-disk", "units": 4500, "n": 128, "epochs": 4, "dir": None},
+        {"label": "100MB-tmpfs", "units": 4500, "n": 128, "epochs": 4, "dir": "/dev/shm"},
         {"label": "1GB-tmpfs", "units": 15300, "n": 32, "epochs": 3, "dir": "/dev/shm"}]},
     "smoke": {"dim": 32, "depth": 2, "batch": 32, "rows": [
         {"label": "small-disk", "units": 64, "n": 64, "epochs": 3, "dir": None}]},
@@ -457,7 +457,8 @@ def breakdown(run: u.Run, url: str, storage: Path, client: Any, spec: dict[str, 
 
 
 # -- part 2 ----------------------------------------------------------------------------------------------------------
-VARIANTS = ["keras-none", "host-copy", "keras-every-epoch", "traind-improving", "traind-not-improving"]
+VARIANTS = ["keras-none", "host-copy", "keras-every-epoch", "traind-improving", "traind-not-improving",
+            "traind-not-improving-skip"]  # -skip: TRAIND_CHECKPOINT_BACKPRESSURE=skip (default: wait)
 
 
 class RssPeak:
@@ -526,14 +527,16 @@ def _big_variant(v: str, c: dict[str, Any], row: dict[str, Any], url: str, store
             out = {"epoch_s": ep, "stall_s": stall, "total_s": p["total_s"]}
         else:
             ckpt: dict[str, Any] = {"monitor": "loss", "save_best_only": True, "save_weights_only": True}
-            if v == "traind-not-improving":
+            if v.startswith("traind-not-improving"):
                 ckpt["initial_value_threshold"] = 0.0  # never improves: only the resumable checkpoint is written
             spec = {"name": f"ckpt-{row['label']}",
                     "model": {"builder": "bench.models:big_dense", "builder_kwargs": mkw},
                     "data": {"loader": "bench.models:regression_data", "loader_kwargs": dkw},
                     "fit": {"epochs": row["epochs"], "batch_size": c["batch"], "shuffle": False, "seed": SEED},
                     "checkpoint": ckpt, "max_restarts": 0}
-            w = Worker(u.worker_settings(url, store_dir, burst=True, dequeue_timeout_s=0.05))
+            policy = "skip" if v.endswith("-skip") else "wait"
+            w = Worker(u.worker_settings(url, store_dir, burst=True, dequeue_timeout_s=0.05,
+                                         checkpoint_backpressure=policy))
             rec, t, trainer = in_process_traind(w, client, spec)
             ck = trainer.ckpts
             hist = [e["time_s"] for e in rec["history"]]

@@ -127,6 +127,10 @@ class WorkerSettings(CommonSettings):
     burst: bool = False
     dequeue_timeout_s: float = Field(1.0, gt=0, le=60)
     progress_interval_s: float = Field(1.0, ge=0, description="Min seconds between mid-epoch progress writes.")
+    checkpoint_backpressure: Literal["wait", "skip"] = Field(
+        "wait", description="When an epoch ends while the previous checkpoint is still being written: wait for it "
+        "(every epoch end is checkpointed; training slows to the storage's pace), or skip (a non-improving epoch is "
+        "not checkpointed, recorded as an event; the best epoch, the last one and stops are always checkpointed).")
     redis_retry_s: float = Field(60.0, ge=0, description="How long to keep retrying Redis before giving up.")
 
     @field_validator("queues", mode="before")

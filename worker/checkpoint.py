@@ -133,11 +133,13 @@ class Checkpoints:
         upload and the commit run on the checkpoint thread. At most one snapshot is in flight, so at most one host
         copy of the state is held at once. When the previous write is still running (a write slower than an epoch):
 
-        - ``must`` (the monitor improved, the last epoch, a stop was requested): wait for it, then snapshot: the
-          best model and the final state are never skipped;
-        - otherwise skip this epoch (no copy, no stall) and record it in :attr:`skipped`: the latest checkpoint
-          stays the one being written, and the next epoch end after it lands is checkpointed. Work lost to a crash
-          is then at most one write plus one epoch, as when waiting, without slowing training to the disk's pace.
+        - ``must``: wait for it, then snapshot. Always so for the best epoch, the last one and a requested stop (the
+          best model and the final state are never skipped), and for every epoch under the default policy
+          (``TRAIND_CHECKPOINT_BACKPRESSURE=wait``, as Orbax's CheckpointManager waits for its previous save): every
+          epoch end is checkpointed, and training slows to the storage's pace only while writes outlast epochs;
+        - otherwise (``skip``) skip this epoch: no copy, no stall, recorded in :attr:`skipped` and as an event; the
+          latest checkpoint stays the one being written, and the next epoch end after it lands is checkpointed.
+          Work lost to a crash is still at most one write plus one epoch, and training keeps its pace.
 
         ``export`` names the lazy exports this checkpoint becomes once committed (``{"best": True}``): their
         records (:func:`jobs.ckpt_format.checkpoint_export_record`) are set in the same commit. The next call (or

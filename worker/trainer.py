@@ -352,7 +352,8 @@ class Trainer:
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_set={e: entry}, events=events)
 
         reason = self.control.reason
-        must = improved or stopping or e >= spec.fit.epochs or reason in (StopReason.PREEMPT, StopReason.CANCEL)
+        must = (improved or stopping or e >= spec.fit.epochs or reason in (StopReason.PREEMPT, StopReason.CANCEL)
+                or self.settings.checkpoint_backpressure == "wait")
         self.last_step_save = time.monotonic()  # an epoch-end checkpoint restarts checkpoint.every_s
         if improved:
             self.best_key = ckpt_key(e, 0)
