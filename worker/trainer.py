@@ -432,10 +432,13 @@ class Trainer:
                 self.on_finished(self.outcome)
 
     def _finish(self) -> Outcome:
-        """Wait for the last checkpoint, then write the user-facing files (latest, final, best) and say how it ended."""
+        """Write the user-facing files (latest, final, best), wait for the last checkpoint, say how training ended."""
         if self.outcome is not None:
             return self.outcome
-        self.ckpts.flush()
+        # The last epoch's checkpoint may still be writing: the exports below go on beside it (the job's end is
+        # not held up by two writes in a row); it is flushed, and its failure raised, before the job succeeds.
+        # Only the last epoch's write can be in flight (each epoch end waits for the one before), and when that
+        # epoch is the best, the best file comes from the model, not from that checkpoint.
         self.tensorboard.close()  # its files are complete when the job is
         wo = self.spec.checkpoint.save_weights_only
         fields: dict[str, Any] = {"stopped_early": bool(self.es is not None and self.es.stopped_epoch > 0)}
@@ -452,9 +455,11 @@ class Trainer:
             msg += f"; restored weights of best epoch {self.es.best_epoch + 1}"
         fields["final_checkpoint"] = self.ckpts.export(self.model, wo, "final")
         if self.best_key is not None and not best_now:
+            self.ckpts.flush()
             best = self._export_best_from_checkpoint(self.best_key, wo)
             if best is not None:
                 fields["best_checkpoint"] = best
+        self.ckpts.flush()
         return Outcome(None, fields, msg, epochs_done=self.epochs_done)
 
     def _export_best_from_checkpoint(self, key: int, weights_only: bool) -> dict[str, Any] | None:
