@@ -161,12 +161,24 @@ def percentile(xs: list[float], q: float) -> float | None:
     return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
 
 
-def job_spec(i: int, epochs: int, samples: int, max_restarts: int) -> dict[str, Any]:
-    """A small regression job (examples.regression): ~40 batches an epoch, alternating the resume policy."""
+ALLOWED = "examples,bench"  # the jobs reference examples.regression or bench.models
+
+
+def job_spec(i: int, epochs: int, samples: int, max_restarts: int, batch_delay_s: float = 0.0) -> dict[str, Any]:
+    """A small regression job: ~40 batches an epoch, alternating the resume policy. With ``batch_delay_s`` every
+    batch also sleeps that long (bench.models:slow_mlp): a job lasts at least epochs x batches x delay on any
+    machine, however idle, so the kills find it running."""
+    if batch_delay_s > 0:
+        model = {"builder": "bench.models:slow_mlp",
+                 "builder_kwargs": {"dim": 1, "units": 16, "batch_delay_s": batch_delay_s}}
+        data = {"loader": "bench.models:regression_data", "loader_kwargs": {"n": samples, "dim": 1, "seed": i}}
+    else:
+        model = {"builder": "examples.regression:build_model", "builder_kwargs": {"units": 16}}
+        data = {"loader": "examples.regression:load_data", "loader_kwargs": {"n": samples, "seed": i}}
     return {
         "name": f"chaos-{i}",
-        "model": {"builder": "examples.regression:build_model", "builder_kwargs": {"units": 16}},
-        "data": {"loader": "examples.regression:load_data", "loader_kwargs": {"n": samples, "seed": i}},
+        "model": model,
+        "data": data,
         "fit": {"epochs": epochs, "batch_size": 32, "validation_split": 0.2, "seed": i},
         "checkpoint": {"monitor": "val_loss", "save_best_only": True, "save_weights_only": True, "keep_last": 2},
         "resume_from": "best" if i % 2 else "latest",
@@ -209,6 +221,7 @@ class Chaos:
             "TRAIND_LEASE_TTL_S": str(args.lease_ttl_s),
             "TRAIND_HEARTBEAT_INTERVAL_S": str(heartbeat),
             "TRAIND_PROGRESS_INTERVAL_S": "0.1",  # the kill loop reads which batch a job is at
+            "TRAIND_ALLOWED_MODULES": ALLOWED,
         }
         # The children get the URL and storage on their command line; stale values in the environment must not win.
         for k in ("TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR"):
@@ -276,12 +289,14 @@ class Chaos:
 
     def run(self) -> dict[str, Any]:
         from jobs.client import Client  # jobs.* is light; TensorFlow only ever loads in the workers
+        from jobs.settings import ClientSettings
 
         a = self.args
         if not self.url:
             self.start_redis()
         self.storage.mkdir(parents=True, exist_ok=True)
-        self.client = Client(redis_url=self.url, storage=self.storage)
+        self.client = Client(settings=ClientSettings(redis_url=self.url, storage_dir=str(self.storage),
+                                                     allowed_modules=ALLOWED.split(",")))
         self.r, self.store = self.client.r, self.client.store
         self.spawn_supervisor()
         for _ in range(a.workers):
@@ -289,7 +304,8 @@ class Chaos:
         log(f"waiting for {a.workers} workers to import TensorFlow and register ...")
         if not self.wait(lambda: all(self.r.exists(f"traind:worker:{w}") for w in self.workers), a.deadline_s):
             raise SystemExit("chaos: workers did not register:\n" + self.tails())
-        handles = self.client.submit_many([job_spec(i, a.epochs, a.samples, a.kills + 3) for i in range(a.jobs)])
+        handles = self.client.submit_many([job_spec(i, a.epochs, a.samples, a.kills + 3, a.batch_delay_s)
+                                           for i in range(a.jobs)])
         self.job_ids = [h.id for h in handles]
         log(f"submitted {len(self.job_ids)} jobs; injecting {a.kills} kills")
         sampler = Sampler(self.r, self.workers, self.job_ids, self.lock)
@@ -581,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=0.5, help="supervisor pass interval (default 0.5)")
     p.add_argument("--epochs", type=int, default=20, help="epochs per job (default 20)")
     p.add_argument("--samples", type=int, default=1600, help="samples per job (default 1600: 40 batches/epoch)")
+    p.add_argument("--batch-delay-s", type=float, default=0.0,
+                   help="each training batch also sleeps this long (bench.models:slow_mlp; default 0: "
+                        "examples.regression at full speed)")
     p.add_argument("--min-gap-s", type=float, default=0.3, help="shortest random wait before a kill (default 0.3)")
     p.add_argument("--max-gap-s", type=float, default=2.0, help="longest random wait before a kill (default 2)")
     p.add_argument("--deadline-s", type=float, default=900.0, help="overall deadline for every job to end")
