@@ -22,20 +22,17 @@ Exit status 0 only when every job succeeded, none was lost, all K kills happened
 every model file matches its record.
 
     python -m bench.chaos --jobs 10 --workers 3 --kills 20 --seed 1 --json chaos.json
-    traind chaos --jobs 2 --workers 2 --kills 2 --epochs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from testkit.cluster import RedisServer, git_state, percentile
 
 ROOT = Path(__file__).resolve().parents[1]  # the directory holding the jobs/, worker/, daemon/ packages
 
@@ -147,20 +146,6 @@ class Sampler:
         self.samples += 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(xs: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of ``xs``; None when empty."""
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
-
-
 ALLOWED = "examples,bench"  # the jobs reference examples.regression or bench.models
 
 
@@ -204,7 +189,7 @@ class Chaos:
         self.storage = Path(storage).resolve() if storage else self.dir / "storage"
         self.logs = self.dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.redis_srv: RedisServer | None = None
         self.url = args.redis_url or os.environ.get("TRAIND_REDIS_URL") or ""
         self.lock = threading.Lock()
         self.workers: dict[str, Proc] = {}  # live incarnations by worker id
@@ -229,26 +214,10 @@ class Chaos:
 
     # -- processes -------------------------------------------------------------------------------------------------
     def start_redis(self) -> None:
-        exe = shutil.which("redis-server")
-        if not exe:
+        if not shutil.which("redis-server"):
             raise SystemExit("chaos: redis-server not found on PATH (install it, or pass --redis-url)")
-        port = free_port()
-        rdir = self.dir / "redis"
-        rdir.mkdir(exist_ok=True)
-        self.redis_proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self.url = f"redis://127.0.0.1:{port}/0"
-        r = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                r.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"chaos: redis-server did not start on port {port}") from None
-                time.sleep(0.05)
+        self.redis_srv = RedisServer(self.dir / "redis").start()
+        self.url = self.redis_srv.url
 
     def _spawn(self, name: str, *args: str) -> Proc:
         log = self.logs / f"{name}.log"
@@ -272,9 +241,8 @@ class Chaos:
     def close(self) -> None:
         for p in [*self.workers.values(), *([self.supervisor] if self.supervisor else [])]:
             p.kill()
-        if self.redis_proc is not None and self.redis_proc.poll() is None:
-            self.redis_proc.terminate()
-            self.redis_proc.wait(10)
+        if self.redis_srv is not None:
+            self.redis_srv.stop()
         if self.tmpdir is not None and not self.args.keep:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
@@ -465,10 +433,11 @@ class Chaos:
         lost = sum(1 for j in per_job if j["lost"])
         summary: dict[str, Any] = {
             "command": "python -m bench.chaos " + shlex.join(self.argv),
+            "git": git_state(),  # the commit measured, and whether tracked files differed from it
             "config": {"jobs": a.jobs, "workers": a.workers, "kills": a.kills, "seed": a.seed,
                        "lease_ttl_s": a.lease_ttl_s, "heartbeat_s": float(self.env["TRAIND_HEARTBEAT_INTERVAL_S"]),
                        "supervisor_interval_s": a.interval_s, "epochs": a.epochs, "samples": a.samples,
-                       "deadline_s": a.deadline_s},
+                       "deadline_s": a.deadline_s, "batch_delay_s": a.batch_delay_s},
             "duration_s": round(time.monotonic() - self.t0, 1),
             "jobs": {"total": len(self.job_ids), **counts, "lost": lost},
             "all_terminal": lost == 0,
