@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import _util as u
+from jobs.events import EventKind
 
 GOAL_S = 0.3
 
@@ -50,7 +51,7 @@ def _body(run: u.Run) -> None:
     job = client.submit({"name": "latency", "model": {"builder": "examples.regression:build_model"},
                          "data": {"loader": "examples.regression:load_data"}, "fit": {"epochs": 3}})
     for i in range(20):
-        client.store.add_event(job.id, f"event {i}")
+        client.store.add_event(job.id, EventKind.NOTE, f"event {i}")
     # What a user's shell has: the URL and storage dir exported, nothing else of traind's.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIND_")}
     env.update({"TRAIND_REDIS_URL": srv.url, "TRAIND_STORAGE_DIR": str(storage), "PYTHONPATH": str(u.ROOT)})

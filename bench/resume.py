@@ -122,6 +122,11 @@ def body(run: u.Run) -> None:
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
     url, storage, procs, client = u.start_stack(run)
+    if run.args.storage:  # e.g. s3://bucket/prefix: endpoint and keys from the AWS_* variables (bench/s3.py)
+        from jobs.client import Client
+
+        storage = run.args.storage
+        client = Client(settings=u.client_settings(url, storage))
     r, store = client.r, client.store
     pool = u.Pool(procs, r, url, storage, env={"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH})
     first = pool.spawn("worker0")
@@ -183,6 +188,7 @@ def body(run: u.Run) -> None:
 
 def add_args(p: Any) -> None:
     p.add_argument("--reps", type=int, default=None, help="warm/cold pairs (default 6; smoke 1)")
+    p.add_argument("--storage", default=None, help="checkpoint storage URL (default: a local dir in the scratch dir)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import os
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--redis-url", default=os.environ.get("TRAIND_REDIS_URL"))
-    ap.add_argument("--storage", default=os.environ.get("TRAIND_STORAGE_DIR", "traind-data"))
+    ap.add_argument("--storage", default=os.environ.get("TRAIND_STORAGE_DIR"))  # None: the settings default
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
 

@@ -19,6 +19,7 @@ a location carrying ``user:password@`` is refused, so a secret never lands in a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -26,6 +27,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +103,8 @@ class ObjectStorage(Storage):
             except PermissionError as e:
                 raise StorageUnavailableError(f"storage {self.url}: access denied while trying to {what} ({e})"
                                               ) from None
+            except StorageError:
+                raise  # already one line naming the location
             except Exception as e:  # noqa: BLE001 - classified below
                 if "NoSuchBucket" in str(e) or "does not exist" in str(e).lower() and "bucket" in str(e).lower():
                     raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
@@ -140,6 +144,15 @@ class ObjectStorage(Storage):
             spool.file.flush()
             local = spool.file.name
             self._retry(f"write {key}", lambda: self.fs.put_file(local, path))
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        # The bytes are in memory already: PUT them as they are (no copy into a spool), hashing them meanwhile in a
+        # second thread (hashlib releases the GIL), so the sha256 costs the upload no time.
+        path = self._p(key)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
+            digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+            self._retry(f"write {key}", lambda: self.fs.pipe_file(path, data))
+            return digest.result()
 
     def put_local_file(self, key: str, path: Path) -> str:
         from jobs.storage import sha256_file

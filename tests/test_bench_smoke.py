@@ -58,6 +58,21 @@ def _check_failover(r: dict[str, Any]) -> None:
     assert r["failover"]["rounds"] and all(_pos(x["kill_to_promoted_s"]) for x in r["failover"]["rounds"])
 
 
+def _check_serve(r: dict[str, Any]) -> None:
+    assert r["startup"] and all(_pos(x["to_healthz_s"]) for x in r["startup"])
+    assert {row["viewers"] for row in r["viewers"]["rows"]} >= {0} and all(row["epochs"] >= 1
+                                                                          for row in r["viewers"]["rows"])
+    assert r["latency"]["rows"] and all(_pos(row["p50_ms"]) for row in r["latency"]["rows"])
+    assert _pos(r["serve_rss_mb"])
+
+
+def _check_s3(r: dict[str, Any]) -> None:
+    up = r["upload"].values()
+    assert up and all(_pos(v["traind_put_MBps"]) and _pos(v["raw_s3fs_put_MBps"]) for v in up)
+    assert r["resume"] and all(_pos(v["s3_s"]) and _pos(v["local_s"]) for v in r["resume"].values())
+    assert r["cache"] and r["cache"][0]["fetched_from_s3"] and all(x["cache_hit"] for x in r["cache"][1:])
+
+
 def _check_cli_latency(r: dict[str, Any]) -> None:
     assert r and all(_pos(v["wall_s"]["median"]) and v["wall_s"]["n"] >= 1 for v in r.values()), r
 

@@ -5,6 +5,7 @@ No Docker engine is needed: ``config`` only parses and interpolates. ``.ci/run``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,8 +22,10 @@ needs_compose = pytest.mark.skipif(
     COMPOSE is None, reason="docker-compose binary not found (Debian package docker-compose; .ci/run installs it)"
 )
 PASSWORD = "0123abcdpw"
-STORAGE = "/data/traind"
+STORAGE = "s3://traind/checkpoints"
 ALLOWED = "mycompany.models"
+# The other secrets compose requires (MinIO's admin password, traind's own MinIO secret key).
+SECRETS = {"MINIO_ROOT_PASSWORD": "minio-admin-pw", "S3_SECRET_KEY": "traind-s3-secret"}
 
 
 def compose_config(tmp_path: Path, password: str | None, allowed: str | None = ALLOWED
@@ -30,6 +33,7 @@ def compose_config(tmp_path: Path, password: str | None, allowed: str | None = A
     env_file = tmp_path / "empty.env"  # a developer's .env must not leak into the test
     env_file.write_text("")
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_PASSWORD", "TRAIND_ALLOWED_MODULES")}
+    env.update(SECRETS)
     if password is not None:
         env["REDIS_PASSWORD"] = password
     if allowed is not None:
@@ -54,7 +58,7 @@ def test_services(config: dict[str, Any]) -> None:
     for name, svc in config["services"].items():  # docker-compose 1.x lists every profile's services
         for prof in svc.get("profiles") or [""]:
             by_profile.setdefault(prof, set()).add(name)
-    assert by_profile[""] == {"redis", "supervisor", "worker-cpu", "serve"}
+    assert by_profile[""] == {"redis", "minio", "minio-init", "supervisor", "worker-cpu", "serve"}
     assert by_profile["gpu"] == {"worker-gpu"}
     assert by_profile.get("ha", set()) <= {"redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
                                            "supervisor-ha", "worker-cpu-ha"}  # tests/ha/test_compose_ha.py
@@ -77,16 +81,50 @@ def test_redis_has_aof_password_and_a_volume(config: dict[str, Any]) -> None:
 
 
 @needs_compose
-def test_every_traind_service_shares_the_checkpoint_volume_and_knows_the_password(config: dict[str, Any]) -> None:
+def test_every_traind_service_uses_the_s3_store_and_knows_the_password(config: dict[str, Any]) -> None:
+    """No shared volume: checkpoints and uploads go to MinIO's bucket, credentials in the standard AWS variables."""
     for name in ("supervisor", "worker-cpu", "worker-gpu"):
         svc = config["services"][name]
         env = svc["environment"]
         assert env["TRAIND_STORAGE_DIR"] == STORAGE
         assert env["TRAIND_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
         assert env["TRAIND_ALLOWED_MODULES"] == ALLOWED  # from .env / the environment, never a built-in default
-        mounts = [v.split(":")[:2] if isinstance(v, str) else [v["source"], v["target"]] for v in svc["volumes"]]
-        assert ["checkpoints", STORAGE] in mounts, name
-    assert "checkpoints" in config["volumes"]
+        assert (env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"]) == ("http://minio:9000", "traind")
+        assert env["AWS_SECRET_ACCESS_KEY"] == SECRETS["S3_SECRET_KEY"]
+        assert not svc.get("volumes"), f"{name} mounts a volume; only Redis and S3 are shared"
+        assert svc["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "checkpoints" not in config.get("volumes", {})
+
+
+@needs_compose
+def test_minio_with_its_bucket_created_at_start(config: dict[str, Any]) -> None:
+    minio, init = config["services"]["minio"], config["services"]["minio-init"]
+    assert minio["image"].startswith("minio/minio") and minio["command"][:2] == ["server", "/data"]
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"] == SECRETS["MINIO_ROOT_PASSWORD"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert init["image"].startswith("minio/mc") and init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = init["entrypoint"][-1]
+    assert "mc mb --ignore-existing local/traind" in script
+    assert "mc admin user add local traind" in script  # traind's own user, not MinIO's admin
+    assert "MINIO_ROOT_PASSWORD" not in json.dumps(config["services"]["worker-cpu"])
+
+
+@needs_compose
+def test_redis_is_published_with_its_password(config: dict[str, Any]) -> None:
+    """A laptop client can submit: Redis is published (loopback by default) and requires the password."""
+    ports = config["services"]["redis"]["ports"]
+    published = [p if isinstance(p, str) else f"{p.get('host_ip')}:{p['published']}:{p['target']}" for p in ports]
+    assert any(p.startswith("127.0.0.1:6379:6379") for p in published), published
+    assert "--requirepass" in [str(c) for c in config["services"]["redis"]["command"]]
+
+
+@needs_compose
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_storage_secrets_are_required(tmp_path: Path, missing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(SECRETS, missing)
+    res = compose_config(tmp_path, PASSWORD)
+    assert res.returncode != 0
+    assert f"set {missing}" in res.stderr
 
 
 @needs_compose

@@ -13,7 +13,7 @@ import yaml
 
 from jobs.redis_conn import parse_sentinel_url
 from tests.conftest import ROOT
-from tests.test_compose import COMPOSE, PASSWORD, STORAGE, needs_compose
+from tests.test_compose import COMPOSE, PASSWORD, SECRETS, STORAGE, needs_compose
 
 
 @pytest.fixture()
@@ -23,7 +23,8 @@ def ha_config(tmp_path: Path) -> dict[str, Any]:
     assert COMPOSE is not None
     res = subprocess.run(
         [COMPOSE, "--env-file", str(env_file), "--profile", "ha", "-f", str(ROOT / "docker-compose.yml"), "config"],
-        cwd=ROOT, env={**os.environ, "REDIS_PASSWORD": PASSWORD}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={**os.environ, **SECRETS, "REDIS_PASSWORD": PASSWORD}, capture_output=True, text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     return yaml.safe_load(res.stdout)

@@ -206,9 +206,15 @@ def test_s3_failing_during_checkpoint_uploads(procs: Procs, redis_url: str, s3_u
     statuses = [s for m, p, s in proxy.log if _ckpt_put(m, p)]
     assert statuses.count(-1) == 2 and statuses.count(503) == 4, statuses
     objs = objects(moto, bucket, f"team/traind/jobs/{job.id}/")
-    for m in c.store.checkpoints(job.id).values():
+    index = c.store.checkpoints(job.id)
+    for m in index.values():
         assert hashlib.sha256(objs[f"team/traind/jobs/{job.id}/{m['file']}"]).hexdigest() == m["sha256"]
     assert "retrying in" in log_of(c.workers["w1"])
+    # keep_last=2 retention deleted the objects of dropped checkpoints: only the indexed ones (and manifests) remain.
+    names = [m["file"].removeprefix("ckpt/").removesuffix(".npz") for m in index.values()]
+    assert len(index) < 7
+    assert sorted(k.rsplit("/", 1)[1] for k in objs if "/ckpt/" in k) == sorted(
+        f"{n}{ext}" for n in names for ext in (".json", ".npz"))
 
 
 def test_torn_s3_object_is_skipped_and_the_previous_used(procs: Procs, redis_url: str, s3_url: str, bucket: str,
