@@ -50,10 +50,11 @@ def snapshot(weights_mb: float, seed: int = 0) -> Any:
 
 
 def body(run: u.Run) -> None:
+    from jobs import ckpt_format as fmt
     from jobs.storage import Storage
     from jobs.store import JobStore
     from worker.cache import UploadCache
-    from worker.checkpoint import Checkpoints, _pack
+    from worker.checkpoint import Checkpoints
 
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
@@ -84,7 +85,7 @@ def body(run: u.Run) -> None:
     upload: dict[str, Any] = {}
     for mb in c["weights_mb"]:
         snap = snapshot(mb)
-        data = _pack(snap)
+        data = fmt.pack({"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars})
         size = len(data)
         ck = Checkpoints(s3, store, "benchjob", 1, "tok")
         t_traind, t_put, t_raw = [], [], []

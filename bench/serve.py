@@ -30,9 +30,9 @@ NAME = "serve"
 TOKEN = "bench-token-0f3a9c"
 CFG = {
     "full": {"parked": 1000, "total": 10_000, "viewers_job": 90, "viewers_list": 10, "epochs": 8, "n": 20_000,
-             "requests": 200, "starts": 3},
+             "requests": 200, "starts": 3, "rounds": 2},
     "smoke": {"parked": 50, "total": 200, "viewers_job": 5, "viewers_list": 2, "epochs": 3, "n": 600,
-              "requests": 10, "starts": 1},
+              "requests": 10, "starts": 1, "rounds": 1},
 }
 
 
@@ -154,45 +154,50 @@ def body(run: u.Run) -> None:
     u.wait_warm(store.r, w)
     train(stack, c, "warmup")  # the first job of a worker pays one-off costs: not measured
 
-    cpu0 = sum(sp.cpu_times()[:2])
-    quiet = train(stack, c, "no-viewers")
-    cpu_quiet = sum(sp.cpu_times()[:2]) - cpu0
-
-    # A short blocker holds the worker while the measured job waits behind it and every viewer connects.
-    blocker = stack.client.submit({**spec(c, "blocker"), "fit": {**spec(c, "b")["fit"], "epochs": 2}})
-    u.wait_for(lambda: store.raw(blocker.id)["state"] == "running", 300, "the blocker to start", interval=0.05)
-    h = stack.client.submit(spec(c, "with-viewers"))
-    viewers = Viewers(base, h.id, c["viewers_job"], c["viewers_list"])
-    viewers.start()
-    if store.raw(h.id)["state"] != "queued":
-        raise RuntimeError("the measured job started before the viewers connected; use more blocker epochs")
-    cpu0 = sum(sp.cpu_times()[:2])
-    u.wait_for(lambda: store.raw(h.id)["state"] in ("succeeded", "failed"), 900, "with-viewers to finish",
-               interval=0.2)
-    cpu_viewers = sum(sp.cpu_times()[:2]) - cpu0
-    time.sleep(0.5)  # let the last events reach the viewers
-    viewers.stop()
-    loud = h.id
-
-    q, v = epoch_times(store, quiet)[1:], epoch_times(store, loud)[1:]
-    rows = [
-        {"run": "no viewers", "viewers": 0, "epochs": len(q), "mean_epoch_s": round(statistics.mean(q), 4),
-         "median_epoch_s": round(statistics.median(q), 4), "serve_cpu_s": round(cpu_quiet, 2)},
-        {"run": "live viewers", "viewers": len(viewers.paths), "epochs": len(v),
-         "mean_epoch_s": round(statistics.mean(v), 4), "median_epoch_s": round(statistics.median(v), 4),
-         "serve_cpu_s": round(cpu_viewers, 2)},
-    ]
-    slowdown = statistics.mean(v) / statistics.mean(q) - 1
-    job_counts = viewers.counts[:c["viewers_job"]]
-    run.results["viewers"] = {"rows": rows, "slowdown_pct": round(100 * slowdown, 1),
-                              "events_per_job_viewer_min": min(job_counts),
-                              "events_per_job_viewer_max": max(job_counts),
-                              "events_per_list_viewer_min": min(viewers.counts[c["viewers_job"]:]),
+    rows, quiet_all, loud_all, counts = [], [], [], []
+    quiet = loud = ""
+    for rnd in range(1, c["rounds"] + 1):  # alternate (A B A B): drifting machine load hits both phases alike
+        cpu0 = sum(sp.cpu_times()[:2])
+        quiet = train(stack, c, f"no-viewers-{rnd}")
+        cpu_quiet = sum(sp.cpu_times()[:2]) - cpu0
+        # A short blocker holds the worker while the measured job waits behind it and every viewer connects.
+        blocker = stack.client.submit({**spec(c, "blocker"), "fit": {**spec(c, "b")["fit"], "epochs": 2}})
+        u.wait_for(lambda b=blocker: store.raw(b.id)["state"] == "running", 300, "the blocker", interval=0.05)
+        h = stack.client.submit(spec(c, f"with-viewers-{rnd}"))
+        viewers = Viewers(base, h.id, c["viewers_job"], c["viewers_list"])
+        viewers.start()
+        if store.raw(h.id)["state"] != "queued":
+            raise RuntimeError("the measured job started before the viewers connected; use more blocker epochs")
+        cpu0 = sum(sp.cpu_times()[:2])
+        u.wait_for(lambda h=h: store.raw(h.id)["state"] in ("succeeded", "failed"), 900, "with-viewers to finish",
+                   interval=0.2)
+        cpu_viewers = sum(sp.cpu_times()[:2]) - cpu0
+        time.sleep(0.5)  # let the last events reach the viewers
+        viewers.stop()
+        loud = h.id
+        q, v = epoch_times(store, quiet)[1:], epoch_times(store, loud)[1:]
+        quiet_all += q
+        loud_all += v
+        counts += viewers.counts[:c["viewers_job"]]
+        for label, n, xs, cpu in (("no viewers", 0, q, cpu_quiet), ("live viewers", len(viewers.paths), v,
+                                                                     cpu_viewers)):
+            rows.append({"round": rnd, "run": label, "viewers": n, "epochs": len(xs),
+                         "mean_epoch_s": round(statistics.mean(xs), 4),
+                         "median_epoch_s": round(statistics.median(xs), 4), "serve_cpu_s": round(cpu, 2)})
+    summary = [{"run": "no viewers", "epochs": len(quiet_all), "mean_epoch_s": round(statistics.mean(quiet_all), 4),
+                "median_epoch_s": round(statistics.median(quiet_all), 4)},
+               {"run": f"{c['viewers_job'] + c['viewers_list']} live viewers", "epochs": len(loud_all),
+                "mean_epoch_s": round(statistics.mean(loud_all), 4),
+                "median_epoch_s": round(statistics.median(loud_all), 4)}]
+    slowdown = statistics.median(loud_all) / statistics.median(quiet_all) - 1
+    run.results["viewers"] = {"rows": rows, "summary": summary, "median_slowdown_pct": round(100 * slowdown, 1),
+                              "events_per_job_viewer_min": min(counts), "events_per_job_viewer_max": max(counts),
                               "jobs_in_list": len(store.list_ids())}
-    run.table(f"epoch time (epochs 2..{c['epochs']}) without and with live SSE viewers; "
+    run.table(f"epoch time (epochs 2..{c['epochs']} of each job) without and with live SSE viewers, per round; "
               f"{len(store.list_ids())} jobs in the list", rows)
-    run.note(f"slowdown with viewers: {100 * slowdown:+.1f} %; each job viewer got {min(job_counts)}-"
-             f"{max(job_counts)} events (snapshot, status, epoch, events)")
+    run.table("all rounds", summary)
+    run.note(f"median epoch time with viewers vs without: {100 * slowdown:+.1f} %; each job viewer got "
+             f"{min(counts)}-{max(counts)} events (snapshot, status, epoch, events)")
 
     # -- API latency at 10,000 jobs ----------------------------------------------------------------------------------
     more = c["total"] - len(store.list_ids())

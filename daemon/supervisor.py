@@ -20,7 +20,7 @@ from types import FrameType
 
 import redis
 
-from jobs import keys, telemetry
+from jobs import admin, keys, telemetry
 from jobs.delivery import deliver, requeue
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, StorageError
 from jobs.events import EventKind
@@ -293,6 +293,7 @@ class Supervisor:
                 try:
                     rep = self.step()
                     telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
+                    admin.retention(self.store, self.settings.storage_dir, self.settings.finished_ttl_s)
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

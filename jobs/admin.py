@@ -9,6 +9,7 @@ numbers. Every state change still goes through :meth:`jobs.store.JobStore.transi
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from jobs.store import JobStore, parse_record
 if TYPE_CHECKING:
     from jobs.storage import Storage
 
+log = logging.getLogger("traind.admin")
 LIST_FIELDS = ["id", "name", "state", "queue", "epoch", "epochs", "restarts", "preemptions", "attempt", "best_epoch",
                "best_value", "stopped_early", "worker", "created_at", "updated_at", "started_at", "finished_at",
                "error", "device"]
@@ -214,6 +216,23 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
             except Exception:  # noqa: BLE001 - a refused (confined) key is left alone
                 pass
     return [v[0] for v in victims]
+
+
+def retention(store: JobStore, storage_location: str, ttl_s: float, every_s: float = 60.0,
+              storage_retry_s: float | None = None) -> list[str]:
+    """Supervisor hook for ``TRAIND_FINISHED_TTL_S``: purge finished jobs older than ``ttl_s``, at most once per
+    ``every_s`` across all supervisors (a Redis lock decides which one); returns the purged ids."""
+    if ttl_s <= 0:
+        return []
+    if not store.r.set(f"{keys.PREFIX}:retention:lock", "1", nx=True, px=int(every_s * 1000)):
+        return []
+    from jobs.storage import Storage
+
+    kw = {} if storage_retry_s is None else {"retry_s": storage_retry_s}
+    gone = purge(store, Storage(storage_location, **kw), ttl_s)
+    if gone:
+        log.info("retention: purged %d finished job(s) older than %.0f s", len(gone), ttl_s)
+    return gone
 
 
 def _job_key(job_id: str) -> str:

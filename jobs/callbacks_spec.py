@@ -68,7 +68,7 @@ def callbacks_to_spec(callbacks: list[Any], allowed: Sequence[str] | None = None
             if getattr(cb, "best", None) is not None:
                 out["checkpoint"]["initial_value_threshold"] = _f(cb.best)
             if getattr(cb, "save_freq", "epoch") != "epoch":
-                problems.append(f"ModelCheckpoint: save_freq={cb.save_freq!r}; traind checkpoints every epoch")
+                out["checkpoint"]["save_freq"] = int(cb.save_freq)  # step checkpoints with exact resume
         elif kind == "EarlyStopping":
             out["early_stopping"] = {
                 "monitor": cb.monitor,

@@ -128,6 +128,19 @@ class CheckpointSpec(_Strict):
     save_weights_only: bool = False
     initial_value_threshold: float | None = None
     keep_last: int = Field(2, ge=1, le=1000, description="Resumable checkpoints kept besides the best (>=1 spare).")
+    save_freq: int | Literal["epoch"] = Field(
+        "epoch", description="Also save a resumable step checkpoint every N batches (Keras' integer save_freq).")
+    every_s: float | None = Field(None, gt=0, description="Also save a resumable step checkpoint every N seconds.")
+
+    @model_validator(mode="after")
+    def _freq(self) -> CheckpointSpec:
+        if isinstance(self.save_freq, int) and self.save_freq < 1:
+            raise ValueError(f"save_freq: expected 'epoch' or a number of batches >= 1, received {self.save_freq}")
+        return self
+
+    @property
+    def step_checkpoints(self) -> bool:
+        return self.save_freq != "epoch" or self.every_s is not None
 
 
 class EarlyStoppingSpec(_Strict):
@@ -350,6 +363,9 @@ def static_fit_problems(spec: JobSpec) -> list[str]:
                 problems.append(
                     f"{where}: {mon!r} needs validation data, and this job has none; pass validation_data or "
                     f"validation_split, or monitor a training metric such as {mon.removeprefix('val_')!r}")
+    if d.dataset is not None and spec.checkpoint.step_checkpoints:
+        problems.append("checkpoint.save_freq/every_s: step checkpoints need array data (traind's own pipeline "
+                        "resumes at the next batch); a Dataset job checkpoints at epoch ends")
     if d.dataset is not None and f.validation_split:
         problems.append("fit.validation_split: not supported with a Dataset (as in Keras); pass validation_data")
     if f.class_weight == {}:

@@ -17,6 +17,7 @@ BENCHES = [
     ("resume", []),
     ("work_lost", []),
     ("detection", ["--rq-cap-s", "3"]),
+    ("serve", []),
     ("failover", []),
     ("cli_latency", []),
     ("s3", []),  # its own moto S3 server; upload, resume-from-S3 and cache tables (no worker processes)

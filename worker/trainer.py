@@ -83,6 +83,8 @@ class Trainer:
         self.arrays = True
         self.epochs_done = 0
         self.extra_cbs: list[Any] = []
+        self.step_ckpts = False  # checkpoint.save_freq / every_s, with traind's own (array) pipeline
+        self.last_step_save = time.monotonic()
         self.tensorboard = TensorBoardLogger(store, storage, job_id, attempt)
 
     # -- public --------------------------------------------------------------------------------------------------
@@ -118,6 +120,11 @@ class Trainer:
             _create_variables_eagerly(self.model, x1, y1)
         else:
             self.steps = spec.fit.steps_per_epoch
+        self.step_ckpts = spec.checkpoint.step_checkpoints and data.is_arrays
+        if spec.checkpoint.step_checkpoints and not data.is_arrays:
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, "checkpoint.save_freq/every_s: step checkpoints need array data (traind's own pipeline "
+                "can skip the batches already trained); this Dataset job checkpoints at epoch ends only", "warning")])
         if spec.data.loader is not None:
             self._check_monitors(data)  # client.fit checked these at submit; a loader's data is first seen here
         if spec.early_stopping:
@@ -154,7 +161,9 @@ class Trainer:
         rec = self.record
         best_key = _int(rec.get("best_ckpt_key"))
         preempt_key = _int(rec.get("preempt_key"))
-        restored, events = self.ckpts.select(index, self.spec.resume_from, best_key, preempt_key)
+        # Step checkpoints exist to lose at most their interval: a crashed attempt resumes from the newest one.
+        policy = "latest" if self.spec.checkpoint.step_checkpoints else self.spec.resume_from
+        restored, events = self.ckpts.select(index, policy, best_key, preempt_key)
         start_epoch, start_batch, metric_vars = self.spec.fit.initial_epoch, 0, None
         if restored is not None:
             self._restore(restored)
@@ -220,6 +229,8 @@ class Trainer:
         cbs.append(ControlCallback(self.control, self._on_stop, self._on_progress,
                                    self.settings.progress_interval_s, batch_offset=skip,
                                    steps=self.steps if data.is_arrays else None))
+        if self.step_ckpts:
+            cbs.append(fit_callbacks.StepCheckpointCallback(self._on_batch, batch_offset=skip))
         cbs += self.extra_cbs  # user-requested Keras callbacks run before traind's own, as in model.fit
         cbs += [cb for cb in (self.es, self.rlrop) if cb is not None]
         cbs.append(EpochEndCallback(self._on_epoch_end))
@@ -350,6 +361,7 @@ class Trainer:
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_set={e: entry}, events=events)
 
         snap = self._snapshot(e, 0, metrics, mid_epoch=False)
+        self.last_step_save = time.monotonic()  # an epoch-end checkpoint restarts checkpoint.every_s
         if improved:
             self.best_key = snap.key
         self.ckpts.save_async(snap, self.best_key)
@@ -375,6 +387,17 @@ class Trainer:
                                           f"batch {batches_done}/{self.steps}", epoch=epoch0 + 1,
                                           batch=batches_done)])
             self.preempt_key = snap.key
+
+    def _on_batch(self, epoch0: int, batches_done: int, now: float) -> None:
+        """A step checkpoint when ``checkpoint.save_freq`` batches or ``every_s`` seconds call for one: the exact state
+        after this batch (weights, optimizer, metric accumulators, callback state), written and committed in the
+        background while training goes on; a crashed attempt resumes at the next batch."""
+        c = self.spec.checkpoint
+        if not fit_callbacks.step_due(c.save_freq, c.every_s, batches_done, self.steps, self.last_step_save, now):
+            return
+        self.last_step_save = now
+        snap = self._snapshot(epoch0, batches_done, {}, mid_epoch=True)
+        self.ckpts.save_async(snap, self.best_key)
 
     def _on_progress(self, epoch0: int, batches_done: int, logs: dict[str, Any]) -> None:
         try:

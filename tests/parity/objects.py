@@ -71,3 +71,36 @@ def two_inputs(lr: float = 0.05) -> keras.Model:
     m = keras.Model({"a": a, "b": b}, keras.layers.Dense(1, name="out")(h), name="two_inputs")
     m.compile(optimizer=keras.optimizers.Adam(lr), loss="mse", metrics=["mae"])
     return m
+
+
+def kill_once_regression(kill_at_step: int, marker: str, batch_delay_s: float = 0.02, units: int = 8,
+                         learning_rate: float = 0.05) -> keras.Model:
+    """``tests.models:slow_regression`` whose process SIGKILLs itself once, at optimizer step ``kill_at_step``
+    (0-based), the first time any attempt gets there (``marker`` is created with O_EXCL): a crash at a chosen batch,
+    not repeated by the resumed attempt that replays the same step."""
+    import os
+    import signal
+
+    from tests.models import _slow_model_class
+
+    base = _slow_model_class()
+
+    class KillOnce(base):  # type: ignore[misc, valid-type]
+        def _hook(self, step: Any) -> None:
+            if int(step) == kill_at_step:
+                try:
+                    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    pass
+                else:
+                    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no checkpoint: a power loss
+            if self.batch_delay_s > 0:
+                import time
+
+                time.sleep(self.batch_delay_s)
+
+    model = KillOnce([keras.Input((4,)), keras.layers.Dense(units, activation="relu"), keras.layers.Dense(1)],
+                     name="kill_once_regression")
+    model.batch_delay_s = float(batch_delay_s)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"], jit_compile=False)
+    return model

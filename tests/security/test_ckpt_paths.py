@@ -24,24 +24,31 @@ from jobs.store import JobStore
 from tests.security.helpers import QUEUE, failed_with, good_spec, plant_job, record, run_burst
 
 
-@pytest.mark.parametrize("target", ["outside", "uploads"])
+@pytest.mark.parametrize("target", ["outside", "uploads", "other-job"])
 def test_ckpt_symlink_is_never_followed(
     target: str, r: redis.Redis, redis_url: str, storage_dir: Path, tmp_path: Path
 ) -> None:
-    """``jobs/<id>/ckpt`` -> a directory outside the root, or the root's own ``uploads/``: the temp-file cleanup of a
-    resuming attempt used to delete ``.*.tmp*`` there. Now the job fails with a storage error, nothing is touched."""
-    elsewhere = tmp_path / "elsewhere" if target == "outside" else storage_dir / "uploads"
-    elsewhere.mkdir()
-    victim = elsewhere / ".upload.npz.tmp1a2b"  # what an in-flight upload's (or anyone's) temp file looks like
+    """``jobs/<id>/ckpt`` -> a directory outside the root, or the root's own ``uploads/``, or ``jobs/<id>`` -> another
+    job's directory: the temp-file cleanup of a resuming attempt used to delete ``.*.tmp*`` there. Now the job fails
+    with a storage error, nothing there is touched."""
+    elsewhere = {"outside": tmp_path / "elsewhere", "uploads": storage_dir / "uploads",
+                 "other-job": storage_dir / "jobs" / "otherjob1" / "ckpt"}[target]
+    elsewhere.mkdir(parents=True)
+    victim = elsewhere / ".upload.npz.tmp1a2b"  # what an in-flight write's temp file looks like
     victim.write_bytes(b"not yours")
     job_id = plant_job(r, good_spec("symlinked-ckpt", epochs=1), send_message=False)
-    (storage_dir / "jobs" / job_id).mkdir(parents=True)
-    (storage_dir / "jobs" / job_id / "ckpt").symlink_to(elsewhere, target_is_directory=True)
+    if target == "other-job":
+        (storage_dir / "jobs" / job_id).symlink_to(elsewhere.parent, target_is_directory=True)
+        link = f"jobs/{job_id}"
+    else:
+        (storage_dir / "jobs" / job_id).mkdir(parents=True)
+        (storage_dir / "jobs" / job_id / "ckpt").symlink_to(elsewhere, target_is_directory=True)
+        link = f"jobs/{job_id}/ckpt"
     enqueue(r, job_id, 1, QUEUE)
     run_burst(redis_url, storage_dir)
     error = failed_with(r, job_id)
     expected = "outside storage root" if target == "outside" else "through a symlink; traind never follows"
-    assert expected in error and f"path 'jobs/{job_id}/ckpt' resolves to " in error, error
+    assert expected in error and f"path '{link}' resolves to " in error, error
     assert victim.read_bytes() == b"not yours"
     assert sorted(p.name for p in elsewhere.iterdir()) == [victim.name]  # nothing written there either
 

@@ -41,3 +41,29 @@ def test_token_outside_the_hash_and_readable_times(redis_url: str, storage_dir: 
     assert h["finished_at_utc"] == iso_ms(int(h["finished_at"]))
     events = store.events(jid)
     assert all(e["time"] == iso_ms(e["ts"]) for e in events) and [e["msg"] for e in events][-2:] == ["hello", "done"]
+
+
+def test_finished_ttl_purges_through_the_supervisor(redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    old = client.submit(slow_spec(name="old")).id
+    client.store.request_cancel(old)  # queued -> cancelled: finished
+    (storage_dir / "jobs" / old).mkdir(parents=True, exist_ok=True)
+    time.sleep(0.3)  # the TTL below must have passed since it finished (a real age, not a race)
+    live = client.submit(slow_spec(name="live")).id
+    client.store.request_cancel(live)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAIND_FINISHED_TTL_S": "0.25"}
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "supervise", "--burst", "--redis-url", redis_url,
+                          "--storage", str(storage_dir)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    ids = set(client.store.list_ids())
+    assert old not in ids and not r.exists(keys.job(old)) and not (storage_dir / "jobs" / old).exists()
+    assert live in ids or "purged 2" in out.stderr  # kept unless it, too, was older than the TTL by then
+    assert "retention: purged" in out.stderr

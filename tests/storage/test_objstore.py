@@ -105,3 +105,22 @@ def test_access_denied_is_not_retried(s3_url: str, proxy: FaultProxy) -> None:
         st.put_bytes("jobs/j1/x", b"x")
     assert str(ei.value).startswith(f"storage {s3_url}: access denied while trying to write jobs/j1/x")
     assert "testing" not in str(ei.value)  # the secret key never appears
+
+
+def test_streamed_write_spills_to_disk_and_publishes_nothing_on_error(s3_url: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``open_write`` hashes while spooling (to a temp file past SPOOL_BYTES); an exception publishes nothing."""
+    import jobs.objstore as objstore
+
+    monkeypatch.setattr(objstore, "SPOOL_BYTES", 1000)
+    st = Storage(s3_url)
+    chunks = [bytes([i]) * 700 for i in range(5)]
+    with st.open_write("jobs/j1/streamed.npz") as w:
+        for c in chunks:
+            w.write(c)
+    assert w.size == 3500 and w.sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert st.read_verified("jobs/j1/streamed.npz", w.sha256) == b"".join(chunks)
+    with pytest.raises(RuntimeError, match="writer died"), st.open_write("jobs/j1/never.npz") as w2:
+        w2.write(b"x" * 5000)
+        raise RuntimeError("writer died")
+    assert not st.exists("jobs/j1/never.npz")
