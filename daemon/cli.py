@@ -85,6 +85,7 @@ def _store(args: argparse.Namespace) -> JobStore:
     """The job store for read-only commands and cancel, without importing pydantic or the client (fast start)."""
     from jobs.store import JobStore
 
+    settings: CommonSettings | None = None
     if any(k.startswith("TRAIND_") and k not in _READ_ENV for k in os.environ):
         from jobs.settings import ClientSettings
 
@@ -94,7 +95,8 @@ def _store(args: argparse.Namespace) -> JobStore:
     else:
         url, limits = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL, {}
     try:
-        conn = connect(url, retries=2, socket_timeout_s=30.0)
+        # With settings: their socket timeout and durability policy (cancel writes); without: the defaults.
+        conn = connect(url, retries=2, socket_timeout_s=None if settings else 30.0, settings=settings)
     except ValueError as e:  # a malformed URL: never echo it (it may hold a password)
         raise ConfigError(f"invalid Redis URL {redact_url(url)}: {type(e).__name__} (expected "
                           "redis://[user:password@]host:port/db; percent-encode '/', '#', '?' and '@' in a password)"

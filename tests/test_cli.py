@@ -462,7 +462,7 @@ def test_terminal_escapes_from_redis_are_shown_not_obeyed(cli: Any, tmp_path: Pa
     """Names, monitors, events and errors planted in Redis (submit refuses such names) print as visible escapes."""
     clear, title = "\x1b[2J", "\x1b]0;owned\x07"
     job_id = submit(cli, tmp_path)
-    r.hset(keys.job(job_id), mapping={"name": f"n{clear}{title}\r\x9b", "error": f"boom{clear}",
+    r.hset(keys.job(job_id), mapping={"name": f"n{clear}{title}\r\x9b\u2028\u202e", "error": f"boom{clear}",
                                       "state": "failed", "best_value": "0.5", "best_epoch": "1",
                                       "metrics": json.dumps({f"val_{clear}": 1.0})})
     r.rpush(keys.events(job_id), json.dumps({"msg": f"ev{title}", "level": f"info{clear}", "ts": 1}))
@@ -471,8 +471,8 @@ def test_terminal_escapes_from_redis_are_shown_not_obeyed(cli: Any, tmp_path: Pa
         rc, out, err = cli(*args)
         outputs.append(out + err)
     for text in outputs:
-        assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\x9b" not in text, text
-    assert "n\\x1b[2J\\x1b]0;owned\\x07\\r\\x9b" in outputs[0] + outputs[1]  # the name, visibly escaped
+        assert not [c for c in "\x1b\x07\r\x9b\u2028\u202e" if c in text], text
+    assert "n\\x1b[2J\\x1b]0;owned\\x07\\r\\x9b\\u2028\\u202e" in outputs[0] + outputs[1]  # visibly escaped
     assert "ev\\x1b]0;owned\\x07" in outputs[2] and "boom\\x1b[2J" in outputs[3]
     assert render.clean("plain name ünï 日本") == "plain name ünï 日本"
 
