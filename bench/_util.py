@@ -101,7 +101,7 @@ class Run:
         for fn in reversed(self._cleanups):
             try:
                 fn()
-            except Exception as e:  # noqa: BLE001 - cleanup is best effort, but say so
+            except Exception as e:  # cleanup is best effort, but say so
                 print(f"cleanup error: {type(e).__name__}: {e}", file=sys.stderr)
         if not self.args.keep and not self.args.workdir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -197,7 +197,7 @@ def _version(mod: str) -> str | None:
         from importlib.metadata import version
 
         return version(mod)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -264,7 +264,7 @@ class Procs:
 
     def start(self, args: list[str], env: dict[str, str] | None = None, name: str = "proc"
               ) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # owned by the child
         p = subprocess.Popen(args, cwd=ROOT, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         log.close()

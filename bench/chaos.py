@@ -391,7 +391,7 @@ class Chaos:
         for jid in self.job_ids:
             try:
                 st = self.store.get(jid, with_history=True)
-            except Exception:  # noqa: BLE001 - a missing record is a lost job
+            except Exception:  # a missing record is a lost job
                 per_job.append({"id": jid, "state": "missing", "lost": True})
                 continue
             ev = self.store.events(jid)

@@ -213,7 +213,7 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
         for jid in gone:
             try:
                 storage.delete_prefix(_job_key(jid))  # a local dir or every object under the job's prefix
-            except Exception:  # noqa: BLE001 - a refused (confined) key is left alone
+            except Exception:  # a refused (confined) key is left alone
                 pass
     return [v[0] for v in victims]
 

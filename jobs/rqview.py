@@ -34,7 +34,7 @@ def on_transition(r: redis.Redis, job_id: str, to: str, previous: str, attempt: 
             _stopped(r, job_id)
         if to == "running":
             _started(r, job_id, attempt, worker)
-    except Exception as e:  # noqa: BLE001 - a view: never costs the transition it mirrors
+    except Exception as e:  # a view: never costs the transition it mirrors
         log.debug("rq view of job %s not updated: %s", job_id, e)
 
 
@@ -52,7 +52,7 @@ def _started(r: redis.Redis, job_id: str, attempt: int | None, worker: str | Non
     job = Job.create(func=keys.RQ_FUNC, args=[job_id, attempt], id=rq_id, connection=r, serializer=JSONSerializer,
                      origin=qname, timeout=-1, result_ttl=0,
                      description=f"traind job {job_id} attempt {attempt} (running on {worker or '?'})")
-    job._status = JobStatus.STARTED  # noqa: SLF001 - saved by job.save below
+    job._status = JobStatus.STARTED  # saved by job.save below
     job.started_at = job.enqueued_at = datetime.now(timezone.utc)
     job.worker_name = worker
     member = f"{rq_id}:traind-{attempt}"  # StartedJobRegistry entries are <job id>:<execution id>

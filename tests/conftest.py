@@ -61,7 +61,7 @@ class Procs:
 
     def traind(self, *args: str, env: dict[str, str] | None = None, name: str = "proc") -> subprocess.Popen[bytes]:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # closed with the process
         p = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -49,5 +49,5 @@ def gpu_memory_mb(gpus: list[str]) -> float | None:
         import tensorflow as tf
 
         return round(tf.config.experimental.get_memory_info("GPU:0")["current"] / 2**20, 1)
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:  # informational only
         return None

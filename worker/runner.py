@@ -84,7 +84,7 @@ class Worker:
                 # Retrying cannot fix a wrong password or ACL: say so and exit instead of looping forever.
                 log.error("Redis refused this worker's credentials (%s); check TRAIND_REDIS_URL", e)
                 return 2
-            except Exception as e:  # noqa: BLE001 - the loop survives anything: Redis outages, bad messages
+            except Exception as e:  # the loop survives anything: Redis outages, bad messages
                 log.warning("worker loop error (%s: %s); retrying in %.1f s", type(e).__name__, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -147,7 +147,7 @@ class Worker:
         try:
             self.r.delete(keys.worker(self.id))
             self.r.zrem(keys.WORKERS, self.id)
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:  # best effort on the way out
             pass
 
     # -- one job -------------------------------------------------------------------------------------------------
@@ -195,8 +195,8 @@ def _drop_custom_gradients() -> None:
     try:
         from tensorflow.python.framework import ops
 
-        registry = ops._gradient_registry._registry  # noqa: SLF001
+        registry = ops._gradient_registry._registry
         for name in [k for k in registry if isinstance(k, str) and k.startswith("CustomGradient-")]:
             del registry[name]
-    except Exception:  # noqa: BLE001 - best effort
+    except Exception:  # best effort
         pass

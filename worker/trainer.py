@@ -443,7 +443,7 @@ def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:
             model.optimizer.build(model.trainable_variables)
         model.compute_metrics(x1, y1, model(x1), sample_weight=None)
         model.reset_metrics()
-    except Exception:  # noqa: BLE001 - an optimisation only; fit() reports real problems with the model
+    except Exception:  # an optimisation only; fit() reports real problems with the model
         pass
 
 
