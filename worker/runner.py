@@ -167,7 +167,7 @@ class Worker:
         finally:
             self.current = None
             self.jobs_done += 1
-            if att.built:  # clear_session + gc.collect cost ~1-2 s: skip them for a job refused before building
+            if att.built:  # clear_session + gc.collect: ~0.63 s (bench/results/overhead.json); skip when unbuilt
                 _release_memory()
 
     def _safe_register(self, job_id: str) -> None:
