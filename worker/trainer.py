@@ -110,6 +110,11 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         allowed = self.settings.allowed_modules
         self.strategy = distribute.strategy_for(spec)
+        if spec.resources.gpus > 1:
+            devices = list(self.strategy.extended.worker_devices)
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, f"MirroredStrategy on {len(devices)} devices: {', '.join(devices)}",
+                devices=devices)])
         with self.strategy.scope():  # variables created under it are mirrored on resources.gpus devices
             self.model = build_model(spec, self.storage, allowed, self.settings.max_upload_bytes)
         data = data_mod.load(spec, self.storage, allowed, self.settings.max_upload_bytes)
