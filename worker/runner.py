@@ -43,7 +43,7 @@ class Worker:
 
         check_keras()  # before taking any job: safe mode's protections need a recent Keras
 
-        self.gpus = configure_tensorflow(settings.device)
+        self.gpus = configure_tensorflow(settings.device, settings.logical_cpus)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
