@@ -26,9 +26,7 @@ from typing import Any
 from bench import _util as u
 
 NAME = "resume"
-# progress_interval_s=0 *disables* progress writes (worker/callbacks.py: `if self.progress_interval_s and ...`);
-# a microsecond publishes after every batch
-PROGRESS_EVERY_BATCH = "0.000001"
+PROGRESS_EVERY_BATCH = "0"  # progress_interval_s=0: a progress write after every batch
 CFG = {
     "full": {"n": 20_000, "dim": 32, "units": 1024, "depth": 3, "batch": 64, "reps": 6},
     "smoke": {"n": 2_000, "dim": 8, "units": 32, "depth": 1, "batch": 64, "reps": 1},

@@ -12,6 +12,7 @@ import pytest
 from jobs.client import new_job_id
 from jobs.events import EventKind
 from jobs.states import JobState
+from testkit.cluster import RedisServer
 from tests.conftest import Procs
 from tests.fault.helpers import (
     RUN_S,
@@ -22,7 +23,6 @@ from tests.fault.helpers import (
     wait_mid_epoch,
     wait_terminal,
 )
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.fault
 EPOCHS = 8

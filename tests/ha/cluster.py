@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from tests.redis_server import free_port
+from testkit.cluster import free_port
 
 MASTER = "traind"
 DOWN_AFTER_MS = 1000

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.redis_server import free_port
+from testkit.cluster import free_port
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
          # botocore's own retries kept short, so that traind's backoff (the outer loop) is what the tests exercise
