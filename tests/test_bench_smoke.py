@@ -87,6 +87,7 @@ BENCHES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("detection", ["--rq-cap-s", "3"], _check_detection),
     ("failover", [], _check_failover),
     ("cli_latency", [], _check_cli_latency),
+    ("serve", [], _check_serve),
 ]
 
 

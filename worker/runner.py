@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs import keys, rqview
 from jobs.delivery import reject
 from jobs.errors import StorageError
 from jobs.queue import pop
@@ -43,7 +43,7 @@ class Worker:
 
         check_keras()  # before taking any job: safe mode's protections need a recent Keras
 
-        self.gpus = configure_tensorflow(settings.device)
+        self.gpus = configure_tensorflow(settings.device, settings.logical_cpus)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
@@ -141,12 +141,14 @@ class Worker:
             pipe.hdel(keys.worker(self.id), "job")
         pipe.pexpire(keys.worker(self.id), int(self.settings.lease_ttl_s * 6000))
         pipe.zadd(keys.WORKERS, {self.id: now})
+        rqview.register_worker(pipe, self.id, info, self.queues, int(self.settings.lease_ttl_s * 6000))  # `rq info`
         pipe.execute()
 
     def unregister(self) -> None:
         try:
             self.r.delete(keys.worker(self.id))
             self.r.zrem(keys.WORKERS, self.id)
+            rqview.unregister_worker(self.r, self.id, self.queues)
         except Exception:  # best effort on the way out
             pass
 
