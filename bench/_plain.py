@@ -25,7 +25,7 @@ def serve() -> int:
             continue
         try:
             res = {"ok": True, "result": plain_fit(**json.loads(line))}
-        except Exception as e:  # noqa: BLE001 - reported to the driver
+        except Exception as e:  # reported to the driver
             res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         out.write(json.dumps(res) + "\n")
         out.flush()

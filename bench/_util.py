@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shutil
@@ -29,6 +28,9 @@ from typing import Any, NamedTuple
 
 import redis
 
+from testkit.cluster import RedisServer, git_state, percentile, wait_for
+
+__all__ = ["RedisServer", "percentile", "wait_for"]  # the benchmarks use them as u.wait_for, u.percentile, ...
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ALLOWED = "examples,bench"  # the benchmarks' jobs reference bench.models
@@ -99,7 +101,7 @@ class Run:
         for fn in reversed(self._cleanups):
             try:
                 fn()
-            except Exception as e:  # noqa: BLE001 - cleanup is best effort, but say so
+            except Exception as e:  # cleanup is best effort, but say so
                 print(f"cleanup error: {type(e).__name__}: {e}", file=sys.stderr)
         if not self.args.keep and not self.args.workdir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -195,7 +197,7 @@ def _version(mod: str) -> str | None:
         from importlib.metadata import version
 
         return version(mod)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -218,68 +220,15 @@ def environment() -> dict[str, Any]:
         "versions": {m: _version(m) for m in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "redis", "rq",
                                               "pydantic", "psutil")},
         "redis_server": redis_v,
+        "git": git_state(ROOT),  # the commit measured, and whether tracked files differed from it
         "load_before": loadavg(),
         "busy_processes_before": busy_processes(),
-        "git": git_state(),
     }
 
 
-def git_state() -> dict[str, Any]:
-    """The commit the benchmark ran from and whether the work tree had uncommitted changes (then the numbers are
-    of that commit plus those changes)."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
-
-
 # -- redis -----------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A private ``redis-server`` (no persistence) on a free port."""
-
-    def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("redis-server")
-        if not exe:
-            raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
-        self.exe, self.dir, self.port = exe, Path(workdir), free_port()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return self
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-
 def start_redis(run: Run) -> RedisServer:
+    """A private redis-server (no persistence) for the run; stopped when the run ends."""
     srv = RedisServer(run.dir / "redis").start()
     run.on_exit(srv.stop)
     return srv
@@ -315,7 +264,7 @@ class Procs:
 
     def start(self, args: list[str], env: dict[str, str] | None = None, name: str = "proc"
               ) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # owned by the child
         p = subprocess.Popen(args, cwd=ROOT, env=child_env(env), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         log.close()
@@ -404,17 +353,6 @@ def wait_warm(r: redis.Redis, p: subprocess.Popen[bytes], timeout: float = 180.0
         time.sleep(0.05)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 class Stack(NamedTuple):
     """What most benchmarks start with: a fresh Redis URL, a storage dir, their process registry, a client."""
 
@@ -499,16 +437,6 @@ def requeue_now(store: Any, job_id: str, attempt: int, reason: str = "bench: wor
 
 
 # -- stats -----------------------------------------------------------------------------------------------------------
-def percentile(xs: Iterable[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100)."""
-    s = sorted(xs)
-    if not s:
-        return None
-    k = (len(s) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def summary(xs: Iterable[float], digits: int = 4) -> dict[str, Any]:
     s = [float(x) for x in xs]
     if not s:

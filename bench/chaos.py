@@ -22,20 +22,17 @@ Exit status 0 only when every job succeeded, none was lost, all K kills happened
 every model file matches its record.
 
     python -m bench.chaos --jobs 10 --workers 3 --kills 20 --seed 1 --json chaos.json
-    traind chaos --jobs 2 --workers 2 --kills 2 --epochs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from testkit.cluster import RedisServer, git_state, percentile
 
 ROOT = Path(__file__).resolve().parents[1]  # the directory holding the jobs/, worker/, daemon/ packages
 
@@ -147,26 +146,24 @@ class Sampler:
         self.samples += 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ALLOWED = "examples,bench"  # the jobs reference examples.regression or bench.models
 
 
-def percentile(xs: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of ``xs``; None when empty."""
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
-
-
-def job_spec(i: int, epochs: int, samples: int, max_restarts: int) -> dict[str, Any]:
-    """A small regression job (examples.regression): ~40 batches an epoch, alternating the resume policy."""
+def job_spec(i: int, epochs: int, samples: int, max_restarts: int, batch_delay_s: float = 0.0) -> dict[str, Any]:
+    """A small regression job: ~40 batches an epoch, alternating the resume policy. With ``batch_delay_s`` every
+    batch also sleeps that long (bench.models:slow_mlp): a job lasts at least epochs x batches x delay on any
+    machine, however idle, so the kills find it running."""
+    if batch_delay_s > 0:
+        model = {"builder": "bench.models:slow_mlp",
+                 "builder_kwargs": {"dim": 1, "units": 16, "batch_delay_s": batch_delay_s}}
+        data = {"loader": "bench.models:regression_data", "loader_kwargs": {"n": samples, "dim": 1, "seed": i}}
+    else:
+        model = {"builder": "examples.regression:build_model", "builder_kwargs": {"units": 16}}
+        data = {"loader": "examples.regression:load_data", "loader_kwargs": {"n": samples, "seed": i}}
     return {
         "name": f"chaos-{i}",
-        "model": {"builder": "examples.regression:build_model", "builder_kwargs": {"units": 16}},
-        "data": {"loader": "examples.regression:load_data", "loader_kwargs": {"n": samples, "seed": i}},
+        "model": model,
+        "data": data,
         "fit": {"epochs": epochs, "batch_size": 32, "validation_split": 0.2, "seed": i},
         "checkpoint": {"monitor": "val_loss", "save_best_only": True, "save_weights_only": True, "keep_last": 2},
         "resume_from": "best" if i % 2 else "latest",
@@ -192,7 +189,7 @@ class Chaos:
         self.storage = Path(storage).resolve() if storage else self.dir / "storage"
         self.logs = self.dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.redis_srv: RedisServer | None = None
         self.url = args.redis_url or os.environ.get("TRAIND_REDIS_URL") or ""
         self.lock = threading.Lock()
         self.workers: dict[str, Proc] = {}  # live incarnations by worker id
@@ -209,6 +206,7 @@ class Chaos:
             "TRAIND_LEASE_TTL_S": str(args.lease_ttl_s),
             "TRAIND_HEARTBEAT_INTERVAL_S": str(heartbeat),
             "TRAIND_PROGRESS_INTERVAL_S": "0.1",  # the kill loop reads which batch a job is at
+            "TRAIND_ALLOWED_MODULES": ALLOWED,
         }
         # The children get the URL and storage on their command line; stale values in the environment must not win.
         for k in ("TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR"):
@@ -216,26 +214,10 @@ class Chaos:
 
     # -- processes -------------------------------------------------------------------------------------------------
     def start_redis(self) -> None:
-        exe = shutil.which("redis-server")
-        if not exe:
+        if not shutil.which("redis-server"):
             raise SystemExit("chaos: redis-server not found on PATH (install it, or pass --redis-url)")
-        port = free_port()
-        rdir = self.dir / "redis"
-        rdir.mkdir(exist_ok=True)
-        self.redis_proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self.url = f"redis://127.0.0.1:{port}/0"
-        r = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                r.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"chaos: redis-server did not start on port {port}") from None
-                time.sleep(0.05)
+        self.redis_srv = RedisServer(self.dir / "redis").start()
+        self.url = self.redis_srv.url
 
     def _spawn(self, name: str, *args: str) -> Proc:
         log = self.logs / f"{name}.log"
@@ -259,9 +241,8 @@ class Chaos:
     def close(self) -> None:
         for p in [*self.workers.values(), *([self.supervisor] if self.supervisor else [])]:
             p.kill()
-        if self.redis_proc is not None and self.redis_proc.poll() is None:
-            self.redis_proc.terminate()
-            self.redis_proc.wait(10)
+        if self.redis_srv is not None:
+            self.redis_srv.stop()
         if self.tmpdir is not None and not self.args.keep:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
@@ -276,12 +257,14 @@ class Chaos:
 
     def run(self) -> dict[str, Any]:
         from jobs.client import Client  # jobs.* is light; TensorFlow only ever loads in the workers
+        from jobs.settings import ClientSettings
 
         a = self.args
         if not self.url:
             self.start_redis()
         self.storage.mkdir(parents=True, exist_ok=True)
-        self.client = Client(redis_url=self.url, storage=self.storage)
+        self.client = Client(settings=ClientSettings(redis_url=self.url, storage_dir=str(self.storage),
+                                                     allowed_modules=ALLOWED.split(",")))
         self.r, self.store = self.client.r, self.client.store
         self.spawn_supervisor()
         for _ in range(a.workers):
@@ -289,7 +272,8 @@ class Chaos:
         log(f"waiting for {a.workers} workers to import TensorFlow and register ...")
         if not self.wait(lambda: all(self.r.exists(f"traind:worker:{w}") for w in self.workers), a.deadline_s):
             raise SystemExit("chaos: workers did not register:\n" + self.tails())
-        handles = self.client.submit_many([job_spec(i, a.epochs, a.samples, a.kills + 3) for i in range(a.jobs)])
+        handles = self.client.submit_many([job_spec(i, a.epochs, a.samples, a.kills + 3, a.batch_delay_s)
+                                           for i in range(a.jobs)])
         self.job_ids = [h.id for h in handles]
         log(f"submitted {len(self.job_ids)} jobs; injecting {a.kills} kills")
         sampler = Sampler(self.r, self.workers, self.job_ids, self.lock)
@@ -407,7 +391,7 @@ class Chaos:
         for jid in self.job_ids:
             try:
                 st = self.store.get(jid, with_history=True)
-            except Exception:  # noqa: BLE001 - a missing record is a lost job
+            except Exception:  # a missing record is a lost job
                 per_job.append({"id": jid, "state": "missing", "lost": True})
                 continue
             ev = self.store.events(jid)
@@ -449,10 +433,11 @@ class Chaos:
         lost = sum(1 for j in per_job if j["lost"])
         summary: dict[str, Any] = {
             "command": "python -m bench.chaos " + shlex.join(self.argv),
+            "git": git_state(),  # the commit measured, and whether tracked files differed from it
             "config": {"jobs": a.jobs, "workers": a.workers, "kills": a.kills, "seed": a.seed,
                        "lease_ttl_s": a.lease_ttl_s, "heartbeat_s": float(self.env["TRAIND_HEARTBEAT_INTERVAL_S"]),
                        "supervisor_interval_s": a.interval_s, "epochs": a.epochs, "samples": a.samples,
-                       "deadline_s": a.deadline_s},
+                       "deadline_s": a.deadline_s, "batch_delay_s": a.batch_delay_s},
             "duration_s": round(time.monotonic() - self.t0, 1),
             "jobs": {"total": len(self.job_ids), **counts, "lost": lost},
             "all_terminal": lost == 0,
@@ -581,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=0.5, help="supervisor pass interval (default 0.5)")
     p.add_argument("--epochs", type=int, default=20, help="epochs per job (default 20)")
     p.add_argument("--samples", type=int, default=1600, help="samples per job (default 1600: 40 batches/epoch)")
+    p.add_argument("--batch-delay-s", type=float, default=0.0,
+                   help="each training batch also sleeps this long (bench.models:slow_mlp; default 0: "
+                        "examples.regression at full speed)")
     p.add_argument("--min-gap-s", type=float, default=0.3, help="shortest random wait before a kill (default 0.3)")
     p.add_argument("--max-gap-s", type=float, default=2.0, help="longest random wait before a kill (default 2)")
     p.add_argument("--deadline-s", type=float, default=900.0, help="overall deadline for every job to end")

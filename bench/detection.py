@@ -62,7 +62,7 @@ def traind_side(run: u.Run, kills: int, out: dict[str, Any]) -> None:
     epoch_s = None
     for k in range(kills):
         u.wait_running(r, job.id, attempt)
-        victim = u.wait_for(lambda: pool.runner(job.id), 60, "the worker running the job")  # noqa: B023
+        victim = u.wait_for(lambda: pool.runner(job.id), 60, "the worker running the job")
         spare = [p for p in pool.alive if p is not victim]
         for p in spare:
             pool.wait_warm(p)
@@ -70,7 +70,7 @@ def traind_side(run: u.Run, kills: int, out: dict[str, Any]) -> None:
             hist = store.history(job.id)
             epoch_s = u.median(e["time_s"] for e in hist[1:]) if len(hist) > 2 else None
             if epoch_s is None:
-                u.wait_for(lambda: len(store.history(job.id)) > 2, 120, "two epochs")  # noqa: B023
+                u.wait_for(lambda: len(store.history(job.id)) > 2, 120, "two epochs")
                 epoch_s = u.median(e["time_s"] for e in store.history(job.id)[1:])
         time.sleep(rng.uniform(0, epoch_s))
         before = r.hmget(keys.job(job.id), ["batch", "epoch"])
@@ -181,7 +181,7 @@ def body(run: u.Run) -> None:
     def rq_thread() -> None:
         try:
             rq_side(run, cap, rq_out)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             rq_err.append(e)
 
     t = None

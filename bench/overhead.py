@@ -185,7 +185,7 @@ class PlainProc:
         import subprocess
         import sys
 
-        log = open(procs.logdir / "plain.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(procs.logdir / "plain.log", "wb")  # owned by the child
         self.p = subprocess.Popen([sys.executable, "-m", "bench._plain"], cwd=u.ROOT, env=u.child_env(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                   start_new_session=True)

@@ -1,35 +1,46 @@
-"""Print the stored results (``bench/results/*.json``) as Markdown.
+"""The stored results (``bench/results/*.json``) as Markdown, and the generated parts of docs/benchmarks.md.
 
     python -m bench.report [PATH ...]   # environment, command and tables of each run
     python -m bench.report --summary    # machine, the runs' conditions, the goals table, the memory-fix table
-    python -m bench.report --check      # every stored result and the summary render (CI runs this)
+    python -m bench.report --write      # regenerate every generated block of docs/benchmarks.md
+    python -m bench.report --check      # exit 1 when docs/benchmarks.md and the results disagree (CI runs it)
 
-``docs/benchmarks.md`` quotes this output; none of its tables is typed by hand.
+docs/benchmarks.md holds its figures in generated blocks only::
+
+    <!-- bench.report: table queue 0 -->        (table 0 of bench/results/queue.json)
+    <!-- bench.report: summary goals -->        (machine | runs | goals | memory)
+    ...
+    <!-- /bench.report -->
+
+``--check`` regenerates each block from the results and fails when one differs, names a result that does not exist,
+or when a table-like code block stands outside a generated block (typed by hand).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from bench._util import RESULTS
+from bench._util import RESULTS, ROOT
 
 ORDER = ["overhead", "detection", "resume", "work_lost", "queue", "memory"]
-EXTRA = ["overhead_ckpt", "job_end"]  # issue 13: checkpoint-bound rows and job end (summarised when present)
+ARCHIVE = ROOT / "bench" / "archive"  # results of code that no longer exists, still quoted by the memory-fix table
+DOC = ROOT / "docs" / "benchmarks.md"
+_BLOCK = re.compile(r"<!-- bench\.report: (?P<spec>[^>]*?) -->\n(?P<body>.*?)<!-- /bench\.report -->", re.S)
+_FENCE = re.compile(r"```\n(.*?)\n```", re.S)
 
 
 def render(path: Path) -> str:
     d = json.loads(path.read_text())
     env = d["environment"]
     v = env.get("versions", {})
-    git = env.get("git") or {}
     vers = ", ".join(f"{k} {x}" for k, x in v.items() if x)
     out = [f"### {d['benchmark']} ({path.name})", "",
            f"`{env.get('command')}` - {env.get('date')}, {env.get('duration_s')} s; load average before "
-           f"{env.get('load_before')}, after {env.get('load_after')}"
-           + (f"; commit {str(git.get('commit'))[:10]}{' + uncommitted changes' if git.get('dirty') else ''}"
-              if git else ""), "",
+           f"{env.get('load_before')}, after {env.get('load_after')}", "",
            f"{env.get('cpu')}, {env.get('cores')} cores, {env.get('mem_gib')} GiB; Python {env.get('python')}; {vers};"
            f" {env.get('redis_server')}", ""]
     busy = env.get("busy_processes_before") or []
@@ -42,7 +53,10 @@ def render(path: Path) -> str:
 
 
 def _load(name: str) -> dict:
-    return json.loads((RESULTS / f"{name}.json").read_text())
+    path = RESULTS / f"{name}.json"
+    if not path.exists() and (ARCHIVE / f"{name}.json").exists():
+        path = ARCHIVE / f"{name}.json"
+    return json.loads(path.read_text())
 
 
 def _f(x: float, d: int = 2) -> str:
@@ -51,30 +65,50 @@ def _f(x: float, d: int = 2) -> str:
 
 def summary() -> str:
     """Machine, runs, goals and the memory fixes, from the full-run JSON files."""
-    d = {n: _load(n) for n in ORDER}
-    e = d["overhead"]["environment"]
+    return "\n\n".join(SUMMARY[part]() for part in ("machine", "runs", "goals", "memory"))
+
+
+def _machine() -> str:
+    e = _load("overhead")["environment"]
     vers = ", ".join(f"{k} {x}" for k, x in e["versions"].items() if x)
-    out = [f"- CPU: {e['cpu']} ({e['cores']} cores), {e['mem_gib']} GiB RAM (from /proc); {e['os']}",
-           f"- Python {e['python']}; {vers}; {(e.get('redis_server') or '').split(' sha')[0]}", "",
-           "| run | command | started (UTC) | duration | load avg before -> after (1/5/15 min) "
+    return "\n".join([f"- CPU: {e['cpu']} ({e['cores']} cores), {e['mem_gib']} GiB RAM (from /proc); {e['os']}",
+                      f"- Python {e['python']}; {vers}; {(e.get('redis_server') or '').split(' sha')[0]}"])
+
+
+def _commit(env: dict) -> str:
+    g = env.get("git") or {}
+    if not g.get("commit"):
+        return "not recorded"
+    return g["commit"][:10] + (" (dirty)" if g.get("dirty") else "")
+
+
+def _runs() -> str:
+    d = {n: _load(n) for n in ORDER}
+    out = ["| run | command | commit | started (UTC) | duration | load avg before -> after (1/5/15 min) "
            "| other processes at start |",
-           "|---|---|---|---|---|---|"]
-    extra = {n: _load(n) for n in EXTRA if (RESULTS / f"{n}.json").exists()}
-    for n in [*ORDER, *extra]:
-        x = (d.get(n) or extra[n])["environment"]
+           "|---|---|---|---|---|---|---|"]
+    for n in ORDER:
+        x = d[n]["environment"]
         busy = [b for b in (x.get("busy_processes_before") or []) if f"bench.{n}" not in b]  # its own launcher
         shown = "none" if not busy else f"{len(busy)}: " + "; ".join(
             b.split(" ", 2)[-1].split("--")[0].rsplit("/bin/", 1)[-1][:45] for b in busy)
-        out.append(f"| {n} | `{x['command'].strip()}` | {x['date'][:19].replace('T', ' ')} | {x['duration_s']:.0f} s | "
-                   f"{x['load_before']} -> {x['load_after']} | {shown} |")
+        out.append(f"| {n} | `{x['command'].strip()}` | {_commit(x)} | {x['date'][:19].replace('T', ' ')} | "
+                   f"{x['duration_s']:.0f} s | {x['load_before']} -> {x['load_after']} | {shown} |")
+    return "\n".join(out)
+
+
+def _goals() -> str:
+    d = {n: _load(n) for n in ORDER}
     ov, de, rs = d["overhead"]["results"], d["detection"]["results"], d["resume"]["results"]
     wl, q, me = d["work_lost"]["results"], d["queue"]["results"], d["memory"]["results"]
     sm, big = ov["small"], {r["variant"]: r for r in ov["big"]["rows"]}
     k, ti, tn = big["keras-every-epoch"]["stall_s"], big["traind-improving"]["stall_s"], big["traind-not-improving"][
         "stall_s"]
     dt, rq = de["traind"], de.get("rq", {})
-    yes = lambda ok: "yes" if ok else "NO"  # noqa: E731
-    out += ["", "| goal | measured | met |", "|---|---|---|",
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    out = ["| goal | measured | met |", "|---|---|---|",
             f"| overhead: traind end to end / plain `model.fit` <= 1.05 | {_f(sm['e2e_ratio'], 3)} "
             f"({_f(sm['rows'][0]['b_traind_s'])} s / {_f(sm['rows'][0]['a_keras_s'])} s) | "
             f"{yes(sm['e2e_ratio'] <= 1.05)} |",
@@ -96,64 +130,129 @@ def summary() -> str:
             f"| queue (no goal) | submit {q['submit']['rows'][0]['jobs_per_s']:.0f}/s, submit_many "
             f"{q['submit']['rows'][1]['jobs_per_s']:.0f}/s, RQ enqueue {q['submit']['rows'][2]['jobs_per_s']:.0f}/s | "
             "- |"]
-    out += _issue13_goals(extra)
-    rows = []
-    for label, name in (("before (clear_session + gc only)", "memory.before-fixes"),
-                        ("+ `_create_variables_eagerly` (worker/trainer.py)", "memory.fix1-only"),
-                        ("+ `_drop_custom_gradients` (worker/runner.py)", "memory")):
-        if not (RESULTS / f"{name}.json").exists():
-            continue
-        r = _load(name)["results"]
-        a, b = r["samples"][0], r["samples"][-1]
-        rows.append(f"| {label} | {a['job']} -> {b['job']} | {a['rss_mb']:.1f} -> {b['rss_mb']:.1f} MB "
-                    f"({r['growth_mb']:+.1f} MB) | {r['slope_mb_per_job']:.3f} |")
-    if rows:
-        out += ["", "| worker code | jobs | RSS | trend (MB/job) |", "|---|---|---|---|", *rows]
-    return "\n".join(out)
+    return "\n".join(out + _issue13_goals())
 
 
-def _issue13_goals(extra: dict[str, dict]) -> list[str]:
-    """Goal rows of the checkpoint-bound bench (bench.overhead --skip-big rows) and the job-end bench."""
+def _issue13_goals() -> list[str]:
+    """Goal rows of issue 13: the checkpoint-bound rows (``overhead_ckpt``) and job end (``job_end``), when run."""
     out: list[str] = []
-    yes = lambda ok: "yes" if ok else "NO"  # noqa: E731
-    if "overhead_ckpt" in extra:
-        r = extra["overhead_ckpt"]
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    if (RESULTS / "overhead_ckpt.json").exists():
+        r = _load("overhead_ckpt")
         load = r["environment"]["load_before"]
         for row in r["results"]["big"]["rows"]:
             if not row["variant"].startswith("traind"):
                 continue
             sc, sk, ep, bg = row["stall_vs_copy"], row["stall_vs_keras"], row["epoch_vs_no_ckpt"], row["bg_vs_raw"]
-            out.append(f"| checkpoint, {row['row']}, {row['variant']}: stall <= 1.2x host copy, <= 0.25x Keras; epoch "
-                       f"<= 1.10x no-checkpoint; background write >= 0.8x raw (load {load[0]}) | stall "
-                       f"{_f(row['stall_s'], 3)} s = {_f(sc)}x copy, {_f(sk)}x Keras; epoch {_f(ep)}x; write "
-                       f"{_f(bg)}x raw; skipped {row['skipped']} | {yes(sc <= 1.2)} / {yes(sk <= 0.25)} / "
-                       f"{yes(ep <= 1.10)} / {yes(bg is not None and bg >= 0.8)} |")
-    if "job_end" in extra:
-        for row in extra["job_end"]["results"]["rows"]:
-            out.append(f"| job end ({row['worker']}): last epoch -> succeeded p95 <= 0.5 s over {row['jobs']} jobs, "
-                       f"both cores busy | p50 {_f(row['p50_s'], 3)} s, p95 {_f(row['p95_s'], 3)} s, max "
-                       f"{_f(row['max_s'], 3)} s (load1 median {row['load1_median']}) | {yes(row['goal_met'])} |")
+            out.append(f"| checkpoint {row['row']}, {row['variant']}: stall <= 1.2x bare host copy / <= 0.25x Keras "
+                       f"`ModelCheckpoint`; epoch <= 1.10x checkpoint-free; background write >= 0.8x raw write | "
+                       f"stall {_f(row['stall_s'], 3)} s = {_f(sc)}x copy, {_f(sk)}x Keras; epoch {_f(ep)}x; write "
+                       f"{'-' if bg is None else _f(bg)}x raw; {row['skipped']} skipped (load {load[0]} at start) | "
+                       f"{yes(sc <= 1.2)} / {yes(sk <= 0.25)} / {yes(ep <= 1.10)} / "
+                       f"{yes(bg is not None and bg >= 0.8)} |")
+    if (RESULTS / "job_end.json").exists():
+        for row in _load("job_end")["results"]["rows"]:
+            out.append(f"| job end ({row['worker']} worker): last epoch -> `succeeded` p95 <= 0.5 s over "
+                       f"{row['jobs']} jobs, loaded machine | p50 {_f(row['p50_s'], 3)} s, p95 {_f(row['p95_s'], 3)} "
+                       f"s, max {_f(row['max_s'], 3)} s (1-min load median {row['load1_median']}) | "
+                       f"{yes(row['goal_met'])} |")
     return out
 
 
-def check() -> int:
-    """Every stored result (``bench/results/*.json``, scratch ``*.smoke.json`` aside) renders, and so does the
-    summary: a result file a benchmark change left unreadable fails CI."""
-    bad = []
-    for p in sorted(RESULTS.glob("*.json")):
-        if p.name.endswith(".smoke.json"):
-            continue  # git-ignored scratch
+def _memory_fixes() -> str:
+    rows = []
+    for label, name in (("before (clear_session + gc only)", "memory.before-fixes"),
+                        ("+ `_create_variables_eagerly` (worker/trainer.py)", "memory.fix1-only"),
+                        ("+ `_drop_custom_gradients` (worker/runner.py)", "memory")):
+        if not (RESULTS / f"{name}.json").exists() and not (ARCHIVE / f"{name}.json").exists():
+            continue
+        r = _load(name)["results"]
+        a, b = r["samples"][0], r["samples"][-1]
+        rows.append(f"| {label} | {a['job']} -> {b['job']} | {a['rss_mb']:.1f} -> {b['rss_mb']:.1f} MB "
+                    f"({r['growth_mb']:+.1f} MB) | {r['slope_mb_per_job']:.3f} |")
+    return "\n".join(["| worker code | jobs | RSS | trend (MB/job) |", "|---|---|---|---|", *rows])
+
+
+SUMMARY: dict[str, Callable[[], str]] = {"machine": _machine, "runs": _runs, "goals": _goals,
+                                         "memory": _memory_fixes}
+
+
+# -- docs/benchmarks.md ----------------------------------------------------------------------------------------------
+def table(name: str, i: int) -> str:
+    """Table ``i`` of ``bench/results/NAME.json`` as the doc shows it: a code block, title line first."""
+    tables = _load(name)["tables"]
+    text = tables[i].strip("\n")
+    return "```\n" + text.removeprefix("## ") + "\n```"
+
+
+def source(name: str) -> str:
+    """One line naming a result: command, date, duration, load, commit (what a section's tables came from)."""
+    env = _load(name)["environment"]
+    return (f"`{env.get('command', '').strip()}` - {env.get('date')}, {env.get('duration_s')} s, commit "
+            f"{_commit(env)}; load average before {env.get('load_before')}, after {env.get('load_after')}")
+
+
+def generate(spec: str) -> str:
+    """The body of a generated block: ``table NAME I``, ``source NAME`` or ``summary PART``."""
+    kind, *args = spec.split()
+    if kind == "table" and len(args) == 2:
+        return table(args[0], int(args[1]))
+    if kind == "source" and len(args) == 1:
+        return source(args[0])
+    if kind == "summary" and len(args) == 1 and args[0] in SUMMARY:
+        return SUMMARY[args[0]]()
+    raise ValueError(f"unknown generated block {spec!r}: expected 'table NAME I', 'source NAME' or 'summary "
+                     f"{'|'.join(SUMMARY)}'")
+
+
+def rewrite(text: str) -> tuple[str, list[str]]:
+    """``text`` with every generated block regenerated, and the problems found (blocks that cannot be generated,
+    table-like code blocks outside generated blocks)."""
+    problems: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        spec = m.group("spec").strip()
         try:
-            render(p)
-        except Exception as e:  # noqa: BLE001 - reported
-            bad.append(f"{p.name}: {type(e).__name__}: {e}")
-    try:
-        summary()
-    except Exception as e:  # noqa: BLE001 - reported
-        bad.append(f"--summary: {type(e).__name__}: {e}")
-    for b in bad:
-        print(b, file=sys.stderr)
-    return 1 if bad else 0
+            body = generate(spec)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            problems.append(f"block '{spec}': {type(e).__name__}: {e}")
+            return m.group(0)
+        return f"<!-- bench.report: {spec} -->\n{body}\n<!-- /bench.report -->"
+
+    out = _BLOCK.sub(sub, text)
+    outside = _BLOCK.sub("", out)
+    for fence in _FENCE.finditer(outside):
+        if re.search(r"^-{3,}(  -{3,})+\s*$", fence.group(1), re.M):  # format_table's dashed rule: a result table
+            first = fence.group(1).splitlines()[0][:70]
+            problems.append(f"a result table outside a generated block (typed by hand?): {first!r}")
+    return out, problems
+
+
+def check(doc: Path = DOC) -> int:
+    text = doc.read_text()
+    new, problems = rewrite(text)
+    if new != text:
+        old_blocks = {m.group("spec"): m.group("body") for m in _BLOCK.finditer(text)}
+        for m in _BLOCK.finditer(new):
+            if old_blocks.get(m.group("spec")) != m.group("body"):
+                problems.append(f"block '{m.group('spec').strip()}' differs from bench/results: run "
+                                "`python -m bench.report --write`")
+    for p in problems:
+        print(f"{doc}: {p}", file=sys.stderr)
+    if not problems:
+        print(f"{doc}: every generated block matches bench/results ({len(_BLOCK.findall(text))} blocks)")
+    return 1 if problems else 0
+
+
+def write(doc: Path = DOC) -> int:
+    new, problems = rewrite(doc.read_text())
+    doc.write_text(new)
+    for p in problems:
+        print(f"{doc}: {p}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--summary"]:
         print(summary())
         return 0
-    if args == ["--check"]:
-        return check()
+    if args and args[0] in ("--check", "--write"):
+        doc = Path(args[1]) if len(args) > 1 else DOC
+        return check(doc) if args[0] == "--check" else write(doc)
     paths = [Path(a) for a in args] or [RESULTS / f"{n}.json" for n in ORDER if (RESULTS / f"{n}.json").exists()]
     for p in paths:
         print(render(p))

@@ -26,9 +26,7 @@ from typing import Any
 from bench import _util as u
 
 NAME = "resume"
-# progress_interval_s=0 *disables* progress writes (worker/callbacks.py: `if self.progress_interval_s and ...`);
-# a microsecond publishes after every batch
-PROGRESS_EVERY_BATCH = "0.000001"
+PROGRESS_EVERY_BATCH = "0"  # progress_interval_s=0: a progress write after every batch
 CFG = {
     "full": {"n": 20_000, "dim": 32, "units": 1024, "depth": 3, "batch": 64, "reps": 6},
     "smoke": {"n": 2_000, "dim": 8, "units": 32, "depth": 1, "batch": 64, "reps": 1},
@@ -142,10 +140,10 @@ def body(run: u.Run) -> None:
     for i, mode in enumerate(modes):
         # the current attempt has finished an epoch of its own (so its checkpoint exists) and is mid-epoch
         u.wait_running(r, job.id, attempt)
-        u.wait_for(lambda: int(r.hget(keys.job(job.id), "epoch") or 0)  # noqa: B023
+        u.wait_for(lambda: int(r.hget(keys.job(job.id), "epoch") or 0)
                    > int(r.hget(keys.job(job.id), "resume_epoch") or 0) and r.hlen(keys.checkpoints(job.id)) > 0,
                    600, "an epoch of the current attempt", 0.05)
-        victim = u.wait_for(lambda: pool.runner(job.id), 60, "the worker running the job")  # noqa: B023
+        victim = u.wait_for(lambda: pool.runner(job.id), 60, "the worker running the job")
         idle = [p for p in pool.alive if p is not victim]
         if mode == "warm" and not idle:
             idle.append(pool.spawn(f"worker{i + 1}"))

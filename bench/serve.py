@@ -25,6 +25,7 @@ import httpx
 import psutil
 
 from bench import _util as u
+from daemon.stack import free_port
 
 NAME = "serve"
 TOKEN = "bench-token-0f3a9c"
@@ -136,7 +137,7 @@ def body(run: u.Run) -> None:
     starts = []
     for i in range(c["starts"]):
         load = u.loadavg()
-        p, t_health, t_list, cpu = start_serve(run, stack, u.free_port(), f"serve-start{i}")
+        p, t_health, t_list, cpu = start_serve(run, stack, free_port(), f"serve-start{i}")
         u.Procs.kill(p)
         p.wait(30)
         starts.append({"start": i + 1, "to_healthz_s": round(t_health, 3), "to_first_list_s": round(t_list, 3),
@@ -146,7 +147,7 @@ def body(run: u.Run) -> None:
 
     # -- viewers vs training ---------------------------------------------------------------------------------------
     stack.client.submit_many([spec(c, f"parked-{i}", queue="parked") for i in range(c["parked"])])
-    port = u.free_port()
+    port = free_port()
     serve, _, _, _ = start_serve(run, stack, port, "serve")
     sp = psutil.Process(serve.pid)
     base = f"http://127.0.0.1:{port}"

@@ -5,8 +5,8 @@ epoch falls behind the latest one as training goes on), SIGKILLs the worker's pr
 (uniform in the first --window-s seconds of training), requeues the job at once as the supervisor would, and lets
 a warm spare worker resume it. The epoch reached before the kill is the job's ``epoch`` field read after the kill
 (the last epoch whose end was recorded) plus the fraction of the next epoch trained (``batch / steps``, progress
-published after every batch); the resume point is the epoch E of the event "resuming from ... at epoch E" (0 for
-"starting from scratch"). Epochs redone = epoch reached - E. The policies alternate.
+published after every batch); the resume point is the ``epoch`` E of the next attempt's ``resumed`` event (0 when
+it starts from scratch). Epochs redone = epoch reached - E. The policies alternate.
 
     python -m bench.work_lost [--smoke] [--json PATH] [--reps N] [--window-s S]
 """

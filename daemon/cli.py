@@ -12,11 +12,9 @@ Exit codes: 0 success; 1 the job did not succeed, was not found, timed out, or R
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -49,7 +47,6 @@ if TYPE_CHECKING:
     from jobs.store import JobStore
 
 S = TypeVar("S", bound="CommonSettings")
-_FORWARD = {"chaos": 1, "bench": 2}  # subcommands whose remaining args go to bench.* modules untouched
 
 
 def _settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
@@ -88,6 +85,7 @@ def _store(args: argparse.Namespace) -> JobStore:
     """The job store for read-only commands and cancel, without importing pydantic or the client (fast start)."""
     from jobs.store import JobStore
 
+    settings: CommonSettings | None = None
     if any(k.startswith("TRAIND_") and k not in _READ_ENV for k in os.environ):
         from jobs.settings import ClientSettings
 
@@ -97,7 +95,8 @@ def _store(args: argparse.Namespace) -> JobStore:
     else:
         url, limits = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL, {}
     try:
-        conn = connect(url, retries=2, socket_timeout_s=30.0)
+        # With settings: their socket timeout and durability policy (cancel writes); without: the defaults.
+        conn = connect(url, retries=2, socket_timeout_s=None if settings else 30.0, settings=settings)
     except ValueError as e:  # a malformed URL: never echo it (it may hold a password)
         raise ConfigError(f"invalid Redis URL {redact_url(url)}: {type(e).__name__} (expected "
                           "redis://[user:password@]host:port/db; percent-encode '/', '#', '?' and '@' in a password)"
@@ -312,28 +311,6 @@ def _run_example(stack: Stack, timeout_s: float) -> int:
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
 
 
-def _forward(command: str, name: str | None, rest: list[str], args: argparse.Namespace) -> int:
-    if name is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-        raise ConfigError(f"bench: invalid benchmark name {name!r} (expected a module name like 'throughput')")
-    module = "bench.chaos" if command == "chaos" else f"bench.{name}"
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name in ("bench", module):
-            raise ConfigError(f"traind {command}: module {module} is not available (is bench/ installed?)") from e
-        raise
-    entry = getattr(mod, "main", None)
-    if not callable(entry):
-        raise ConfigError(f"traind {command}: {module} has no main(argv) function")
-    # Common options reach the bench code through the environment it reads its settings from.
-    if getattr(args, "redis_url", None):
-        os.environ["TRAIND_REDIS_URL"] = args.redis_url
-    if getattr(args, "storage", None):
-        os.environ["TRAIND_STORAGE_DIR"] = args.storage
-    rc = entry(rest)
-    return int(rc or 0)
-
-
 # -- parser ----------------------------------------------------------------------------------------------------------
 def _positive_float(v: str) -> float:
     f = float(v)
@@ -405,21 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon import ops  # serve/workers/health/retry/purge live in their own module
 
     ops.register(add)
-    sub.add_parser("chaos", help="fault-injection run (bench.chaos); arguments are passed on")
-    sp = sub.add_parser("bench", help="run a benchmark (bench.NAME); arguments are passed on")
-    sp.add_argument("name")
     return p
-
-
-def _split_forwarded(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``[..., "chaos", *rest]`` -> (head, rest): forwarded args never meet traind's parser."""
-    for i, tok in enumerate(argv):
-        if tok in _FORWARD and (i == 0 or argv[i - 1] not in ("--redis-url", "--storage")):
-            cut = i + _FORWARD[tok]
-            return argv[:cut], argv[cut:]
-        if not tok.startswith("-") and (i == 0 or argv[i - 1] not in ("--redis-url", "--storage")):
-            break  # another subcommand
-    return argv, []
 
 
 def _error(e: object) -> None:
@@ -429,14 +392,11 @@ def _error(e: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``traind``; returns the exit code."""
-    head, rest = _split_forwarded(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(head)
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
-        if args.command in _FORWARD:
-            return _forward(args.command, getattr(args, "name", None), rest, args)
         return int(args.func(args))
     except (SpecError, ConfigError, AmbiguousJobIdError) as e:
         _error(e)

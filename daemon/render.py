@@ -28,8 +28,9 @@ def _escape(ch: str) -> str:
 
 def clean(value: Any, newlines: bool = False) -> str:
     """``str(value)`` made safe for a terminal: control characters (ESC of ANSI/OSC sequences, BEL, ``\\r``,
-    C1 controls, bidi overrides) are shown as visible ``\\xNN`` escapes instead of acting; a tab becomes a space.
-    ``newlines=True`` keeps line breaks (multi-line error messages); otherwise they are escaped too.
+    C1 controls, line/paragraph separators, bidi overrides) are shown as visible ``\\xNN`` escapes instead of
+    acting; a tab becomes a space. ``newlines=True`` keeps line breaks (multi-line error messages); otherwise
+    they are escaped too.
 
     >>> clean("a\\tb\\r\\x1b[2J")
     'a b\\\\r\\\\x1b[2J'
@@ -47,7 +48,7 @@ def clean(value: Any, newlines: bool = False) -> str:
             out.append("\\r")
         elif ch == "\n":
             out.append("\\n")
-        elif ch in _BIDI or unicodedata.category(ch) == "Cc":
+        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):  # Zl/Zp: some terminals break lines
             out.append(_escape(ch))
         else:
             out.append(ch)

@@ -101,7 +101,7 @@ class Child:
             self.proc = subprocess.Popen(
                 self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches only `traind up`, which stops children in order
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded here; prctl only
+                preexec_fn=_die_with_parent,  # single-threaded here; prctl only
             )
         self.started = time.monotonic()
         self.restart_at = None

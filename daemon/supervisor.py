@@ -145,7 +145,7 @@ class Supervisor:
                 log.debug("job %s: lease expiry handled elsewhere", job_id)
             except (redis.ConnectionError, redis.TimeoutError):
                 raise  # the run loop backs off; the next step retries from Redis' state
-            except Exception:  # noqa: BLE001 - one corrupt record (WRONGTYPE included) must not stop the others
+            except Exception:  # one corrupt record (WRONGTYPE included) must not stop the others
                 log.exception("job %s: cannot handle its expired lease", job_id)
 
     def _job_id(self, raw: bytes, zset: str) -> str | None:
@@ -207,7 +207,7 @@ class Supervisor:
         if not due:
             return
         # Pipelined: with a backlog of thousands of queued jobs, a round trip per job kept the supervisor busy
-        # (0.41 s a pass at 10,000 queued jobs) and delayed lease expiry handling behind it.
+        # (bench.queue, `delivery check due` row) and delayed lease expiry handling behind it.
         due_ids = [(job_id, score) for raw_id, score in due if (job_id := self._job_id(raw_id, keys.PENDING))]
         pipe = self.r.pipeline(transaction=False)
         for job_id, _ in due_ids:
@@ -223,7 +223,7 @@ class Supervisor:
                     waiting.append(job_id)
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
-            except Exception:  # noqa: BLE001 - one corrupt record must not stop supervision of the others
+            except Exception:  # one corrupt record must not stop supervision of the others
                 log.exception("job %s: cannot check its delivery", job_id)
         if waiting:  # still on their queue, waiting for a free worker: check again later (only if still pending)
             pipe = self.r.pipeline(transaction=False)
@@ -297,7 +297,7 @@ class Supervisor:
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0
-                except Exception as e:  # noqa: BLE001 - the supervisor must outlive Redis outages and its own bugs
+                except Exception as e:  # the supervisor must outlive Redis outages and its own bugs
                     self._info = None  # Redis may have restarted: re-read its uptime before requeueing anything
                     if isinstance(e, redis.RedisError):
                         log.warning("redis error (%s: %s); retrying in %.2f s", type(e).__name__, e, backoff)

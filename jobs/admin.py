@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from jobs import keys, telemetry
+from jobs import keys, lua, telemetry
 from jobs.errors import IllegalTransitionError, JobNotFoundError
 from jobs.events import EventKind
 from jobs.states import RETRYABLE, TERMINAL, JobState
@@ -36,27 +36,6 @@ def _decode(v: bytes | None) -> str | None:
     return None if v is None else v.decode(errors="replace")
 
 
-# Filters a candidate list server-side: one round trip and only the matching ids come back, instead of every
-# job's name and queue. KEYS: none (job keys are derived from the ids, single-instance Redis as everywhere).
-# ARGV: prefix, source ("all" or a state), name needle (lowercase, "" = any), queue ("" = any), ids of that state (JSON)
-_FILTER = """
-local ids
-if ARGV[2] == 'all' then ids = redis.call('ZREVRANGE', ARGV[1] .. ':jobs', 0, -1)
-else ids = cjson.decode(ARGV[5]) end
-local out = {}
-for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[1] .. ':job:' .. id, 'name', 'queue')
-  local ok = f[1] ~= false
-  if ok and ARGV[3] ~= '' then ok = string.find(string.lower(f[1]), ARGV[3], 1, true) ~= nil end
-  if ok and ARGV[4] ~= '' then
-    local q = f[2] or ''
-    local logical = string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$')
-    ok = (q == ARGV[4]) or (logical == ARGV[4])
-  end
-  if ok then out[#out + 1] = id end
-end
-return out
-"""
 _MONITORS: dict[str, str] = {}  # job id -> checkpoint monitor: a spec never changes, so this cache is never stale
 
 
@@ -76,8 +55,9 @@ def list_page(store: JobStore, *, state: str | None = None, name: str | None = N
     else:
         if name or queue:
             src = json.dumps(store.list_ids(state)) if state else "[]"
-            ids = [i.decode() for i in store.r.eval(_FILTER, 0, keys.PREFIX, state or "all", (name or "").lower(),
-                                                      queue or "", src)]
+            needle = (name or "").lower()
+            found = store.r.eval(lua.LIST_FILTER, 0, keys.PREFIX, state or "all", needle, queue or "", src)
+            ids = [i.decode() for i in found]
         else:
             ids = store.list_ids(state)
         total, page = len(ids), ids[offset:offset + limit]
@@ -213,7 +193,7 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
         for jid in gone:
             try:
                 storage.delete_prefix(_job_key(jid))  # a local dir or every object under the job's prefix
-            except Exception:  # noqa: BLE001 - a refused (confined) key is left alone
+            except Exception:  # a refused (confined) key is left alone
                 pass
     return [v[0] for v in victims]
 

@@ -413,7 +413,7 @@ class Client:
                 x1, y1 = fitdata.take(x, slice(0, n)), fitdata.take(y, slice(0, n))
                 sw1 = None if sample_weight is None else fitdata.take(sample_weight, slice(0, n))
             names = fitcheck.probe_metrics(rebuilt, x1, y1, sw1)
-        except Exception as e:  # noqa: BLE001 - the data does not fit the model: Keras' reason, shortened
+        except Exception as e:  # the data does not fit the model: Keras' reason, shortened
             raise SpecError([f"data: the model cannot evaluate this data ({type(e).__name__}: {str(e)[:400]})"]) from e
         d = spec.data
         has_val = bool(d.has_validation or spec.fit.validation_split > 0)

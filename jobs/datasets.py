@@ -53,7 +53,7 @@ def check_dataset(ds: Any, what: str) -> None:
 
     try:
         ops = python_ops(ds)
-    except Exception as e:  # noqa: BLE001 - a pipeline TF cannot serialise cannot be shipped either
+    except Exception as e:  # a pipeline TF cannot serialise cannot be shipped either
         raise SpecError([f"{what}: this tf.data pipeline cannot be serialised by TensorFlow ({type(e).__name__}: "
                          f"{str(e)[:200]}); {ALTERNATIVE}"]) from e
     if ops:

@@ -29,7 +29,7 @@ PARTS = ("x", "y", "sample_weight")
 def _leaf(value: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
-    except Exception as e:  # noqa: BLE001 - any conversion failure is the user's data: say what it was
+    except Exception as e:  # any conversion failure is the user's data: say what it was
         raise SpecError([f"{where}: expected a NumPy array (or array-like), received {type(value).__name__}: {e}"]
                         ) from e
     if arr.dtype == object and not isinstance(value, np.ndarray):  # an object ndarray: Storage.put_arrays refuses it

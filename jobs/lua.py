@@ -203,4 +203,36 @@ end
 return stale
 """
 
+# KEYS: leases ; ARGV: ttl_ms. Every lease gets one TTL on the new primary's clock (see PrimaryWatch).
+REBASE_LEASES = (
+    _NOW
+    + """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id) end
+return #ids
+"""
+)
+
+# Filters a candidate list server-side: one round trip and only the matching ids come back, instead of every
+# job's name and queue. KEYS: none (job keys are derived from the ids, single-instance Redis as everywhere).
+# ARGV: prefix, source ("all" or a state), name needle (lowercase, "" = any), queue ("" = any), ids of that state (JSON)
+LIST_FILTER = """
+local ids
+if ARGV[2] == 'all' then ids = redis.call('ZREVRANGE', ARGV[1] .. ':jobs', 0, -1)
+else ids = cjson.decode(ARGV[5]) end
+local out = {}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', ARGV[1] .. ':job:' .. id, 'name', 'queue')
+  local ok = f[1] ~= false
+  if ok and ARGV[3] ~= '' then ok = string.find(string.lower(f[1]), ARGV[3], 1, true) ~= nil end
+  if ok and ARGV[4] ~= '' then
+    local q = f[2] or ''
+    local logical = string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$')
+    ok = (q == ARGV[4]) or (logical == ARGV[4])
+  end
+  if ok then out[#out + 1] = id end
+end
+return out
+"""
+
 NOW_MS = _NOW + "return now"

@@ -105,7 +105,7 @@ class ObjectStorage(Storage):
                                               ) from None
             except StorageError:
                 raise  # already one line naming the location
-            except Exception as e:  # noqa: BLE001 - classified below
+            except Exception as e:  # classified below
                 if "NoSuchBucket" in str(e) or "does not exist" in str(e).lower() and "bucket" in str(e).lower():
                     raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
                                                   f"(while trying to {what})") from None
@@ -235,7 +235,7 @@ class _Spool(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         if self.file is None and self.buf.tell() + len(data) > SPOOL_BYTES:
-            self.file = tempfile.NamedTemporaryFile(prefix="traind-spool-", suffix=".tmp")  # noqa: SIM115
+            self.file = tempfile.NamedTemporaryFile(prefix="traind-spool-", suffix=".tmp")
             self.file.write(self.buf.getbuffer())
             self.buf = io.BytesIO()
         target = self.file if self.file is not None else self.buf

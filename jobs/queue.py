@@ -99,7 +99,7 @@ def pop(r: redis.Redis, queue_names: list[str], timeout_s: float) -> Delivery | 
         return Delivery(raw_id, qname, None, f"unreadable RQ message {raw_id!r}: expected JSON job data for "
                         f"{keys.RQ_FUNC}(job_id, attempt) (traind never unpickles), received something else: "
                         f"{type(cause).__name__}: {str(cause)[:200]}")
-    except Exception as e:  # noqa: BLE001 - anything in a planted message must cost that message only
+    except Exception as e:  # anything in a planted message must cost that message only
         _delete_rq_job(r, raw_id)
         return Delivery(raw_id, qname, None, f"unreadable RQ message {raw_id!r}: {type(e).__name__}: {e}")
     try:

@@ -34,6 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.exceptions import AuthenticationError, AuthorizationError, NoScriptError, ResponseError
 
+from jobs import lua
 from jobs.errors import DurabilityError, StalePrimaryError
 
 if TYPE_CHECKING:
@@ -43,16 +44,6 @@ log = logging.getLogger("traind.redis")
 
 _ROLE_CACHE_S = 1.0  # how long a primary's replica count is trusted before it is asked again
 _ATTEMPTS = 4  # whole-write attempts on connection errors (each reconnect has its own retries inside redis-py)
-
-# KEYS: leases ; ARGV: ttl_ms. Every lease gets one TTL on the new primary's clock (see PrimaryWatch).
-REBASE_LEASES = """
-local _t = redis.call('TIME')
-local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id) end
-return #ids
-"""
-
 
 @dataclass
 class Durability:
@@ -287,4 +278,4 @@ class PrimaryWatch:
     @staticmethod
     def rebase_leases(r: redis.Redis, leases_key: str, ttl_ms: int) -> int:
         """Set every lease to now + ``ttl_ms`` on the current primary's clock; returns how many."""
-        return int(r.eval(REBASE_LEASES, 1, leases_key, int(ttl_ms)))
+        return int(r.eval(lua.REBASE_LEASES, 1, leases_key, int(ttl_ms)))

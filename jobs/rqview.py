@@ -34,7 +34,7 @@ def on_transition(r: redis.Redis, job_id: str, to: str, previous: str, attempt: 
             _stopped(r, job_id)
         if to == "running":
             _started(r, job_id, attempt, worker)
-    except Exception as e:  # noqa: BLE001 - a view: never costs the transition it mirrors
+    except Exception as e:  # a view: never costs the transition it mirrors
         log.debug("rq view of job %s not updated: %s", job_id, e)
 
 
@@ -52,7 +52,7 @@ def _started(r: redis.Redis, job_id: str, attempt: int | None, worker: str | Non
     job = Job.create(func=keys.RQ_FUNC, args=[job_id, attempt], id=rq_id, connection=r, serializer=JSONSerializer,
                      origin=qname, timeout=-1, result_ttl=0,
                      description=f"traind job {job_id} attempt {attempt} (running on {worker or '?'})")
-    job._status = JobStatus.STARTED  # noqa: SLF001 - saved by job.save below
+    job._status = JobStatus.STARTED  # saved by job.save below
     job.started_at = job.enqueued_at = datetime.now(timezone.utc)
     job.worker_name = worker
     member = f"{rq_id}:traind-{attempt}"  # StartedJobRegistry entries are <job id>:<execution id>
@@ -74,4 +74,37 @@ def _stopped(r: redis.Redis, job_id: str) -> None:
     pipe = r.pipeline()
     pipe.zrem(StartedJobRegistry(qname, connection=r).key, member)
     pipe.delete(Job.key_for(rq_id), _marker(job_id))
+    pipe.execute()
+
+
+def _rq_worker_key(worker_id: str) -> str:
+    return f"rq:worker:traind-{worker_id}"
+
+
+def register_worker(pipe: redis.client.Pipeline, worker_id: str, info: dict[str, object], rq_queues: list[str],
+                    ttl_ms: int) -> None:
+    """Queue (on ``pipe``) a heartbeat of a traind worker in RQ's worker registry, so ``rq info`` and rq-dashboard
+    list it (busy while it trains; its job is in the queue's started registry). It expires with traind's own worker
+    record."""
+    key = _rq_worker_key(worker_id)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    job = info.get("job")
+    fields = {"hostname": str(info.get("host", "")), "pid": str(info.get("pid", "")),
+              "state": "busy" if job else "idle", "last_heartbeat": now, "queues": ",".join(rq_queues),
+              "successful_job_count": str(info.get("jobs_done", 0))}
+    pipe.hsetnx(key, "birth", now)
+    pipe.hset(key, mapping=fields)
+    pipe.pexpire(key, ttl_ms)
+    pipe.sadd("rq:workers", key)
+    for q in rq_queues:
+        pipe.sadd(f"rq:workers:{q}", key)
+
+
+def unregister_worker(r: redis.Redis, worker_id: str, rq_queues: list[str]) -> None:
+    key = _rq_worker_key(worker_id)
+    pipe = r.pipeline()
+    pipe.delete(key)
+    pipe.srem("rq:workers", key)
+    for q in rq_queues:
+        pipe.srem(f"rq:workers:{q}", key)
     pipe.execute()

@@ -122,7 +122,10 @@ class WorkerSettings(CommonSettings):
     cache_max_bytes: int = Field(10 * 1024**3, ge=0, description="Bound of the upload cache (0 disables it).")
 
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
-    device: str = Field("cpu", pattern=r"^(cpu|gpu(:\d+)?)$")
+    device: str = Field("cpu", pattern=r"^(cpu|gpu(:\d+(,\d+)*)?)$",
+                        description="cpu, gpu (all visible), gpu:N or gpu:0,1 (several GPUs for resources.gpus jobs).")
+    logical_cpus: int = Field(1, ge=1, le=64, description="Split the CPU into N logical devices (resources.gpus on "
+                              "CPU workers: MirroredStrategy tests).")
     worker_id: str | None = None
     burst: bool = False
     dequeue_timeout_s: float = Field(1.0, gt=0, le=60)

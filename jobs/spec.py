@@ -184,6 +184,7 @@ class ResourcesSpec(_Strict):
     """Where the job runs."""
 
     device: Literal["cpu", "gpu"] = "cpu"
+    gpus: int = Field(1, ge=1, le=64, description="Devices of one worker to train on (MirroredStrategy when > 1).")
     queue: str = Field("default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     priority: Literal["high", "default", "low"] = "default"
 

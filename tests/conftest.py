@@ -6,14 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.redis_server import RedisServer
+from testkit.cluster import RedisServer
+from testkit.cluster import wait_for as wait_for  # re-exported: tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = "examples,tests.models"
@@ -52,18 +52,6 @@ def storage_dir(tmp_path: Path) -> Path:
     return d
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
-    """Poll ``cond`` until truthy or fail after ``timeout`` seconds, saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 class Procs:
     """Child processes started by a test; all killed (whole groups) at teardown."""
 
@@ -73,7 +61,7 @@ class Procs:
 
     def traind(self, *args: str, env: dict[str, str] | None = None, name: str = "proc") -> subprocess.Popen[bytes]:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # closed with the process
         p = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -157,7 +157,7 @@ def test_many_concurrent_supervisors_never_double_requeue(r: redis.Redis, redis_
             barrier.wait(10)
             for _ in range(3):
                 reports.append(sup.step())
-        except BaseException as e:  # noqa: BLE001 - surfaced below
+        except BaseException as e:  # surfaced below
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(s,)) for s in sups]

@@ -12,7 +12,7 @@ class StopReason(str, Enum):
     FENCED = "fenced"
 
 
-class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Interrupted(Exception):  # a control-flow signal, not an error
     """Raised from a batch boundary to leave ``model.fit`` at once (skipping the partial epoch's validation)."""
 
     def __init__(self, reason: StopReason) -> None:

@@ -37,7 +37,7 @@ class Heartbeat(threading.Thread):
                     self.control.request(StopReason.CANCEL)
                 if callable(self.on_beat):
                     self.on_beat()
-            except Exception as e:  # noqa: BLE001 - Redis down: keep beating; the client retries with backoff
+            except Exception as e:  # Redis down: keep beating; the client retries with backoff
                 log.warning("job %s: heartbeat failed (%s); retrying", self.job_id, type(e).__name__)
             self._stop_evt.wait(self.interval_s)
 

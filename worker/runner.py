@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs import keys, rqview
 from jobs.delivery import reject
 from jobs.errors import StorageError
 from jobs.queue import pop
@@ -43,7 +43,7 @@ class Worker:
 
         check_keras()  # before taking any job: safe mode's protections need a recent Keras
 
-        self.gpus = configure_tensorflow(settings.device)
+        self.gpus = configure_tensorflow(settings.device, settings.logical_cpus)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
@@ -84,7 +84,7 @@ class Worker:
                 # Retrying cannot fix a wrong password or ACL: say so and exit instead of looping forever.
                 log.error("Redis refused this worker's credentials (%s); check TRAIND_REDIS_URL", e)
                 return 2
-            except Exception as e:  # noqa: BLE001 - the loop survives anything: Redis outages, bad messages
+            except Exception as e:  # the loop survives anything: Redis outages, bad messages
                 log.warning("worker loop error (%s: %s); retrying in %.1f s", type(e).__name__, e, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -141,13 +141,15 @@ class Worker:
             pipe.hdel(keys.worker(self.id), "job")
         pipe.pexpire(keys.worker(self.id), int(self.settings.lease_ttl_s * 6000))
         pipe.zadd(keys.WORKERS, {self.id: now})
+        rqview.register_worker(pipe, self.id, info, self.queues, int(self.settings.lease_ttl_s * 6000))  # `rq info`
         pipe.execute()
 
     def unregister(self) -> None:
         try:
             self.r.delete(keys.worker(self.id))
             self.r.zrem(keys.WORKERS, self.id)
-        except Exception:  # noqa: BLE001 - best effort on the way out
+            rqview.unregister_worker(self.r, self.id, self.queues)
+        except Exception:  # best effort on the way out
             pass
 
     # -- one job -------------------------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ class Worker:
         finally:
             self.current = None
             self.jobs_done += 1
-            if att.built:  # clear_session + gc.collect cost ~1-2 s: skip them for a job refused before building
+            if att.built:  # clear_session + gc.collect: ~0.63 s (bench/results/overhead.json); skip when unbuilt
                 _release_memory()
 
     def _safe_register(self, job_id: str) -> None:
@@ -195,8 +197,8 @@ def _drop_custom_gradients() -> None:
     try:
         from tensorflow.python.framework import ops
 
-        registry = ops._gradient_registry._registry  # noqa: SLF001
+        registry = ops._gradient_registry._registry
         for name in [k for k in registry if isinstance(k, str) and k.startswith("CustomGradient-")]:
             del registry[name]
-    except Exception:  # noqa: BLE001 - best effort
+    except Exception:  # best effort
         pass

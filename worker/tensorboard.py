@@ -75,7 +75,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def _guard(self, fn: Any) -> None:
         try:
             fn()
-        except Exception as e:  # noqa: BLE001 - TensorBoard logs are a view; training and its record go on
+        except Exception as e:  # TensorBoard logs are a view; training and its record go on
             log.warning("job %s: TensorBoard logging disabled for this attempt: %s: %s", self.job_id,
                         type(e).__name__, e)
             self.disabled = True

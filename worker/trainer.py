@@ -26,7 +26,7 @@ from jobs.spec import JobSpec, monitors
 from jobs.storage import Storage
 from jobs.store import JobStore
 from worker import data as data_mod
-from worker import fit_callbacks
+from worker import distribute, fit_callbacks
 from worker.callbacks import (
     BestTracker,
     ControlCallback,
@@ -115,15 +115,23 @@ class Trainer:
 
             tf.config.experimental.enable_op_determinism()
         allowed = self.settings.allowed_modules
-        self.model = build_model(spec, self.storage, allowed, self.settings.max_upload_bytes)
+        self.strategy = distribute.strategy_for(spec)
+        if spec.resources.gpus > 1:
+            devices = list(self.strategy.extended.worker_devices)
+            self.store.fenced_update(self.job_id, self.token, events=[event(
+                EventKind.NOTE, f"MirroredStrategy on {len(devices)} devices: {', '.join(devices)}",
+                devices=devices)])
+        with self.strategy.scope():  # variables created under it are mirrored on resources.gpus devices
+            self.model = build_model(spec, self.storage, allowed, self.settings.max_upload_bytes)
         data = data_mod.load(spec, self.storage, allowed, self.settings.max_upload_bytes)
         self.arrays = data.is_arrays
         if data.is_arrays:
             self.steps = data.steps_per_epoch(spec.fit.batch_size, spec.fit.steps_per_epoch)
             x1, y1 = fitdata.take(data.x, slice(0, 1)), fitdata.take(data.y, slice(0, 1))
-            if not self.model.built:
-                self.model(x1)
-            _create_variables_eagerly(self.model, x1, y1)
+            with self.strategy.scope():
+                if not self.model.built:
+                    self.model(x1)
+                _create_variables_eagerly(self.model, x1, y1)
         else:
             self.steps = spec.fit.steps_per_epoch
         self.step_ckpts = spec.checkpoint.step_checkpoints and data.is_arrays
@@ -553,7 +561,7 @@ def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:
             model.optimizer.build(model.trainable_variables)
         model.compute_metrics(x1, y1, model(x1), sample_weight=None)
         model.reset_metrics()
-    except Exception:  # noqa: BLE001 - an optimisation only; fit() reports real problems with the model
+    except Exception:  # an optimisation only; fit() reports real problems with the model
         pass
 
 

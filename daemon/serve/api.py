@@ -8,10 +8,11 @@ through :meth:`jobs.client.Client.submit` (same validation, same messages, ``cli
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from daemon.serve import auth
@@ -54,6 +55,12 @@ def _client(request: Request) -> Any:
     return request.app.state.client
 
 
+def _json(obj: Any) -> Response:
+    """Plain ``json.dumps``: the records are already JSON-safe dicts, and FastAPI's response validation of a
+    1,000-row page cost more than reading it from Redis."""
+    return Response(json.dumps(obj, default=str, separators=(",", ":")), media_type="application/json")
+
+
 def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
@@ -94,17 +101,17 @@ def list_jobs(request: Request, _: Read,
               name: Annotated[str | None, Query(max_length=200, description="name contains (case-insensitive)")] = None,
               queue: Annotated[str | None, Query(max_length=200, description="logical queue")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+              offset: Annotated[int, Query(ge=0)] = 0) -> Response:
     """A page of job summaries, newest first, with the total count after filtering."""
-    return admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
-                           limit=limit, offset=offset)
+    return _json(admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
+                           limit=limit, offset=offset))
 
 
 @router.get("/jobs/{job_id}")
 def job_status(job_id: str, request: Request, _: Read,
-               history: Annotated[bool, Query(description="include the per-epoch history")] = True) -> dict[str, Any]:
+               history: Annotated[bool, Query(description="include the per-epoch history")] = True) -> Response:
     """The job as ``traind status --json`` prints it (without the spec: see ``/jobs/{id}/spec``)."""
-    return summary(_get(request, job_id, with_history=history))
+    return _json(summary(_get(request, job_id, with_history=history)))
 
 
 @router.get("/jobs/{job_id}/spec")

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from tests.redis_server import free_port
+from testkit.cluster import free_port
 
 MASTER = "traind"
 DOWN_AFTER_MS = 1000
@@ -56,7 +56,7 @@ class Node:
         exe = shutil.which("redis-server")
         if not exe:
             raise RuntimeError("redis-server not found on PATH: install it (apt-get install redis-server)")
-        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(self.dir / "server.log", "wb")  # lives as long as the process
         self.proc = subprocess.Popen([exe, *args], cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
         _wait(lambda: self.client().ping(), 15, f"{self.name} on port {self.port}")
         return self

@@ -14,8 +14,8 @@ from jobs import keys
 from jobs.client import Client
 from jobs.settings import SupervisorSettings
 from jobs.states import JobState
+from testkit.cluster import RedisServer
 from tests.conftest import wait_for
-from tests.redis_server import RedisServer
 from tests.test_supervisor import FakeUptime, claim, spec
 
 TTL_S = 1.0

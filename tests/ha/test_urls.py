@@ -13,7 +13,7 @@ from jobs.errors import ConfigError, DurabilityError
 from jobs.redis_conn import connect, is_sentinel_url, parse_sentinel_url, redact_url
 from jobs.settings import ClientSettings, WorkerSettings
 from jobs.store import JobStore
-from tests.redis_server import RedisServer
+from testkit.cluster import RedisServer
 
 
 def test_parse_full_url() -> None:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from os import system  # noqa: F401 - re-exported on purpose: the attack surface under test
-from subprocess import run  # noqa: F401 - re-exported on purpose: the attack surface under test
+from os import system  # re-exported on purpose: the attack surface under test
+from subprocess import run  # re-exported on purpose: the attack surface under test
 
 __all__ = ["run", "system"]

@@ -16,8 +16,8 @@ from jobs import keys
 from jobs.client import Client
 from jobs.states import JobState
 from jobs.store import JobStore
+from testkit.cluster import RedisServer
 from tests.conftest import ROOT, Procs, log_of, wait_for
-from tests.redis_server import RedisServer
 from tests.security.helpers import good_spec, plant_job, record, run_burst
 from tests.security.test_redis_access import ACL_PASSWORDS, acl_server  # noqa: F401 - fixture
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,16 +14,10 @@ import uvicorn
 
 from daemon.serve.app import create_app
 from jobs.settings import ServeSettings
-from tests.conftest import wait_for
+from testkit.cluster import free_port, wait_for
 
 TOKEN = "full-token-5f1c0d9a7e"
 READ_TOKEN = "read-token-9b2e41c3aa"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def slow_spec(name: str = "served", epochs: int = 4, batch_delay_s: float = 0.05, n: int = 300) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, Procs, log_of, wait_for
 from tests.serve.conftest import Served, slow_spec
 
 
-def _state(c, jid: str) -> str:  # noqa: ANN001
+def _state(c, jid: str) -> str:
     return c.get(f"/api/v1/jobs/{jid}", params={"history": False}).json()["state"]
 
 

@@ -14,8 +14,9 @@ import pytest
 from daemon.serve.app import create_app
 from jobs.errors import ConfigError
 from jobs.settings import ServeSettings
+from testkit.cluster import free_port
 from tests.conftest import ROOT, wait_for
-from tests.serve.conftest import READ_TOKEN, TOKEN, Served, free_port, slow_spec
+from tests.serve.conftest import READ_TOKEN, TOKEN, Served, slow_spec
 
 READ_PATHS = ["/api/v1/jobs", "/api/v1/workers", "/api/v1/queues", "/metrics", "/api/v1/jobs/abc/history"]
 

@@ -20,7 +20,7 @@ QUEUE = "traind.default.cpu.default"
 
 
 def rq_info(url: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "rq.cli", "info", "--url", url, "--only-queues", QUEUE],
+    out = subprocess.run([sys.executable, "-m", "rq.cli", "info", "--url", url],
                          capture_output=True, text=True, timeout=60)
     return out.stdout + out.stderr
 
@@ -36,7 +36,12 @@ def test_running_job_is_executing_in_rq_and_readable_by_rq_dashboard(redis_url: 
                  "the job to run")
     except AssertionError:
         raise AssertionError(log_of(w)) from None
-    assert "1 executing" in rq_info(redis_url)
+    info = rq_info(redis_url)
+    assert "1 executing" in info and "1 workers" in info and "traind-rq-view-w" in info, info
+    from rq import Worker
+
+    (rw,) = Worker.all(connection=r)
+    assert rw.get_state() == "busy" and rw.hostname and QUEUE in rw.queue_names()
     reg.cleanup(timestamp=time.time() + 10 * 365 * 86400)  # RQ's maintenance, ten years on: not abandoned
     assert reg.get_job_ids(cleanup=False) == [f"{h.id}-a1"]
     job = Job.fetch(f"{h.id}-a1", connection=r)  # rq-dashboard's defaults: the pickle serializer
@@ -46,6 +51,7 @@ def test_running_job_is_executing_in_rq_and_readable_by_rq_dashboard(redis_url: 
     assert job.started_at is not None and job.created_at is not None
 
     wait_for(lambda: client.store.raw(h.id)["state"] == "succeeded", 240, "the job to succeed")
-    assert reg.get_job_count(cleanup=False) == 0
+    # mirrored right after the transition (not inside its Lua script): wait for it
+    wait_for(lambda: reg.get_job_count(cleanup=False) == 0, 30, "the started registry to empty")
     assert not r.exists(Job.key_for(f"{h.id}-a1")) and not r.exists(f"traind:job:{h.id}:rq")
     assert "0 executing" in rq_info(redis_url)

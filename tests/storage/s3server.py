@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.redis_server import free_port
+from testkit.cluster import free_port
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
          # botocore's own retries kept short, so that traind's backoff (the outer loop) is what the tests exercise
@@ -42,7 +42,7 @@ class MotoS3:
     def start(self) -> MotoS3:
         exe = shutil.which("moto_server")
         cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
-        log = open(self.logdir / "moto.log", "wb")  # noqa: SIM115 - lives as long as the server
+        log = open(self.logdir / "moto.log", "wb")  # lives as long as the server
         self.proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -179,7 +179,7 @@ class FaultProxy:
                 conn.close()
                 proxy.log.append((self.command, self.path, resp.status))
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any  # noqa: N815
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True

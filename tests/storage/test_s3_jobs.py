@@ -62,7 +62,7 @@ class S3Cluster:
         cwd.mkdir(parents=True, exist_ok=True)
         env = {**private_env(home, {**os.environ, **self.s3_env}), **FAULT_ENV, "PYTHONPATH": str(ROOT)}
         env.pop("TRAIND_STORAGE_DIR", None)
-        log = open(self.procs.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.procs.logdir / f"{name}.log", "wb")  # closed with the process
         p = subprocess.Popen([sys.executable, "-m", "daemon.cli", *args, "--redis-url", self.url, "--storage",
                               self.s3_url], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)

@@ -195,11 +195,17 @@
       if (atBottom) box.scrollTop = box.scrollHeight;
     };
     const loadCkpts = async () => {
+      if (signal.aborted) return; // the user left this page
       const list = await api(`/api/v1/jobs/${encodeURIComponent(id)}/checkpoints`);
+      if (signal.aborted) return;
       $("#ckpts").innerHTML = list.length ? `<table><thead><tr><th>epoch</th><th>batch</th><th>attempt</th><th>file</th>
         <th>bytes</th></tr></thead><tbody>${list.map(m => `<tr><td class="num">${esc(m.epoch)}</td><td class="num">${esc(m.batch)}</td>
         <td class="num">${esc(m.attempt)}</td><td>${esc(m.file)}</td><td class="num">${esc(m.size)}</td></tr>`).join("")}
         </tbody></table>` : "none yet";
+    };
+    let ckptTimer = null;
+    const ckptsSoon = () => {
+      if (!ckptTimer) ckptTimer = setTimeout(() => { ckptTimer = null; loadCkpts().catch(onError); }, 2000);
     };
     const reload = async () => {
       const st = await api(`/api/v1/jobs/${encodeURIComponent(id)}`);
@@ -221,7 +227,7 @@
       } else if (ev === "status") {
         if (lastAttempt !== null && d.attempt !== lastAttempt) { reload().catch(onError); return; } // resumed: history may be trimmed
         renderStatus(d);
-        if (d.epoch !== lastEpoch || d.state !== "running") loadCkpts().catch(onError);
+        ckptsSoon(); // a checkpoint commits after its epoch's status: re-read the list, at most every 2 s
         lastEpoch = d.epoch;
       } else if (ev === "epoch") {
         d.forEach(h => history.set(h.epoch, h)); drawCharts();
