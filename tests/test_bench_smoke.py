@@ -90,6 +90,7 @@ BENCHES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("failover", [], _check_failover),
     ("cli_latency", [], _check_cli_latency),
     ("serve", [], _check_serve),
+    ("s3", [], _check_s3),  # its own moto S3 server; upload, resume-from-S3 and cache tables (no worker processes)
 ]
 
 
