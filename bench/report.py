@@ -157,7 +157,7 @@ def _issue13_goals() -> list[str]:
         for row in _load("job_end")["results"]["rows"]:
             out.append(f"| job end ({row['worker']} worker): last epoch -> `succeeded` p95 <= 0.5 s over "
                        f"{row['jobs']} jobs, loaded machine | p50 {_f(row['p50_s'], 3)} s, p95 {_f(row['p95_s'], 3)} "
-                       f"s, max {_f(row['max_s'], 3)} s (1-min load median {row['load1_median']}) | "
+                       f"s, max {_f(row['max_s'], 3)} s (1-min load median {row['load1_median']:.1f}) | "
                        f"{yes(row['goal_met'])} |")
     return out
 
