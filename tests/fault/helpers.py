@@ -21,8 +21,8 @@ from jobs.states import JobState
 from jobs.store import JobStore
 from tests.conftest import Procs, log_of, wait_for
 
-LEASE_TTL_S = 2.0
-HEARTBEAT_S = 0.5  # a quarter of the TTL: a heartbeat delayed by a loaded 2-core box must not lose the lease
+LEASE_TTL_S = 4.0  # long enough that a heartbeat thread starved on a loaded 2-core box never loses a live lease
+HEARTBEAT_S = 0.5  # an eighth of the TTL: eight delayed beats in a row before a live job could be requeued
 SUPERVISOR_INTERVAL_S = 0.5
 STEPS = 15  # tests.models:load_data's 600 samples, validation_split 0.25 -> 450 training samples, batch 32
 FAULT_ENV = {
