@@ -5,9 +5,12 @@ a dead worker, covered by the fault-tolerance suite in tests/fault/.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,18 +27,21 @@ def test_disk_full_during_a_checkpoint_write(
     client: Client, r: redis.Redis, redis_url: str, storage_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Epoch 1's checkpoint (file + manifest) is written; epoch 2's write hits ENOSPC half way through."""
-    real = LocalStorage.put_bytes
+    real = LocalStorage.open_write  # every checkpoint write goes through it: the streamed .npz and the manifest
     calls: list[Path] = []
 
-    def disk_fills_up(self: LocalStorage, key: str, data: bytes) -> str:
+    @contextlib.contextmanager
+    def disk_fills_up(self: LocalStorage, key: str) -> Iterator[Any]:
         calls.append(Path(key))
         if len(calls) <= 2:
-            return real(self, key, data)
-        with self.open_write(key) as w:  # the real atomic writer: the failure happens half way through its temp file
-            w.write(data[: len(data) // 2])
+            with real(self, key) as w:
+                yield w
+            return
+        with real(self, key) as w:  # the real atomic writer: the failure happens part way through its temp file
+            w.write(b"\0" * 4096)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
 
-    monkeypatch.setattr(LocalStorage, "put_bytes", disk_fills_up)
+    monkeypatch.setattr(LocalStorage, "open_write", disk_fills_up)
     job = client.submit(good_spec("disk-full", epochs=3))
     run_burst(redis_url, storage_dir)
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,12 @@ def _hostile(name: str, builder: str, **kwargs: object) -> dict[str, object]:
     return good_spec(name, epochs=1, model={"builder": builder, "builder_kwargs": kwargs})
 
 
-def test_base_exceptions_from_job_code_fail_only_their_job(r: redis.Redis, redis_url: str, storage_dir: Path) -> None:
+def test_base_exceptions_from_job_code_fail_only_their_job(r: redis.Redis, redis_url: str, storage_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """One in-process burst: four jobs raise BaseExceptions, the fifth trains; the worker ends normally."""
+    # argparse reads this process's argv: an unknown option makes it exit 2 under any test runner (pytest-xdist's
+    # workers have an argv that argparse would accept, and fit_client would then start a real run and block).
+    monkeypatch.setattr(sys, "argv", ["fit_client", "--not-an-option"])
     ids = {
         "argparse": plant_job(r, _hostile("argparse", "examples.fit_client:main")),  # the issue's repro: exit 2
         "exit": plant_job(r, _hostile("exit", "tests.security.hostile:raise_base", kind="SystemExit", arg=7)),
