@@ -176,11 +176,18 @@ class Client:
     ) -> JobHandle:
         """Validate (refusing every problem at once), record and enqueue a job.
 
+        A model given as an inline Keras ``config`` is rebuilt here in safe mode, as a worker will rebuild it, and the
+        ``monitor`` fields are checked against the metrics it logs (this loads TensorFlow; other specs do not).
         With ``client_key``, resubmitting (say after a network error) returns the first job instead of a copy.
         """
         job_spec = self._validate(spec)
-        if client_key is not None and not (0 < len(client_key) <= 200):
-            raise SpecError([f"client_key: expected 1-200 characters, received {len(client_key)}"])
+        _check_client_key(client_key)  # before the (slower) model check
+        self._check_inline_model(job_spec)
+        return self._submit(job_spec, client_key)
+
+    def _submit(self, job_spec: JobSpec, client_key: str | None) -> JobHandle:
+        """Record and enqueue a validated (and checked) spec."""
+        _check_client_key(client_key)
         job_id, created = self._create(job_spec, client_key)  # returns once replicated (or raises DurabilityError)
         durability = policy_of(self.r).last
         if created:
@@ -190,6 +197,8 @@ class Client:
     def submit_many(self, specs: list[JobSpec | dict[str, Any]]) -> list[JobHandle]:
         """Submit several jobs with pipelined Redis round trips (validation still names every problem)."""
         validated = [self._validate(s) for s in specs]
+        for sp in validated:
+            self._check_inline_model(sp)
         ids = [new_job_id() for _ in validated]
         pipe = self.r.pipeline(transaction=False)
         for jid, sp in zip(ids, validated):
@@ -198,6 +207,15 @@ class Client:
         durability = policy_of(self.r).last
         deliver_many(self.store, [(jid, 1, _queue_name(sp)) for jid, sp in zip(ids, validated)])
         return [JobHandle(self, j, durability) for j in ids]
+
+    def _check_inline_model(self, spec: JobSpec) -> None:
+        """Refuse an inline ``model.config`` a worker could not rebuild, or whose monitors it would never log."""
+        if spec.model.config is None:
+            return  # keras stays unloaded: builder specs are checked statically (see fitcheck.check_inline_model)
+        from jobs import fitcheck
+
+        quiet_tensorflow()
+        fitcheck.check_inline_model(spec, self.storage, self.settings.allowed_modules)
 
     def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
         return {
@@ -331,7 +349,7 @@ class Client:
                 spec[k] = v
         job_spec = self._validate(spec)
         self._check_model(job_spec, x, y, sample_weight)
-        handle = self.submit(job_spec, client_key=client_key)
+        handle = self._submit(job_spec, client_key)  # checked above, with the data: not rebuilt a second time
         for cb in callbacks or []:
             if type(cb).__name__ == "TensorBoard":  # mapped, never silently dropped: say where the logs go
                 where = self.storage.job_dir(handle.id) / "tensorboard"
@@ -378,32 +396,11 @@ class Client:
 
     def _check_model(self, spec: JobSpec, x: Any, y: Any, sample_weight: Any) -> None:
         """Rebuild the model from the spec in safe mode, as a worker will, and check every monitor against the metrics
-        it logs: a job that cannot work is refused here, before anything is queued."""
-        import keras
-
+        it logs on a sample of the data: a job that cannot work is refused here, before anything is queued."""
         from jobs import datasets, fitcheck, fitdata
-        from jobs.errors import UserCodeError
-        from jobs.modelio import build_model
-        from jobs.spec import monitors
 
-        # A fresh worker knows only the custom objects the spec declares: hide the ones this process registered
-        # (a class decorated with register_keras_serializable in the notebook would otherwise pass here only).
-        registry = keras.saving.get_custom_objects()
-        registered = dict(registry)
-        registry.clear()
-        try:
-            rebuilt = build_model(spec, self.storage, self.settings.allowed_modules, self.settings.max_upload_bytes)
-        except UserCodeError as e:
-            import re
-
-            missing = re.search(r"Could not locate (\w+) '([^']+)'", str(e))
-            why = (f"Keras could not locate {missing[1]} {missing[2]!r}" if missing else str(e)[:400])
-            raise SpecError([f"model: a worker could not rebuild this model: {why}; declare custom layers, losses, "
-                             "metrics, activations and schedules once with custom_objects={'Name': Class} (from a "
-                             "module under TRAIND_ALLOWED_MODULES)"]) from e
-        finally:
-            registry.clear()
-            registry.update(registered)
+        rebuilt = fitcheck.rebuild_model(spec, self.storage, self.settings.allowed_modules,
+                                         self.settings.max_upload_bytes)
         try:
             if datasets.is_dataset(x):
                 sample = next(iter(x.take(1)))
@@ -415,11 +412,7 @@ class Client:
             names = fitcheck.probe_metrics(rebuilt, x1, y1, sw1)
         except Exception as e:  # the data does not fit the model: Keras' reason, shortened
             raise SpecError([f"data: the model cannot evaluate this data ({type(e).__name__}: {str(e)[:400]})"]) from e
-        d = spec.data
-        has_val = bool(d.has_validation or spec.fit.validation_split > 0)
-        problems = fitcheck.monitor_problems(monitors(spec), names, has_val)
-        if problems:
-            raise SpecError(problems)
+        fitcheck.check_monitors(spec, names)
 
 
 # Keras fit arguments (Keras 2 and 3) that traind does not take, with the reason.
@@ -463,6 +456,11 @@ def _refuse_python_data(x: Any, what: str) -> None:
             f"{what}: a {kind} yields batches from Python code, which traind neither pickles nor runs on its workers; "
             "pass NumPy arrays (or dicts/lists of them), a finite tf.data.Dataset built from tensors, or name a "
             "loader module on the workers' allowlist in a spec (data.loader: 'module:function')"])
+
+
+def _check_client_key(client_key: str | None) -> None:
+    if client_key is not None and not (0 < len(client_key) <= 200):
+        raise SpecError([f"client_key: expected 1-200 characters, received {len(client_key)}"])
 
 
 def _queue_name(spec: JobSpec) -> str:

@@ -9,11 +9,16 @@ True
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import SpecError
 from jobs.refs import ref_problem
+
+if TYPE_CHECKING:
+    from jobs.spec import JobSpec
+    from jobs.storage import Storage
 
 
 def metric_names(train: Iterable[str], has_validation: bool) -> list[str]:
@@ -85,3 +90,136 @@ def probe_metrics(model: Any, x1: Any, y1: Any, sw1: Any = None) -> list[str]:
     logs = model.test_on_batch(x1, y1, sample_weight=sw1, return_dict=True)
     model.reset_metrics()
     return list(logs)
+
+
+# Rebuilding empties Keras' process-wide registry of custom objects for a moment: one rebuild at a time per process
+# (`traind serve` submits from several threads).
+_REBUILD_LOCK = threading.Lock()
+
+
+def rebuild_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upload_bytes: int | None = None,
+                  with_weights: bool = True) -> Any:
+    """The compiled model rebuilt from ``spec`` in safe mode exactly as a fresh worker will rebuild it, or SpecError.
+
+    A fresh worker knows only the custom objects the spec declares, so the ones this process registered (a class
+    decorated with ``register_keras_serializable`` in the notebook) are hidden for the rebuild. ``with_weights=False``
+    skips loading ``model.initial_weights`` (a structural check that needs no access to the uploaded arrays).
+    """
+    import re
+
+    import keras
+
+    from jobs.errors import UserCodeError
+    from jobs.modelio import build_model
+
+    if not with_weights and spec.model.initial_weights:
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"initial_weights": None})})
+    with _REBUILD_LOCK:
+        registry = keras.saving.get_custom_objects()
+        registered = dict(registry)
+        registry.clear()
+        try:
+            return build_model(spec, storage, allowed, max_upload_bytes)
+        except UserCodeError as e:
+            missing = re.search(r"Could not locate (\w+) '([^']+)'", str(e))
+            why = f"Keras could not locate {missing[1]} {missing[2]!r}" if missing else str(e)[:400]
+            raise SpecError([f"model: a worker could not rebuild this model: {why}; declare custom layers, losses, "
+                             "metrics, activations and schedules once with custom_objects={'Name': Class} (from a "
+                             "module under TRAIND_ALLOWED_MODULES)"]) from e
+        finally:
+            registry.clear()
+            registry.update(registered)
+
+
+def _structure(model: Any, single: str, plural: str) -> Any:
+    """``model.input``/``model.output``, or from ``inputs``/``outputs`` where Keras only fills those (a Sequential)."""
+    try:
+        return getattr(model, single)
+    except (AttributeError, ValueError):
+        many = getattr(model, plural, None)
+        return many[0] if many and len(many) == 1 else many
+
+
+def zero_batch(model: Any) -> tuple[Any, Any] | None:
+    """A one-sample ``(x, y)`` batch of zeros shaped from the model's inputs and outputs, for :func:`probe_metrics`
+    when the data is not at hand; None when the model has no known input (a Sequential never built).
+
+    Labels are shaped like their output, except where that output's loss is a sparse one (integer class ids,
+    without the class axis). A failed evaluation leaves a Keras model unusable, so there is one guess, not several.
+    """
+    import json
+
+    import keras
+    import numpy as np
+
+    inputs, outputs = _structure(model, "input", "inputs"), _structure(model, "output", "outputs")
+    if inputs is None or (isinstance(inputs, list) and not inputs) or outputs is None:
+        return None
+    loss = (model.get_compile_config() or {}).get("loss")
+    names = list(getattr(model, "output_names", None) or [])
+
+    def sparse(key: Any, index: int) -> bool:
+        lo = loss.get(key) if isinstance(loss, dict) else \
+            (loss[index] if index < len(loss) else None) if isinstance(loss, (list, tuple)) else loss
+        return "sparse" in json.dumps(lo, default=str).lower()
+
+    def zeros(t: Any, drop_last: bool = False) -> Any:
+        shape = [1] + [d or 1 for d in tuple(t.shape)[1:]]
+        if drop_last:
+            return np.zeros(shape[:-1] if len(shape) > 1 else shape, dtype="int32")
+        return np.zeros(shape, dtype=keras.backend.standardize_dtype(t.dtype))
+
+    x = keras.tree.map_structure(zeros, inputs)
+    if isinstance(outputs, dict):
+        y: Any = {k: zeros(t, sparse(k, i)) for i, (k, t) in enumerate(outputs.items())}
+    elif isinstance(outputs, (list, tuple)):
+        y = [zeros(t, sparse(names[i] if i < len(names) else i, i)) for i, t in enumerate(outputs)]
+    else:
+        y = zeros(outputs, sparse(names[0] if names else None, 0))
+    return x, y
+
+
+def metric_names_without_data(model: Any) -> list[str] | None:
+    """The metric names ``model`` logs, from one evaluation step on a batch of zeros; None when that batch does not
+    fit (labels laid out otherwise than :func:`zero_batch` guesses): then only the data could tell."""
+    batch = zero_batch(model)
+    if batch is None:
+        return None
+    try:
+        # Eager: one step on a throwaway model; tracing it would cost more (and TensorFlow warns about retracing
+        # when a long-lived process such as `traind serve` probes many models).
+        model.jit_compile = False
+        model.run_eagerly = True
+        names = probe_metrics(model, *batch)
+    except Exception:  # unknowable without the data: the caller skips the check rather than refuse a good job
+        return None
+    return names if "loss" in names else None
+
+
+def check_monitors(spec: JobSpec, train_metrics: Iterable[str]) -> None:
+    """Raise SpecError naming every ``monitor`` field the job will never log (with "did you mean")."""
+    from jobs.spec import monitors
+
+    d = spec.data
+    # A loader may or may not return validation data (None): val_* names are then allowed, typos still caught.
+    has_val = bool(d.has_validation is None or d.has_validation or spec.fit.validation_split > 0)
+    problems = monitor_problems(monitors(spec), train_metrics, has_val)
+    if problems:
+        raise SpecError(problems)
+
+
+def check_inline_model(spec: JobSpec, storage: Storage, allowed: Sequence[str]) -> None:
+    """The submit-time check of a spec whose model is an inline Keras ``config``: rebuilt in safe mode as a worker
+    will, and its ``monitor`` fields checked against the metrics it logs. Raises SpecError; nothing is queued.
+
+    A ``builder`` spec is not rebuilt here: that would run the user's model code in the submitting process (a
+    notebook, the CLI, or the ``traind serve`` API with its credentials), which may be slow or need the workers'
+    environment; the allowlist check at validation is what guarantees a worker can import it. The initial weights
+    are not loaded either: the submitting side may not see the storage, and the check is about the architecture.
+    """
+    if spec.model.config is None:
+        return
+    model = rebuild_model(spec, storage, allowed, with_weights=False)
+    names = metric_names_without_data(model)
+    if names is not None:  # otherwise only the data tells the metric names: unchecked until the worker has it
+        check_monitors(spec, names)
