@@ -7,6 +7,11 @@ the queue's ``StartedJobRegistry`` with an infinite score, so RQ's ``cleanup`` n
 it. When the attempt leaves ``running`` (finished, failed, cancelled, requeued) both are removed. traind's lease and
 supervisor, not RQ, decide liveness; this is a view only and every error here is ignored.
 
+No RQ *execution* is recorded in the worker's execution index, on purpose: RQ 3 would then name the job as the
+worker's current job, and rq-dashboard (default pickle serializer) renders a current job's call string by unpickling
+its JSON data, which answers HTTP 500 for the whole workers page. The worker shows as busy; the job shows in its
+queue's started registry. tests/serve/test_rq_dashboard.py runs the real rq-dashboard against this view.
+
 >>> # on_transition(r, "ab12", "running", "queued", attempt=1, worker="host-1")
 """
 
