@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 
 from jobs.errors import StorageError, StorageLocationError, StorageUnavailableError
 from jobs.location import SCHEMES, parse_location
-from jobs.storage import HashingWriter, Storage, validate_key
+from jobs.storage import Storage, validate_key
+from jobs.streams import HashingWriter, PipelinedHashingWriter
 
 log = logging.getLogger("traind.storage")
 T = TypeVar("T")
@@ -124,13 +125,17 @@ class ObjectStorage(Storage):
 
     # -- primitives ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _writer(self, key: str) -> Iterator[HashingWriter]:
+    def _writer(self, key: str, pipelined: bool = False) -> Iterator[HashingWriter]:
         # Spool locally (memory, then a temp file past SPOOL_BYTES) while hashing, then upload the whole object in
         # one retried PUT / multipart upload: a retry needs the bytes again, and a stream cannot be replayed.
         spool = _Spool()
         try:
-            w = HashingWriter(spool)
-            yield w
+            w = PipelinedHashingWriter(spool) if pipelined else HashingWriter(spool)
+            try:
+                yield w
+                w.finish()
+            finally:
+                w.abort()
             self._upload(key, spool)
         finally:
             spool.close()

@@ -26,15 +26,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs.errors import CheckpointError, LimitError, StorageError
+from jobs.streams import HashingWriter, PipelinedHashingWriter
 
 if TYPE_CHECKING:
     import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
-
-if TYPE_CHECKING:
-    import numpy as np  # imported where arrays are handled: job-id checks and keys must not load numpy
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -101,32 +99,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class HashingWriter:
-    """A write-only stream that hashes what passes through (sha256 while writing: no re-read)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self._h = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        mv = memoryview(data).cast("B")
-        self._h.update(mv)
-        self.raw.write(mv)
-        self.size += mv.nbytes
-        return mv.nbytes
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    @property
-    def sha256(self) -> str:
-        return self._h.hexdigest()
-
-
 class UploadCacheLike(Protocol):
     def get(self, digest: str) -> bytes | None: ...
 
@@ -155,7 +127,7 @@ class Storage:
         return super().__new__(cls)
 
     # -- primitives (backends) -----------------------------------------------------------------------------------
-    def _writer(self, key: str) -> contextlib.AbstractContextManager[HashingWriter]:
+    def _writer(self, key: str, pipelined: bool = False) -> contextlib.AbstractContextManager[HashingWriter]:
         raise NotImplementedError
 
     def put_local_file(self, key: str, path: Path) -> str:
@@ -189,15 +161,17 @@ class Storage:
 
     # -- shared --------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[HashingWriter]:
+    def open_write(self, key: str, pipelined: bool = False) -> Iterator[HashingWriter]:
         """Stream an object to ``key``; it appears complete when the block exits cleanly, never torn.
 
         On an exception nothing is published (a local temp file is removed; a multipart upload is aborted).
+        ``pipelined``: hash and write on threads of their own (:class:`jobs.streams.PipelinedHashingWriter`), for
+        large objects such as checkpoints; the chunks written must not change after ``write`` returns.
 
         >>> # with storage.open_write("jobs/j1/ckpt/x.npz") as w: np.savez(w, **arrays)
         >>> # w.sha256, w.size
         """
-        with self._writer(validate_key(key)) as w:
+        with self._writer(validate_key(key), pipelined) as w:
             yield w
 
     def put_bytes(self, key: str, data: bytes) -> str:
@@ -345,7 +319,7 @@ class LocalStorage(Storage):
 
     # -- primitives ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _writer(self, key: str) -> Iterator[HashingWriter]:
+    def _writer(self, key: str, pipelined: bool = False) -> Iterator[HashingWriter]:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.confine(dest)  # again: mkdir cannot have created a way out, but a racing symlink could
@@ -353,8 +327,12 @@ class LocalStorage(Storage):
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                w = HashingWriter(f)
-                yield w
+                w = PipelinedHashingWriter(f) if pipelined else HashingWriter(f)
+                try:
+                    yield w
+                    w.finish()
+                finally:
+                    w.abort()  # after finish() a no-op; on an exception it stops the threads before the unlink
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)

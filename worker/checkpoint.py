@@ -87,7 +87,7 @@ class Checkpoints:
         meta = job_key(self.job_id, fmt.checkpoint_file(name, ".json"))
         try:
             # Object first, then its manifest; neither is visible to resume until commit() records it in Redis.
-            with self.storage.open_write(obj) as w:
+            with self.storage.open_write(obj, pipelined=True) as w:  # crc32, sha256 and the write overlap
                 fmt.write_npz(w, groups)
             manifest = fmt.manifest(epoch=snap.epoch, batch=snap.batch, attempt=self.attempt, name=name,
                                     sha256=w.sha256, size=w.size, metrics=snap.metrics, state=snap.state)

@@ -31,13 +31,13 @@ def test_disk_full_during_a_checkpoint_write(
     calls: list[Path] = []
 
     @contextlib.contextmanager
-    def disk_fills_up(self: LocalStorage, key: str) -> Iterator[Any]:
+    def disk_fills_up(self: LocalStorage, key: str, **kw: Any) -> Iterator[Any]:
         calls.append(Path(key))
         if len(calls) <= 2:
-            with real(self, key) as w:
+            with real(self, key, **kw) as w:
                 yield w
             return
-        with real(self, key) as w:  # the real atomic writer: the failure happens part way through its temp file
+        with real(self, key, **kw) as w:  # the real atomic writer: the failure happens part way through its temp file
             w.write(b"\0" * 4096)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
 
