@@ -28,7 +28,7 @@ log = logging.getLogger("traind.admin")
 LIST_FIELDS = ["id", "name", "state", "queue", "epoch", "epochs", "restarts", "preemptions", "attempt", "best_epoch",
                "best_value", "stopped_early", "worker", "created_at", "updated_at", "started_at", "finished_at",
                "error", "device"]
-_WORKER_INT = ("pid", "jobs_done", "seen")
+_WORKER_INT = ("pid", "jobs_done", "seen", "devices")
 _WORKER_FLOAT = ("rss_mb", "cpu_percent", "gpu_mem_mb")
 
 
@@ -117,7 +117,8 @@ def workers(store: JobStore) -> list[dict[str, Any]]:
 
 
 def queues(store: JobStore) -> list[dict[str, Any]]:
-    """Each traind RQ queue with its depth (messages waiting)."""
+    """Each traind RQ queue with its depth (messages waiting): ``device`` is the name's device segment (``gpu-x2`` for
+    jobs that need 2 devices of one worker), ``kind`` and ``devices`` its parts."""
     from jobs.queue import queue_key  # rq: imported on use, so `traind serve` starts fast
 
     names = sorted(n.decode().removeprefix("rq:queue:") for n in store.r.smembers("rq:queues"))
@@ -127,8 +128,11 @@ def queues(store: JobStore) -> list[dict[str, Any]]:
         pipe.llen(queue_key(n))
     out = []
     for n, depth in zip(names, pipe.execute()):
-        _, q, device, prio = (n.split(".", 3) + ["", "", ""])[:4]
-        out.append({"name": n, "queue": q, "device": device, "priority": prio, "depth": int(depth)})
+        parsed = keys.parse_rq_queue_name(n)
+        if parsed is None:  # not a name traind writes (a hand-made queue under the prefix): shown as it is
+            _, q, device, prio = (n.split(".", 3) + ["", "", ""])[:4]
+            parsed = {"queue": q, "device": device, "kind": device, "devices": 1, "priority": prio}
+        out.append({"name": n, **parsed, "depth": int(depth)})
     return out
 
 

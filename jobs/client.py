@@ -464,4 +464,5 @@ def _check_client_key(client_key: str | None) -> None:
 
 
 def _queue_name(spec: JobSpec) -> str:
-    return keys.rq_queue_name(spec.resources.queue, spec.resources.device, spec.resources.priority)
+    r = spec.resources
+    return keys.rq_queue_name(r.queue, r.device, r.priority, r.gpus)  # only workers with >= gpus devices pop it

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from typing import Any
+
 PREFIX = "traind"
 
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset job_id -> created (ms)
@@ -47,9 +51,47 @@ def worker(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
-def rq_queue_name(queue: str, device: str, priority: str) -> str:
-    """RQ queue for a job: one per (queue, device, priority), e.g. ``traind.default.cpu.high``."""
-    return f"{PREFIX}.{queue}.{device}.{priority}"
+PRIORITIES = ("high", "default", "low")  # the order a worker pops them in
+
+
+def rq_queue_name(queue: str, device: str, priority: str, devices: int = 1) -> str:
+    """RQ queue for a job: one per (queue, device, priority), e.g. ``traind.default.cpu.high``; a job that trains on
+    ``devices`` > 1 devices of one worker (``resources.gpus``) gets its own, ``traind.default.gpu-x2.high``, which only
+    workers with at least that many devices listen on (the name of a one-device queue is unchanged).
+
+    The device part stays one dot-free segment, so every ``traind.<queue>.<device>.<priority>`` parser keeps working.
+    """
+    if devices < 1:
+        raise ValueError(f"devices: expected a count >= 1, received {devices!r}")
+    return f"{PREFIX}.{queue}.{device if devices == 1 else f'{device}-x{devices}'}.{priority}"
+
+
+def worker_queue_names(queues: Sequence[str], device: str, devices: int) -> list[str]:
+    """The RQ queues a worker with ``devices`` devices of kind ``device`` pops, in order: the jobs needing the most
+    devices first (only such a worker can run them), down to one-device jobs; within each, every logical queue's
+    priorities high, default, low.
+
+    >>> worker_queue_names(["default"], "cpu", 2)[:2]
+    ['traind.default.cpu-x2.high', 'traind.default.cpu-x2.default']
+    """
+    if devices < 1:
+        raise ValueError(f"devices: expected a count >= 1, received {devices!r}")
+    return [rq_queue_name(q, device, p, n) for n in range(devices, 0, -1) for q in queues for p in PRIORITIES]
+
+
+def parse_rq_queue_name(name: str) -> dict[str, Any] | None:
+    """``{"queue", "device", "kind", "devices", "priority"}`` of a traind RQ queue name, or None for another name.
+    ``device`` is the name's device segment as written (``gpu-x2``), ``kind`` its device kind (``gpu``).
+
+    >>> parse_rq_queue_name("traind.default.gpu-x2.high")["devices"]
+    2
+    """
+    parts = name.split(".")
+    if len(parts) != 4 or parts[0] != PREFIX:
+        return None
+    m = re.fullmatch(r"([a-z]+)(?:-x([0-9]+))?", parts[2])
+    kind, devices = (m[1], int(m[2] or 1)) if m else (parts[2], 1)
+    return {"queue": parts[1], "device": parts[2], "kind": kind, "devices": devices, "priority": parts[3]}
 
 
 def rq_job_id(job_id: str, attempt: int) -> str:

@@ -27,13 +27,15 @@ from jobs.settings import WorkerSettings
 from jobs.storage import Storage
 from jobs.store import JobStore
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
+from worker.distribute import device_count
 from worker.versions import check_keras
 
 log = logging.getLogger("traind.worker")
 
 
 class Worker:
-    """Pulls from ``traind.<queue>.<device>.<priority>`` queues (high before default before low)."""
+    """Pulls from ``traind.<queue>.<device>.<priority>`` queues (high before default before low), and from the
+    ``<device>-xN`` queues of jobs that need N devices for each N up to this worker's device count."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -56,8 +58,9 @@ class Worker:
             self.storage.check()
         except StorageError as e:  # jobs will fail with this line; the worker still serves (storage may come back)
             log.error("%s", e)
-        self.queues = [keys.rq_queue_name(q, self.device_kind, p) for q in settings.queues
-                       for p in ("high", "default", "low")]
+        # resources.gpus: N jobs wait on their own queues; this worker pops those it has the devices for, most first.
+        self.devices = device_count(self.device_kind)
+        self.queues = keys.worker_queue_names(settings.queues, self.device_kind, self.devices)
         self._stop = threading.Event()
         self._interrupts = 0
         self._own_signals = False  # True once run() handles SIGTERM/SIGINT itself (they then never raise)
@@ -72,8 +75,8 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             self._own_signals = True
-        log.info("worker %s on %s (gpus: %s) serving %s via %s", self.id, self.settings.device, self.gpus,
-                 self.queues, redact_url(self.settings.effective_redis_url()))
+        log.info("worker %s on %s (%d device(s), gpus: %s) serving %s via %s", self.id, self.settings.device,
+                 self.devices, self.gpus, self.queues, redact_url(self.settings.effective_redis_url()))
         backoff = 0.1
         while not self._stop.is_set():
             try:
@@ -127,6 +130,7 @@ class Worker:
         now = self.store.now_ms()
         info = {
             "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "device": self.settings.device,
+            "devices": self.devices,
             "queues": ",".join(self.settings.queues), "rss_mb": round(self._proc.memory_info().rss / 2**20, 1),
             "cpu_percent": self._proc.cpu_percent(None), "jobs_done": self.jobs_done, "seen": now,
         }
