@@ -74,6 +74,21 @@ def _slow_class() -> type:
     return SlowSequential
 
 
+def slow_dense(dim: int = 1024, units: int = 4500, depth: int = 2, batch_delay_s: float = 0.0,
+               learning_rate: float = 1e-5) -> Any:
+    """:func:`big_dense` whose every training batch also sleeps ``batch_delay_s``: an epoch of a chosen length that
+    leaves the CPU free, as device compute does on a GPU (the checkpoint-at-scale benchmark's long rows)."""
+    import keras
+
+    layers: list[Any] = [keras.Input((dim,))]
+    layers += [keras.layers.Dense(units, activation="relu") for _ in range(depth)]
+    layers.append(keras.layers.Dense(1))
+    model = _slow_class()(layers, name="bench_slow_dense")
+    model.batch_delay_s = float(batch_delay_s)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
+    return model
+
+
 def slow_mlp(dim: int = 4, units: int = 16, batch_delay_s: float = 0.05, learning_rate: float = 1e-2) -> Any:
     """A small MLP whose every training batch takes at least ``batch_delay_s`` (it sleeps: light on CPU)."""
     import keras

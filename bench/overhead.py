@@ -114,7 +114,8 @@ def _epoch_clock() -> Any:
 
 def plain_fit(builder: str, model_kw: dict[str, Any], data_kw: dict[str, Any], epochs: int, batch: int,
               validation_split: float, ckpt_path: Path | str | None, save_best_only: bool = True,
-              monitor: str = "val_loss", early_stopping: bool = True, host_copy: bool = False) -> dict[str, Any]:
+              monitor: str = "val_loss", early_stopping: bool = True, host_copy: bool = False,
+              extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Build + load + fit in this process with Keras' own callbacks; times from the builder call on.
 
     ``host_copy``: instead of a checkpoint, only the bare device-to-host copy of the resumable state (weights +
@@ -138,6 +139,7 @@ def plain_fit(builder: str, model_kw: dict[str, Any], data_kw: dict[str, Any], e
                                                        save_weights_only=True))
         if host_copy:
             cbs.append(_HostCopy())
+        cbs += extra_callbacks or []
         if early_stopping:
             cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=epochs, restore_best_weights=True))
         t_fit = time.perf_counter()
