@@ -3,22 +3,34 @@
 Reads are the same calls the CLI makes (``GET /api/v1/jobs/{id}`` is ``traind status --json``); submit goes
 through :meth:`jobs.client.Client.submit` (same validation, same messages, ``client_key`` idempotency).
 
+traind's errors become HTTP answers in one place, :func:`install_error_handlers` (unknown job 404, a state that
+forbids the operation 409, a refused spec 422), so the routes just call the operations.
+
 >>> # httpx.get(f"{base}/api/v1/jobs?state=running", headers={"Authorization": f"Bearer {token}"}).json()
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from fastapi.responses import Response, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from daemon.serve import auth
 from daemon.serve.sse import ALL, EVENTS_TAIL, Hub, encode, stream
 from jobs import admin, keys, ops
-from jobs.errors import IllegalTransitionError, JobFinishedError, JobNotFoundError, SpecError, StorageError
+from jobs.errors import (
+    AmbiguousJobIdError,
+    IllegalTransitionError,
+    JobFinishedError,
+    JobNotFoundError,
+    SpecError,
+    StorageError,
+    TraindError,
+)
 from jobs.ops import summary
 from jobs.states import JobState
 from jobs.storage import validate_job_id
@@ -65,18 +77,49 @@ def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
+# Each traind error a route lets through and the status it answers with. The body is FastAPI's HTTPException shape,
+# {"detail": "<the error's message>"}, which the dashboard (static/app.js) shows and API clients read.
+ERROR_STATUS: dict[type[TraindError], int] = {
+    JobNotFoundError: status.HTTP_404_NOT_FOUND,
+    AmbiguousJobIdError: status.HTTP_409_CONFLICT,
+    JobFinishedError: status.HTTP_409_CONFLICT,  # cancel of a job that already succeeded or failed
+    IllegalTransitionError: status.HTTP_409_CONFLICT,  # e.g. retry of a job that is not failed or cancelled
+}
+
+
+def _answer_with(code: int) -> Callable[[Request, TraindError], Awaitable[JSONResponse]]:
+    async def handler(request: Request, exc: TraindError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    return handler
+
+
+async def _spec_refused(request: Request, exc: SpecError) -> JSONResponse:
+    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, content={"detail": {
+        "error": f"job spec refused ({len(exc.problems)} problem(s)); nothing was submitted",
+        "problems": exc.problems}})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer traind's errors raised by any route: :data:`ERROR_STATUS` with ``{"detail": message}``, and a refused
+    spec (:class:`~jobs.errors.SpecError` and its subclasses) with 422 and every problem found:
+    ``{"detail": {"error": "job spec refused (N problem(s)); nothing was submitted", "problems": [...]}}``."""
+    for exc_type, code in ERROR_STATUS.items():
+        app.add_exception_handler(exc_type, _answer_with(code))
+    app.add_exception_handler(SpecError, _spec_refused)
+
+
 def _jid(job_id: str) -> str:
     try:
         return validate_job_id(job_id)
     except StorageError as e:
+        # mapped here, not by a handler: StorageError also means storage unavailable or a corrupt checkpoint (the
+        # server's problem, a 500); only a malformed id in the path is the request's fault
         raise HTTPException(422, str(e)) from e
 
 
 def _get(request: Request, job_id: str, with_history: bool = True) -> dict[str, Any]:
-    try:
-        return _store(request).get(_jid(job_id), with_history=with_history)
-    except JobNotFoundError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+    return _store(request).get(_jid(job_id), with_history=with_history)
 
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=SubmitResponse)
@@ -86,12 +129,7 @@ def submit(body: SubmitRequest, request: Request, _: Write) -> SubmitResponse:
     before = None
     if body.client_key:
         before = client.r.get(keys.idempotency(body.client_key))
-    try:
-        handle = client.submit(body.spec, client_key=body.client_key)
-    except SpecError as e:
-        raise HTTPException(422, {
-            "error": f"job spec refused ({len(e.problems)} problem(s)); nothing was submitted",
-            "problems": e.problems}) from e
+    handle = client.submit(body.spec, client_key=body.client_key)  # a SpecError answers 422 (_spec_refused)
     return SubmitResponse(id=handle.id, state=handle.state.value, created=before is None)
 
 
@@ -144,24 +182,14 @@ def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, An
 @router.post("/jobs/{job_id}/cancel")
 def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
     """Cancel: a queued job ends now; a running one stops at its next batch boundary."""
-    try:
-        prev = ops.cancel(_store(request), _jid(job_id))
-    except JobNotFoundError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
-    except JobFinishedError as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
+    prev = ops.cancel(_store(request), _jid(job_id))
     return {"id": job_id, "previous": prev.value, "cancel_requested": prev is JobState.RUNNING}
 
 
 @router.post("/jobs/{job_id}/retry")
 def retry(job_id: str, request: Request, _: Write) -> dict[str, Any]:
     """Run a failed or cancelled job again from its checkpoint as a new attempt."""
-    try:
-        attempt = admin.retry(_store(request), _jid(job_id))
-    except JobNotFoundError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
-    except IllegalTransitionError as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
+    attempt = admin.retry(_store(request), _jid(job_id))
     return {"id": job_id, "attempt": attempt, "state": JobState.REQUEUED.value}
 
 

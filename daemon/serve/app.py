@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from daemon.serve import auth
-from daemon.serve.api import router
+from daemon.serve.api import install_error_handlers, router
 from daemon.serve.sse import Hub
 from jobs.errors import ConfigError
 from jobs.redis_conn import connect, connect_async, redact_url
@@ -67,6 +67,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.hub = hub
     app.state.tokens = auth.Tokens(settings)
     app.include_router(router)
+    install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
