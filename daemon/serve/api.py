@@ -95,7 +95,7 @@ def _answer_with(code: int) -> Callable[[Request, TraindError], Awaitable[JSONRe
 
 
 async def _spec_refused(request: Request, exc: SpecError) -> JSONResponse:
-    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, content={"detail": {
+    return JSONResponse(status_code=422, content={"detail": {  # the literal: Starlette renamed the constant
         "error": f"job spec refused ({len(exc.problems)} problem(s)); nothing was submitted",
         "problems": exc.problems}})
 
