@@ -55,11 +55,54 @@ CONFIGS: dict[str, dict[str, Any]] = {
          "variants": ALL[:-1]}]},
     "smoke": {"dim": 32, "depth": 2, "rows": [
         {"label": "small-long", "units": 64, "batch": 32, "steps": 2, "epochs": 3, "kind": "long", "pad": 4.0,
-         "variants": ALL},
-        {"label": "small-short", "units": 64, "batch": 32, "steps": 1, "epochs": 3, "kind": "short",
          "variants": ALL}]},
 }
 GOALS = {"stall_vs_copy_max": 1.2, "stall_vs_keras_max": 0.25, "epoch_vs_no_ckpt_max": 1.10, "bg_vs_raw_min": 0.8}
+
+
+class RssPeak:
+    """Peak RSS of this process while the block runs (psutil, sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, me.memory_info().rss)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> RssPeak:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20) -> float:
+    """Seconds to write ``nbytes`` sequentially (16 MiB chunks) and fsync: the disk's pace for a checkpoint's bytes."""
+    import os
+
+    block = os.urandom(chunk)
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        left = nbytes
+        while left > 0:
+            f.write(block[:min(chunk, left)])
+            left -= chunk
+        f.flush()
+        os.fsync(f.fileno())
+    dt = time.perf_counter() - t0
+    path.unlink()
+    return dt
 
 
 # -- one variant, in its own process --------------------------------------------------------------------------------
@@ -106,7 +149,7 @@ def _keras_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any]
 
 
 def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any]:
-    from bench.overhead import in_process_traind, raw_write
+    from bench.overhead import in_process_traind
     from jobs.client import Client
     from worker.runner import Worker
 
@@ -140,8 +183,6 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
 def child(args_path: str, out_path: str) -> int:
     """Run one variant (``--child``): read its arguments, write its result (peak RSS included) as JSON."""
     import shutil
-
-    from bench.overhead import RssPeak
 
     a = json.loads(Path(args_path).read_text())
     store_dir = Path(a["store_dir"])
@@ -192,7 +233,6 @@ def _row_table(label: str, res: dict[str, dict[str, Any]]) -> list[dict[str, Any
 
 def body(run: u.Run) -> None:
     from bench.models import param_count
-    from bench.overhead import raw_write
 
     c = CONFIGS["smoke" if run.args.smoke else "full"]
     srv = u.start_redis(run)

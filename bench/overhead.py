@@ -7,10 +7,7 @@ subprocess (TensorFlow imported and one untimed job run before timing), submit -
 (A B, B A, ...); medians and the ratio b/a are reported. A third, in-process traind run with timers around the
 worker's pieces gives the breakdown of traind's extra time.
 
-Part 2 (a ~25M-parameter Dense stack, ~100 MB of weights, 2 steps per epoch): per-epoch wall time and the training
-thread's checkpoint stall of Keras' ModelCheckpoint (synchronous, every epoch) against traind (asynchronous
-resumable checkpoint every epoch, plus a synchronous ``best`` export when the monitor improves), with a
-no-checkpoint Keras baseline.
+The checkpoint-bound part (100 MB and 1 GB models) is :mod:`bench.ckpt_scale`.
 
     python -m bench.overhead [--smoke] [--json PATH] [--reps N]
 """
@@ -29,18 +26,6 @@ NAME = "overhead"
 SMALL = {
     "full": {"n": 40_000, "dim": 32, "units": 128, "depth": 2, "batch": 64, "target_s": 10.0, "reps": 3},
     "smoke": {"n": 1_000, "dim": 4, "units": 8, "depth": 1, "batch": 100, "epochs": 2, "reps": 1},
-}
-# Rows of the checkpoint-bound part: 24.9M params (~100 MB of weights, ~300 MB with Adam) and 250M params (~1 GB,
-# ~3 GB with Adam). One step per epoch (the 1 GB row: a batch of 2, so that its epoch is mostly Adam's update of
-# 3 GB of state rather than matrix products this loaded 2-core machine cannot do in minutes).
-# "dir": the storage the checkpoints go to (None: the run's dir on disk).
-BIG = {
-    "full": {"dim": 1024, "depth": 2, "batch": 32, "rows": [
-        {"label": "100MB-disk", "units": 4500, "n": 32, "batch": 32, "epochs": 3, "dir": None},
-        {"label": "100MB-tmpfs", "units": 4500, "n": 32, "batch": 32, "epochs": 3, "dir": "/dev/shm"},
-        {"label": "1GB-tmpfs", "units": 15300, "n": 2, "batch": 2, "epochs": 3, "dir": "/dev/shm"}]},
-    "smoke": {"dim": 32, "depth": 2, "batch": 32, "rows": [
-        {"label": "small-disk", "units": 64, "n": 64, "batch": 32, "epochs": 3, "dir": None}]},
 }
 SEED = 3
 VAL_SPLIT = 0.2
@@ -114,12 +99,11 @@ def _epoch_clock() -> Any:
 
 def plain_fit(builder: str, model_kw: dict[str, Any], data_kw: dict[str, Any], epochs: int, batch: int,
               validation_split: float, ckpt_path: Path | str | None, save_best_only: bool = True,
-              monitor: str = "val_loss", early_stopping: bool = True, host_copy: bool = False,
+              monitor: str = "val_loss", early_stopping: bool = True,
               extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Build + load + fit in this process with Keras' own callbacks; times from the builder call on.
 
-    ``host_copy``: instead of a checkpoint, only the bare device-to-host copy of the resumable state (weights +
-    optimizer variables, what traind's snapshot takes) at each epoch end, timed the same way as the checkpoint.
+    ``extra_callbacks``: more Keras callbacks (``bench.ckpt_scale`` adds its host-copy timer).
     """
     import keras
 
@@ -127,7 +111,6 @@ def plain_fit(builder: str, model_kw: dict[str, Any], data_kw: dict[str, Any], e
 
     with Timers() as t:
         t.wrap(keras.callbacks.ModelCheckpoint, "on_epoch_end", "ckpt")
-        t.wrap(_HostCopy, "on_epoch_end", "ckpt")
         t0 = time.perf_counter()
         keras.utils.set_random_seed(SEED)
         model = getattr(models, builder)(**model_kw)
@@ -137,8 +120,6 @@ def plain_fit(builder: str, model_kw: dict[str, Any], data_kw: dict[str, Any], e
         if ckpt_path is not None:
             cbs.append(keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor=monitor, save_best_only=save_best_only,
                                                        save_weights_only=True))
-        if host_copy:
-            cbs.append(_HostCopy())
         cbs += extra_callbacks or []
         if early_stopping:
             cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=epochs, restore_best_weights=True))
@@ -152,25 +133,6 @@ def plain_fit(builder: str, model_kw: dict[str, Any], data_kw: dict[str, Any], e
     del model
     _release()
     return out
-
-
-class _HostCopy:
-    """A Keras callback taking (and dropping) the bare host copy of the state at each epoch end."""
-
-    def __new__(cls) -> Any:
-        import keras
-
-        from worker.trainer import host_copy
-
-        class HostCopy(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                _HostCopy.on_epoch_end(self, epoch, logs, host_copy)
-
-        return HostCopy()
-
-    @staticmethod
-    def on_epoch_end(cb: Any, epoch: int, logs: Any, fn: Any) -> None:
-        fn(cb.model)
 
 
 def _release() -> None:
@@ -460,161 +422,6 @@ def breakdown(run: u.Run, url: str, storage: Path, client: Any, spec: dict[str, 
     }
 
 
-# -- part 2 ----------------------------------------------------------------------------------------------------------
-VARIANTS = ["keras-none", "host-copy", "keras-every-epoch", "traind-improving", "traind-not-improving",
-            "traind-not-improving-skip"]  # -skip: TRAIND_CHECKPOINT_BACKPRESSURE=skip (default: wait)
-
-
-class RssPeak:
-    """Peak RSS of this process while the block runs (psutil, sampled every 20 ms)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, me.memory_info().rss)
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> RssPeak:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20) -> float:
-    """Seconds to write ``nbytes`` sequentially (16 MiB chunks) and fsync: the disk's pace for a checkpoint's bytes."""
-    import os
-
-    block = os.urandom(chunk)
-    t0 = time.perf_counter()
-    with open(path, "wb") as f:
-        left = nbytes
-        while left > 0:
-            f.write(block[:min(chunk, left)])
-            left -= chunk
-        f.flush()
-        os.fsync(f.fileno())
-    dt = time.perf_counter() - t0
-    path.unlink()
-    return dt
-
-
-def _big_variant(v: str, c: dict[str, Any], row: dict[str, Any], url: str, store_dir: Path, client: Any
-                 ) -> dict[str, Any]:
-    import shutil
-
-    from worker.runner import Worker
-
-    mkw = {"dim": c["dim"], "units": row["units"], "depth": c["depth"], "learning_rate": 1e-5}
-    dkw = {"n": row["n"], "dim": c["dim"], "seed": 0}
-    out: dict[str, Any] = {}
-    with RssPeak() as rss:
-        if not v.startswith("traind"):
-            path = store_dir / "keras" / "ckpt.weights.h5" if v == "keras-every-epoch" else None
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            p = plain_fit("big_dense", mkw, dkw, row["epochs"], row["batch"], 0.0, path, save_best_only=False,
-                          monitor="loss", early_stopping=False, host_copy=v == "host-copy")
-            ep = p["epoch_s"][1:]
-            stall = p["ckpt_stall_s"][1:] if v != "keras-none" else [0.0] * len(ep)
-            out = {"epoch_s": ep, "stall_s": stall, "total_s": p["total_s"]}
-        else:
-            ckpt: dict[str, Any] = {"monitor": "loss", "save_best_only": True, "save_weights_only": True}
-            if v.startswith("traind-not-improving"):
-                ckpt["initial_value_threshold"] = 0.0  # never improves: only the resumable checkpoint is written
-            spec = {"name": f"ckpt-{row['label']}",
-                    "model": {"builder": "bench.models:big_dense", "builder_kwargs": mkw},
-                    "data": {"loader": "bench.models:regression_data", "loader_kwargs": dkw},
-                    "fit": {"epochs": row["epochs"], "batch_size": row["batch"], "shuffle": False, "seed": SEED},
-                    "checkpoint": ckpt, "max_restarts": 0}
-            policy = "skip" if v.endswith("-skip") else "wait"
-            w = Worker(u.worker_settings(url, store_dir, burst=True, dequeue_timeout_s=0.05,
-                                         checkpoint_backpressure=policy))
-            rec, t, trainer = in_process_traind(w, client, spec)
-            ck = trainer.ckpts
-            hist = [e["time_s"] for e in rec["history"]]
-            ends = t.durations("Trainer._on_epoch_end")
-            nbytes = max(ck.written_bytes) if ck.written_bytes else 0
-            raw_s = raw_write(store_dir / "raw-write.tmp", nbytes) if nbytes else None
-            bg = [b / s for b, s in zip(ck.written_bytes, ck.write_s)]
-            # time_s of epoch e includes the checkpoint hook of epoch e-1: epochs 2.. compare with Keras' epochs 2..
-            out = {"epoch_s": hist[1:], "stall_s": ends[1:], "ckpt_s": ck.stall_s[1:],
-                   "snapshot_s": t.durations("Trainer._snapshot")[1:], "skipped_epochs": trainer.skipped_epochs,
-                   "ckpt_epochs": sorted(m["epoch"] for m in client.store.checkpoints(rec["id"]).values()),
-                   "bg_write_s": ck.write_s, "bg_bytes": ck.written_bytes, "bg_mb_s": [x / 1e6 for x in bg],
-                   "raw_write_s": raw_s, "raw_mb_s": nbytes / raw_s / 1e6 if raw_s else None,
-                   "total_s": rec["wall_s"], "finish_s": t.total("Trainer._finish")}
-        _release()
-    out["peak_rss_mb"] = rss.peak / 1e6
-    out["load"] = u.loadavg()
-    shutil.rmtree(store_dir / "jobs", ignore_errors=True)
-    shutil.rmtree(store_dir / "keras", ignore_errors=True)
-    return out
-
-
-def part_big(run: u.Run, url: str, storage: Path, client: Any) -> None:
-    """Checkpoint-bound rows: per-checkpoint training-thread stall vs the bare host copy and vs Keras' synchronous
-    ModelCheckpoint, epoch time vs checkpoint-free, background write throughput vs a raw write, peak RSS."""
-    from bench.models import param_count
-
-    c = BIG["smoke" if run.args.smoke else "full"]
-    results: list[dict[str, Any]] = []
-    table: list[dict[str, Any]] = []
-    for row in c["rows"]:
-        if run.args.rows and row["label"] not in run.args.rows.split(","):
-            continue
-        store_dir = Path(row["dir"]) / f"traind-bench-{run.dir.name}" if row.get("dir") else storage / row["label"]
-        store_dir.mkdir(parents=True, exist_ok=True)
-        run.on_exit(lambda d=store_dir: __import__("shutil").rmtree(d, ignore_errors=True))
-        params = param_count(c["dim"], row["units"], c["depth"])
-        res: dict[str, dict[str, Any]] = {}
-        for v in VARIANTS:
-            res[v] = _big_variant(v, c, row, url, store_dir, client)
-            print(f"  {row['label']} {v}: epoch {u.median(res[v]['epoch_s']):.2f} s, stall "
-                  f"{u.median(res[v]['stall_s']):.3f} s, load {res[v]['load']}", flush=True)
-        base = u.median(res["keras-none"]["epoch_s"])
-        copy = u.median(res["host-copy"]["stall_s"])
-        keras_stall = u.median(res["keras-every-epoch"]["stall_s"])
-        for v in VARIANTS:
-            r = res[v]
-            st = u.median(r["stall_s"])
-            table.append({
-                "row": row["label"], "variant": v, "epoch_s": u.median(r["epoch_s"]),
-                "epoch_vs_no_ckpt": u.ratio(u.median(r["epoch_s"]), base), "stall_s": st,
-                "stall_vs_copy": u.ratio(st, copy) if v != "keras-none" else None,
-                "stall_vs_keras": u.ratio(st, keras_stall) if v != "keras-none" else None,
-                "skipped": len(r["skipped_epochs"]) if "skipped_epochs" in r else None,
-                "bg_write_s": u.median(r["bg_write_s"]) if r.get("bg_write_s") else None,
-                "bg_vs_raw": u.ratio(u.median(r["bg_mb_s"]), r["raw_mb_s"]) if r.get("bg_mb_s") else None,
-                "peak_rss_gb": r["peak_rss_mb"] / 1000, "load1": r["load"][0]})
-        results.append({"row": row, "params": params, "weights_mb": params * 4 / 1e6, "state_mb": params * 12 / 1e6,
-                        "storage": str(store_dir), "runs": res})
-    desc = "; ".join(f"{x['row']['label']}: {x['params'] / 1e6:.0f}M params, {x['weights_mb']:.0f} MB weights, "
-                     f"{x['state_mb']:.0f} MB with Adam, {x['row']['n'] // x['row']['batch']} step(s)/epoch of "
-                     f"{x['row']['batch']} samples, "
-                     f"{x['row']['epochs']} epochs, storage {x['row'].get('dir') or 'disk'}" for x in results)
-    run.table(f"checkpoint-bound models ({desc}); epochs 2.. timed, medians; stall = training thread's time in "
-              "checkpoint code at an epoch end (traind: its whole epoch-end hook); skipped = non-improving epochs "
-              "not checkpointed because the previous write was still running (backpressure); load1 = 1-min load "
-              "average after the variant", table,
-              ["row", "variant", "epoch_s", "epoch_vs_no_ckpt", "stall_s", "stall_vs_copy", "stall_vs_keras",
-               "skipped", "bg_write_s", "bg_vs_raw", "peak_rss_gb", "load1"])
-    run.results["big"] = {"config": c, "rows": table, "runs": results,
-                          "goals": {"stall_vs_copy_max": 1.2, "stall_vs_keras_max": 0.25, "epoch_vs_no_ckpt_max": 1.10,
-                                    "bg_vs_raw_min": 0.8}}
-
-
 def body(run: u.Run) -> None:
     srv = u.start_redis(run)
     storage = run.dir / "storage"
@@ -623,17 +430,11 @@ def body(run: u.Run) -> None:
     from jobs.client import Client
 
     client = Client(settings=u.client_settings(srv.url, storage))
-    if not run.args.skip_small:
-        part_small(run, srv.url, storage, procs, client)
-    if not run.args.skip_big:
-        part_big(run, srv.url, storage, client)
+    part_small(run, srv.url, storage, procs, client)
 
 
 def add_args(p: Any) -> None:
     p.add_argument("--reps", type=int, default=None, help="repetitions of each variant")
-    p.add_argument("--skip-small", action="store_true")
-    p.add_argument("--skip-big", action="store_true")
-    p.add_argument("--rows", default=None, help="checkpoint-bound rows to run, comma-separated labels")
 
 
 def main(argv: list[str] | None = None) -> int:

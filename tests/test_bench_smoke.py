@@ -35,6 +35,17 @@ def _check_overhead(r: dict[str, Any]) -> None:
     assert r["breakdown"]["rows"] and len(r["breakdown"]["history_time_s"]) == r["breakdown"]["epochs"]
 
 
+def _check_ckpt_scale(r: dict[str, Any]) -> None:
+    rows = {row["variant"]: row for row in r["rows"]}
+    assert set(rows) == {"keras-none", "host-copy", "keras-every-epoch", "traind-improving", "traind-not-improving",
+                         "traind-not-improving-skip"}, rows
+    assert all(_pos(row["epoch_s"]) and row["peak_rss_gb"] > 0 for row in rows.values())
+    for v in ("traind-improving", "traind-not-improving"):
+        assert _pos(rows[v]["stall_s"]) and _pos(rows[v]["bg_write_s"]) and _pos(rows[v]["bg_vs_raw"]), rows[v]
+    run = r["runs"][0]["runs"]
+    assert run["traind-improving"]["ckpt_epochs"] and run["traind-improving"]["best_epoch"] >= 1
+
+
 def _check_resume(r: dict[str, Any]) -> None:
     assert r["reps"] and all(_pos(x["total_s"]) and x["batch_seen"] >= 1 for x in r["reps"])
     assert _pos(r["model_load"]["model_load_s"])
@@ -84,6 +95,7 @@ BENCHES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("queue", [], _check_queue),
     ("memory", [], _check_memory),
     ("overhead", [], _check_overhead),
+    ("ckpt_scale", [], _check_ckpt_scale),  # one variant per process: six short TensorFlow processes
     ("resume", [], _check_resume),
     ("work_lost", [], _check_work_lost),
     ("detection", ["--rq-cap-s", "3"], _check_detection),
