@@ -52,13 +52,7 @@ def _jobs(client: Any, n: int, label: str, timeout: float = 600) -> list[dict[st
 
 
 def body(run: u.Run) -> None:
-    srv = u.start_redis(run)
-    storage = run.dir / "storage"
-    procs = u.Procs(run.dir / "logs")
-    run.on_exit(procs.close)
-    from jobs.client import Client
-
-    client = Client(settings=u.client_settings(srv.url, storage))
+    url, storage, procs, client = u.start_stack(run)
     n = 2 if run.args.smoke else run.args.jobs
     for i in range(run.args.burners):
         procs.start([sys.executable, "-c", BURN], name=f"burner{i}")
@@ -67,10 +61,10 @@ def body(run: u.Run) -> None:
     res: dict[str, list[dict[str, Any]]] = {}
     for label, root in sides:
         if root is None:
-            wp = procs.worker(srv.url, storage, name=f"worker-{label}")
+            wp = procs.worker(url, storage, name=f"worker-{label}")
         else:
             log = open(run.dir / "logs" / f"worker-{label}.log", "wb")  # noqa: SIM115 - owned by the child
-            wp = subprocess.Popen([sys.executable, "-m", "daemon.cli", "worker", "--redis-url", srv.url, "--storage",
+            wp = subprocess.Popen([sys.executable, "-m", "daemon.cli", "worker", "--redis-url", url, "--storage",
                                    str(storage)], cwd=root, env=u.child_env({"PYTHONPATH": f"{root}:{u.ROOT}"}),
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()

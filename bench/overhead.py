@@ -423,14 +423,8 @@ def breakdown(run: u.Run, url: str, storage: Path, client: Any, spec: dict[str, 
 
 
 def body(run: u.Run) -> None:
-    srv = u.start_redis(run)
-    storage = run.dir / "storage"
-    procs = u.Procs(run.dir / "logs")
-    run.on_exit(procs.close)
-    from jobs.client import Client
-
-    client = Client(settings=u.client_settings(srv.url, storage))
-    part_small(run, srv.url, storage, procs, client)
+    st = u.start_stack(run)
+    part_small(run, st.url, st.storage, st.procs, st.client)
 
 
 def add_args(p: Any) -> None:
