@@ -12,7 +12,6 @@ Imports TensorFlow lazily.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -84,11 +83,7 @@ def save_dataset(ds: Any, storage: Storage, what: str = "x", max_bytes: int | No
     data = buf.getvalue()
     if max_bytes is not None and len(data) > max_bytes:
         raise LimitError([f"{what}: the saved Dataset is {len(data)} bytes, over TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
-    digest = hashlib.sha256(data).hexdigest()
-    key = dataset_key(digest)
-    if not storage.exists(key):  # content-addressed: an existing object with this name has this content
-        storage.put_bytes(key, data)
-    return digest
+    return storage.put_content_addressed(data, dataset_key)
 
 
 def local_dir() -> Path:

@@ -223,9 +223,14 @@ class Storage:
         data = buf.getvalue()
         if max_bytes is not None and len(data) > max_bytes:
             raise LimitError([f"upload: {len(data)} bytes exceeds TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
+        return self.put_content_addressed(data, upload_key)
+
+    def put_content_addressed(self, data: bytes, key_of: Callable[[str], str]) -> str:
+        """Store ``data`` under ``key_of(<its sha256>)`` and return the sha256; an existing object with that name is
+        kept (content-addressed: it has this content), so uploading the same content twice writes once."""
         digest = hashlib.sha256(data).hexdigest()
-        key = upload_key(digest)
-        if not self.exists(key):  # content-addressed: an existing object with this name has this content
+        key = key_of(digest)
+        if not self.exists(key):
             self.put_bytes(key, data)
         return digest
 
