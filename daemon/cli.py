@@ -157,10 +157,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from jobs.ops import summary
+    from jobs.ops import placement_note, summary
 
     store = _store(args)
     st = store.get(_resolve(store, args.job), with_history=not args.spec)
+    if not args.spec and (note := placement_note(store.r, st)):
+        st["note"] = note
     if args.spec:
         _print_json(st.get("spec") or {})
     elif args.json:

@@ -246,7 +246,7 @@ def status_block(status: Mapping[str, Any]) -> str:
                      " ".join(f"{clean(k)}={fmt_num(v)}" for k, v in last.items() if k != "epoch")))
     rows.append(("worker", clean(status.get("worker") or "-")))
     rows.append(("queue", clean(status.get("queue") or "-")))
-    for key in ("reason", "error"):
+    for key in ("reason", "error", "note"):
         if status.get(key):
             rows.append((key, clean(status[key])))
     rows.append(("created", fmt_ts(status.get("created_at"))))

@@ -58,6 +58,39 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def placement_note(r: redis.Redis, status: dict[str, Any]) -> str | None:
+    """Why a queued job may wait longer than usual: it needs N devices of one worker (``resources.gpus: N``) and no
+    live worker has that many; None otherwise (also for every job that needs one device).
+
+    >>> # placement_note(r, store.get(job_id))
+    >>> # 'waits for a worker with 2 gpu devices (resources.gpus: 2): the 3 live gpu workers have at most 1; ...'
+    """
+    if status.get("state") != JobState.QUEUED.value:
+        return None
+    parsed = keys.parse_rq_queue_name(str(status.get("queue") or ""))
+    if parsed is None or parsed["devices"] <= 1:
+        return None
+    need, kind = parsed["devices"], parsed["kind"]
+    ids = r.zrange(keys.WORKERS, 0, -1)
+    pipe = r.pipeline(transaction=False)
+    for wid in ids:
+        pipe.hmget(keys.worker(wid.decode() if isinstance(wid, bytes) else str(wid)), "device", "devices")
+    counts = []
+    for device, devices in pipe.execute():
+        if device is None:
+            continue  # a registry entry whose hash expired: not a live worker
+        if (device.decode() if isinstance(device, bytes) else str(device)).startswith(kind):
+            try:
+                counts.append(int(devices or 1))
+            except ValueError:
+                counts.append(1)
+    if any(n >= need for n in counts):
+        return None
+    have = f"the {len(counts)} live {kind} workers have at most {max(counts)}" if counts else "none is live"
+    start = "traind worker --device gpu:0,1,..." if kind == "gpu" else f"TRAIND_LOGICAL_CPUS={need} traind worker"
+    return f"waits for a worker with {need} {kind} devices (resources.gpus: {need}): {have}; start one with `{start}`"
+
+
 def cancel(store: JobStore, job_id: str) -> JobState:
     """Cancel a job; returns the state it was in. A queued job ends now; a running one is flagged and stops at its
     next batch boundary, keeping its checkpoints; cancelling a cancelled job again is a no-op.

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from daemon import render
 from jobs import admin, keys
 from jobs.client import Client
+from jobs.ops import placement_note
 from jobs.queue import pop, queue_contents
 from jobs.settings import WorkerSettings
 from tests.conftest import Procs, log_of, wait_for
@@ -69,13 +71,21 @@ def test_one_device_worker_leaves_the_two_device_job_to_a_two_device_worker(
     assert w.devices == 1 and not any("-x" in q for q in w.queues), w.queues  # this process: one CPU device
     w.register()
     assert [x["devices"] for x in admin.workers(client.store)] == [1]  # shown by `traind workers --json`
+    # `traind status` says why the job waits (the only live worker has one device) and how to start one that fits
+    note = placement_note(client.r, two.status())
+    assert note == ("waits for a worker with 2 cpu devices (resources.gpus: 2): the 1 live cpu workers have at most 1; "
+                    "start one with `TRAIND_LOGICAL_CPUS=2 traind worker`"), note
+    assert "note" in render.status_block({**two.status(), "note": note})
+    assert placement_note(client.r, one.status()) is None
     w.run()
     assert one.status()["state"] == "succeeded" and two.status()["state"] == "queued"
     [waiting] = [q for q in admin.queues(client.store) if q["depth"]]
     assert (waiting["device"], waiting["kind"], waiting["devices"]) == ("cpu-x2", "cpu", 2)
+    assert "none is live" in (placement_note(client.r, two.status()) or "")  # the burst worker has left
 
     p = procs.worker(redis_url, storage_dir, "--burst", env={"TRAIND_LOGICAL_CPUS": "2"}, name="w2")
     st = wait_for(lambda: (s := two.status())["state"] in ("succeeded", "failed") and s, 180, "the 2-device job")
     assert st["state"] == "succeeded", (st.get("error"), log_of(p))
+    assert placement_note(client.r, st) is None
     assert any("MirroredStrategy" in e.get("msg", "") for e in two.events()), two.events()
     assert p.wait(60) == 0, log_of(p)  # a burst worker: nothing left that it could run
