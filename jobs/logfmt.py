@@ -11,9 +11,14 @@ claim, epoch, checkpoint, requeue, finish and failure in the process that made t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -44,3 +49,51 @@ def apply_from_env() -> None:
             h.setFormatter(JsonFormatter())
     elif fmt != "text":
         raise ValueError(f"TRAIND_LOG_FORMAT: expected 'text' or 'json', received {fmt!r}")
+
+
+_NATIVE_LEVEL = re.compile(r"^(?:(?P<glog>[IWEF])\d{4} |(?P<word>WARNING|ERROR|INFO):)")
+_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL,
+           "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def is_json() -> bool:
+    return os.environ.get("TRAIND_LOG_FORMAT", "text").strip().lower() == "json"
+
+
+@contextlib.contextmanager
+def native_stderr_logged(logger: str = "tensorflow") -> Iterator[None]:
+    """In JSON log mode, log what native code writes straight to file descriptor 2 while the block runs.
+
+    TensorFlow 2.21 prints its start-up lines from C++ before absl's logging is initialised ("WARNING: All log
+    messages before absl::InitializeLog() ...", "I0000 ... oneDNN custom operations are on"), whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says, which breaks a log shipper that expects one JSON object per line. Around
+    ``import tensorflow`` the descriptor points at a temporary file; afterwards each line is logged (level from its
+    glog-style prefix) and the descriptor restored. Lines that are JSON already (traind's own records written
+    meanwhile) pass through as they are. In text mode this does nothing.
+
+    >>> with native_stderr_logged():
+    ...     pass
+    """
+    if not is_json():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            log, level = logging.getLogger(logger), logging.WARNING
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.startswith("{"):
+                    sys.stderr.write(line + "\n")
+                elif line.strip():
+                    if m := _NATIVE_LEVEL.match(line):
+                        level = _LEVELS[m["glog"] or m["word"]]  # a line without a prefix continues the one before
+                    log.log(level, line, extra={"native": True})
+            sys.stderr.flush()

@@ -21,6 +21,7 @@ import redis
 from jobs import keys, rqview
 from jobs.delivery import reject
 from jobs.errors import StorageError
+from jobs.logfmt import native_stderr_logged
 from jobs.queue import pop
 from jobs.redis_conn import connect, redact_url
 from jobs.settings import WorkerSettings
@@ -41,7 +42,8 @@ class Worker:
         self.settings = settings
         self.device_kind = "gpu" if settings.device.startswith("gpu") else "cpu"
         pin_device(settings.device)  # before TensorFlow is imported anywhere in this process
-        import tensorflow  # noqa: F401 - warm: paid once per worker, never per job
+        with native_stderr_logged():  # TRAIND_LOG_FORMAT=json: TensorFlow's C++ start-up lines as JSON records too
+            import tensorflow  # noqa: F401 - warm: paid once per worker, never per job
 
         check_keras()  # before taking any job: safe mode's protections need a recent Keras
 
