@@ -21,9 +21,11 @@ about. A ``short`` row trains one unpadded step per epoch, shorter than the writ
 (``wait`` slows training to the disk's pace; ``skip`` keeps the pace and checkpoints every other epoch).
 
 stall = the training thread's time in checkpoint code at an epoch end (traind: its whole epoch-end hook, including
-its Redis updates); epochs 2.. are timed (the first one traces the step). The background write (pack, sha256, write,
-fsync) is compared with a raw sequential write + fsync of the same number of bytes to the same disk, in the same
-process right after the job.
+its Redis updates); epochs 2.. are timed (the first one traces the step). The background writes (pack, sha256,
+write, fsync, during training) are compared with a raw sequential write + fsync of the same arrays to the same disk,
+in the same process right after the job, three times, alternating with the same checkpoint writer alone (no training
+beside it): this disk's pace varies several-fold from one write to the next, so the interleaved medians are what
+compares.
 
     python -m bench.ckpt_scale [--rows 100MB-long,100MB-short,1GB-long] [--smoke] [--json PATH]
 """
@@ -51,7 +53,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
          "variants": ALL},
         # 250M params: a batch of 2, one step, so that the unpadded work is Adam's update of 3 GB, not matrix
         # products a 2-core machine needs minutes for; -skip left out (the long row never skips).
-        {"label": "1GB-long", "units": 15300, "batch": 2, "steps": 1, "epochs": 3, "kind": "long", "pad": 3.0,
+        {"label": "1GB-long", "units": 15300, "batch": 2, "steps": 1, "epochs": 4, "kind": "long", "pad": 3.0,
          "variants": ALL[:-1]}]},
     "smoke": {"dim": 32, "depth": 2, "rows": [
         {"label": "small-long", "units": 64, "batch": 32, "steps": 2, "epochs": 3, "kind": "long", "pad": 4.0,
@@ -87,22 +89,43 @@ class RssPeak:
         self._t.join()
 
 
-def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20) -> float:
-    """Seconds to write ``nbytes`` sequentially (16 MiB chunks) and fsync: the disk's pace for a checkpoint's bytes."""
+def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20, arrays: list[Any] | None = None) -> float:
+    """Seconds to write ``nbytes`` sequentially (16 MiB chunks) and fsync: the disk's pace for a checkpoint's bytes.
+    With ``arrays``: their bytes (a snapshot's), written straight from them, instead of a repeated random block."""
     import os
 
-    block = os.urandom(chunk)
+    block = memoryview(os.urandom(chunk))
+    pieces = ([memoryview(a).cast("B") for a in arrays] if arrays is not None
+              else [block[:min(chunk, nbytes - i)] for i in range(0, nbytes, chunk)])
     t0 = time.perf_counter()
     with open(path, "wb") as f:
-        left = nbytes
-        while left > 0:
-            f.write(block[:min(chunk, left)])
-            left -= chunk
+        for mv in pieces:
+            for i in range(0, mv.nbytes, chunk):
+                f.write(mv[i:i + chunk])
         f.flush()
         os.fsync(f.fileno())
     dt = time.perf_counter() - t0
     path.unlink()
     return dt
+
+
+def _idle_vs_raw(storage: Any, store_dir: Path, groups: dict[str, list[Any]], reps: int = 3
+                 ) -> tuple[list[float], list[float]]:
+    """The checkpoint writer alone (no training beside it) and a raw write of the same arrays, alternating ``reps``
+    times: (writer seconds, raw seconds). The disk's pace varies several-fold from one write to the next here, so
+    only interleaved medians compare."""
+    from jobs import ckpt_format as fmt
+
+    arrays = [a for g in groups.values() for a in g]
+    writer, raw = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        with storage.open_write("bench/idle-write.npz", pipelined=True) as w:
+            fmt.write_npz(w, groups)
+        writer.append(time.perf_counter() - t0)
+        storage.delete("bench/idle-write.npz")
+        raw.append(raw_write(store_dir / "raw-write.tmp", 0, arrays=arrays))
+    return writer, raw
 
 
 # -- one variant, in its own process --------------------------------------------------------------------------------
@@ -167,7 +190,10 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
     rec, t, trainer = in_process_traind(w, client, spec)
     ck = trainer.ckpts
     nbytes = max(ck.written_bytes)
-    raws = [raw_write(store_dir / "raw-write.tmp", nbytes) for _ in range(3)]  # the disk is noisy: a median of 3
+    groups: dict[str, list[Any]] = {"w": [], "o": []}
+    for (g, _), buf in trainer.host._pool.items():  # the last snapshot's host buffers: the bytes each write wrote
+        groups[g].append(buf)
+    idle, raws = _idle_vs_raw(ck.storage, store_dir, groups)
     raw_s = u.median(raws)
     ckpts = client.store.checkpoints(rec["id"])
     # time_s of epoch e includes the epoch-end hook of epoch e-1: epochs 2.. compare with Keras' epochs 2..
@@ -177,6 +203,7 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
             "bg_write_s": ck.write_s, "bg_bytes": ck.written_bytes,
             "bg_mb_s": [b / s / 1e6 for b, s in zip(ck.written_bytes, ck.write_s)],
             "raw_write_s": raw_s, "raw_write_reps_s": raws, "raw_mb_s": nbytes / raw_s / 1e6,
+            "idle_write_reps_s": idle, "idle_vs_raw": raw_s / u.median(idle),
             "finish_s": t.total("Trainer._finish"), "total_s": rec["wall_s"], "best_epoch": rec.get("best_epoch")}
 
 
@@ -226,7 +253,7 @@ def _row_table(label: str, res: dict[str, dict[str, Any]]) -> list[dict[str, Any
             "stall_vs_keras": u.ratio(st, keras_stall) if v != "keras-none" else None,
             "skipped": len(r["skipped_epochs"]) if "skipped_epochs" in r else None,
             "bg_write_s": u.median(r["bg_write_s"]) if r.get("bg_write_s") else None,
-            "bg_vs_raw": u.ratio(bg, r["raw_mb_s"]) if bg else None,
+            "bg_vs_raw": u.ratio(bg, r["raw_mb_s"]) if bg else None, "idle_vs_raw": r.get("idle_vs_raw"),
             "peak_rss_gb": r["peak_rss_gb"], "load1": r["load"][0]})
     return rows
 
@@ -274,10 +301,12 @@ def body(run: u.Run) -> None:
     run.table(f"checkpoint-bound models, each variant in its own process, checkpoints on disk ({desc}); epochs 2.. "
               "timed, medians; stall = training thread's time in checkpoint code at an epoch end (traind: its whole "
               "epoch-end hook); stall_vs_copy: vs the bare copy into reused host buffers; skipped = non-improving "
-              "epochs not checkpointed because the previous write was still running (policy skip); load1 = 1-min "
-              "load average after the variant", table,
+              "epochs not checkpointed because the previous write was still running (policy skip); bg_vs_raw = the "
+              "background writes' throughput during training / a raw write + fsync of the same arrays; idle_vs_raw = "
+              "the same writer with no training beside it / raw, interleaved, medians of 3; load1 = 1-min load "
+              "average after the variant", table,
               ["row", "variant", "epoch_s", "epoch_vs_no_ckpt", "stall_s", "stall_vs_copy", "stall_vs_keras",
-               "skipped", "bg_write_s", "bg_vs_raw", "peak_rss_gb", "load1"])
+               "skipped", "bg_write_s", "bg_vs_raw", "idle_vs_raw", "peak_rss_gb", "load1"])
 
 
 def add_args(p: Any) -> None:

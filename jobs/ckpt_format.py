@@ -136,11 +136,17 @@ def pack(groups: dict[str, list[np.ndarray] | None]) -> bytes:
     return buf.getvalue()
 
 
+CHUNK_BYTES = 16 * 2**20  # what an array's data is written in: bounded pieces for the stream's queues
+
+
 def write_npz(stream: Any, groups: dict[str, list[np.ndarray] | None]) -> None:
     """Stream the same ``.npz`` as :func:`pack` into a write-only ``stream`` (a :class:`jobs.storage.HashingWriter`).
 
     No copy of the whole archive is built in memory: ``zipfile`` writes each member as it goes (data descriptors,
-    as the stream cannot seek) and numpy writes an array in 16 MiB chunks.
+    as the stream cannot seek). A C-contiguous array's data goes out as ``memoryview`` slices of the array itself,
+    16 MiB each, with no copy (numpy's own ``write_array`` copies each chunk twice, through ``nditer`` and
+    ``tobytes``); the arrays must therefore stay unchanged until the stream is finished, as a snapshot's host buffers
+    do (:meth:`worker.checkpoint.Checkpoints.offer` copies into them only once the previous write is done).
 
     >>> buf = io.BytesIO(); write_npz(buf, {"w": [np.ones(3)]}); unpack(buf.getvalue())["w"][0].tolist()
     [1.0, 1.0, 1.0]
@@ -148,7 +154,22 @@ def write_npz(stream: Any, groups: dict[str, list[np.ndarray] | None]) -> None:
     with zipfile.ZipFile(stream, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, a in _named(groups).items():
             with zf.open(name + ".npy", "w", force_zip64=True) as member:  # what np.savez writes, streamed
-                np.lib.format.write_array(member, a, allow_pickle=False)
+                _write_npy(member, a)
+
+
+def _write_npy(member: Any, a: np.ndarray) -> None:
+    header = np.lib.format.header_data_from_array_1_0(a)
+    if a.dtype.hasobject or not a.flags.c_contiguous or a.ndim == 0 or not a.size:
+        np.lib.format.write_array(member, a, allow_pickle=False)  # rare: numpy's own path (copies, or refuses)
+        return
+    try:
+        np.lib.format.write_array_header_1_0(member, header)  # the version write_array picks for such arrays
+    except ValueError:  # a header too long for format 1.0 (a huge structured dtype): numpy's own path
+        np.lib.format.write_array(member, a, allow_pickle=False)
+        return
+    data = memoryview(a).cast("B")
+    for i in range(0, data.nbytes, CHUNK_BYTES):
+        member.write(data[i:i + CHUNK_BYTES])
 
 
 def checkpoint_export_record(m: dict[str, Any]) -> dict[str, Any]:

@@ -130,7 +130,7 @@ class ObjectStorage(Storage):
         # one retried PUT / multipart upload: a retry needs the bytes again, and a stream cannot be replayed.
         spool = _Spool()
         try:
-            w = PipelinedHashingWriter(spool) if pipelined else HashingWriter(spool)
+            w = PipelinedHashingWriter(spool, copy=False) if pipelined else HashingWriter(spool)
             try:
                 yield w
                 w.finish()

@@ -165,8 +165,9 @@ class Storage:
         """Stream an object to ``key``; it appears complete when the block exits cleanly, never torn.
 
         On an exception nothing is published (a local temp file is removed; a multipart upload is aborted).
-        ``pipelined``: hash and write on threads of their own (:class:`jobs.streams.PipelinedHashingWriter`), for
-        large objects such as checkpoints; the chunks written must not change after ``write`` returns.
+        ``pipelined``: hash and write on threads of their own (:class:`jobs.streams.PipelinedHashingWriter`, no copy
+        of the chunks), for large objects such as checkpoints; the buffers written must not change until the block
+        exits.
 
         >>> # with storage.open_write("jobs/j1/ckpt/x.npz") as w: np.savez(w, **arrays)
         >>> # w.sha256, w.size
@@ -332,7 +333,7 @@ class LocalStorage(Storage):
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                w = PipelinedHashingWriter(f) if pipelined else HashingWriter(f)
+                w = PipelinedHashingWriter(f, copy=False) if pipelined else HashingWriter(f)
                 try:
                     yield w
                     w.finish()

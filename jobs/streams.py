@@ -60,13 +60,16 @@ class PipelinedHashingWriter(HashingWriter):
     """:class:`HashingWriter` whose sha256 and writes run on two threads, overlapping each other and the producer.
 
     Each chunk goes to both threads in order through bounded queues (``depth`` chunks: the memory held in flight is
-    bounded, about ``depth`` times the producer's chunk size, 16 MiB for numpy arrays). A chunk handed over must not
-    change afterwards: ``bytes`` are kept as they are, other buffers are copied. :meth:`finish` waits for both
-    threads and raises the write's error, if any; the producer also sees it on its next :meth:`write`.
+    bounded, about ``depth`` times the producer's chunk size, 16 MiB for checkpoints). The threads read a chunk after
+    ``write`` returns, so it must not change until :meth:`finish`: ``bytes`` are kept as they are; other buffers are
+    copied unless ``copy=False``, which a producer passes when it guarantees that (a checkpoint's snapshot arrays,
+    written as memoryviews with no copy at all). :meth:`finish` waits for both threads and raises the write's error,
+    if any; the producer also sees it on its next :meth:`write`.
     """
 
-    def __init__(self, raw: IO[bytes], depth: int = 4) -> None:
+    def __init__(self, raw: IO[bytes], depth: int = 4, copy: bool = True) -> None:
         super().__init__(raw)
+        self._copy = copy
         self._hq: queue.Queue[object] = queue.Queue(depth)
         self._wq: queue.Queue[object] = queue.Queue(depth)
         self._error: BaseException | None = None
@@ -98,7 +101,10 @@ class PipelinedHashingWriter(HashingWriter):
         if self._done:
             raise ValueError("write to a finished stream")
         self._raise()
-        chunk = data if isinstance(data, bytes) else bytes(data)  # the threads read it later: it must not change
+        if isinstance(data, bytes) or not self._copy:
+            chunk: bytes | memoryview = data if isinstance(data, bytes) else memoryview(data).cast("B")
+        else:
+            chunk = bytes(data)  # the threads read it later: it must not change
         self._hq.put(chunk)
         self._wq.put(chunk)
         self.size += len(chunk)

@@ -85,3 +85,19 @@ def test_local_pipelined_write_is_atomic_and_streams_a_real_checkpoint(tmp_path:
         raise RuntimeError("writer died")
     assert sorted(os.listdir(tmp_path / "jobs/j1/ckpt")) == ["a.npz"], "no partial object, no temp file"
     assert not _threads()
+
+
+def test_streamed_npz_members_are_byte_identical_to_numpy_savez() -> None:
+    """write_npz writes contiguous arrays from memoryviews (no copy) but the same .npy bytes as np.savez, so older
+    readers and np.load see no difference; unusual arrays (non-contiguous, 0-d, empty) take numpy's own path."""
+    import zipfile
+
+    rng = np.random.default_rng(1)
+    groups = {"w": [rng.random((300, 7), dtype=np.float32), np.arange(10), np.ones(()), np.zeros((0, 3)),
+                    rng.random((5, 5)).T, np.array([True, False]), rng.random((3000, 3000)).astype(np.float16)],
+              "o": [np.ones(3, dtype=np.int8)], "e": None, "m": None}
+    buf = io.BytesIO()
+    fmt.write_npz(buf, groups)
+    ours, ref = zipfile.ZipFile(io.BytesIO(buf.getvalue())), zipfile.ZipFile(io.BytesIO(fmt.pack(groups)))
+    assert sorted(ours.namelist()) == sorted(ref.namelist())
+    assert all(ours.read(n) == ref.read(n) for n in ref.namelist())
