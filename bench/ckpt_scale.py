@@ -89,9 +89,11 @@ class RssPeak:
         self._t.join()
 
 
-def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20, arrays: list[Any] | None = None) -> float:
+def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20, arrays: list[Any] | None = None,
+              keep: bool = False) -> float:
     """Seconds to write ``nbytes`` sequentially (16 MiB chunks) and fsync: the disk's pace for a checkpoint's bytes.
-    With ``arrays``: their bytes (a snapshot's), written straight from them, instead of a repeated random block."""
+    With ``arrays``: their bytes (a snapshot's), written straight from them, instead of a repeated random block.
+    ``keep``: leave the file (the caller deletes it later), so that the next write needs new page-cache pages."""
     import os
 
     block = memoryview(os.urandom(chunk))
@@ -105,15 +107,22 @@ def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20, arrays: list[Any
         f.flush()
         os.fsync(f.fileno())
     dt = time.perf_counter() - t0
-    path.unlink()
+    if not keep:
+        path.unlink()
     return dt
 
 
 def _idle_vs_raw(storage: Any, store_dir: Path, groups: dict[str, list[Any]], reps: int = 3
-                 ) -> tuple[list[float], list[float]]:
-    """The checkpoint writer alone (no training beside it) and a raw write of the same arrays, alternating ``reps``
-    times: (writer seconds, raw seconds). The disk's pace varies several-fold from one write to the next here, so
-    only interleaved medians compare."""
+                 ) -> tuple[list[float], list[float], list[float]]:
+    """Raw writes of the same arrays as a checkpoint, two ways, and the checkpoint writer alone (no training beside
+    it): (writer seconds, raw seconds, raw-to-new-pages seconds).
+
+    - *recycled*: each raw write's file is deleted at once, so the next write reuses the page-cache pages just freed;
+      interleaved with the writer alone (same pattern), ``reps`` times each;
+    - *new pages*: ``reps`` raw writes to new files kept until all are written, so every write needs page-cache pages
+      the kernel has not just freed, as a checkpoint does (the previous checkpoint stays until the new one commits).
+      On this VM touching such pages is several times slower than reusing freed ones.
+    """
     from jobs import ckpt_format as fmt
 
     arrays = [a for g in groups.values() for a in g]
@@ -125,7 +134,11 @@ def _idle_vs_raw(storage: Any, store_dir: Path, groups: dict[str, list[Any]], re
         writer.append(time.perf_counter() - t0)
         storage.delete("bench/idle-write.npz")
         raw.append(raw_write(store_dir / "raw-write.tmp", 0, arrays=arrays))
-    return writer, raw
+    paths = [store_dir / f"raw-new-{i}.tmp" for i in range(reps)]
+    fresh = [raw_write(p, 0, arrays=arrays, keep=True) for p in paths]
+    for p in paths:
+        p.unlink()
+    return writer, raw, fresh
 
 
 # -- one variant, in its own process --------------------------------------------------------------------------------
@@ -193,7 +206,7 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
     groups: dict[str, list[Any]] = {"w": [], "o": []}
     for (g, _), buf in trainer.host._pool.items():  # the last snapshot's host buffers: the bytes each write wrote
         groups[g].append(buf)
-    idle, raws = _idle_vs_raw(ck.storage, store_dir, groups)
+    idle, raws, fresh = _idle_vs_raw(ck.storage, store_dir, groups)
     raw_s = u.median(raws)
     ckpts = client.store.checkpoints(rec["id"])
     # time_s of epoch e includes the epoch-end hook of epoch e-1: epochs 2.. compare with Keras' epochs 2..
@@ -203,7 +216,8 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
             "bg_write_s": ck.write_s, "bg_bytes": ck.written_bytes,
             "bg_mb_s": [b / s / 1e6 for b, s in zip(ck.written_bytes, ck.write_s)],
             "raw_write_s": raw_s, "raw_write_reps_s": raws, "raw_mb_s": nbytes / raw_s / 1e6,
-            "idle_write_reps_s": idle, "idle_vs_raw": raw_s / u.median(idle),
+            "idle_write_reps_s": idle, "idle_vs_raw": raw_s / u.median(idle), "raw_new_pages_reps_s": fresh,
+            "raw_new_pages_mb_s": nbytes / u.median(fresh) / 1e6,
             "finish_s": t.total("Trainer._finish"), "total_s": rec["wall_s"], "best_epoch": rec.get("best_epoch")}
 
 
@@ -253,6 +267,7 @@ def _row_table(label: str, res: dict[str, dict[str, Any]]) -> list[dict[str, Any
             "stall_vs_keras": u.ratio(st, keras_stall) if v != "keras-none" else None,
             "skipped": len(r["skipped_epochs"]) if "skipped_epochs" in r else None,
             "bg_write_s": u.median(r["bg_write_s"]) if r.get("bg_write_s") else None,
+            "bg_vs_raw_new": u.ratio(bg, r["raw_new_pages_mb_s"]) if bg else None,
             "bg_vs_raw": u.ratio(bg, r["raw_mb_s"]) if bg else None, "idle_vs_raw": r.get("idle_vs_raw"),
             "peak_rss_gb": r["peak_rss_gb"], "load1": r["load"][0]})
     return rows
@@ -301,12 +316,13 @@ def body(run: u.Run) -> None:
     run.table(f"checkpoint-bound models, each variant in its own process, checkpoints on disk ({desc}); epochs 2.. "
               "timed, medians; stall = training thread's time in checkpoint code at an epoch end (traind: its whole "
               "epoch-end hook); stall_vs_copy: vs the bare copy into reused host buffers; skipped = non-improving "
-              "epochs not checkpointed because the previous write was still running (policy skip); bg_vs_raw = the "
-              "background writes' throughput during training / a raw write + fsync of the same arrays; idle_vs_raw = "
-              "the same writer with no training beside it / raw, interleaved, medians of 3; load1 = 1-min load "
-              "average after the variant", table,
+              "epochs not checkpointed because the previous write was still running (policy skip); bg_vs_raw_new = "
+              "the background writes' throughput during training / a raw write + fsync of the same arrays to new "
+              "files (new page-cache pages, as a checkpoint needs); bg_vs_raw = the same / a raw write reusing the "
+              "pages the previous one freed; idle_vs_raw = the writer alone / raw, both reusing freed pages, "
+              "interleaved; medians of 3; load1 = 1-min load average after the variant", table,
               ["row", "variant", "epoch_s", "epoch_vs_no_ckpt", "stall_s", "stall_vs_copy", "stall_vs_keras",
-               "skipped", "bg_write_s", "bg_vs_raw", "idle_vs_raw", "peak_rss_gb", "load1"])
+               "skipped", "bg_write_s", "bg_vs_raw_new", "bg_vs_raw", "idle_vs_raw", "peak_rss_gb", "load1"])
 
 
 def add_args(p: Any) -> None:
