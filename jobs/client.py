@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -37,8 +39,16 @@ from jobs.store import JobStore
 
 def quiet_tensorflow() -> None:
     """Hide TensorFlow's start-up INFO banners (CPU features, oneDNN, absl pre-init) in the client's stderr; its
-    warnings and errors still show. Must run before TensorFlow loads; a level the user set wins."""
+    warnings and errors still show. Loads TensorFlow (when it is installed and not loaded yet) with its C++ start-up
+    lines routed through :func:`jobs.logfmt.native_stderr_logged`, which TensorFlow 2.21 prints whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. A level the user set wins."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if "tensorflow" in sys.modules:
+        return
+    from jobs.logfmt import native_stderr_logged
+
+    with native_stderr_logged(), contextlib.suppress(ImportError):
+        import tensorflow  # noqa: F401 - loaded here so that its banners are filtered
 
 
 def new_job_id() -> str:

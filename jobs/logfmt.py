@@ -54,31 +54,46 @@ def apply_from_env() -> None:
 _NATIVE_LEVEL = re.compile(r"^(?:(?P<glog>[IWEF])\d{4} |(?P<word>WARNING|ERROR|INFO):)")
 _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL,
            "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_ABSL_PREINIT = "All log messages before absl::InitializeLog() is called"  # a notice, whatever its "WARNING:" says
+# Python's own records written meanwhile (traind's JSON, its text format, logging.basicConfig's): passed through
+_PY_RECORD = re.compile(r"^(?:\{|\d{4}-\d\d-\d\d[ T]\d\d:\d\d|(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):\S)")
+# TF_CPP_MIN_LOG_LEVEL 0-3: the lowest level of TensorFlow's own lines that is shown
+_TF_MIN = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
 
 
 def is_json() -> bool:
     return os.environ.get("TRAIND_LOG_FORMAT", "text").strip().lower() == "json"
 
 
+def _tf_min_level() -> int:
+    try:
+        return _TF_MIN[min(max(int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")), 0), 3)]
+    except ValueError:
+        return logging.INFO
+
+
 @contextlib.contextmanager
 def native_stderr_logged(logger: str = "tensorflow") -> Iterator[None]:
-    """In JSON log mode, log what native code writes straight to file descriptor 2 while the block runs.
+    """Route what native code writes straight to file descriptor 2 while the block runs through :mod:`logging`.
 
     TensorFlow 2.21 prints its start-up lines from C++ before absl's logging is initialised ("WARNING: All log
     messages before absl::InitializeLog() ...", "I0000 ... oneDNN custom operations are on"), whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says, which breaks a log shipper that expects one JSON object per line. Around
-    ``import tensorflow`` the descriptor points at a temporary file; afterwards each line is logged (level from its
-    glog-style prefix) and the descriptor restored. Lines that are JSON already (traind's own records written
-    meanwhile) pass through as they are. In text mode this does nothing.
+    ``TF_CPP_MIN_LOG_LEVEL`` says: banners in a user's terminal, and non-JSON lines that break a log shipper in
+    ``TRAIND_LOG_FORMAT=json``. Around ``import tensorflow`` the descriptor points at a temporary file; afterwards
+    each line is logged at its level (from its glog-style prefix; a line without one continues the line before) unless
+    ``TF_CPP_MIN_LOG_LEVEL`` hides that level, as TensorFlow itself would, and the descriptor is restored. Lines that
+    that are Python's own records written meanwhile (JSON, traind's text format, ``logging.basicConfig``'s) pass
+    through as they are.
 
     >>> with native_stderr_logged():
     ...     pass
     """
-    if not is_json():
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2 (an embedding host): nothing to route
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
@@ -88,12 +103,13 @@ def native_stderr_logged(logger: str = "tensorflow") -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            log, level = logging.getLogger(logger), logging.WARNING
+            log, level, shown = logging.getLogger(logger), logging.WARNING, _tf_min_level()
             for line in tmp.read().decode(errors="replace").splitlines():
-                if line.startswith("{"):
+                if _PY_RECORD.match(line):
                     sys.stderr.write(line + "\n")
                 elif line.strip():
                     if m := _NATIVE_LEVEL.match(line):
-                        level = _LEVELS[m["glog"] or m["word"]]  # a line without a prefix continues the one before
-                    log.log(level, line, extra={"native": True})
+                        level = logging.INFO if _ABSL_PREINIT in line else _LEVELS[m["glog"] or m["word"]]
+                    if level >= shown:
+                        log.log(level, line, extra={"native": True})
             sys.stderr.flush()

@@ -140,7 +140,11 @@ def test_lambda_layer_is_refused_in_safe_mode(
         client.fit(model, x, y, epochs=1, name="lambda")
     assert "safe_mode=False" in str(ei.value)
     _nothing_recorded(r)
-    job = client.submit(good_spec("lambda", model=serialize_model(model, client.storage)))
+    spec = good_spec("lambda", model=serialize_model(model, client.storage))
+    with pytest.raises(SpecError, match="a worker could not rebuild this model"):
+        client.submit(spec)  # a spec carrying the config is refused at submit the same way
+    _nothing_recorded(r)
+    job = _submit_unchecked(client, spec)  # the worker's own defence, for a spec written by other means
     run_burst(redis_url, storage_dir)
     error = failed_with(r, job.id)
     assert error.startswith("model.config could not be loaded in safe mode: ValueError:"), error
@@ -160,16 +164,28 @@ def test_inline_config_cannot_name_other_modules(
     compile_config = model.get_compile_config()
     dense = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Dense")
     dense.update({"module": EVIL, "class_name": "EvilLayer", "registered_name": None})
-    layer_job = client.submit(good_spec("evil-layer", model={"config": config, "compile": compile_config}))
+    layer_spec = good_spec("evil-layer", model={"config": config, "compile": compile_config})
+    with pytest.raises(SpecError, match="Keras could not locate class 'EvilLayer'"):
+        client.submit(layer_spec)  # refused at submit (rebuilt in safe mode there), importing nothing
+    layer_job = _submit_unchecked(client, layer_spec)  # and the worker refuses a spec written by other means
     config = keras.saving.serialize_keras_object(model)
     compile_config = dict(compile_config, loss={"module": "os", "class_name": "function", "config": "system",
                                                 "registered_name": "system"})
-    loss_job = client.submit(good_spec("evil-loss", model={"config": config, "compile": compile_config}))
+    loss_spec = good_spec("evil-loss", model={"config": config, "compile": compile_config})
+    with pytest.raises(SpecError):
+        client.submit(loss_spec)
+    loss_job = _submit_unchecked(client, loss_spec)
     run_burst(redis_url, storage_dir)
     e1, e2 = failed_with(r, layer_job.id), failed_with(r, loss_job.id)
     assert e1.startswith("model.config could not be loaded in safe mode:") and "'EvilLayer'" in e1, e1
     assert e2.startswith("model.config could not be loaded in safe mode:") and "'system'" in e2, e2
     assert EVIL not in sys.modules
+
+
+def _submit_unchecked(client: Client, spec: dict) -> Any:
+    """Record and enqueue a spec past the client's submit-time model check (static validation only), as an older
+    client or a hand-written Redis entry would: what the worker's own safe-mode load must refuse."""
+    return client._submit(client._validate(spec), None)
 
 
 class Snitch:
