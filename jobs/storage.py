@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs.errors import CheckpointError, LimitError, StorageError
-from jobs.streams import HashingWriter, PipelinedHashingWriter
+from jobs.streams import CacheDroppingFile, HashingWriter, PipelinedHashingWriter
 
 if TYPE_CHECKING:
     import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
@@ -333,7 +333,10 @@ class LocalStorage(Storage):
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                w = PipelinedHashingWriter(f, copy=False) if pipelined else HashingWriter(f)
+                # A large object (a checkpoint) is hashed and written on threads of their own, and its pages leave
+                # the page cache as they are written (see CacheDroppingFile).
+                dropping = CacheDroppingFile(f) if pipelined else None
+                w = PipelinedHashingWriter(dropping, copy=False) if dropping else HashingWriter(f)  # type: ignore[arg-type]
                 try:
                     yield w
                     w.finish()
@@ -341,6 +344,8 @@ class LocalStorage(Storage):
                     w.abort()  # after finish() a no-op; on an exception it stops the threads before the unlink
                 f.flush()
                 os.fsync(f.fileno())
+                if dropping is not None:
+                    dropping.drop_all()
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
         except BaseException:

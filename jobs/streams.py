@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from typing import IO
@@ -135,3 +136,42 @@ class PipelinedHashingWriter(HashingWriter):
     def sha256(self) -> str:
         self.finish()  # the digest covers every byte written
         return self._h.hexdigest()
+
+
+DROP_EVERY_BYTES = 64 * 2**20
+
+
+class CacheDroppingFile:
+    """A local file whose written pages leave the page cache as the write goes: every ``DROP_EVERY_BYTES``,
+    ``fdatasync`` then ``posix_fadvise(DONTNEED)`` for that range; :meth:`drop_all` after the final fsync.
+
+    A checkpoint is written once and read back only to resume, so keeping gigabytes of it cached only evicts what the
+    machine does use. It is also faster where touching page-cache pages the kernel has not just freed is slow (a VM
+    here: a loop of 300 MB writes that keeps its files fell from ~1.5 GB/s to ~380 MB/s once the cache had to grow;
+    dropping as it went kept ~1.5 GB/s). Where ``posix_fadvise`` is missing (macOS) it only syncs.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.fd = f, f.fileno()
+        self._start = self._done = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self.f.write(data) or 0
+        self._done += n
+        if self._done - self._start >= DROP_EVERY_BYTES:
+            self.f.flush()
+            getattr(os, "fdatasync", os.fsync)(self.fd)  # written back, so DONTNEED can free the pages
+            self._drop(self._start, self._done - self._start)
+            self._start = self._done
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def drop_all(self) -> None:
+        """After the file's final fsync: the rest of its pages."""
+        self._drop(0, 0)
+
+    def _drop(self, offset: int, length: int) -> None:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)

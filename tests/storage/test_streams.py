@@ -101,3 +101,26 @@ def test_streamed_npz_members_are_byte_identical_to_numpy_savez() -> None:
     ours, ref = zipfile.ZipFile(io.BytesIO(buf.getvalue())), zipfile.ZipFile(io.BytesIO(fmt.pack(groups)))
     assert sorted(ours.namelist()) == sorted(ref.namelist())
     assert all(ours.read(n) == ref.read(n) for n in ref.namelist())
+
+
+def test_local_checkpoint_writes_leave_the_page_cache_as_they_go(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipelined (checkpoint) write syncs and drops each written range, then the whole file after its fsync; the
+    object is intact. A plain write drops nothing."""
+    import jobs.streams as streams
+
+    monkeypatch.setattr(streams, "DROP_EVERY_BYTES", 1 << 20)
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (calls.append((off, n)), real(fd, off, n,
+                                                                                                        advice))[1])
+    st = Storage(tmp_path)
+    data = np.random.default_rng(2).bytes(5 << 20)
+    with st.open_write("jobs/j1/ckpt/c.npz", pipelined=True) as w:
+        for i in range(0, len(data), 256 << 10):
+            w.write(data[i:i + (256 << 10)])
+    assert (tmp_path / "jobs/j1/ckpt/c.npz").read_bytes() == data and w.sha256 == hashlib.sha256(data).hexdigest()
+    assert calls == [(i << 20, 1 << 20) for i in range(5)] + [(0, 0)], calls
+    calls.clear()
+    st.put_bytes("jobs/j1/small.json", b"{}")
+    assert calls == []
