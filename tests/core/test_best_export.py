@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
 from jobs.errors import CheckpointError
-from tests.conftest import wait_for
-from tests.core.test_training import Beside, es_spec, run_worker
+from tests.core.test_training import es_spec, run_worker, run_worker_cancelling
 from worker.checkpoint import Checkpoints
 
 
@@ -34,13 +32,7 @@ def test_best_is_lazy_during_training_and_verified_by_load_model(redis_url: str,
     job = client.submit(es_spec(fit={"epochs": 500, "batch_size": 50, "validation_split": 0.3, "shuffle": False,
                                      "seed": 7}, early_stopping=None))
 
-    def cancel_after_epoch_3() -> None:
-        wait_for(lambda: int(r.hget(keys.job(job.id), "epoch") or 0) >= 3, 120, "epoch 3")
-        job.cancel()
-
-    t = Beside(cancel_after_epoch_3, on_error=job.cancel)
-    run_worker(redis_url, storage_dir)
-    t.check()
+    run_worker_cancelling(job, r, redis_url, storage_dir, after_epoch=3)
     st = job.status()
     assert st["state"] == "cancelled" and st["best_epoch"] >= 1
     assert exports == [], f"exports written during training: {exports}"

@@ -13,7 +13,7 @@ import redis
 
 from examples.regression import build_model, load_data
 from jobs import keys
-from jobs.client import Client
+from jobs.client import Client, JobHandle
 from jobs.settings import WorkerSettings
 from jobs.storage import sha256_file
 from tests.conftest import wait_for
@@ -65,6 +65,18 @@ def run_worker(url: str, storage: Path, **kw: object) -> Worker:
     w = Worker(WorkerSettings(redis_url=url, storage_dir=storage, burst=True, dequeue_timeout_s=0.2, **kw))
     w.run()
     return w
+
+
+def run_worker_cancelling(job: JobHandle, r: redis.Redis, url: str, storage: Path, after_epoch: int) -> None:
+    """Run an in-process burst worker on ``job`` and cancel the job once ``after_epoch`` epochs are recorded."""
+
+    def cancel_after() -> None:
+        wait_for(lambda: int(r.hget(keys.job(job.id), "epoch") or 0) >= after_epoch, 120, f"epoch {after_epoch}")
+        job.cancel()
+
+    t = Beside(cancel_after, on_error=job.cancel)
+    run_worker(url, storage)
+    t.check()
 
 
 def plain_keras_fit() -> tuple[keras.callbacks.History, keras.Model, keras.callbacks.EarlyStopping]:
@@ -155,13 +167,7 @@ def test_cancel_running_job_keeps_checkpoints(redis_url: str, r: redis.Redis, st
     client = Client(redis_url=redis_url, storage=storage_dir)
     job = client.submit(es_spec(early_stopping=None, fit={"epochs": 500, "batch_size": 20, "validation_split": 0.3}))
 
-    def cancel_after_epoch_2() -> None:
-        wait_for(lambda: int(r.hget(keys.job(job.id), "epoch") or 0) >= 2, 120, "epoch 2")
-        job.cancel()
-
-    t = Beside(cancel_after_epoch_2, on_error=job.cancel)
-    run_worker(redis_url, storage_dir)
-    t.check()
+    run_worker_cancelling(job, r, redis_url, storage_dir, after_epoch=2)
     st = job.status()
     assert st["state"] == "cancelled" and 2 <= st["epoch"] < 500
     index = client.store.checkpoints(job.id)
