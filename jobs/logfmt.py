@@ -61,10 +61,6 @@ _PY_RECORD = re.compile(r"^(?:\{|\d{4}-\d\d-\d\d[ T]\d\d:\d\d|(?:DEBUG|INFO|WARN
 _TF_MIN = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
 
 
-def is_json() -> bool:
-    return os.environ.get("TRAIND_LOG_FORMAT", "text").strip().lower() == "json"
-
-
 def _tf_min_level() -> int:
     try:
         return _TF_MIN[min(max(int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")), 0), 3)]
@@ -81,7 +77,7 @@ def native_stderr_logged(logger: str = "tensorflow") -> Iterator[None]:
     ``TF_CPP_MIN_LOG_LEVEL`` says: banners in a user's terminal, and non-JSON lines that break a log shipper in
     ``TRAIND_LOG_FORMAT=json``. Around ``import tensorflow`` the descriptor points at a temporary file; afterwards
     each line is logged at its level (from its glog-style prefix; a line without one continues the line before) unless
-    ``TF_CPP_MIN_LOG_LEVEL`` hides that level, as TensorFlow itself would, and the descriptor is restored. Lines that
+    ``TF_CPP_MIN_LOG_LEVEL`` hides that level, as TensorFlow itself would, and the descriptor is restored. Lines
     that are Python's own records written meanwhile (JSON, traind's text format, ``logging.basicConfig``'s) pass
     through as they are.
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from jobs.errors import StorageError, StorageLocationError, StorageUnavailableError
 from jobs.location import SCHEMES, parse_location
 from jobs.storage import Storage, validate_key
-from jobs.streams import HashingWriter, PipelinedHashingWriter
+from jobs.streams import HashingWriter, PipelinedHashingWriter, finishing
 
 log = logging.getLogger("traind.storage")
 T = TypeVar("T")
@@ -130,12 +130,8 @@ class ObjectStorage(Storage):
         # one retried PUT / multipart upload: a retry needs the bytes again, and a stream cannot be replayed.
         spool = _Spool()
         try:
-            w = PipelinedHashingWriter(spool, copy=False) if pipelined else HashingWriter(spool)
-            try:
+            with finishing(PipelinedHashingWriter(spool, copy=False) if pipelined else HashingWriter(spool)) as w:
                 yield w
-                w.finish()
-            finally:
-                w.abort()
             self._upload(key, spool)
         finally:
             spool.close()

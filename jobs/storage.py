@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs.errors import CheckpointError, LimitError, StorageError
-from jobs.streams import CacheDroppingFile, HashingWriter, PipelinedHashingWriter
+from jobs.streams import CacheDroppingFile, HashingWriter, PipelinedHashingWriter, finishing
 
 if TYPE_CHECKING:
     import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
@@ -336,12 +336,8 @@ class LocalStorage(Storage):
                 # A large object (a checkpoint) is hashed and written on threads of their own, and its pages leave
                 # the page cache as they are written (see CacheDroppingFile).
                 dropping = CacheDroppingFile(f) if pipelined else None
-                w = PipelinedHashingWriter(dropping, copy=False) if dropping else HashingWriter(f)  # type: ignore[arg-type]
-                try:
-                    yield w
-                    w.finish()
-                finally:
-                    w.abort()  # after finish() a no-op; on an exception it stops the threads before the unlink
+                with finishing(PipelinedHashingWriter(dropping, copy=False) if dropping else HashingWriter(f)) as w:
+                    yield w  # its threads are stopped before the temp file is unlinked on an exception
                 f.flush()
                 os.fsync(f.fileno())
                 if dropping is not None:

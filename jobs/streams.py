@@ -15,17 +15,27 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
 import threading
-from typing import IO
+from collections.abc import Iterator
+from typing import IO, Protocol
+
+
+class Sink(Protocol):
+    """Where a hashing writer's bytes go: a binary file, a spool, a :class:`CacheDroppingFile`."""
+
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+    def flush(self) -> None: ...
 
 
 class HashingWriter:
     """A write-only stream that hashes what passes through (sha256 while writing: no re-read)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: Sink) -> None:
         self.raw = raw
         self._h = hashlib.sha256()
         self.size = 0
@@ -68,7 +78,7 @@ class PipelinedHashingWriter(HashingWriter):
     if any; the producer also sees it on its next :meth:`write`.
     """
 
-    def __init__(self, raw: IO[bytes], depth: int = 4, copy: bool = True) -> None:
+    def __init__(self, raw: Sink, depth: int = 4, copy: bool = True) -> None:
         super().__init__(raw)
         self._copy = copy
         self._hq: queue.Queue[object] = queue.Queue(depth)
@@ -82,13 +92,13 @@ class PipelinedHashingWriter(HashingWriter):
 
     def _hash_loop(self) -> None:
         while (chunk := self._hq.get()) is not _END:
-            self._h.update(chunk)  # type: ignore[arg-type]
+            self._h.update(chunk)  # type: ignore[arg-type]  # a chunk, not the _END sentinel
 
     def _write_loop(self) -> None:
         while (chunk := self._wq.get()) is not _END:
             if self._error is None:
                 try:
-                    self.raw.write(chunk)  # type: ignore[arg-type]
+                    self.raw.write(chunk)  # type: ignore[arg-type]  # a chunk, not the _END sentinel
                 except BaseException as e:  # noqa: BLE001 - handed to the producer, which raises it
                     self._error = e
             self._wq.task_done()
@@ -136,6 +146,17 @@ class PipelinedHashingWriter(HashingWriter):
     def sha256(self) -> str:
         self.finish()  # the digest covers every byte written
         return self._h.hexdigest()
+
+
+@contextlib.contextmanager
+def finishing(w: HashingWriter) -> Iterator[HashingWriter]:
+    """Yield ``w``; when the block exits cleanly, :meth:`HashingWriter.finish` it (every byte reached its sink,
+    errors raised); either way stop its threads, so a failed write is cleaned up with nothing left running."""
+    try:
+        yield w
+        w.finish()
+    finally:
+        w.abort()  # after finish() a no-op
 
 
 DROP_EVERY_BYTES = 64 * 2**20

@@ -42,7 +42,7 @@ class Worker:
         self.settings = settings
         self.device_kind = "gpu" if settings.device.startswith("gpu") else "cpu"
         pin_device(settings.device)  # before TensorFlow is imported anywhere in this process
-        with native_stderr_logged():  # TRAIND_LOG_FORMAT=json: TensorFlow's C++ start-up lines as JSON records too
+        with native_stderr_logged():  # TensorFlow's C++ start-up lines: through logging (JSON), level-filtered
             import tensorflow  # noqa: F401 - warm: paid once per worker, never per job
 
         check_keras()  # before taking any job: safe mode's protections need a recent Keras
