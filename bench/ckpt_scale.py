@@ -22,10 +22,10 @@ about. A ``short`` row trains one unpadded step per epoch, shorter than the writ
 
 stall = the training thread's time in checkpoint code at an epoch end (traind: its whole epoch-end hook, including
 its Redis updates); epochs 2.. are timed (the first one traces the step). The background writes (pack, sha256,
-write, fsync, during training) are compared with a raw sequential write + fsync of the same arrays to the same disk,
-in the same process right after the job, three times, alternating with the same checkpoint writer alone (no training
-beside it): this disk's pace varies several-fold from one write to the next, so the interleaved medians are what
-compares.
+write, fsync, during training) are compared with a raw sequential write + fsync of the same arrays to a new file on
+the same disk, made in the same process right after the job, five times, alternating with the same checkpoint writer
+alone (no training beside it). This disk's pace swings several-fold from one write to the next, so the reference is
+the median of all the row's raw writes (10 in a row of two traind variants, 15 with three), with its range shown.
 
     python -m bench.ckpt_scale [--rows 100MB-long,100MB-short,1GB-long] [--smoke] [--json PATH]
 """
@@ -112,33 +112,35 @@ def raw_write(path: Path, nbytes: int, chunk: int = 16 * 2**20, arrays: list[Any
     return dt
 
 
-def _idle_vs_raw(storage: Any, store_dir: Path, groups: dict[str, list[Any]], reps: int = 3
-                 ) -> tuple[list[float], list[float], list[float]]:
-    """Raw writes of the same arrays as a checkpoint, two ways, and the checkpoint writer alone (no training beside
-    it): (writer seconds, raw seconds, raw-to-new-pages seconds).
+def _disk_pace(storage: Any, store_dir: Path, groups: dict[str, list[Any]], reps: int = 5
+               ) -> tuple[list[float], list[float]]:
+    """The checkpoint writer alone (no training beside it) and a raw write + fsync of the same arrays, alternating,
+    ``reps`` times each, every one to a new file kept until all are written: (writer seconds, raw seconds).
 
-    - *recycled*: each raw write's file is deleted at once, so the next write reuses the page-cache pages just freed;
-      interleaved with the writer alone (same pattern), ``reps`` times each;
-    - *new pages*: ``reps`` raw writes to new files kept until all are written, so every write needs page-cache pages
-      the kernel has not just freed, as a checkpoint does (the previous checkpoint stays until the new one commits).
-      On this VM touching such pages is several times slower than reusing freed ones.
+    Like a checkpoint (the previous one stays until the new one commits), each write needs page-cache pages the
+    kernel has not just freed; on this VM touching such pages is several times slower than reusing freed ones, and
+    the disk's pace swings several-fold from one write to the next, so the reference is a median of many writes (the
+    row pools every traind variant's raw writes) and the writer is compared with the raw writes it alternated with.
     """
     from jobs import ckpt_format as fmt
 
     arrays = [a for g in groups.values() for a in g]
-    writer, raw = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        with storage.open_write("bench/idle-write.npz", pipelined=True) as w:
-            fmt.write_npz(w, groups)
-        writer.append(time.perf_counter() - t0)
-        storage.delete("bench/idle-write.npz")
-        raw.append(raw_write(store_dir / "raw-write.tmp", 0, arrays=arrays))
+    writer, raw, keys = [], [], []
     paths = [store_dir / f"raw-new-{i}.tmp" for i in range(reps)]
-    fresh = [raw_write(p, 0, arrays=arrays, keep=True) for p in paths]
-    for p in paths:
-        p.unlink()
-    return writer, raw, fresh
+    try:
+        for i in range(reps):
+            keys.append(f"bench/idle-write-{i}.npz")
+            t0 = time.perf_counter()
+            with storage.open_write(keys[-1], pipelined=True) as w:
+                fmt.write_npz(w, groups)
+            writer.append(time.perf_counter() - t0)
+            raw.append(raw_write(paths[i], 0, arrays=arrays, keep=True))
+    finally:
+        for k in keys:
+            storage.delete(k)
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return writer, raw
 
 
 # -- one variant, in its own process --------------------------------------------------------------------------------
@@ -206,8 +208,7 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
     groups: dict[str, list[Any]] = {"w": [], "o": []}
     for (g, _), buf in trainer.host._pool.items():  # the last snapshot's host buffers: the bytes each write wrote
         groups[g].append(buf)
-    idle, raws, fresh = _idle_vs_raw(ck.storage, store_dir, groups)
-    raw_s = u.median(raws)
+    idle, raws = _disk_pace(ck.storage, store_dir, groups)
     ckpts = client.store.checkpoints(rec["id"])
     # time_s of epoch e includes the epoch-end hook of epoch e-1: epochs 2.. compare with Keras' epochs 2..
     return {"epoch_s": [e["time_s"] for e in rec["history"]][1:], "stall_s": t.durations("Trainer._on_epoch_end")[1:],
@@ -215,9 +216,8 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
             "skipped_epochs": trainer.skipped_epochs, "ckpt_epochs": sorted(m["epoch"] for m in ckpts.values()),
             "bg_write_s": ck.write_s, "bg_bytes": ck.written_bytes,
             "bg_mb_s": [b / s / 1e6 for b, s in zip(ck.written_bytes, ck.write_s)],
-            "raw_write_s": raw_s, "raw_write_reps_s": raws, "raw_mb_s": nbytes / raw_s / 1e6,
-            "idle_write_reps_s": idle, "idle_vs_raw": raw_s / u.median(idle), "raw_new_pages_reps_s": fresh,
-            "raw_new_pages_mb_s": nbytes / u.median(fresh) / 1e6,
+            "raw_new_reps_s": raws, "raw_new_reps_mb_s": [nbytes / x / 1e6 for x in raws],
+            "idle_write_reps_s": idle, "idle_vs_raw_new": u.median(raws) / u.median(idle),
             "finish_s": t.total("Trainer._finish"), "total_s": rec["wall_s"], "best_epoch": rec.get("best_epoch")}
 
 
@@ -256,10 +256,15 @@ def _row_table(label: str, res: dict[str, dict[str, Any]]) -> list[dict[str, Any
     base = u.median(res["keras-none"]["epoch_s"])
     copy = u.median(res["host-copy"]["stall_s"])
     keras_stall = u.median(res["keras-every-epoch"]["stall_s"])
+    # The disk's pace: every raw write to a new file this row made (each traind variant's, alternating with the
+    # writer alone); one variant's few swing several-fold (355-1782 MB/s in one earlier run).
+    pool = sorted(x for r in res.values() for x in r.get("raw_new_reps_mb_s", []))
+    raw_new = u.median(pool) if pool else None
     rows = []
     for v, r in res.items():
         st = u.median(r["stall_s"])
         bg = u.median(r["bg_mb_s"]) if r.get("bg_mb_s") else None
+        own = r.get("raw_new_reps_mb_s")
         rows.append({
             "row": label, "variant": v, "epoch_s": u.median(r["epoch_s"]),
             "epoch_vs_no_ckpt": u.ratio(u.median(r["epoch_s"]), base), "stall_s": st,
@@ -267,8 +272,10 @@ def _row_table(label: str, res: dict[str, dict[str, Any]]) -> list[dict[str, Any
             "stall_vs_keras": u.ratio(st, keras_stall) if v != "keras-none" else None,
             "skipped": len(r["skipped_epochs"]) if "skipped_epochs" in r else None,
             "bg_write_s": u.median(r["bg_write_s"]) if r.get("bg_write_s") else None,
-            "bg_vs_raw_new": u.ratio(bg, r["raw_new_pages_mb_s"]) if bg else None,
-            "bg_vs_raw": u.ratio(bg, r["raw_mb_s"]) if bg else None, "idle_vs_raw": r.get("idle_vs_raw"),
+            "bg_mb_s": bg, "raw_new_mb_s": u.median(own) if own else None,
+            "raw_new_row": f"{raw_new:.0f} ({pool[0]:.0f}-{pool[-1]:.0f}, n={len(pool)})" if bg and raw_new else None,
+            "bg_vs_raw_new": u.ratio(bg, raw_new) if bg and raw_new else None,
+            "idle_vs_raw_new": r.get("idle_vs_raw_new"),
             "peak_rss_gb": r["peak_rss_gb"], "load1": r["load"][0]})
     return rows
 
@@ -316,13 +323,16 @@ def body(run: u.Run) -> None:
     run.table(f"checkpoint-bound models, each variant in its own process, checkpoints on disk ({desc}); epochs 2.. "
               "timed, medians; stall = training thread's time in checkpoint code at an epoch end (traind: its whole "
               "epoch-end hook); stall_vs_copy: vs the bare copy into reused host buffers; skipped = non-improving "
-              "epochs not checkpointed because the previous write was still running (policy skip); bg_vs_raw_new = "
-              "the background writes' throughput during training / a raw write + fsync of the same arrays to new "
-              "files (new page-cache pages, as a checkpoint needs); bg_vs_raw = the same / a raw write reusing the "
-              "pages the previous one freed; idle_vs_raw = the writer alone / raw, both reusing freed pages, "
-              "interleaved; medians of 3; load1 = 1-min load average after the variant", table,
+              "epochs not checkpointed because the previous write was still running (policy skip); bg_mb_s = the "
+              "background writes' throughput during training (pack, crc32, sha256, write, fsync, manifest), median; "
+              "raw_new_mb_s = a raw write + fsync of the same arrays to a new file (new page-cache pages, as a "
+              "checkpoint needs), median of the 5 this variant made right after its job; raw_new_row = all the "
+              "row's raw writes to new files pooled: median (min-max, n); bg_vs_raw_new = bg_mb_s / that row "
+              "median; idle_vs_raw_new = the writer alone / the raw writes it alternated with (medians of 5, new "
+              "files); load1 = 1-min load average after the variant", table,
               ["row", "variant", "epoch_s", "epoch_vs_no_ckpt", "stall_s", "stall_vs_copy", "stall_vs_keras",
-               "skipped", "bg_write_s", "bg_vs_raw_new", "bg_vs_raw", "idle_vs_raw", "peak_rss_gb", "load1"])
+               "skipped", "bg_write_s", "bg_mb_s", "raw_new_mb_s", "raw_new_row", "bg_vs_raw_new", "idle_vs_raw_new",
+               "peak_rss_gb", "load1"])
 
 
 def add_args(p: Any) -> None:

@@ -41,7 +41,8 @@ def _check_ckpt_scale(r: dict[str, Any]) -> None:
                          "traind-not-improving-skip"}, rows
     assert all(_pos(row["epoch_s"]) and row["peak_rss_gb"] > 0 for row in rows.values())
     for v in ("traind-improving", "traind-not-improving"):
-        assert _pos(rows[v]["stall_s"]) and _pos(rows[v]["bg_write_s"]) and _pos(rows[v]["bg_vs_raw"]), rows[v]
+        assert _pos(rows[v]["stall_s"]) and _pos(rows[v]["bg_write_s"]) and _pos(rows[v]["bg_vs_raw_new"]), rows[v]
+        assert _pos(rows[v]["idle_vs_raw_new"]) and rows[v]["raw_new_row"].endswith("n=15)"), rows[v]
     run = r["runs"][0]["runs"]
     assert run["traind-improving"]["ckpt_epochs"] and run["traind-improving"]["best_epoch"] >= 1
 
