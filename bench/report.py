@@ -143,14 +143,19 @@ def _issue13_goals() -> list[str]:
             sc, sk, ep = row["stall_vs_copy"], row["stall_vs_keras"], row["epoch_vs_no_ckpt"]
             bg = row.get("bg_vs_raw_new")
             long = row["row"].endswith("-long")  # the epoch goal holds where the write is shorter than the epoch
+            # Where the write outlasts the epoch, policy `wait` (the default) waits for the previous write at the
+            # epoch end: that stall is the backpressure the issue asks to show, not the copy the stall goal bounds.
+            waits = not long and not row["variant"].endswith("-skip")
+            stall_met = "- (waits by policy) / -" if waits else f"{yes(sc <= 1.2)} / {yes(sk <= 0.25)}"
             out.append(f"| checkpoint {row['row']}, {row['variant']}: stall <= 1.2x bare host copy / <= 0.25x Keras "
-                       f"`ModelCheckpoint`; epoch <= 1.10x checkpoint-free{'' if long else ' (write > epoch: n/a)'};"
+                       f"`ModelCheckpoint`{' (write > epoch, policy wait: the stall is the wait)' if waits else ''}; "
+                       f"epoch <= 1.10x checkpoint-free{'' if long else ' (write > epoch: n/a)'};"
                        f" background write >= 0.8x raw write to new files | stall {_f(row['stall_s'], 3)} s = "
                        f"{_f(sc)}x copy, {_f(sk)}x Keras; epoch {_f(ep)}x; write {'-' if bg is None else _f(bg)}x raw "
                        f"({_f(row['bg_mb_s'], 0)} MB/s vs the row's raw writes to new files, MB/s "
                        f"{row['raw_new_row']}; the writer alone {_f(row['idle_vs_raw_new'])}x the raw writes it "
                        f"alternated with); "
-                       f"{row['skipped']} skipped (load {row['load1']}) | {yes(sc <= 1.2)} / {yes(sk <= 0.25)} / "
+                       f"{row['skipped']} skipped (load {row['load1']}) | {stall_met} / "
                        f"{yes(ep <= 1.10) if long else '-'} / {yes(bg is not None and bg >= 0.8)} |")
     if (RESULTS / "serve.json").exists():
         st = _load("serve")["results"]["startup"]

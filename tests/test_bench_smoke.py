@@ -90,6 +90,13 @@ def _check_cli_latency(r: dict[str, Any]) -> None:
     assert _pos(r["goal"]["status_median_s"]) and isinstance(r["goal"]["met"], bool)
 
 
+def _check_write_ceiling(r: dict[str, Any]) -> None:
+    rows = {row["variant"]: row for row in r["rows"]}
+    assert set(rows) - {"writer-file-isal"} == {"sha256", "crc32", "writer-null", "writer-file", "tree-null",
+                                                 "tree-file", "raw-new"}, rows
+    assert all(_pos(row["mb_s"]) and _pos(row["vs_raw_new"]) for row in rows.values()), rows
+
+
 # (module, extra smoke arguments, check of its results): the plain-RQ side of bench.detection waits 15 minutes in a
 # real run; here it only has to start, kill and report "still waiting at cap".
 BENCHES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
@@ -102,6 +109,7 @@ BENCHES: list[tuple[str, list[str], Callable[[dict[str, Any]], None]]] = [
     ("detection", ["--rq-cap-s", "3"], _check_detection),
     ("failover", [], _check_failover),
     ("cli_latency", [], _check_cli_latency),
+    ("write_ceiling", [], _check_write_ceiling),  # no TensorFlow: numpy arrays through the checkpoint writer
     ("serve", [], _check_serve),
     ("s3", [], _check_s3),  # its own moto S3 server; upload, resume-from-S3 and cache tables (no worker processes)
 ]
