@@ -6,7 +6,8 @@
 #    worker registry reports GPU memory in use while the job trains, the card's name is recorded);
 # 2. SIGKILLs that worker mid-training, starts another `--device gpu:0` worker and checks the job resumes from its
 #    checkpoint and succeeds;
-# 3. runs bench/ckpt_scale.py (checkpoint stall at 100 MB and 1 GB) and bench/job_end.py on the GPU machine.
+# 3. runs bench/ckpt_scale.py (checkpoint stall at 100 MB and 1 GB), bench/write_ceiling.py (what bounds a
+#    checkpoint write with many cores) and bench/job_end.py on the GPU machine.
 # Results: OUT_DIR (default $OUT, else /tmp/traind-gpu-check): gpu_check.json, the benches' JSON, logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,5 +100,6 @@ assert ok, "the job did not resume and succeed on the GPU"
 EOF
 
 python -m bench.ckpt_scale --json "$OUT_DIR/ckpt_scale.gpu.json" 2>&1 | tee "$OUT_DIR/ckpt_scale.log"
+python -m bench.write_ceiling --json "$OUT_DIR/write_ceiling.gpu.json" 2>&1 | tee "$OUT_DIR/write_ceiling.log"
 python -m bench.job_end --jobs 20 --json "$OUT_DIR/job_end.gpu.json" 2>&1 | tee "$OUT_DIR/job_end.log"
 echo "GPU check done: $OUT_DIR"
