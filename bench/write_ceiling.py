@@ -17,6 +17,9 @@ weights + Adam moments), alternating, ``--reps`` times each:
   hashing in parallel lift the ceiling on this machine?
 - ``writer-file-isal``: ``writer-file`` with zipfile's CRC-32 computed by ISA-L (``isal.isal_zlib.crc32``, same
   values, SIMD): only where the ``isal`` package is installed (it is not a traind dependency);
+- ``lean-direct``: what a leaner format could cost: the arrays' bytes one after another (no zip, so no CRC-32),
+  hashed as a list on 2 threads, written with ``O_DIRECT`` from a page-aligned buffer (no page-cache copy), fsync;
+  bench-only, to size the gain before changing traind's checkpoint format (Linux, where ``O_DIRECT`` works);
 - ``raw-new``: a plain sequential write + fsync of the same arrays to a new file (the reference of issue 13's
   ``>= 0.8x`` goal).
 
@@ -93,6 +96,47 @@ class _TreeWriter:
         return hashlib.sha256(b"".join(self.digests[i] for i in range(self._n))).hexdigest()
 
 
+class _DirectSink:
+    """Bytes to a new file with ``O_DIRECT``: gathered into a page-aligned 16 MiB buffer (anonymous mmap), written
+    when full; the tail is padded to the block size and the file truncated back (bench-only)."""
+
+    def __init__(self, path: Path) -> None:
+        import mmap
+
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+        self._buf = mmap.mmap(-1, CHUNK)
+        self._mv = memoryview(self._buf)
+        self._fill = self.size = 0
+
+    def write(self, data: Any) -> int:
+        mv = memoryview(data).cast("B")
+        i = 0
+        while i < mv.nbytes:
+            n = min(CHUNK - self._fill, mv.nbytes - i)
+            self._mv[self._fill:self._fill + n] = mv[i:i + n]
+            self._fill += n
+            i += n
+            if self._fill == CHUNK:
+                os.write(self.fd, self._mv)
+                self._fill = 0
+        self.size += mv.nbytes
+        return mv.nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._fill:
+            padded = -(-self._fill // 4096) * 4096
+            self._mv[self._fill:padded] = bytes(padded - self._fill)
+            os.write(self.fd, self._mv[:padded])
+        os.ftruncate(self.fd, self.size)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self._mv.release()
+        self._buf.close()
+
+
 def _arrays(nbytes: int, n: int = 8) -> list[Any]:
     import numpy as np
 
@@ -145,9 +189,10 @@ def body(run: u.Run) -> None:
         w.finish()
 
     def writer_file() -> None:
-        with store.open_write(f"ceiling/w{len(kept)}.npz", pipelined=True) as w:
+        key = f"ceiling/w{len(kept)}.npz"
+        with store.open_write(key, pipelined=True) as w:
             fmt.write_npz(w, groups)
-        kept.append(store.path(f"ceiling/w{len(kept)}.npz"))
+        kept.append(store.path(key))
 
     def tree_null() -> None:
         w = _TreeWriter(_NullSink())
@@ -180,12 +225,25 @@ def body(run: u.Run) -> None:
         finally:
             zipfile.crc32 = saved  # type: ignore[attr-defined]
 
+    def lean_direct() -> None:
+        kept.append(run.dir / f"lean-{len(kept)}.bin")
+        sink = _DirectSink(kept[-1])
+        w = _TreeWriter(sink)
+        for piece in _pieces(arrays):
+            w.write(piece)
+        w.finish()
+        sink.close()
+
     def raw_new() -> None:
         kept.append(run.dir / f"raw-{len(kept)}.bin")
         raw_write(kept[-1], 0, arrays=arrays, keep=True)
 
     variants = {"sha256": sha, "crc32": crc, "writer-null": writer_null, "writer-file": writer_file,
-                "tree-null": tree_null, "tree-file": tree_file, "raw-new": raw_new}
+                "tree-null": tree_null, "tree-file": tree_file, "lean-direct": lean_direct, "raw-new": raw_new}
+    try:  # tmpfs and some other filesystems refuse O_DIRECT
+        os.close(os.open(run.dir / "probe-direct", os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600))
+    except OSError:
+        del variants["lean-direct"]
     try:
         import isal  # noqa: F401
 
