@@ -330,8 +330,7 @@ def log_tail(p: subprocess.Popen[bytes], n: int = 30) -> str:
 
 def registered_worker(r: redis.Redis, pid: int) -> str | None:
     """The traind worker id registered by process ``pid`` (its TensorFlow is imported by then), or None."""
-    from jobs import keys
-
+    from jobs.contract import keys
     for wid in r.zrange(keys.WORKERS, 0, -1):
         w = wid.decode()
         if r.hget(keys.worker(w), "pid") == str(pid).encode():
@@ -390,8 +389,7 @@ class Pool:
 
     def runner(self, job_id: str) -> Any:
         """The Popen of the worker that holds ``job_id`` now, or None."""
-        from jobs import keys
-
+        from jobs.contract import keys
         wid = self.r.hget(keys.job(job_id), "worker")
         if not wid:
             return None
@@ -409,8 +407,7 @@ class Pool:
 
 def wait_running(r: Any, job_id: str, attempt: int, timeout: float = 300) -> dict[str, str]:
     """Wait until ``attempt`` of the job runs and has published batch progress; returns the job fields."""
-    from jobs import keys
-
+    from jobs.contract import keys
     f = ["state", "attempt", "batch", "running_epoch", "epoch", "started_at", "worker", "steps"]
 
     def ok() -> dict[str, str] | None:
@@ -427,8 +424,8 @@ def wait_running(r: Any, job_id: str, attempt: int, timeout: float = 300) -> dic
 def requeue_now(store: Any, job_id: str, attempt: int, reason: str = "bench: worker killed") -> int:
     """What the supervisor does for a lost attempt, without waiting for its lease to expire (the killed worker's
     lease would otherwise hold the job for up to lease_ttl_s). Returns ``requeued_at`` (Redis clock, ms)."""
-    from jobs.delivery import requeue
-    from jobs.events import EventKind
+    from jobs.contract.events import EventKind
+    from jobs.redis.delivery import requeue
 
     rec = store.raw(job_id)
     return requeue(store, job_id, attempt=attempt, queue=rec["queue"], kind=EventKind.REQUEUED,

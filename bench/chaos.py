@@ -381,7 +381,7 @@ class Chaos:
 
     # -- analysis --------------------------------------------------------------------------------------------------
     def analyse(self, sampler: Sampler) -> dict[str, Any]:
-        from jobs.events import EventKind
+        from jobs.contract.events import EventKind
 
         a = self.args
         per_job: list[dict[str, Any]] = []
@@ -462,7 +462,7 @@ class Chaos:
 
     def _check_exports(self, jid: str, st: dict[str, Any]) -> list[str]:
         """A succeeded job's best/final model files must match the sha256 its record holds (what load_model checks)."""
-        from jobs.storage import sha256_file
+        from jobs.storage.base import sha256_file
 
         bad = []
         for name in ("best", "final"):
@@ -481,7 +481,7 @@ class Chaos:
     @staticmethod
     def _kill_outcome(k: Kill, events: list[dict[str, Any]]) -> None:
         """Match a kill with the requeue of the attempt it hit and with the next attempt's resume point."""
-        from jobs.events import EventKind
+        from jobs.contract.events import EventKind
 
         nxt = k.attempt + 1
         for e in events:

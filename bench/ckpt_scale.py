@@ -122,8 +122,7 @@ def _disk_pace(storage: Any, store_dir: Path, groups: dict[str, list[Any]], reps
     the disk's pace swings several-fold from one write to the next, so the reference is a median of many writes (the
     row pools every traind variant's raw writes) and the writer is compared with the raw writes it alternated with.
     """
-    from jobs import ckpt_format as fmt
-
+    from jobs.storage import ckpt_format as fmt
     arrays = [a for g in groups.values() for a in g]
     writer, raw, keys = [], [], []
     paths = [store_dir / f"raw-new-{i}.tmp" for i in range(reps)]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import _util as u
-from jobs.events import EventKind
+from jobs.contract.events import EventKind
 
 GOAL_S = 0.3
 

@@ -42,7 +42,7 @@ def slow_spec(batch_delay_s: float = 0.05, n: int = 800, epochs: int = 10_000) -
 
 
 def traind_side(run: u.Run, kills: int, out: dict[str, Any]) -> None:
-    from jobs import keys
+    from jobs.contract import keys
     from jobs.settings import SupervisorSettings
 
     url, storage, procs, client = u.start_stack(run)

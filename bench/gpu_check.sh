@@ -41,8 +41,7 @@ python - "$OUT_DIR" <<'EOF'
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 from jobs.client import Client
-from jobs import admin
-
+from jobs.ops import admin
 out = Path(sys.argv[1])
 c = Client()
 # ~100 MB of weights; enough epochs to be killed mid-training and resume
@@ -70,8 +69,8 @@ gpu_mem = float(ws[0].get("gpu_mem_mb") or 0)
 assert gpu_mem > 0, f"the worker reports no GPU memory in use while training: {ws[0]}"
 victim = ws[0]["pid"]
 os.kill(int(victim), signal.SIGKILL)  # a dead worker: its lease expires, the supervisor-less requeue below
-from jobs.delivery import requeue
-from jobs.events import EventKind
+from jobs.redis.delivery import requeue
+from jobs.contract.events import EventKind
 raw = c.store.raw(job.id)
 requeue(c.store, job.id, attempt=int(raw["attempt"]), queue=raw["queue"], kind=EventKind.REQUEUED,
         msg="gpu_check: worker killed", fields={"restarts": int(raw.get("restarts") or 0) + 1})

@@ -42,8 +42,8 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
 def body(run: u.Run) -> None:
     import psutil
 
-    from jobs import keys
     from jobs.client import Client
+    from jobs.contract import keys
 
     c = CFG["smoke" if run.args.smoke else "full"]
     n = run.args.jobs or c["jobs"]

@@ -182,8 +182,7 @@ class PlainProc:
 # -- (b) traind ------------------------------------------------------------------------------------------------------
 def traind_job(client: Any, spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Submit and poll (10 ms) until terminal; end-to-end wall time plus the job's own Redis timestamps."""
-    from jobs import keys
-
+    from jobs.contract import keys
     r = client.r
     t0 = time.perf_counter()
     h = client.submit(spec)
@@ -212,11 +211,11 @@ def in_process_traind(worker: Any, client: Any, spec: dict[str, Any]) -> tuple[d
 
     from keras.src.models.model import Model as KerasModel
 
-    import jobs.storage as storage_mod
+    import jobs.storage.base as storage_mod
     import worker.data as data_mod
     import worker.runner as runner_mod
     import worker.trainer as trainer_mod
-    from jobs.store import JobStore
+    from jobs.redis.store import JobStore
     from worker.callbacks import ControlCallback
     from worker.checkpoint import Checkpoints
     from worker.runner import Worker

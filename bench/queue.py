@@ -42,8 +42,8 @@ def submit_rates(run: u.Run, client: Any, c: dict[str, Any]) -> None:
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    from jobs import keys
     from jobs.client import new_job_id
+    from jobs.contract import keys
 
     r = client.r
     n = c["submit_n"]
@@ -123,9 +123,9 @@ def wait_uptime(r: Any, s: float) -> None:
 
 def supervisor_steps(run: u.Run, client: Any, url: str, c: dict[str, Any]) -> None:
     from daemon.supervisor import SCAN_LIMIT, Supervisor
-    from jobs import keys
+    from jobs.contract import keys
+    from jobs.contract.states import JobState
     from jobs.settings import SupervisorSettings
-    from jobs.states import JobState
 
     r, store = client.r, client.store
     r.flushdb()

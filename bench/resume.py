@@ -49,8 +49,8 @@ def spec(c: dict[str, Any]) -> dict[str, Any]:
 def measure_resume(r: Any, store: Any, job_id: str, new_attempt: int, t_req: int, n_events: int,
                    timeout: float = 300) -> dict[str, Any]:
     """Poll (~2 ms) until the resumed attempt's first progress write; returns its timeline (seconds from requeue)."""
-    from jobs import keys
-    from jobs.events import EventKind
+    from jobs.contract import keys
+    from jobs.contract.events import EventKind
 
     resume_ts = None
     resume_msg = None
@@ -117,8 +117,7 @@ def model_load_cost(storage: Any, store: Any, job_id: str, c: dict[str, Any], re
 
 
 def body(run: u.Run) -> None:
-    from jobs import keys
-
+    from jobs.contract import keys
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
     url, storage, procs, client = u.start_stack(run)

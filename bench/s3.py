@@ -50,9 +50,9 @@ def snapshot(weights_mb: float, seed: int = 0) -> Any:
 
 
 def body(run: u.Run) -> None:
-    from jobs import ckpt_format as fmt
-    from jobs.storage import Storage
-    from jobs.store import JobStore
+    from jobs.redis.store import JobStore
+    from jobs.storage import ckpt_format as fmt
+    from jobs.storage.base import Storage
     from worker.cache import UploadCache
     from worker.checkpoint import Checkpoints
 

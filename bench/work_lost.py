@@ -40,8 +40,8 @@ def spec(c: dict[str, Any], policy: str) -> dict[str, Any]:
 
 def resumed_epoch(r: Any, job_id: str, start: int, timeout: float = 300) -> tuple[int, str]:
     """Epoch E of the ``resumed`` event (0 when the attempt started from scratch), and the event's message."""
-    from jobs import keys
-    from jobs.events import EventKind
+    from jobs.contract import keys
+    from jobs.contract.events import EventKind
 
     def find() -> tuple[int, str] | None:
         for raw in r.lrange(keys.events(job_id), start, -1):
@@ -58,8 +58,7 @@ def resumed_epoch(r: Any, job_id: str, start: int, timeout: float = 300) -> tupl
 
 
 def body(run: u.Run) -> None:
-    from jobs import keys
-
+    from jobs.contract import keys
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
     window = run.args.window_s or c["window_s"]

@@ -1,7 +1,7 @@
 """What bounds a checkpoint write on this machine: each pass of traind's writer alone, next to a raw write.
 
 A checkpoint write makes three passes over its bytes: zipfile's CRC-32 (the ``.npz`` format needs it), the sha256
-the manifest records (computed while writing, no re-read) and the write itself. ``jobs.streams.
+the manifest records (computed while writing, no re-read) and the write itself. ``jobs.storage.streams.
 PipelinedHashingWriter`` overlaps them on threads, so its pace is bounded by the slowest pass and by what the cores
 have to give. This measures, on the same arrays (by default the 1 GB row of ``bench.ckpt_scale``: 3 GB of float32
 weights + Adam moments), alternating, ``--reps`` times each:
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _util as u
-from jobs.ckpt_format import CHUNK_BYTES as CHUNK  # the pieces the checkpoint writer hands on: numpy's 16 MiB
+from jobs.storage.ckpt_format import CHUNK_BYTES as CHUNK  # the pieces the checkpoint writer hands on: numpy's 16 MiB
 
 NAME = "write_ceiling"
 
@@ -161,9 +161,9 @@ def _timed(fn: Any) -> tuple[float, float]:
 
 def body(run: u.Run) -> None:
     from bench.ckpt_scale import raw_write
-    from jobs import ckpt_format as fmt
-    from jobs.storage import LocalStorage
-    from jobs.streams import PipelinedHashingWriter
+    from jobs.storage import ckpt_format as fmt
+    from jobs.storage.base import LocalStorage
+    from jobs.storage.streams import PipelinedHashingWriter
 
     gb = 0.0625 if run.args.smoke else run.args.gb
     reps = 2 if run.args.smoke else run.args.reps
@@ -201,7 +201,7 @@ def body(run: u.Run) -> None:
 
     def tree_file() -> None:
         # the product's local sink (page-cache dropping, fsync) with the tree hash; no temp file + rename (ms)
-        from jobs.streams import CacheDroppingFile
+        from jobs.storage.streams import CacheDroppingFile
 
         kept.append(run.dir / f"tree-{len(kept)}.npz")
         with open(kept[-1], "wb") as f:

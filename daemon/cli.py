@@ -26,6 +26,7 @@ import redis
 
 from daemon import render
 from jobs import logfmt
+from jobs.contract.states import JobState
 from jobs.errors import (
     AmbiguousJobIdError,
     ConfigError,
@@ -35,16 +36,15 @@ from jobs.errors import (
     StorageError,
     TraindError,
 )
-from jobs.redis_conn import DEFAULT_REDIS_URL, connect, redact_url
-from jobs.states import JobState
+from jobs.redis.conn import DEFAULT_REDIS_URL, connect, redact_url
 
 # Only what every command needs is imported above. Read-only commands (status, list, logs, watch, cancel) must answer
 # at once: they never import the client (rq, numpy), pydantic, TensorFlow or rich (tests/test_cli.py checks).
 if TYPE_CHECKING:
     from daemon.stack import Stack
     from jobs.client import Client
+    from jobs.redis.store import JobStore
     from jobs.settings import CommonSettings
-    from jobs.store import JobStore
 
 S = TypeVar("S", bound="CommonSettings")
 
@@ -83,7 +83,7 @@ _READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED
 
 def _store(args: argparse.Namespace) -> JobStore:
     """The job store for read-only commands and cancel, without importing pydantic or the client (fast start)."""
-    from jobs.store import JobStore
+    from jobs.redis.store import JobStore
 
     settings: CommonSettings | None = None
     if any(k.startswith("TRAIND_") and k not in _READ_ENV for k in os.environ):
@@ -106,7 +106,7 @@ def _store(args: argparse.Namespace) -> JobStore:
 
 def _resolve(store: JobStore, ref: str) -> str:
     """The full job id for an id or a unique id prefix."""
-    from jobs.ops import resolve_job_id
+    from jobs.ops.lookup import resolve_job_id
 
     try:
         return resolve_job_id(store.r, ref)
@@ -157,7 +157,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from jobs.ops import placement_note, summary
+    from jobs.ops.lookup import placement_note, summary
 
     store = _store(args)
     st = store.get(_resolve(store, args.job), with_history=not args.spec)
@@ -204,7 +204,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from jobs.ops import cancel
+    from jobs.ops.lookup import cancel
 
     store = _store(args)
     job_id = _resolve(store, args.job)
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--example", action="store_true", help="train examples/regression.yaml, print it, stop")
     sp.add_argument("--timeout", type=_positive_float, default=1800.0, help="--example: give up after S seconds")
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
-    from daemon import ops  # serve/workers/health/retry/purge live in their own module
+    from daemon import admin_cli as ops  # serve/workers/health/retry/purge live in their own module
 
     ops.register(add)
     return p

@@ -33,9 +33,9 @@ from typing import TextIO
 import redis
 
 from jobs.errors import ConfigError, TraindError
-from jobs.location import default_location
-from jobs.redis_conn import redact_url
+from jobs.redis.conn import redact_url
 from jobs.settings import StackSettings
+from jobs.storage.location import default_location
 
 REDIS_HINT = (
     "redis-server was not found on PATH; install it: apt-get install redis-server / brew install redis "

@@ -20,17 +20,19 @@ from types import FrameType
 
 import redis
 
-from jobs import admin, keys, telemetry
-from jobs.delivery import deliver, requeue
+from jobs.contract import keys
+from jobs.contract.events import EventKind
+from jobs.contract.queue import queue_contents
+from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, StorageError
-from jobs.events import EventKind
-from jobs.queue import queue_contents
-from jobs.redis_conn import connect, redact_url
-from jobs.replication import PrimaryWatch
+from jobs.ops import admin
+from jobs.redis import telemetry
+from jobs.redis.conn import connect, redact_url
+from jobs.redis.delivery import deliver, requeue
+from jobs.redis.replication import PrimaryWatch
+from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
-from jobs.states import JobState
-from jobs.storage import validate_job_id
-from jobs.store import JobStore
+from jobs.storage.base import validate_job_id
 
 log = logging.getLogger("traind.supervisor")
 

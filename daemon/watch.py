@@ -13,10 +13,10 @@ from typing import Any, TextIO
 import redis
 
 from daemon.render import event_line, progress_line, progress_parts
-from jobs import keys
+from jobs.contract import keys
+from jobs.contract.states import JobState
 from jobs.errors import JobTimeoutError
-from jobs.states import JobState
-from jobs.store import JobStore
+from jobs.redis.store import JobStore
 
 REDIS_OUTAGE_S = 30.0  # how long watch_job rides out an unreachable Redis
 

@@ -1,6 +1,7 @@
 """traind's shared contract: job specs, states and transitions, Redis keys and scripts, the queue, the client.
 
-The public names are loaded on first use (PEP 562), so ``import jobs.keys`` (every traind process does) does not
+The public names are loaded on first use (PEP 562), so ``import jobs.contract.keys`` (every traind process does)
+does not
 pay for the client's imports (rq, numpy, pydantic); read-only CLI commands stay fast.
 
 >>> from jobs import Client, JobState
@@ -13,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jobs.client import Client, JobHandle
-    from jobs.spec import JobSpec
-    from jobs.states import JobState
+    from jobs.contract.spec import JobSpec
+    from jobs.contract.states import JobState
 
 __all__ = ["Client", "JobHandle", "JobSpec", "JobState"]
 
-_LAZY = {"Client": "jobs.client", "JobHandle": "jobs.client", "JobSpec": "jobs.spec", "JobState": "jobs.states"}
+_LAZY = {"Client": "jobs.client", "JobHandle": "jobs.client", "JobSpec": "jobs.contract.spec",
+         "JobState": "jobs.contract.states"}
 
 
 def __getattr__(name: str) -> Any:

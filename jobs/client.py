@@ -16,9 +16,9 @@ from typing import Any
 
 import redis
 
-from jobs import keys, ops
-from jobs.callbacks_spec import callbacks_to_spec
-from jobs.delivery import deliver, deliver_many
+from jobs.contract import keys
+from jobs.contract.spec import JobSpec, load_spec_file, validate_spec
+from jobs.contract.states import JobState
 from jobs.errors import (
     DurabilityError,
     JobNotFoundError,
@@ -27,14 +27,15 @@ from jobs.errors import (
     StalePrimaryError,
     StorageError,
 )
-from jobs.location import parse_location
-from jobs.redis_conn import connect
-from jobs.replication import execute_pipeline, policy_of
+from jobs.keras.callbacks_spec import callbacks_to_spec
+from jobs.ops import lookup
+from jobs.redis.conn import connect
+from jobs.redis.delivery import deliver, deliver_many
+from jobs.redis.replication import execute_pipeline, policy_of
+from jobs.redis.store import JobStore
 from jobs.settings import ClientSettings
-from jobs.spec import JobSpec, load_spec_file, validate_spec
-from jobs.states import JobState
-from jobs.storage import Storage
-from jobs.store import JobStore
+from jobs.storage.base import Storage
+from jobs.storage.location import parse_location
 
 
 def quiet_tensorflow() -> None:
@@ -76,7 +77,7 @@ class JobHandle:
 
         >>> # job.status()["state"], job.status()["best_value"]
         """
-        return ops.summary(self.client.store.get(self.id, with_history=with_history))
+        return lookup.summary(self.client.store.get(self.id, with_history=with_history))
 
     def spec(self) -> dict[str, Any]:
         """The job's validated spec as submitted (with the model's Keras config when it came from ``fit``)."""
@@ -110,7 +111,7 @@ class JobHandle:
         batch boundary and keeps its checkpoints; cancelling a cancelled job again is a no-op.
         Raises JobFinishedError when the job already succeeded or failed.
         """
-        return ops.cancel(self.client.store, self.id)
+        return lookup.cancel(self.client.store, self.id)
 
     def load_model(self, which: str = "best") -> Any:
         """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
@@ -118,7 +119,7 @@ class JobHandle:
         from jobs.errors import CheckpointError
 
         quiet_tensorflow()
-        from jobs.modelio import load_best_model, load_checkpoint_model  # keras: not on the client's import path
+        from jobs.keras.modelio import load_best_model, load_checkpoint_model  # keras: not on the client's import path
 
         st = self.client.store.get(self.id, with_history=False)
         spec = JobSpec.model_validate(st["spec"])
@@ -222,8 +223,7 @@ class Client:
         """Refuse an inline ``model.config`` a worker could not rebuild, or whose monitors it would never log."""
         if spec.model.config is None:
             return  # keras stays unloaded: builder specs are checked statically (see fitcheck.check_inline_model)
-        from jobs import fitcheck
-
+        from jobs.keras import fitcheck
         quiet_tensorflow()
         fitcheck.check_inline_model(spec, self.storage, self.settings.allowed_modules)
 
@@ -267,7 +267,7 @@ class Client:
         Raises JobNotFoundError, or AmbiguousJobIdError listing the jobs a prefix matches.
         """
         try:
-            return JobHandle(self, ops.resolve_job_id(self.r, job_id))
+            return JobHandle(self, lookup.resolve_job_id(self.r, job_id))
         except StorageError as e:  # a malformed id names no job
             raise JobNotFoundError(str(e)) from e
 
@@ -314,10 +314,9 @@ class Client:
         >>> #                  sample_weight=w, custom_objects={"Scale": Scale},
         >>> #                  callbacks=[ModelCheckpoint(p, save_best_only=True), EarlyStopping(patience=3)])
         """
-        from jobs import fitcheck
-
+        from jobs.keras import fitcheck
         quiet_tensorflow()  # the caller's model normally loaded TensorFlow already; this covers the rest
-        from jobs.modelio import serialize_model  # keras import only when fitting
+        from jobs.keras.modelio import serialize_model  # keras import only when fitting
 
         allowed = self.settings.allowed_modules
         problems = _unsupported_kwargs(spec_sections)
@@ -372,8 +371,7 @@ class Client:
 
     def _upload_data(self, x: Any, y: Any, sample_weight: Any, validation_data: Any, max_bytes: int) -> dict[str, Any]:
         """Store the training (and validation) data; return the spec's ``data`` section."""
-        from jobs import datasets, fitdata
-
+        from jobs.keras import datasets, fitdata
         _refuse_python_data(x, "x")
         data: dict[str, Any] = {}
         if datasets.is_dataset(x):
@@ -407,8 +405,7 @@ class Client:
     def _check_model(self, spec: JobSpec, x: Any, y: Any, sample_weight: Any) -> None:
         """Rebuild the model from the spec in safe mode, as a worker will, and check every monitor against the metrics
         it logs on a sample of the data: a job that cannot work is refused here, before anything is queued."""
-        from jobs import datasets, fitcheck, fitdata
-
+        from jobs.keras import datasets, fitcheck, fitdata
         rebuilt = fitcheck.rebuild_model(spec, self.storage, self.settings.allowed_modules,
                                          self.settings.max_upload_bytes)
         try:

@@ -1,6 +1,6 @@
 """Log format: human text (default) or one JSON object per line (``TRAIND_LOG_FORMAT=json``) for log shippers.
 
-Structured fields come from ``extra={"event": ..., "job": ...}``; :mod:`jobs.telemetry` logs one such line per
+Structured fields come from ``extra={"event": ..., "job": ...}``; :mod:`jobs.redis.telemetry` logs one such line per
 claim, epoch, checkpoint, requeue, finish and failure in the process that made the change.
 
 >>> import json, logging

@@ -17,8 +17,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from jobs.location import default_location, parse_location
-from jobs.redis_conn import DEFAULT_REDIS_URL, check_redis_url
+from jobs.redis.conn import DEFAULT_REDIS_URL, check_redis_url
+from jobs.storage.location import default_location, parse_location
 
 
 def _split_csv(v: object) -> object:

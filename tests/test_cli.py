@@ -19,9 +19,9 @@ import yaml
 
 from daemon import render
 from daemon.cli import main
-from jobs import keys
 from jobs.client import Client
-from jobs.states import JobState
+from jobs.contract import keys
+from jobs.contract.states import JobState
 from testkit.cluster import free_port
 from tests.conftest import ROOT, Procs, log_of, wait_for
 
@@ -164,8 +164,8 @@ def test_logs_and_cancel_of_a_queued_job(cli: Any, tmp_path: Path) -> None:
 
 def test_log_tail_returns_each_event_once_across_trimming(r: redis.Redis, redis_url: str, storage_dir: Path) -> None:
     from daemon.watch import EventTail
-    from jobs.events import EventKind
-    from jobs.store import JobStore
+    from jobs.contract.events import EventKind
+    from jobs.redis.store import JobStore
 
     store = JobStore(r, events_max=10)
     job = Client(redis_url=redis_url, storage=storage_dir).submit(GOOD)
@@ -252,7 +252,7 @@ def test_tooling_is_not_a_product_command() -> None:
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 2
-    code = ("import sys, daemon.cli, daemon.ops, daemon.supervisor; "
+    code = ("import sys, daemon.cli, daemon.admin_cli, daemon.supervisor; "
             "sys.exit(10 if [m for m in sys.modules if m == 'bench' or m.startswith(('bench.', 'testkit'))] else 0)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -486,7 +486,7 @@ def test_read_commands_import_neither_client_nor_numpy(cli: Any, tmp_path: Path,
     """`traind status/list/logs` answer at once: nothing heavy is imported (the speed itself: bench/cli_latency.py)."""
     job_id = submit(cli, tmp_path)
     heavy = ("tensorflow", "keras", "numpy", "rq", "pydantic", "pydantic_settings", "yaml", "rich", "jobs.client",
-             "jobs.queue", "jobs.spec", "jobs.settings", "worker")
+             "jobs.contract.queue", "jobs.contract.spec", "jobs.settings", "worker")
     for args in (["status", job_id[:-3]], ["status", job_id, "--json"], ["list"], ["logs", job_id], ["cancel", job_id]):
         code = (
             "import sys, json; from daemon.cli import main; "

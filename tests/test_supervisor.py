@@ -15,12 +15,12 @@ import pytest
 import redis
 
 from daemon.supervisor import StepReport, Supervisor
-from jobs import keys
 from jobs.client import Client
-from jobs.queue import pop
+from jobs.contract import keys
+from jobs.contract.queue import pop
+from jobs.contract.states import JobState
+from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
-from jobs.states import JobState
-from jobs.store import JobStore
 from tests.conftest import wait_for
 
 QUEUE = keys.rq_queue_name("default", "cpu", "default")
@@ -178,7 +178,7 @@ def test_many_concurrent_supervisors_never_double_requeue(r: redis.Redis, redis_
 
 def test_duplicate_delivery_of_one_attempt_is_still_readable(r: redis.Redis, client: Client) -> None:
     """Two messages with one RQ id (a re-enqueue racing a submit) share one RQ hash; both pops name the job."""
-    from jobs.queue import enqueue
+    from jobs.contract.queue import enqueue
 
     job = client.submit(spec())
     enqueue(r, job.id, 1, QUEUE)
@@ -287,7 +287,7 @@ def test_restarted_supervisor_misses_nothing(r: redis.Redis, redis_url: str, cli
         raise Killed
 
     # The first supervisor is killed right after the requeue transition, before it enqueued the new attempt.
-    monkeypatch.setattr("jobs.delivery.enqueue", die)
+    monkeypatch.setattr("jobs.redis.delivery.enqueue", die)
     with pytest.raises(Killed):
         make_sup(redis_url).step(now)
     monkeypatch.undo()

@@ -3,7 +3,7 @@
 :meth:`Attempt.claim` moves the job to ``running`` under a fresh fencing token; :meth:`Attempt.run` keeps its lease
 alive (:class:`worker.heartbeat.Heartbeat`), trains it (:class:`worker.trainer.Trainer`, which returns an
 :class:`worker.trainer.Outcome`) and records how it ended: succeeded, failed, cancelled, requeued after a
-preemption (through :func:`jobs.delivery.requeue`), or nothing at all when the attempt lost its lease (fenced) or
+preemption (through :func:`jobs.redis.delivery.requeue`), or nothing at all when the attempt lost its lease (fenced) or
 Redis stayed unreachable (the lease expires and a supervisor requeues it).
 
 >>> # att = Attempt(store, storage, settings, worker_id="w1", job_id=jid, attempt=1)
@@ -20,8 +20,9 @@ from typing import Any
 
 import redis
 
-from jobs import telemetry
-from jobs.delivery import requeue
+from jobs.contract.events import EventKind
+from jobs.contract.spec import load_stored_spec
+from jobs.contract.states import JobState
 from jobs.errors import (
     DurabilityError,
     FencedError,
@@ -32,12 +33,11 @@ from jobs.errors import (
     StorageError,
     TraindError,
 )
-from jobs.events import EventKind
+from jobs.redis import telemetry
+from jobs.redis.delivery import requeue
+from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings
-from jobs.spec import load_stored_spec
-from jobs.states import JobState
-from jobs.storage import Storage
-from jobs.store import JobStore
+from jobs.storage.base import Storage
 from worker.control import JobControl, StopReason
 from worker.heartbeat import Heartbeat
 

@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from jobs.storage import DIGEST_RE
+from jobs.storage.base import DIGEST_RE
 
 log = logging.getLogger("traind.worker")
 

@@ -1,6 +1,6 @@
 """Resumable checkpoints of one attempt: atomic objects + manifest, committed to Redis under the attempt's token.
 
-The layout (keys, manifest, array groups) is :mod:`jobs.ckpt_format`'s. This module owns an attempt's checkpoint
+The layout (keys, manifest, array groups) is :mod:`jobs.storage.ckpt_format`'s. This module owns an attempt's checkpoint
 life: writing in the background, committing under the fencing token, retention, choosing and verifying the
 checkpoint to resume from. Redis' checkpoint index is the authority: an object whose commit was refused (a fenced,
 stale worker) or whose sha256 does not match is never loaded.
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from jobs import ckpt_format as fmt
-from jobs import telemetry
+from jobs.contract.events import EventKind, event
 from jobs.errors import CheckpointError, FencedError, StorageError
-from jobs.events import EventKind, event
-from jobs.storage import Storage, job_key
-from jobs.store import JobStore
+from jobs.redis import telemetry
+from jobs.redis.store import JobStore
+from jobs.storage import ckpt_format as fmt
+from jobs.storage.base import Storage, job_key
 
 log = logging.getLogger("traind.worker")
 
@@ -142,7 +142,8 @@ class Checkpoints:
           Work lost to a crash is still at most one write plus one epoch, and training keeps its pace.
 
         ``export`` names the lazy exports this checkpoint becomes once committed (``{"best": True}``): their
-        records (:func:`jobs.ckpt_format.checkpoint_export_record`) are set in the same commit. The next call (or
+        records (:func:`jobs.storage.ckpt_format.checkpoint_export_record`) are set in the same commit. The next call
+        (or
         :meth:`flush`) re-raises a background failure, so none is silently lost.
         """
         t0 = time.perf_counter()

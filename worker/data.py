@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from jobs import datasets, fitdata
+from jobs.contract.refs import resolve_ref
+from jobs.contract.spec import JobSpec
 from jobs.errors import UserCodeError
-from jobs.refs import resolve_ref
-from jobs.spec import JobSpec
-from jobs.storage import Storage
+from jobs.keras import datasets, fitdata
+from jobs.storage.base import Storage
 
 
 @dataclass

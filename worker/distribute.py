@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.contract.spec import JobSpec
 from jobs.errors import UserCodeError
-from jobs.spec import JobSpec
 
 
 def device_count(kind: str) -> int:

@@ -1,6 +1,6 @@
 """The function name RQ records for traind messages (``worker.execute.train``).
 
-traind workers pop messages themselves (see :mod:`jobs.queue`); RQ never imports or runs this. If someone
+traind workers pop messages themselves (see :mod:`jobs.contract.queue`); RQ never imports or runs this. If someone
 points a plain ``rq worker`` at a traind queue, the job fails loudly instead of training outside traind's lease.
 """
 

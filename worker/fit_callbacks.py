@@ -15,10 +15,10 @@ from typing import Any
 
 import keras
 
+from jobs.contract.refs import resolve_ref
+from jobs.contract.spec import JobSpec
 from jobs.errors import UserCodeError
-from jobs.refs import resolve_ref
-from jobs.spec import JobSpec
-from jobs.storage import Storage, job_key
+from jobs.storage.base import Storage, job_key
 
 CSV_NAME = "training.csv"
 

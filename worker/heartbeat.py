@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from jobs.store import JobStore
+from jobs.redis.store import JobStore
 from worker.control import JobControl, StopReason
 
 log = logging.getLogger("traind.worker")

@@ -18,15 +18,16 @@ from typing import Any
 
 import redis
 
-from jobs import keys, rqview
-from jobs.delivery import reject
+from jobs.contract import keys
+from jobs.contract.queue import pop
 from jobs.errors import StorageError
 from jobs.logfmt import native_stderr_logged
-from jobs.queue import pop
-from jobs.redis_conn import connect, redact_url
+from jobs.redis import rqview
+from jobs.redis.conn import connect, redact_url
+from jobs.redis.delivery import reject
+from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings
-from jobs.storage import Storage
-from jobs.store import JobStore
+from jobs.storage.base import Storage
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 from worker.distribute import device_count
 from worker.versions import check_keras

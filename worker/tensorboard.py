@@ -24,9 +24,9 @@ from typing import Any
 
 import keras
 
-from jobs import keys
-from jobs.storage import Storage
-from jobs.store import JobStore
+from jobs.contract import keys
+from jobs.redis.store import JobStore
+from jobs.storage.base import Storage
 
 log = logging.getLogger("traind.worker")
 SUBDIR = "tensorboard"

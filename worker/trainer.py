@@ -16,15 +16,15 @@ import keras
 import numpy as np
 import redis
 
-from jobs import fitcheck, fitdata
-from jobs.ckpt_format import ckpt_key
+from jobs.contract.events import EventKind, event
+from jobs.contract.spec import JobSpec, monitors
 from jobs.errors import CheckpointError, FencedError, TraindError, UserCodeError
-from jobs.events import EventKind, event
-from jobs.modelio import build_model
+from jobs.keras import fitcheck, fitdata
+from jobs.keras.modelio import build_model
+from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings
-from jobs.spec import JobSpec, monitors
-from jobs.storage import Storage
-from jobs.store import JobStore
+from jobs.storage.base import Storage
+from jobs.storage.ckpt_format import ckpt_key
 from worker import data as data_mod
 from worker import distribute, fit_callbacks
 from worker.callbacks import (

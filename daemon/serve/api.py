@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 
 from daemon.serve import auth
 from daemon.serve.sse import ALL, EVENTS_TAIL, Hub, encode, stream
-from jobs import admin, keys, ops
+from jobs.contract import keys
+from jobs.contract.states import JobState
 from jobs.errors import (
     AmbiguousJobIdError,
     IllegalTransitionError,
@@ -31,10 +32,10 @@ from jobs.errors import (
     StorageError,
     TraindError,
 )
-from jobs.ops import summary
-from jobs.states import JobState
-from jobs.storage import validate_job_id
-from jobs.store import JobStore
+from jobs.ops import admin, lookup
+from jobs.ops.lookup import summary
+from jobs.redis.store import JobStore
+from jobs.storage.base import validate_job_id
 
 router = APIRouter(prefix="/api/v1")
 Read = Annotated[auth.Access, Depends(auth.read)]
@@ -182,7 +183,7 @@ def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, An
 @router.post("/jobs/{job_id}/cancel")
 def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
     """Cancel: a queued job ends now; a running one stops at its next batch boundary."""
-    prev = ops.cancel(_store(request), _jid(job_id))
+    prev = lookup.cancel(_store(request), _jid(job_id))
     return {"id": job_id, "previous": prev.value, "cancel_requested": prev is JobState.RUNNING}
 
 

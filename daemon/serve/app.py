@@ -24,9 +24,9 @@ from daemon.serve import auth
 from daemon.serve.api import install_error_handlers, router
 from daemon.serve.sse import Hub
 from jobs.errors import ConfigError
-from jobs.redis_conn import connect, connect_async, redact_url
+from jobs.redis.conn import connect, connect_async, redact_url
+from jobs.redis.store import JobStore
 from jobs.settings import ClientSettings, ServeSettings
-from jobs.store import JobStore
 
 log = logging.getLogger("traind.serve")
 STATIC = files("daemon.serve") / "static"

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobs import admin, keys, telemetry
-from jobs.states import JobState
-from jobs.store import JobStore
+from jobs.contract import keys
+from jobs.contract.states import JobState
+from jobs.ops import admin
+from jobs.redis import telemetry
+from jobs.redis.store import JobStore
 
 _HELP = {
     "detection_seconds": "Time from a lost worker's last lease renewal to its job's requeue (supervisor).",

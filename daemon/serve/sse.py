@@ -1,6 +1,6 @@
 """Server-Sent Events driven by Redis pub/sub: one subscription per serve process, fanned out to every viewer.
 
-Workers and supervisors publish a small notification on :data:`jobs.telemetry.CHANNEL` whenever they change a job
+Workers and supervisors publish a small notification on :data:`jobs.redis.telemetry.CHANNEL` whenever they change a job
 (state, progress, epoch end, checkpoint, event). The :class:`Hub` reads the changed job **once** per notification
 (coalescing bursts: while one read is in flight, further notifications for that job merge into the next read)
 and hands the same encoded bytes to every viewer of that job and of the jobs list. Idle jobs cost nothing: no
@@ -26,10 +26,11 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from jobs import keys, telemetry
-from jobs.admin import LIST_FIELDS
-from jobs.ops import summary
-from jobs.store import JobStore, parse_record
+from jobs.contract import keys
+from jobs.ops.admin import LIST_FIELDS
+from jobs.ops.lookup import summary
+from jobs.redis import telemetry
+from jobs.redis.store import JobStore, parse_record
 
 log = logging.getLogger("traind.serve.sse")
 

@@ -9,10 +9,11 @@ import pytest
 import redis
 
 from daemon import render
-from jobs import admin, keys
 from jobs.client import Client
-from jobs.ops import placement_note
-from jobs.queue import pop, queue_contents
+from jobs.contract import keys
+from jobs.contract.queue import pop, queue_contents
+from jobs.ops import admin
+from jobs.ops.lookup import placement_note
 from jobs.settings import WorkerSettings
 from tests.conftest import Procs, log_of, wait_for
 from worker.runner import Worker

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.callbacks_spec import callbacks_to_spec
+from jobs.contract.spec import load_spec_file, parse_spec_text, validate_spec
 from jobs.errors import SpecError
-from jobs.spec import load_spec_file, parse_spec_text, validate_spec
+from jobs.keras.callbacks_spec import callbacks_to_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
+from jobs.contract.queue import pop
+from jobs.contract.states import TERMINAL, TRANSITIONS, JobState, can_transition
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
-from jobs.queue import pop
-from jobs.states import TERMINAL, TRANSITIONS, JobState, can_transition
-from jobs.store import JobStore
+from jobs.redis.store import JobStore
 
 SPEC = {"name": "s", "model": {"builder": "examples.regression:build_model"},
         "data": {"loader": "examples.regression:load_data"}, "fit": {"epochs": 2}}

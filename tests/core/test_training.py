@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from examples.regression import build_model, load_data
-from jobs import keys
 from jobs.client import Client, JobHandle
+from jobs.contract import keys
 from jobs.settings import WorkerSettings
-from jobs.storage import sha256_file
+from jobs.storage.base import sha256_file
 from tests.conftest import wait_for
 from worker.runner import Worker
 
@@ -188,8 +188,8 @@ def test_priority_high_runs_first(redis_url: str, storage_dir: Path) -> None:
 @pytest.mark.parametrize("policy", ["best", "latest"])
 def test_resume_after_requeue_is_the_same_run(redis_url: str, r: redis.Redis, storage_dir: Path, policy: str) -> None:
     """A supervisor-style requeue mid-run (worker fenced off) resumes to bit-identical results."""
-    from jobs.delivery import requeue
-    from jobs.events import EventKind
+    from jobs.contract.events import EventKind
+    from jobs.redis.delivery import requeue
 
     client = Client(redis_url=redis_url, storage=storage_dir)
     spec = es_spec(resume_from=policy, fit={"epochs": 60, "batch_size": 50, "validation_split": 0.3, "seed": SEED,

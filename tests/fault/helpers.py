@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from jobs.client import Client, JobHandle
-from jobs.events import EventKind
-from jobs.states import JobState
-from jobs.store import JobStore
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
+from jobs.redis.store import JobStore
 from tests.conftest import Procs, log_of, wait_for
 
 LEASE_TTL_S = 4.0  # long enough that a heartbeat thread starved on a loaded 2-core box never loses a live lease

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.events import EventKind
-from jobs.states import JobState
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
 from tests.conftest import Procs
 from tests.fault.helpers import RUN_S, STEPS, Cluster, events_of, job_spec, wait_terminal
 

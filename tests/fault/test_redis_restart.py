@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from jobs.client import new_job_id
-from jobs.events import EventKind
-from jobs.states import JobState
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
 from testkit.cluster import RedisServer
 from tests.conftest import Procs
 from tests.fault.helpers import (

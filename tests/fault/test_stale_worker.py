@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.events import EventKind
-from jobs.states import JobState
-from jobs.storage import sha256_file
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
+from jobs.storage.base import sha256_file
 from tests.conftest import Procs, log_of, wait_for
 from tests.fault.helpers import (
     LEASE_TTL_S,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.events import EventKind
-from jobs.states import JobState
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
 from tests.conftest import Procs, wait_for
 from tests.fault.helpers import (
     LEASE_TTL_S,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.redis_conn import parse_sentinel_url
+from jobs.redis.conn import parse_sentinel_url
 from tests.conftest import ROOT
 from tests.test_compose import COMPOSE, PASSWORD, SECRETS, STORAGE, needs_compose
 

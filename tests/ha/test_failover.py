@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from jobs.client import Client, JobHandle
-from jobs.events import EventKind
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
 from jobs.settings import ClientSettings
-from jobs.states import JobState
 from tests.conftest import ROOT, Procs, wait_for
 from tests.fault.helpers import RUN_S, Cluster, assert_history_complete, events_of, job_spec, wait_terminal
 from tests.ha.cluster import SentinelCluster
@@ -168,9 +168,9 @@ def test_fencing_and_acknowledged_commits_survive_failover(ha: SentinelCluster) 
 
     from daemon.supervisor import Supervisor
     from jobs.errors import FencedError
-    from jobs.redis_conn import connect, connect_async
+    from jobs.redis.conn import connect, connect_async
+    from jobs.redis.store import JobStore
     from jobs.settings import SupervisorSettings
-    from jobs.store import JobStore
 
     settings = ClientSettings(redis_url=ha.url, redis_socket_timeout_s=3.0, redis_wait_timeout_s=1.0)
     store = JobStore(connect(ha.url, settings=settings))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
+from jobs.contract.states import JobState
 from jobs.settings import SupervisorSettings
-from jobs.states import JobState
 from testkit.cluster import RedisServer
 from tests.conftest import wait_for
 from tests.test_supervisor import FakeUptime, claim, spec

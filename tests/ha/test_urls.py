@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from jobs.errors import ConfigError, DurabilityError
-from jobs.redis_conn import connect, is_sentinel_url, parse_sentinel_url, redact_url
+from jobs.redis.conn import connect, is_sentinel_url, parse_sentinel_url, redact_url
+from jobs.redis.store import JobStore
 from jobs.settings import ClientSettings, WorkerSettings
-from jobs.store import JobStore
 from testkit.cluster import RedisServer
 
 
@@ -160,8 +160,8 @@ def test_unconfirmed_submit_says_the_job_is_queued(pair: tuple[RedisServer, Redi
     with pytest.raises(DurabilityError, match=r"only 0 of 1 replica\(s\) confirmed.* is queued and will run") as e:
         client.submit(spec)
     job_id = str(e.value).split("Job ", 1)[1].split(" ", 1)[0]
-    from jobs import keys
-    from jobs.queue import queue_contents
+    from jobs.contract import keys
+    from jobs.contract.queue import queue_contents
 
     raw = client.store.raw(job_id)
     assert raw["state"] == "queued"  # told "queued": it is, and its message is on its queue

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.client import Client
-from jobs.events import EventKind
+from jobs.contract.events import EventKind
 from tests.conftest import Procs
 from tests.fault.helpers import RUN_S, Cluster, assert_same_arrays, events_of, final_checkpoint, wait_terminal
 from tests.parity.conftest import ALLOWED

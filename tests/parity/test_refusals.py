@@ -8,8 +8,8 @@ import pytest
 import redis
 import tensorflow as tf
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
 from jobs.errors import SpecError
 from tests.parity import objects
 from tests.parity.conftest import run_worker

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from jobs.client import Client
-from jobs.events import EventKind
-from jobs.spec import validate_spec
+from jobs.contract.events import EventKind
+from jobs.contract.spec import validate_spec
 from tests.conftest import Procs
 from tests.fault.helpers import RUN_S, Cluster, assert_same_arrays, events_of, final_checkpoint, wait_terminal
 from tests.parity.conftest import ALLOWED

@@ -16,8 +16,8 @@ import keras
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
 from jobs.errors import SpecError
 from tests.conftest import ROOT
 from tests.parity import objects

@@ -13,11 +13,11 @@ from typing import Any
 
 import redis
 
-from jobs import keys
 from jobs.client import new_job_id
-from jobs.queue import enqueue, queue_key
+from jobs.contract import keys
+from jobs.contract.queue import enqueue, queue_key
+from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings
-from jobs.store import JobStore
 
 QUEUE = keys.rq_queue_name("default", "cpu", "default")  # where a default-spec job is delivered
 WORKER_LOG = "traind.worker"

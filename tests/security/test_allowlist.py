@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
+from jobs.contract.queue import queue_key
+from jobs.contract.refs import resolve_ref
 from jobs.errors import SpecError, StorageError
-from jobs.queue import queue_key
-from jobs.refs import resolve_ref
 from tests.security.helpers import QUEUE, failed_with, good_spec, plant_job, run_burst
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_lambda_layer_is_refused_in_safe_mode(
     import keras
 
     from examples.regression import load_data
-    from jobs.modelio import serialize_model
+    from jobs.keras.modelio import serialize_model
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2.0), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")

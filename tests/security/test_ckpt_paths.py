@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
-from jobs.queue import enqueue
-from jobs.storage import sha256_file
-from jobs.store import JobStore
+from jobs.contract import keys
+from jobs.contract.queue import enqueue
+from jobs.redis.store import JobStore
+from jobs.storage.base import sha256_file
 from tests.security.helpers import QUEUE, failed_with, good_spec, plant_job, record, run_burst
 
 
@@ -117,8 +117,8 @@ def test_planted_manifests_skip_with_events_delete_nothing_outside_ckpt_and_fall
 
 def test_manifest_file_names_are_confined_to_ckpt() -> None:
     """The names a manifest may use: ``ckpt/<name>.npz`` and nothing else (pure check, no worker)."""
-    from jobs.ckpt_format import check_manifest
     from jobs.errors import CheckpointError
+    from jobs.storage.ckpt_format import check_manifest
 
     sha = "a" * 64
     for bad in ["../../uploads/x.npz", "ckpt/../x.npz", "/etc/passwd", "ckpt/.x.npz", "ckpt/sub/x.npz", "x.npz",

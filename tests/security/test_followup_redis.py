@@ -12,10 +12,10 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
-from jobs.states import JobState
-from jobs.store import JobStore
+from jobs.contract import keys
+from jobs.contract.states import JobState
+from jobs.redis.store import JobStore
 from testkit.cluster import RedisServer
 from tests.conftest import ROOT, Procs, log_of, wait_for
 from tests.security.helpers import good_spec, plant_job, record, run_burst

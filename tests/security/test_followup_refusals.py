@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
 from jobs.errors import ConfigError, SpecError
 from jobs.settings import ClientSettings
 from tests.conftest import ROOT

@@ -2,7 +2,8 @@
 
 * specs: any dict / YAML / JSON text either validates or raises SpecError with a non-empty message per problem
   (never another exception), and whatever validates is accepted again by the worker in its stored form;
-* queue: any bytes or JSON in an RQ job hash make ``jobs.queue.pop`` return a Delivery (message xor error), never
+* queue: any bytes or JSON in an RQ job hash make ``jobs.contract.queue.pop`` return a Delivery (message xor error),
+  never
   raise; the worker's ``step()`` survives them and never leaves a job running.
 """
 
@@ -28,10 +29,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs import keys
-from jobs.errors import SpecError
-from jobs.queue import Delivery, pop, queue_key
-from jobs.spec import (
+from jobs.contract import keys
+from jobs.contract.queue import Delivery, pop, queue_key
+from jobs.contract.spec import (
     CheckpointSpec,
     DataSpec,
     EarlyStoppingSpec,
@@ -43,8 +43,9 @@ from jobs.spec import (
     parse_spec_text,
     validate_spec,
 )
-from jobs.storage import validate_job_id
-from jobs.store import JobStore
+from jobs.errors import SpecError
+from jobs.redis.store import JobStore
+from jobs.storage.base import validate_job_id
 from tests.security.helpers import QUEUE, plant_job, rq_payload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -331,7 +332,7 @@ def test_atheris_spec_fuzz() -> None:
         import sys, atheris
         with atheris.instrument_imports():
             from jobs.errors import SpecError
-            from jobs.spec import parse_spec_text, validate_spec
+            from jobs.contract.spec import parse_spec_text, validate_spec
         def one(data):
             text = atheris.FuzzedDataProvider(data).ConsumeUnicodeNoSurrogates(4096)
             try:

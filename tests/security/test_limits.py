@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
+from jobs.contract.spec import parse_spec_text, validate_spec
 from jobs.errors import LimitError, SpecError
 from jobs.settings import ClientSettings
-from jobs.spec import parse_spec_text, validate_spec
-from jobs.storage import Storage
+from jobs.storage.base import Storage
 from tests.security.helpers import failed_with, good_spec, plant_job, run_burst
 
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from jobs.client import Client
-from jobs.redis_conn import connect, redact_url
+from jobs.redis.conn import connect, redact_url
 from testkit.cluster import RedisServer, free_port
 from tests.conftest import wait_for
 from tests.security.helpers import all_redis_text, good_spec, make_worker, run_burst

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from jobs.ckpt_format import ckpt_key
 from jobs.client import Client
-from jobs.storage import LocalStorage, Storage
-from jobs.store import JobStore
+from jobs.redis.store import JobStore
+from jobs.storage.base import LocalStorage, Storage
+from jobs.storage.ckpt_format import ckpt_key
 from tests.security.helpers import failed_with, good_spec, run_burst
 from worker.checkpoint import Checkpoints
 

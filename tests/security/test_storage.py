@@ -14,7 +14,7 @@ import redis
 
 from jobs.client import Client
 from jobs.errors import SpecError, StorageError
-from jobs.storage import Storage, validate_job_id
+from jobs.storage.base import Storage, validate_job_id
 from tests.security.helpers import failed_with, good_spec, run_burst
 
 BAD_IDS: list[object] = [
@@ -76,7 +76,7 @@ def test_upload_digests_are_validated(digest: str, tmp_path: Path) -> None:
 
 
 def test_spec_refuses_non_digest_upload_references() -> None:
-    from jobs.spec import validate_spec
+    from jobs.contract.spec import validate_spec
 
     spec = good_spec(data={"arrays": "../../etc/passwd"})
     with pytest.raises(SpecError) as ei:

@@ -12,8 +12,8 @@ import pytest
 import redis
 from rq import Queue
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
 from tests.security.helpers import (
     QUEUE,
     failed_with,
@@ -197,7 +197,7 @@ def test_static_check_catches_violations(tmp_path: Path) -> None:
 
 def test_zlib_and_plain_rq_data_are_both_read_as_json(r: redis.Redis) -> None:
     """RQ compresses job data; traind reads both forms, as JSON only (no silent fallback to pickle)."""
-    from jobs.queue import pop
+    from jobs.contract.queue import pop
 
     plant_rq(r, "abc-a1", rq_payload(keys.RQ_FUNC, ["abc", 1]), compress=True)
     plant_rq(r, "abd-a2", rq_payload(keys.RQ_FUNC, ["abd", 2]))

@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.supervisor import Supervisor
 from jobs.client import Client
+from jobs.contract.states import JobState
 from jobs.settings import SupervisorSettings
-from jobs.states import JobState
 from tests.conftest import Procs, log_of, wait_for
 from tests.serve.conftest import READ_TOKEN, Served, slow_spec
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
+from jobs.contract.states import JobState
 from jobs.errors import FencedError
-from jobs.states import JobState
-from jobs.store import iso_ms
+from jobs.redis.store import iso_ms
 from tests.serve.conftest import slow_spec
 
 

@@ -24,8 +24,8 @@ import redis
 from rq import Queue
 from rq.serializers import DefaultSerializer, JSONSerializer
 
-from jobs import keys
 from jobs.client import Client
+from jobs.contract import keys
 from testkit.cluster import free_port
 from tests.conftest import Procs, log_of, wait_for
 from tests.security.helpers import plant_rq, rq_payload
@@ -151,7 +151,7 @@ def test_real_rq_dashboard_shows_running_traind_job_and_never_fails(
     workers = dashboard.workers()
     assert RQ_WORKER_NAME in workers, workers
     me = workers[RQ_WORKER_NAME]
-    # busy; its current job is not named (jobs/rqview.py records no RQ execution: rendering one would unpickle the
+    # busy; its current job is not named (jobs/redis/rqview.py records no RQ execution: rendering one would unpickle the
     # JSON message and fail the default dashboard's whole workers page); the job is in the started registry above
     assert me["state"] == "busy" and QUEUE in me["queues"] and me["current_job"] == "idle", me
     assert client.store.raw(h.id)["state"] == "running", "the job ended before the dashboard was read: make it slower"

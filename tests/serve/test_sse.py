@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from jobs import telemetry
+from jobs.redis import telemetry
 from tests.conftest import Procs, log_of, wait_for
 from tests.serve.conftest import Served, slow_spec
 

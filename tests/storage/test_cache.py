@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.storage import Storage
+from jobs.storage.base import Storage
 from worker.cache import UploadCache
 
 

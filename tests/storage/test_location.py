@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import StorageError, StorageLocationError
-from jobs.location import default_location, parse_location
 from jobs.settings import ClientSettings, WorkerSettings
-from jobs.storage import Storage, job_key, validate_key
+from jobs.storage.base import Storage, job_key, validate_key
+from jobs.storage.location import default_location, parse_location
 from tests.conftest import ROOT
 
 

@@ -8,8 +8,8 @@ import hashlib
 import pytest
 
 from jobs.errors import CheckpointError, StorageUnavailableError
-from jobs.objstore import ObjectStorage
-from jobs.storage import Storage
+from jobs.storage.base import Storage
+from jobs.storage.objstore import ObjectStorage
 from tests.storage.s3server import FaultProxy, MotoS3
 
 
@@ -110,7 +110,7 @@ def test_access_denied_is_not_retried(s3_url: str, proxy: FaultProxy) -> None:
 def test_streamed_write_spills_to_disk_and_publishes_nothing_on_error(s3_url: str,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``open_write`` hashes while spooling (to a temp file past SPOOL_BYTES); an exception publishes nothing."""
-    import jobs.objstore as objstore
+    import jobs.storage.objstore as objstore
 
     monkeypatch.setattr(objstore, "SPOOL_BYTES", 1000)
     st = Storage(s3_url)

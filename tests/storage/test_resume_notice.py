@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jobs.storage import Storage
+from jobs.storage.base import Storage
 from worker.checkpoint import Checkpoints
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from jobs.client import Client
-from jobs.events import EventKind
-from jobs.states import JobState
-from jobs.store import JobStore
+from jobs.contract.events import EventKind
+from jobs.contract.states import JobState
+from jobs.redis.store import JobStore
 from tests.conftest import ROOT, Procs, log_of, wait_for
 from tests.fault.helpers import (
     FAULT_ENV,

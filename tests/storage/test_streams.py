@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs import ckpt_format as fmt
-from jobs.storage import Storage
-from jobs.streams import HashingWriter, PipelinedHashingWriter
+from jobs.storage import ckpt_format as fmt
+from jobs.storage.base import Storage
+from jobs.storage.streams import HashingWriter, PipelinedHashingWriter
 
 
 def _threads() -> set[str]:
@@ -107,7 +107,7 @@ def test_local_checkpoint_writes_leave_the_page_cache_as_they_go(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A pipelined (checkpoint) write syncs and drops each written range, then the whole file after its fsync; the
     object is intact. A plain write drops nothing."""
-    import jobs.streams as streams
+    import jobs.storage.streams as streams
 
     monkeypatch.setattr(streams, "DROP_EVERY_BYTES", 1 << 20)
     calls: list[tuple[int, int]] = []

@@ -1,7 +1,7 @@
 """Operator reads and actions over traind's Redis records: job pages, workers, queues, retry, purge, health.
 
 Shared by the ops commands (``traind workers|health|retry|purge``) and ``traind serve`` so both show the same
-numbers. Every state change still goes through :meth:`jobs.store.JobStore.transition` (the one Lua transition).
+numbers. Every state change still goes through :meth:`jobs.redis.store.JobStore.transition` (the one Lua transition).
 
 >>> # page = list_page(store, state="running", limit=50); workers(store)
 """
@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from jobs import keys, lua, telemetry
+from jobs.contract import keys, lua
+from jobs.contract.events import EventKind
+from jobs.contract.states import RETRYABLE, TERMINAL, JobState
 from jobs.errors import IllegalTransitionError, JobNotFoundError
-from jobs.events import EventKind
-from jobs.states import RETRYABLE, TERMINAL, JobState
-from jobs.store import JobStore, parse_record
+from jobs.redis import telemetry
+from jobs.redis.store import JobStore, parse_record
 
 if TYPE_CHECKING:
-    from jobs.storage import Storage
+    from jobs.storage.base import Storage
 
 log = logging.getLogger("traind.admin")
 LIST_FIELDS = ["id", "name", "state", "queue", "epoch", "epochs", "restarts", "preemptions", "attempt", "best_epoch",
@@ -119,7 +120,7 @@ def workers(store: JobStore) -> list[dict[str, Any]]:
 def queues(store: JobStore) -> list[dict[str, Any]]:
     """Each traind RQ queue with its depth (messages waiting): ``device`` is the name's device segment (``gpu-x2`` for
     jobs that need 2 devices of one worker), ``kind`` and ``devices`` its parts."""
-    from jobs.queue import queue_key  # rq: imported on use, so `traind serve` starts fast
+    from jobs.contract.queue import queue_key  # rq: imported on use, so `traind serve` starts fast
 
     names = sorted(n.decode().removeprefix("rq:queue:") for n in store.r.smembers("rq:queues"))
     names = [n for n in names if n.startswith(f"{keys.PREFIX}.")]
@@ -141,7 +142,7 @@ def retry(store: JobStore, job_id: str) -> int:
 
     Raises IllegalTransitionError for a job that is not failed/cancelled, JobNotFoundError for an unknown id.
     """
-    from jobs.delivery import requeue  # rq: imported on use, so `traind serve` starts fast
+    from jobs.redis.delivery import requeue  # rq: imported on use, so `traind serve` starts fast
 
     raw = store.raw(job_id)
     if raw.get("state") not in {s.value for s in RETRYABLE}:
@@ -210,7 +211,7 @@ def retention(store: JobStore, storage_location: str, ttl_s: float, every_s: flo
         return []
     if not store.r.set(f"{keys.PREFIX}:retention:lock", "1", nx=True, px=int(every_s * 1000)):
         return []
-    from jobs.storage import Storage
+    from jobs.storage.base import Storage
 
     kw = {} if storage_retry_s is None else {"retry_s": storage_retry_s}
     gone = purge(store, Storage(storage_location, **kw), ttl_s)
@@ -220,7 +221,7 @@ def retention(store: JobStore, storage_location: str, ttl_s: float, every_s: flo
 
 
 def _job_key(job_id: str) -> str:
-    from jobs.storage import job_key
+    from jobs.storage.base import job_key
 
     return job_key(job_id)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from jobs.states import JobState
+from jobs.contract.states import JobState
 
 
 class EventKind(str, Enum):

@@ -34,7 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.exceptions import AuthenticationError, AuthorizationError, NoScriptError, ResponseError
 
-from jobs import lua
+from jobs.contract import lua
 from jobs.errors import DurabilityError, StalePrimaryError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ _ATTEMPTS = 4  # whole-write attempts on connection errors (each reconnect has i
 
 @dataclass
 class Durability:
-    """The durability policy of one client (attached to it by :func:`jobs.redis_conn.connect`).
+    """The durability policy of one client (attached to it by :func:`jobs.redis.conn.connect`).
 
     >>> Durability(min_replicas=None).describe()
     'auto (wait for 1 replica when the primary has one, else degraded), timeout 2.0 s'

@@ -16,12 +16,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from jobs import keys
+from jobs.contract import keys
+from jobs.contract.events import EventKind
+from jobs.contract.queue import Delivery, enqueue
+from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
-from jobs.events import EventKind
-from jobs.queue import Delivery, enqueue
-from jobs.states import JobState
-from jobs.store import JobStore
+from jobs.redis.store import JobStore
 
 log = logging.getLogger("traind.delivery")
 

@@ -1,6 +1,6 @@
 """Operator commands: ``traind serve``, ``workers``, ``health``, ``retry`` and ``purge``.
 
-Registered on the main parser by :func:`register`; they share :mod:`jobs.admin` with the HTTP API.
+Registered on the main parser by :func:`register`; they share :mod:`jobs.ops.admin` with the HTTP API.
 
 Exit codes as elsewhere: 0 success/healthy; 1 unhealthy, not found, or refused; 2 invalid input.
 
@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from jobs.errors import ConfigError, IllegalTransitionError
-from jobs.redis_conn import connect
+from jobs.redis.conn import connect
 
-# jobs.admin (rq), jobs.settings (pydantic) and the server are imported by the commands that use them: this module is
+# jobs.ops.admin (rq), jobs.settings (pydantic) and the server are imported by the commands that use them: this
+# module is
 # imported by every `traind` invocation to register its subcommands, and read-only commands must start fast.
 AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,8 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     from daemon import render
-    from jobs import admin
-
+    from jobs.ops import admin
     client = _settings_and_client(args)
     ws = admin.workers(client.store)
     if args.json:
@@ -75,7 +75,7 @@ def render_json(obj: Any) -> None:
 
 def cmd_health(args: argparse.Namespace) -> int:
     from daemon.cli import _settings
-    from jobs import admin
+    from jobs.ops import admin
     from jobs.settings import ClientSettings
 
     settings = _settings(ClientSettings, args)
@@ -88,8 +88,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from daemon.cli import _resolve
-    from jobs import admin
-
+    from jobs.ops import admin
     client = _settings_and_client(args)
     job_id = _resolve(client.store, args.job)  # an id or a unique prefix, as every job command takes
     try:
@@ -102,8 +101,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from jobs import admin
-    from jobs.storage import Storage
+    from jobs.ops import admin
+    from jobs.storage.base import Storage
 
     client = _settings_and_client(args)
     states = [s.strip() for s in args.state.split(",")] if args.state else None

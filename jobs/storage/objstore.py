@@ -1,4 +1,5 @@
-"""Object-store backend of :class:`jobs.storage.Storage` (fsspec: s3fs for ``s3://``; gcsfs / adlfs where installed).
+"""Object-store backend of :class:`jobs.storage.base.Storage` (fsspec: s3fs for ``s3://``; gcsfs / adlfs where
+installed).
 
 Guarantees on object storage:
 - an object is written by one PUT (or one multipart upload, aborted on any error), so a reader sees the old object,
@@ -32,9 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.errors import StorageError, StorageLocationError, StorageUnavailableError
-from jobs.location import SCHEMES, parse_location
-from jobs.storage import Storage, validate_key
-from jobs.streams import HashingWriter, PipelinedHashingWriter, finishing
+from jobs.storage.base import Storage, validate_key
+from jobs.storage.location import SCHEMES, parse_location
+from jobs.storage.streams import HashingWriter, PipelinedHashingWriter, finishing
 
 log = logging.getLogger("traind.storage")
 T = TypeVar("T")
@@ -156,7 +157,7 @@ class ObjectStorage(Storage):
             return digest.result()
 
     def put_local_file(self, key: str, path: Path) -> str:
-        from jobs.storage import sha256_file
+        from jobs.storage.base import sha256_file
 
         digest = sha256_file(path)
         self._retry(f"write {key}", lambda: self.fs.put_file(str(path), self._p(key)))

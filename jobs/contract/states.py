@@ -1,6 +1,6 @@
 """Job states and the one table of allowed transitions.
 
-The transition itself is performed atomically in Redis by :func:`jobs.store.JobStore.transition`;
+The transition itself is performed atomically in Redis by :func:`jobs.redis.store.JobStore.transition`;
 this module is pure data so that both the client and the Lua scripts use the same table.
 """
 

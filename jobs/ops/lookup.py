@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from jobs import keys
+from jobs.contract import keys
+from jobs.contract.states import JobState
 from jobs.errors import AmbiguousJobIdError, JobFinishedError, JobNotFoundError
-from jobs.states import JobState
-from jobs.storage import validate_job_id
+from jobs.storage.base import validate_job_id
 
 if TYPE_CHECKING:
     import redis
 
-    from jobs.store import JobStore
+    from jobs.redis.store import JobStore
 
 MAX_CANDIDATES = 10  # an ambiguity error names at most this many jobs
 

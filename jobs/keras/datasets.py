@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import LimitError, SpecError, StorageError
-from jobs.storage import DIGEST_RE, Storage
+from jobs.storage.base import DIGEST_RE, Storage
 
 # Graph ops that call back into the Python interpreter: a saved dataset must not depend on them.
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"})

@@ -52,7 +52,7 @@ def callbacks_to_spec(callbacks: list[Any], allowed: Sequence[str] | None = None
     (its schedule must be a function in an allowlisted module), TensorBoard -> the job's own TensorBoard logs (always
     written; options beyond per-epoch scalars are refused); any other callback is refused with the reason.
     """
-    from jobs.fitcheck import ref_of
+    from jobs.keras.fitcheck import ref_of
 
     out: dict[str, Any] = {}
     problems: list[str] = []

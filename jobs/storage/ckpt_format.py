@@ -1,6 +1,6 @@
 """The checkpoint layout, in one place: object keys, index keys, the manifest schema, array naming, exports.
 
-The worker writes checkpoints (:mod:`worker.checkpoint`) and the client reads them back (:mod:`jobs.modelio`)
+The worker writes checkpoints (:mod:`worker.checkpoint`) and the client reads them back (:mod:`jobs.keras.modelio`)
 through these functions only, so the two sides cannot drift apart. Under a job's key prefix ``jobs/<id>/``:
 
 - ``ckpt/e{epoch:06d}-b{batch:06d}-a{attempt}.npz``: a resumable checkpoint, arrays named ``{group}{i:06d}`` with
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from jobs.errors import CheckpointError, StorageError
-from jobs.storage import Storage, job_key
+from jobs.storage.base import Storage, job_key
 
 CKPT_DIR = "ckpt"
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
@@ -140,7 +140,8 @@ CHUNK_BYTES = 16 * 2**20  # what an array's data is written in: bounded pieces f
 
 
 def write_npz(stream: Any, groups: dict[str, list[np.ndarray] | None]) -> None:
-    """Stream the same ``.npz`` as :func:`pack` into a write-only ``stream`` (a :class:`jobs.storage.HashingWriter`).
+    """Stream the same ``.npz`` as :func:`pack` into a write-only ``stream``
+    (a :class:`jobs.storage.streams.HashingWriter`).
 
     No copy of the whole archive is built in memory: ``zipfile`` writes each member as it goes (data descriptors,
     as the stream cannot seek). A C-contiguous array's data goes out as ``memoryview`` slices of the array itself,
@@ -176,7 +177,7 @@ def checkpoint_export_record(m: dict[str, Any]) -> dict[str, Any]:
     """A ``best_checkpoint``/``latest_checkpoint`` record naming a committed resumable checkpoint: the lazy export.
 
     During training the user-facing ``best`` is not written on the training thread; it is the verified resumable
-    checkpoint of the best epoch, converted to a model on ``load_model`` (:mod:`jobs.modelio`). The ``best.keras``
+    checkpoint of the best epoch, converted to a model on ``load_model`` (:mod:`jobs.keras.modelio`). The ``best.keras``
     / ``best.weights.h5`` file is written when the job finishes.
     """
     return {"file": m["file"], "sha256": m["sha256"], "format": "checkpoint", "key": m["key"]}

@@ -1,6 +1,6 @@
 """RQ's own tools show the truth: a running traind job appears as *executing* in ``rq info`` and rq-dashboard.
 
-traind's worker pops RQ messages itself (see :mod:`jobs.queue`), so RQ's registries would never see a running
+traind's worker pops RQ messages itself (see :mod:`jobs.contract.queue`), so RQ's registries would never see a running
 job. On every claim this module records an RQ job hash for the running attempt (status ``started``, its worker,
 JSON data, no ``meta``: readable with RQ's default pickle serializer too, so rq-dashboard can show it) and puts it in
 the queue's ``StartedJobRegistry`` with an infinite score, so RQ's ``cleanup`` never calls it abandoned and fails
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from jobs import keys
+from jobs.contract import keys
 
 log = logging.getLogger("traind.rqview")
 

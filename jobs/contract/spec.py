@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jobs.contract.refs import imported_problem, ref_problem
 from jobs.errors import LimitError, SpecError
-from jobs.refs import imported_problem, ref_problem
 
 Mode = Literal["auto", "min", "max"]
 _SHA = r"^[0-9a-f]{64}$"
@@ -354,7 +354,7 @@ def monitors(spec: JobSpec) -> dict[str, str]:
 
 def static_fit_problems(spec: JobSpec) -> list[str]:
     """What is wrong with the fit/data combination without building the model (monitor names are checked against
-    the compiled model by :func:`jobs.fitcheck.monitor_problems`)."""
+    the compiled model by :func:`jobs.keras.fitcheck.monitor_problems`)."""
     problems: list[str] = []
     d, f = spec.data, spec.fit
     validates = d.has_validation or (d.arrays is not None and f.validation_split > 0)

@@ -46,7 +46,7 @@ _DATA_PARAMS = ("socket_timeout", "socket_connect_timeout", "health_check_interv
 
 
 class TraindRedis(redis.Redis):
-    """A redis-py client that also carries traind's write-durability policy (see :mod:`jobs.replication`)."""
+    """A redis-py client that also carries traind's write-durability policy (see :mod:`jobs.redis.replication`)."""
 
     durability: Any = None
     sentinel: SentinelTarget | None = None
@@ -199,7 +199,7 @@ def connect(url: str, retries: int = 20, socket_timeout_s: float | None = None,
 
     >>> # r = connect("redis+sentinel://s1:26379,s2:26379,s3:26379/traind/0"); r.ping()
     """
-    from jobs.replication import Durability
+    from jobs.redis.replication import Durability
 
     check_redis_url(url)  # one line, password redacted, before any parser can quote part of it
     if socket_timeout_s is None:

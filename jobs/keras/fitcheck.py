@@ -13,12 +13,12 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from jobs.contract.refs import ref_problem
 from jobs.errors import SpecError
-from jobs.refs import ref_problem
 
 if TYPE_CHECKING:
-    from jobs.spec import JobSpec
-    from jobs.storage import Storage
+    from jobs.contract.spec import JobSpec
+    from jobs.storage.base import Storage
 
 
 def metric_names(train: Iterable[str], has_validation: bool) -> list[str]:
@@ -110,7 +110,7 @@ def rebuild_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_u
     import keras
 
     from jobs.errors import UserCodeError
-    from jobs.modelio import build_model
+    from jobs.keras.modelio import build_model
 
     if not with_weights and spec.model.initial_weights:
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"initial_weights": None})})
@@ -198,7 +198,7 @@ def metric_names_without_data(model: Any) -> list[str] | None:
 
 def check_monitors(spec: JobSpec, train_metrics: Iterable[str]) -> None:
     """Raise SpecError naming every ``monitor`` field the job will never log (with "did you mean")."""
-    from jobs.spec import monitors
+    from jobs.contract.spec import monitors
 
     d = spec.data
     # A loader may or may not return validation data (None): val_* names are then allowed, typos still caught.

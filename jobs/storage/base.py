@@ -3,7 +3,8 @@
 Keys are relative POSIX strings (``jobs/<id>/ckpt/e000001-b000000-a1.npz``, ``uploads/<sha256>.npz``) confined to
 the configured root; callers never build paths themselves. ``Storage(location)`` returns the backend for the
 location: :class:`LocalStorage` for an absolute path (atomic temp + fsync + ``os.replace``), or
-:class:`jobs.objstore.ObjectStorage` for ``s3://bucket/prefix`` (and ``gs://`` / ``az://`` where fsspec has them).
+:class:`jobs.storage.objstore.ObjectStorage`
+for ``s3://bucket/prefix`` (and ``gs://`` / ``az://`` where fsspec has them).
 
 Visibility: an object is never trusted on its own. A checkpoint becomes visible to resume only when its manifest
 is committed to Redis (see :mod:`worker.checkpoint`), and every read is verified against the sha256 recorded there.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jobs.errors import CheckpointError, LimitError, StorageError
-from jobs.streams import CacheDroppingFile, HashingWriter, PipelinedHashingWriter, finishing
+from jobs.storage.streams import CacheDroppingFile, HashingWriter, PipelinedHashingWriter, finishing
 
 if TYPE_CHECKING:
     import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
@@ -118,8 +119,8 @@ class Storage:
 
     def __new__(cls, location: str | os.PathLike[str] | None = None, **kwargs: Any) -> Storage:
         if cls is Storage:
-            from jobs.location import parse_location
-            from jobs.objstore import ObjectStorage
+            from jobs.storage.location import parse_location
+            from jobs.storage.objstore import ObjectStorage
 
             kind, norm = parse_location(location)
             target: type[Storage] = LocalStorage if kind == "local" else ObjectStorage
@@ -165,7 +166,8 @@ class Storage:
         """Stream an object to ``key``; it appears complete when the block exits cleanly, never torn.
 
         On an exception nothing is published (a local temp file is removed; a multipart upload is aborted).
-        ``pipelined``: hash and write on threads of their own (:class:`jobs.streams.PipelinedHashingWriter`, no copy
+        ``pipelined``: hash and write on threads of their own (:class:`jobs.storage.streams.PipelinedHashingWriter`,
+        no copy
         of the chunks), for large objects such as checkpoints; the buffers written must not change until the block
         exits.
 
@@ -287,7 +289,7 @@ class LocalStorage(Storage):
     is_local = True
 
     def __init__(self, root: str | os.PathLike[str] | None = None, **_: Any) -> None:
-        from jobs.location import parse_location
+        from jobs.storage.location import parse_location
 
         _, norm = parse_location(root)
         self.root = Path(norm).resolve()

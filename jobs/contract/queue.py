@@ -17,9 +17,9 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from jobs import keys
+from jobs.contract import keys
 from jobs.errors import MessageError
-from jobs.storage import JOB_ID_RE
+from jobs.storage.base import JOB_ID_RE
 
 
 class Message(BaseModel):
@@ -114,7 +114,7 @@ def pop(r: redis.Redis, queue_names: list[str], timeout_s: float) -> Delivery | 
 
 
 def _message_from_rq_id(rq_id: str) -> Message | None:
-    """``<job_id>-a<attempt>`` (see :func:`jobs.keys.rq_job_id`) -> Message, or None if it is not one."""
+    """``<job_id>-a<attempt>`` (see :func:`jobs.contract.keys.rq_job_id`) -> Message, or None if it is not one."""
     job_id, sep, attempt = rq_id.rpartition("-a")
     if not sep or not attempt.isdigit():
         return None

@@ -11,11 +11,12 @@ from typing import Any
 
 import redis
 
-from jobs import keys, lua, rqview, telemetry
+from jobs.contract import keys, lua
+from jobs.contract.events import EventKind, event, kind_for_state
+from jobs.contract.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
-from jobs.events import EventKind, event, kind_for_state
-from jobs.replication import run_script
-from jobs.states import RETRYABLE, TERMINAL, JobState, allowed_sources
+from jobs.redis import rqview, telemetry
+from jobs.redis.replication import run_script
 
 _INT_FIELDS = (
     "epoch", "epochs", "restarts", "preemptions", "attempt", "max_restarts", "best_epoch", "created_at",
@@ -257,7 +258,7 @@ class JobStore:
 
     def checkpoints(self, job_id: str) -> dict[int, Any]:
         """The committed checkpoint index: key -> manifest. A corrupt entry's value is kept as its raw text (the
-        reader skips it with an event: ``jobs.ckpt_format.check_manifest``); a non-integer key is left out."""
+        reader skips it with an event: ``jobs.storage.ckpt_format.check_manifest``); a non-integer key is left out."""
         out: dict[int, Any] = {}
         for k, v in self.r.hgetall(keys.checkpoints(job_id)).items():
             try:

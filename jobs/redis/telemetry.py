@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from jobs import keys
+from jobs.contract import keys
 
 log = logging.getLogger("traind.telemetry")
 

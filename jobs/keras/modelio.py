@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from jobs import ckpt_format as fmt
+from jobs.contract.refs import resolve_ref
+from jobs.contract.spec import JobSpec
 from jobs.errors import SpecError, StorageError, UserCodeError
-from jobs.refs import resolve_ref
-from jobs.spec import JobSpec
-from jobs.storage import Storage
+from jobs.storage import ckpt_format as fmt
+from jobs.storage.base import Storage
 
 
 def serialize_model(model: Any, storage: Storage, max_bytes: int | None = None) -> dict[str, Any]:

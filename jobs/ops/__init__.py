@@ -1,0 +1,1 @@
+"""Operator reads and actions shared by the CLI, the HTTP API and the Python client."""
