@@ -62,6 +62,8 @@ class CommonSettings(BaseSettings):
     max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
     max_history: int = Field(100_000, ge=1)
     events_max: int = Field(2_000, ge=10)
+    max_model_params: int = Field(100_000_000, ge=1, description="An inline Keras config with more parameters is "
+                                  "refused at submit (checking it builds the model in the submitting process).")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
     @field_validator("allowed_modules", mode="before")
@@ -178,6 +180,11 @@ class ServeSettings(CommonSettings):
     api_read_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated bearer tokens with read-only access (dashboards).")
     sse_heartbeat_s: float = Field(15.0, gt=0, le=300, description="Comment line sent to idle SSE streams.")
+    max_body_bytes: int = Field(2 * 1024**2, ge=1024, description="Largest request body read (413 above, checked "
+                                "before reading and while streaming); at least TRAIND_MAX_SPEC_BYTES + 64 KiB.")
+    auth_failures_max: int = Field(20, ge=1, description="Requests with a wrong token one client address may make "
+                                   "per auth_failures_window_s before its token-bearing requests answer 429.")
+    auth_failures_window_s: float = Field(60.0, gt=0, le=86_400)
 
     @field_validator("api_read_tokens", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from daemon.serve import auth
 from daemon.serve.api import install_error_handlers, router
+from daemon.serve.guard import Guard
 from daemon.serve.sse import Hub
 from jobs.errors import ConfigError
 from jobs.redis.conn import connect, connect_async, redact_url
@@ -32,11 +33,21 @@ log = logging.getLogger("traind.serve")
 STATIC = files("daemon.serve") / "static"
 
 
+# A submit body is {"spec": ..., "client_key": ...}: room for a spec at its limit and the rest.
+BODY_OVER_SPEC_BYTES = 64 * 1024
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
-    """Build the app; refuses to start without a token (an open API could submit jobs)."""
+    """Build the app; refuses to start without a token (an open API could submit jobs), with a weak one off loopback,
+    or with a body limit that would refuse specs under TRAIND_MAX_SPEC_BYTES."""
     if settings.api_token is None and not settings.api_read_tokens:
         raise ConfigError("traind serve needs TRAIND_API_TOKEN (full access) and/or TRAIND_API_READ_TOKENS "
                           "(read-only); without one every request would be refused")
+    auth.check_strength(settings)
+    if settings.max_body_bytes < settings.max_spec_bytes + BODY_OVER_SPEC_BYTES:
+        raise ConfigError(f"TRAIND_MAX_BODY_BYTES={settings.max_body_bytes} would refuse specs that "
+                          f"TRAIND_MAX_SPEC_BYTES={settings.max_spec_bytes} allows; set it to at least "
+                          f"{settings.max_spec_bytes + BODY_OVER_SPEC_BYTES}")
     url = settings.effective_redis_url()
     client_settings = ClientSettings(**settings.model_dump(include=set(ClientSettings.model_fields)))
     conn = connect(url, retries=5, socket_timeout_s=30.0, settings=client_settings)
@@ -57,7 +68,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 await task
             await aconn.aclose()
 
-    app = FastAPI(title="traind", version="1", lifespan=lifespan,
+    # No /docs or /redoc: they load their scripts from a CDN on the dashboard's origin (the schema stays at
+    # /openapi.json for any viewer run elsewhere).
+    app = FastAPI(title="traind", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Fault-tolerant Keras training daemon: jobs, workers, queues, live progress. "
                               "Authenticate with `Authorization: Bearer <token>`.")
     app.state.settings = settings
@@ -66,6 +79,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.client_settings = client_settings
     app.state.hub = hub
     app.state.tokens = auth.Tokens(settings)
+    app.state.auth_failures = auth.FailureLimiter(settings.auth_failures_max, settings.auth_failures_window_s)
+    # Auth, rate limit and body size before anything reads a body; security headers on every response.
+    app.add_middleware(Guard, tokens=app.state.tokens, limiter=app.state.auth_failures,
+                       max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
 

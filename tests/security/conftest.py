@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from jobs.client import Client
+from tests.conftest import Procs
 from tests.security.helpers import MARKER_ENV, WORKER_LOG
+from tests.security.serve_helpers import ServeProcess, start_serve
 
 EVIL_MODULES = ("tests.security.evil_mod",)
 
@@ -44,3 +46,9 @@ def _evil_module_never_imported() -> Iterator[None]:
     yield
     leaked = [m for m in EVIL_MODULES if m in sys.modules]
     assert not leaked, f"non-allowlisted module(s) {leaked} were imported"
+
+
+@pytest.fixture()
+def serve_proc(procs: Procs, redis_url: str, storage_dir: Path) -> ServeProcess:
+    """A real ``traind serve`` process (tokens of tests/security/serve_helpers.py) on a free port."""
+    return start_serve(procs, redis_url, storage_dir)
