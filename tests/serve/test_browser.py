@@ -31,11 +31,19 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # the dashboard runs under its Content-Security-Policy: a blocked script or style would be logged here
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
             page.goto(served.url + "/")
+            page.evaluate("localStorage.setItem('traind.token', 'left by an older version')")
             page.fill("#token", READ_TOKEN)
             page.click("#login button[type=submit]")
             row = page.locator(f'tr[data-job="{handle.id}"]')
             expect(row).to_be_visible(timeout=30_000)
+            # the token is kept for this tab only, never in persistent storage (an older version's copy removed)
+            assert page.evaluate("sessionStorage.getItem('traind.token')") == READ_TOKEN
+            page.reload()
+            expect(row).to_be_visible(timeout=30_000)
+            assert page.evaluate("localStorage.length") == 0
             expect(row.locator("[data-state]")).to_have_text("queued")
 
             page.goto(f"{served.url}/#/job/{handle.id}")
@@ -54,6 +62,8 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
             expect(loss_points).to_have_count(8, timeout=30_000)
             expect(page.locator('[data-chart="loss"] circle[data-series="val_loss"]')).to_have_count(8)
             expect(page.locator('[data-chart="learning rate"] circle')).to_have_count(8)
+            swatch = page.locator('[data-chart="loss"] .legend i').first  # colour set without an inline style
+            assert swatch.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(37, 99, 235)"
             page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
 
             st = client.store.get(handle.id)  # what `traind status --json` prints

@@ -3,7 +3,10 @@
 (function () {
   const $ = s => document.querySelector(s);
   const view = $("#view");
-  let token = localStorage.getItem("traind.token") || "";
+  // The token lives in this tab's session storage: gone when the tab closes, never written to disk. Earlier versions
+  // kept it in local storage; that copy is removed.
+  localStorage.removeItem("traind.token");
+  let token = sessionStorage.getItem("traind.token") || "";
   let current = null; // {abort: AbortController} of the open view
 
   function esc(s) {
@@ -290,10 +293,10 @@
   $("#login").onsubmit = e => {
     e.preventDefault();
     token = $("#token").value.trim();
-    localStorage.setItem("traind.token", token);
+    sessionStorage.setItem("traind.token", token);
     route();
   };
-  $("#logout").onclick = () => { localStorage.removeItem("traind.token"); token = ""; showLogin(); };
+  $("#logout").onclick = () => { sessionStorage.removeItem("traind.token"); token = ""; showLogin(); };
   window.addEventListener("hashchange", route);
   route();
 })();

@@ -59,7 +59,9 @@
     names.forEach((n, i) => {
       const s = document.createElement("span");
       const last = this.series[n].length ? this.series[n][this.series[n].length - 1][1] : null;
-      s.innerHTML = `<i style="background:${COLORS[i % COLORS.length]}"></i>`;
+      const swatch = document.createElement("i");
+      swatch.style.background = COLORS[i % COLORS.length]; // CSSOM, not a style attribute: the CSP allows no inline style
+      s.appendChild(swatch);
       s.appendChild(document.createTextNode(`${n} ${fmt(last)}`));
       this.legend.appendChild(s);
     });
