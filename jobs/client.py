@@ -225,7 +225,8 @@ class Client:
             return  # keras stays unloaded: builder specs are checked statically (see fitcheck.check_inline_model)
         from jobs.keras import fitcheck
         quiet_tensorflow()
-        fitcheck.check_inline_model(spec, self.storage, self.settings.allowed_modules)
+        fitcheck.check_inline_model(spec, self.storage, self.settings.allowed_modules,
+                                    max_params=self.settings.max_model_params)
 
     def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
         return {

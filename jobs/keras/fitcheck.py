@@ -1,6 +1,10 @@
 """Submit-time checks that need Keras: custom objects named by reference, the model rebuilt in safe mode exactly as a
 worker will rebuild it, and ``monitor`` fields checked against the metrics that model and its data will log.
 
+An inline config is measured before it is built (:func:`model_cost`: Keras builds it with its variables left
+unallocated), so a 3 KB config describing a 268M-parameter model is refused in milliseconds instead of making the
+submitting process (``traind serve`` included) allocate gigabytes.
+
 >>> [p] = monitor_problems({"checkpoint.monitor": "val_los"}, ["loss", "mae"], has_validation=True)
 >>> p.endswith("(it logs loss, mae, val_loss, val_mae); did you mean 'val_loss'?")
 True
@@ -8,9 +12,12 @@ True
 
 from __future__ import annotations
 
+import copy
 import difflib
+import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.contract.refs import ref_problem
@@ -92,25 +99,111 @@ def probe_metrics(model: Any, x1: Any, y1: Any, sw1: Any = None) -> list[str]:
     return list(logs)
 
 
+# The zero-batch metric probe runs one sample through the model; past these it is skipped (the worker checks the
+# monitors when training starts): 50M values of activations (200 MB in float32), ~5e9 multiply-adds (seconds of CPU).
+PROBE_MAX_VALUES = 50_000_000
+PROBE_MAX_FLOPS = 5_000_000_000
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What building and probing a model costs, read from its layers before any weight is allocated."""
+
+    params: int  # weights, trainable or not
+    values: int  # one sample's layer outputs (activations), inputs included
+    flops: int  # rough multiply-adds of one sample: each layer's weights times the positions it slides over
+
+    @property
+    def probe_affordable(self) -> bool:
+        return self.values <= PROBE_MAX_VALUES and self.flops <= PROBE_MAX_FLOPS
+
+
+def _size(shape: Sequence[int | None]) -> int:
+    return math.prod(d or 1 for d in shape)
+
+
+def _leaf_layers(model: Any) -> Iterator[Any]:
+    for layer in getattr(model, "layers", ()):
+        if getattr(layer, "layers", None):  # a nested model: its own layers
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _tensor_shapes(layer: Any, which: str) -> list[tuple[int | None, ...]]:
+    import keras
+
+    try:
+        return [tuple(t.shape) for t in keras.tree.flatten(getattr(layer, which))]
+    except (AttributeError, ValueError):  # never called, or shared (several inbound nodes): no one tensor to read
+        return []
+
+
+def measure(model: Any) -> ModelCost:
+    """The :class:`ModelCost` of a built (or stateless-built) Keras model, from its variables' and tensors' shapes."""
+    params = sum(_size(tuple(w.shape)) for w in model.weights)
+    values = flops = 0
+    for layer in _leaf_layers(model):
+        outs, ins = _tensor_shapes(layer, "output"), _tensor_shapes(layer, "input")
+        values += sum(_size(s[1:]) for s in outs)
+        positions = max([_size(s[1:-1]) for s in outs + ins] or [1])
+        flops += sum(_size(tuple(w.shape)) for w in layer.weights) * positions
+    return ModelCost(params, values, flops)
+
+
+def model_cost(config: Mapping[str, Any], objs: Mapping[str, Any]) -> ModelCost | None:
+    """The cost of the model an inline config describes, built in a Keras ``StatelessScope`` that leaves every
+    variable unallocated (milliseconds for a 1 GB model); None when that build fails (the real rebuild then reports
+    why, with its own message). ``objs``: the custom objects the spec declares.
+    """
+    import keras
+    from keras.src.backend.common import global_state  # the deferred variables' registry (no public API)
+
+    config = copy.deepcopy(dict(config))
+    config.pop("compile_config", None)  # an optimizer creates concrete variables: not here
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False), keras.saving.custom_object_scope(dict(objs)):
+            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+            return measure(model)
+    except Exception:  # a layer that needs concrete values to build, or a config Keras refuses
+        return None
+    finally:
+        # the variables this build deferred are forgotten, never initialized (that would allocate them after all)
+        global_state.set_global_attribute("uninitialized_variables", pending)
+
+
+def check_model_size(spec: JobSpec, objs: Mapping[str, Any], max_params: int) -> ModelCost | None:
+    """Refuse (SpecError) an inline config with more than ``max_params`` weights before anything is allocated."""
+    assert spec.model.config is not None
+    cost = model_cost(spec.model.config, objs)
+    if cost is not None and cost.params > max_params:
+        raise SpecError([f"model.config: {cost.params:,} parameters exceeds TRAIND_MAX_MODEL_PARAMS={max_params} "
+                         "(counted before building: checking an inline config builds the model in the submitting "
+                         "process); raise the limit, or give a model.builder, which is built by the workers only"])
+    return cost
+
+
 # Rebuilding empties Keras' process-wide registry of custom objects for a moment: one rebuild at a time per process
 # (`traind serve` submits from several threads).
 _REBUILD_LOCK = threading.Lock()
 
 
 def rebuild_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upload_bytes: int | None = None,
-                  with_weights: bool = True) -> Any:
+                  with_weights: bool = True, max_params: int | None = None) -> Any:
     """The compiled model rebuilt from ``spec`` in safe mode exactly as a fresh worker will rebuild it, or SpecError.
 
     A fresh worker knows only the custom objects the spec declares, so the ones this process registered (a class
     decorated with ``register_keras_serializable`` in the notebook) are hidden for the rebuild. ``with_weights=False``
     skips loading ``model.initial_weights`` (a structural check that needs no access to the uploaded arrays).
+    With ``max_params``, an inline config over it is refused before it is built (:func:`check_model_size`).
     """
     import re
 
     import keras
 
     from jobs.errors import UserCodeError
-    from jobs.keras.modelio import build_model
+    from jobs.keras.modelio import build_model, custom_objects
 
     if not with_weights and spec.model.initial_weights:
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"initial_weights": None})})
@@ -119,6 +212,8 @@ def rebuild_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_u
         registered = dict(registry)
         registry.clear()
         try:
+            if max_params is not None and spec.model.config is not None:
+                check_model_size(spec, custom_objects(spec.model.custom_objects, allowed), max_params)
             return build_model(spec, storage, allowed, max_upload_bytes)
         except UserCodeError as e:
             missing = re.search(r"Could not locate (\w+) '([^']+)'", str(e))
@@ -181,7 +276,10 @@ def zero_batch(model: Any) -> tuple[Any, Any] | None:
 
 def metric_names_without_data(model: Any) -> list[str] | None:
     """The metric names ``model`` logs, from one evaluation step on a batch of zeros; None when that batch does not
-    fit (labels laid out otherwise than :func:`zero_batch` guesses): then only the data could tell."""
+    fit (labels laid out otherwise than :func:`zero_batch` guesses), or when one sample would cost more than
+    :data:`PROBE_MAX_VALUES`/:data:`PROBE_MAX_FLOPS`: then the worker checks the monitors when training starts."""
+    if not measure(model).probe_affordable:
+        return None
     batch = zero_batch(model)
     if batch is None:
         return None
@@ -208,9 +306,10 @@ def check_monitors(spec: JobSpec, train_metrics: Iterable[str]) -> None:
         raise SpecError(problems)
 
 
-def check_inline_model(spec: JobSpec, storage: Storage, allowed: Sequence[str]) -> None:
-    """The submit-time check of a spec whose model is an inline Keras ``config``: rebuilt in safe mode as a worker
-    will, and its ``monitor`` fields checked against the metrics it logs. Raises SpecError; nothing is queued.
+def check_inline_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_params: int | None = None) -> None:
+    """The submit-time check of a spec whose model is an inline Keras ``config``: measured (refused over
+    ``max_params`` weights before anything is allocated), rebuilt in safe mode as a worker will, and its ``monitor``
+    fields checked against the metrics it logs. Raises SpecError; nothing is queued.
 
     A ``builder`` spec is not rebuilt here: that would run the user's model code in the submitting process (a
     notebook, the CLI, or the ``traind serve`` API with its credentials), which may be slow or need the workers'
@@ -219,7 +318,7 @@ def check_inline_model(spec: JobSpec, storage: Storage, allowed: Sequence[str]) 
     """
     if spec.model.config is None:
         return
-    model = rebuild_model(spec, storage, allowed, with_weights=False)
+    model = rebuild_model(spec, storage, allowed, with_weights=False, max_params=max_params)
     names = metric_names_without_data(model)
     if names is not None:  # otherwise only the data tells the metric names: unchecked until the worker has it
         check_monitors(spec, names)
