@@ -153,8 +153,9 @@ def measure(model: Any) -> ModelCost:
 
 def model_cost(config: Mapping[str, Any], objs: Mapping[str, Any]) -> ModelCost | None:
     """The cost of the model an inline config describes, built in a Keras ``StatelessScope`` that leaves every
-    variable unallocated (milliseconds for a 1 GB model); None when that build fails (the real rebuild then reports
-    why, with its own message). ``objs``: the custom objects the spec declares.
+    variable unallocated (milliseconds for a 1 GB model); None when Keras refuses the config (the real rebuild then
+    reports why, with its own message). ``objs``: the custom objects the spec declares. A layer that creates a
+    variable with concrete values while it is built cannot be measured: SpecError (building it would be unbounded).
     """
     import keras
     from keras.src.backend.common import global_state  # the deferred variables' registry (no public API)
@@ -166,7 +167,13 @@ def model_cost(config: Mapping[str, Any], objs: Mapping[str, Any]) -> ModelCost 
         with keras.StatelessScope(initialize_variables=False), keras.saving.custom_object_scope(dict(objs)):
             model = keras.saving.deserialize_keras_object(config, safe_mode=True)
             return measure(model)
-    except Exception:  # a layer that needs concrete values to build, or a config Keras refuses
+    except ValueError as e:
+        if "stateless scope" in str(e):  # a layer that creates a concrete variable while it is built
+            raise SpecError(["model.config: a layer of this model needs concrete values to be built, so its size "
+                             "cannot be measured before building it; give a model.builder (built by the workers "
+                             f"only) ({str(e).splitlines()[0][:200]})"]) from e
+        return None
+    except Exception:  # a config Keras refuses: the real rebuild says why
         return None
     finally:
         # the variables this build deferred are forgotten, never initialized (that would allocate them after all)

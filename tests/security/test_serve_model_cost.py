@@ -121,3 +121,25 @@ def test_costly_activations_skip_the_probe_not_the_job(side: int, redis_url: str
     handle = client.submit(spec)
     assert handle.state.value == "queued"
     assert _rss_mib() - rss0 < 150  # one sample of it would be 200 MB in, 67 MB out
+
+
+def test_a_layer_that_cannot_be_measured_is_refused(redis_url: str, storage_dir: Path) -> None:
+    from jobs.client import Client
+    from jobs.errors import SpecError
+    from jobs.settings import ClientSettings
+    from tests.security.layers import ConcreteBias
+
+    settings = ClientSettings(allowed_modules=["examples", "tests.security.layers"])
+    client = Client(redis_url=redis_url, storage=storage_dir, settings=settings)
+    config, compile_config = _config((4,), [ConcreteBias(), keras_dense(1)])
+    spec = _spec("concrete", config, compile_config)
+    spec["model"]["custom_objects"] = ["tests.security.layers:ConcreteBias"]
+    with pytest.raises(SpecError, match="model.config: a layer of this model needs concrete values to be built, so "
+                                        "its size cannot be measured before building it; give a model.builder"):
+        client.submit(spec)
+
+
+def keras_dense(units: int) -> Any:
+    import keras
+
+    return keras.layers.Dense(units)
