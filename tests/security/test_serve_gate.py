@@ -138,3 +138,23 @@ def _spec() -> dict[str, object]:
 def test_loopback_allows_a_short_token_for_development(tmp_path: Path, redis_url: str, procs: Procs) -> None:
     sp = start_serve(procs, redis_url, tmp_path, TRAIND_API_TOKEN="x", TRAIND_API_READ_TOKENS="")
     assert httpx.get(f"{sp.base}/api/v1/jobs", headers={"Authorization": "Bearer x"}, timeout=30).status_code == 200
+
+
+def test_a_spec_at_the_spec_limit_still_fits_the_body_limit(serve_proc: ServeProcess) -> None:
+    spec = {**_spec(), "model": {"builder": "examples.regression:build_model",
+                                 "builder_kwargs": {"notes": ["x" * 1000] * 950}}}  # ~960 kB of the 1 MB spec limit
+    with serve_proc.client() as c:
+        resp = c.post("/api/v1/jobs", json={"spec": spec})
+        assert resp.status_code != 413, resp.text
+        assert resp.status_code == 201, resp.text
+
+
+def test_a_body_limit_below_the_spec_limit_refuses_to_start(redis_url: str, storage_dir: Path) -> None:
+    from daemon.serve.app import create_app
+    from jobs.errors import ConfigError
+    from jobs.settings import ServeSettings
+
+    settings = ServeSettings(redis_url=redis_url, storage_dir=storage_dir, api_token=TOKEN, max_body_bytes=2**20)
+    with pytest.raises(ConfigError, match=r"TRAIND_MAX_BODY_BYTES=1048576 would refuse specs that "
+                                          r"TRAIND_MAX_SPEC_BYTES=1000000 allows; set it to at least 1065536"):
+        create_app(settings)
