@@ -13,8 +13,8 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
 
+from daemon.cli_context import client_from_args, print_json, resolve_job, settings_from_args
 from jobs.errors import ConfigError, IllegalTransitionError
 from jobs.redis.conn import connect
 
@@ -33,28 +33,21 @@ def parse_duration(v: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
-def _settings_and_client(args: argparse.Namespace) -> Any:
-    from daemon.cli import _client  # the CLI's settings/override handling, one place
-
-    return _client(args)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from daemon.cli import _settings
     from daemon.serve.app import run
     from jobs.settings import ServeSettings
 
-    settings = _settings(ServeSettings, args, host=args.host, port=args.port)
+    settings = settings_from_args(ServeSettings, args, host=args.host, port=args.port)
     return run(settings)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
     from daemon import render
     from jobs.ops import admin
-    client = _settings_and_client(args)
+    client = client_from_args(args)
     ws = admin.workers(client.store)
     if args.json:
-        render_json(ws)
+        print_json(ws)
         return 0
     if not ws:
         print("no workers registered")
@@ -67,18 +60,11 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_json(obj: Any) -> None:
-    import json
-
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
 def cmd_health(args: argparse.Namespace) -> int:
-    from daemon.cli import _settings
     from jobs.ops import admin
     from jobs.settings import ClientSettings
 
-    settings = _settings(ClientSettings, args)
+    settings = settings_from_args(ClientSettings, args)
     conn = connect(settings.effective_redis_url(), retries=1, socket_timeout_s=5.0)
     max_age = args.max_age_s or 3 * settings.lease_ttl_s
     ok, why = admin.health(conn, worker=args.worker, supervisor=args.supervisor, max_age_s=max_age)
@@ -87,10 +73,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from daemon.cli import _resolve
     from jobs.ops import admin
-    client = _settings_and_client(args)
-    job_id = _resolve(client.store, args.job)  # an id or a unique prefix, as every job command takes
+    client = client_from_args(args)
+    job_id = resolve_job(client.store, args.job)  # an id or a unique prefix, as every job command takes
     try:
         attempt = admin.retry(client.store, job_id)
     except IllegalTransitionError as e:
@@ -104,7 +89,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from jobs.ops import admin
     from jobs.storage.base import Storage
 
-    client = _settings_and_client(args)
+    client = client_from_args(args)
     states = [s.strip() for s in args.state.split(",")] if args.state else None
     try:
         gone = admin.purge(client.store, Storage(client.settings.storage_dir), args.older_than, states,

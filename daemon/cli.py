@@ -12,7 +12,6 @@ Exit codes: 0 success; 1 the job did not succeed, was not found, timed out, or R
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -20,11 +19,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import redis
 
-from daemon import render
+from daemon import admin_cli, render
+from daemon.cli_context import client_from_args, print_json, resolve_job, settings_from_args, store_from_args
 from jobs import logfmt
 from jobs.contract.states import JobState
 from jobs.errors import (
@@ -33,7 +33,6 @@ from jobs.errors import (
     JobNotFoundError,
     JobTimeoutError,
     SpecError,
-    StorageError,
     TraindError,
 )
 from jobs.redis.conn import DEFAULT_REDIS_URL, connect, redact_url
@@ -42,85 +41,10 @@ from jobs.redis.conn import DEFAULT_REDIS_URL, connect, redact_url
 # at once: they never import the client (rq, numpy), pydantic, TensorFlow or rich (tests/test_cli.py checks).
 if TYPE_CHECKING:
     from daemon.stack import Stack
-    from jobs.client import Client
-    from jobs.redis.store import JobStore
-    from jobs.settings import CommonSettings
-
-S = TypeVar("S", bound="CommonSettings")
-
-
-def _settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
-    """Settings from the environment, overridden by the options that were given."""
-    from pydantic import ValidationError
-
-    kw: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
-    if getattr(args, "redis_url", None):
-        kw["redis_url"] = args.redis_url
-    if getattr(args, "storage", None):
-        kw["storage_dir"] = args.storage  # a relative path or an unknown scheme is refused by the settings
-    try:
-        return cls(**kw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"invalid settings: {problems}") from e
-
-
-def _client(args: argparse.Namespace) -> Client:
-    from jobs.client import Client
-    from jobs.settings import ClientSettings
-
-    settings = _settings(ClientSettings, args)
-    # Few retries: an interactive command should report an unreachable Redis in seconds, not minutes.
-    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0, settings=settings)
-    return Client(settings=settings, connection=conn)
-
-
-# The variables the read-only commands read (or ignore: the allowlist matters to submit only) without the settings
-# classes. Any other TRAIND_ variable sends them through ClientSettings, which validates it (typos, limits) at
-# pydantic's import cost: an unknown name is still refused, only a little later.
-_READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED_MODULES"})
-
-
-def _store(args: argparse.Namespace) -> JobStore:
-    """The job store for read-only commands and cancel, without importing pydantic or the client (fast start)."""
-    from jobs.redis.store import JobStore
-
-    settings: CommonSettings | None = None
-    if any(k.startswith("TRAIND_") and k not in _READ_ENV for k in os.environ):
-        from jobs.settings import ClientSettings
-
-        settings = _settings(ClientSettings, args)
-        url, limits = settings.effective_redis_url(), {"events_max": settings.events_max,
-                                                       "max_history": settings.max_history}
-    else:
-        url, limits = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL, {}
-    try:
-        # With settings: their socket timeout and durability policy (cancel writes); without: the defaults.
-        conn = connect(url, retries=2, socket_timeout_s=None if settings else 30.0, settings=settings)
-    except ValueError as e:  # a malformed URL: never echo it (it may hold a password)
-        raise ConfigError(f"invalid Redis URL {redact_url(url)}: {type(e).__name__} (expected "
-                          "redis://[user:password@]host:port/db; percent-encode '/', '#', '?' and '@' in a password)"
-                          ) from None
-    return JobStore(conn, **limits)
-
-
-def _resolve(store: JobStore, ref: str) -> str:
-    """The full job id for an id or a unique id prefix."""
-    from jobs.ops.lookup import resolve_job_id
-
-    try:
-        return resolve_job_id(store.r, ref)
-    except StorageError as e:
-        raise ConfigError(str(e)) from e
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
 
 # -- job commands ----------------------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_from_args(args)
     try:
         handle = client.submit(args.spec, client_key=args.key)
     except SpecError as e:
@@ -134,7 +58,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
               "failover right now could lose it", file=sys.stderr)
     if not args.wait:
         if args.json:
-            _print_json({"id": handle.id, "state": handle.state.value})
+            print_json({"id": handle.id, "state": handle.state.value})
         else:
             print(handle.id)
         return 0
@@ -150,7 +74,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        _print_json(final)
+        print_json(final)
     else:
         print(render.final_summary(final))
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
@@ -159,24 +83,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from jobs.ops.lookup import placement_note, summary
 
-    store = _store(args)
-    st = store.get(_resolve(store, args.job), with_history=not args.spec)
+    store = store_from_args(args)
+    st = store.get(resolve_job(store, args.job), with_history=not args.spec)
     if not args.spec and (note := placement_note(store.r, st)):
         st["note"] = note
     if args.spec:
-        _print_json(st.get("spec") or {})
+        print_json(st.get("spec") or {})
     elif args.json:
-        _print_json(summary(st))
+        print_json(summary(st))
     else:
         print(render.status_block(summary(st)))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = store_from_args(args)
     jobs = store.list(args.state, args.limit)
     if args.json:
-        _print_json(jobs)
+        print_json(jobs)
     elif not jobs:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
     else:
@@ -189,8 +113,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from daemon.watch import watch_job
 
-    store = _store(args)
-    final = watch_job(store, _resolve(store, args.job), sys.stdout, interval_s=args.interval_s)
+    store = store_from_args(args)
+    final = watch_job(store, resolve_job(store, args.job), sys.stdout, interval_s=args.interval_s)
     print(render.final_summary(final))
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
 
@@ -198,16 +122,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from daemon.watch import print_logs
 
-    store = _store(args)
-    print_logs(store, _resolve(store, args.job), sys.stdout, follow=args.follow)
+    store = store_from_args(args)
+    print_logs(store, resolve_job(store, args.job), sys.stdout, follow=args.follow)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from jobs.ops.lookup import cancel
 
-    store = _store(args)
-    job_id = _resolve(store, args.job)
+    store = store_from_args(args)
+    job_id = resolve_job(store, args.job)
     prev = cancel(store, job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
     if prev in (JobState.QUEUED, JobState.REQUEUED):
         print(f"cancelled {job_id} (was {prev.value})")
@@ -222,8 +146,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from jobs.settings import WorkerSettings
 
-    settings = _settings(WorkerSettings, args, queues=args.queues, device=args.device, worker_id=args.worker_id,
-                         burst=True if args.burst else None)
+    settings = settings_from_args(WorkerSettings, args, queues=args.queues, device=args.device,
+                                  worker_id=args.worker_id, burst=True if args.burst else None)
     try:
         from worker.runner import Worker  # TensorFlow is imported here and only here
     except ImportError as e:
@@ -235,7 +159,8 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     from daemon.supervisor import Supervisor
     from jobs.settings import SupervisorSettings
 
-    settings = _settings(SupervisorSettings, args, interval_s=args.interval_s, burst=True if args.burst else None)
+    settings = settings_from_args(SupervisorSettings, args, interval_s=args.interval_s,
+                                  burst=True if args.burst else None)
     return Supervisor(settings).run()
 
 
@@ -272,7 +197,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from daemon.stack import EXAMPLE_MODULES, Stack
     from jobs.settings import StackSettings
 
-    settings = _settings(StackSettings, args, workers=args.workers, redis_port=args.redis_port)
+    settings = settings_from_args(StackSettings, args, workers=args.workers, redis_port=args.redis_port)
     if args.example:  # the example's own module, for this command only (the default allowlist is empty)
         settings.allowed_modules = [*settings.allowed_modules, *EXAMPLE_MODULES]
     if args.example and settings.workers < 1:
@@ -381,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--example", action="store_true", help="train examples/regression.yaml, print it, stop")
     sp.add_argument("--timeout", type=_positive_float, default=1800.0, help="--example: give up after S seconds")
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
-    from daemon import admin_cli as ops  # serve/workers/health/retry/purge live in their own module
-
-    ops.register(add)
+    admin_cli.register(add)  # serve/workers/health/retry/purge live in their own module
     return p
 
 

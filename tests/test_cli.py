@@ -500,10 +500,10 @@ def test_read_commands_import_neither_client_nor_numpy(cli: Any, tmp_path: Path,
 
 
 def test_read_commands_still_refuse_unknown_variables(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.cli import _READ_ENV
+    from daemon.cli_context import READ_ENV
     from jobs.settings import _known_env_names
 
-    assert _READ_ENV <= _known_env_names()  # the fast path only skips validating real settings
+    assert READ_ENV <= _known_env_names()  # the fast path only skips validating real settings
     monkeypatch.setenv("TRAIND_REDIS_ULR", "redis://typo")
     rc, _, err = cli("list")
     assert rc == 2 and "TRAIND_REDIS_ULR (did you mean TRAIND_REDIS_URL?)" in err

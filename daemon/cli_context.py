@@ -1,0 +1,94 @@
+"""What every ``traind`` command builds from its parsed options: settings, a client, a job store, a full job id.
+
+Shared by :mod:`daemon.cli` and :mod:`daemon.admin_cli` (one place for the settings/override handling). Light on
+purpose: read-only commands import it and must start fast, so pydantic, the client (rq, numpy) and the store are
+imported by the functions that need them.
+
+>>> # store = store_from_args(args); job_id = resolve_job(store, "3f2a")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jobs.errors import ConfigError, StorageError
+from jobs.redis.conn import DEFAULT_REDIS_URL, connect, redact_url
+
+if TYPE_CHECKING:
+    from jobs.client import Client
+    from jobs.redis.store import JobStore
+    from jobs.settings import CommonSettings
+
+S = TypeVar("S", bound="CommonSettings")
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
+    """Settings from the environment, overridden by the options that were given."""
+    from pydantic import ValidationError
+
+    kw: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "redis_url", None):
+        kw["redis_url"] = args.redis_url
+    if getattr(args, "storage", None):
+        kw["storage_dir"] = args.storage  # a relative path or an unknown scheme is refused by the settings
+    try:
+        return cls(**kw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid settings: {problems}") from e
+
+
+def client_from_args(args: argparse.Namespace) -> Client:
+    from jobs.client import Client
+    from jobs.settings import ClientSettings
+
+    settings = settings_from_args(ClientSettings, args)
+    # Few retries: an interactive command should report an unreachable Redis in seconds, not minutes.
+    conn = connect(settings.effective_redis_url(), retries=2, socket_timeout_s=30.0, settings=settings)
+    return Client(settings=settings, connection=conn)
+
+
+# The variables the read-only commands read (or ignore: the allowlist matters to submit only) without the settings
+# classes. Any other TRAIND_ variable sends them through ClientSettings, which validates it (typos, limits) at
+# pydantic's import cost: an unknown name is still refused, only a little later.
+READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED_MODULES"})
+
+
+def store_from_args(args: argparse.Namespace) -> JobStore:
+    """The job store for read-only commands and cancel, without importing pydantic or the client (fast start)."""
+    from jobs.redis.store import JobStore
+
+    settings: CommonSettings | None = None
+    if any(k.startswith("TRAIND_") and k not in READ_ENV for k in os.environ):
+        from jobs.settings import ClientSettings
+
+        settings = settings_from_args(ClientSettings, args)
+        url, limits = settings.effective_redis_url(), {"events_max": settings.events_max,
+                                                       "max_history": settings.max_history}
+    else:
+        url, limits = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL, {}
+    try:
+        # With settings: their socket timeout and durability policy (cancel writes); without: the defaults.
+        conn = connect(url, retries=2, socket_timeout_s=None if settings else 30.0, settings=settings)
+    except ValueError as e:  # a malformed URL: never echo it (it may hold a password)
+        raise ConfigError(f"invalid Redis URL {redact_url(url)}: {type(e).__name__} (expected "
+                          "redis://[user:password@]host:port/db; percent-encode '/', '#', '?' and '@' in a password)"
+                          ) from None
+    return JobStore(conn, **limits)
+
+
+def resolve_job(store: JobStore, ref: str) -> str:
+    """The full job id for an id or a unique id prefix."""
+    from jobs.ops.lookup import resolve_job_id
+
+    try:
+        return resolve_job_id(store.r, ref)
+    except StorageError as e:
+        raise ConfigError(str(e)) from e
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
