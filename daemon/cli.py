@@ -35,7 +35,8 @@ from jobs.errors import (
     SpecError,
     TraindError,
 )
-from jobs.redis.conn import DEFAULT_REDIS_URL, connect, redact_url
+from jobs.redis.conn import connect
+from jobs.redis.urls import DEFAULT_REDIS_URL, redact_url
 
 # Only what every command needs is imported above. Read-only commands (status, list, logs, watch, cancel) must answer
 # at once: they never import the client (rq, numpy), pydantic, TensorFlow or rich (tests/test_cli.py checks).

@@ -15,7 +15,8 @@ import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobs.errors import ConfigError, StorageError
-from jobs.redis.conn import DEFAULT_REDIS_URL, connect, redact_url
+from jobs.redis.conn import connect
+from jobs.redis.urls import DEFAULT_REDIS_URL, redact_url
 
 if TYPE_CHECKING:
     from jobs.client import Client

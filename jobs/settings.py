@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from jobs.redis.conn import DEFAULT_REDIS_URL, check_redis_url
+from jobs.redis.urls import DEFAULT_REDIS_URL, check_redis_url
 from jobs.storage.location import default_location, parse_location
 
 

@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from jobs.errors import ConfigError, DurabilityError
-from jobs.redis.conn import connect, is_sentinel_url, parse_sentinel_url, redact_url
+from jobs.redis.conn import connect
 from jobs.redis.store import JobStore
+from jobs.redis.urls import is_sentinel_url, parse_sentinel_url, redact_url
 from jobs.settings import ClientSettings, WorkerSettings
 from testkit.cluster import RedisServer
 
