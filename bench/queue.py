@@ -42,8 +42,8 @@ def submit_rates(run: u.Run, client: Any, c: dict[str, Any]) -> None:
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    from jobs.client import new_job_id
     from jobs.contract import keys
+    from jobs.contract.ids import new_job_id
 
     r = client.r
     n = c["submit_n"]

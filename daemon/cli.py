@@ -30,6 +30,7 @@ from jobs.contract.states import JobState
 from jobs.errors import (
     AmbiguousJobIdError,
     ConfigError,
+    InvalidJobIdError,
     JobNotFoundError,
     JobTimeoutError,
     SpecError,
@@ -324,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
         return int(args.func(args))
-    except (SpecError, ConfigError, AmbiguousJobIdError) as e:
+    except (SpecError, ConfigError, AmbiguousJobIdError, InvalidJobIdError) as e:
         _error(e)
         return 2
     except JobNotFoundError as e:

@@ -14,7 +14,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from jobs.errors import ConfigError, StorageError
+from jobs.errors import ConfigError
 from jobs.redis.conn import connect
 from jobs.redis.urls import DEFAULT_REDIS_URL, redact_url
 
@@ -85,10 +85,7 @@ def resolve_job(store: JobStore, ref: str) -> str:
     """The full job id for an id or a unique id prefix."""
     from jobs.ops.lookup import resolve_job_id
 
-    try:
-        return resolve_job_id(store.r, ref)
-    except StorageError as e:
-        raise ConfigError(str(e)) from e
+    return resolve_job_id(store.r, ref)
 
 
 def print_json(obj: Any) -> None:

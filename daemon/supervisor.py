@@ -22,9 +22,10 @@ import redis
 
 from jobs.contract import keys
 from jobs.contract.events import EventKind
+from jobs.contract.ids import validate_job_id
 from jobs.contract.queue import queue_contents
 from jobs.contract.states import JobState
-from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, StorageError
+from jobs.errors import FencedError, IllegalTransitionError, InvalidJobIdError, JobNotFoundError
 from jobs.ops import admin
 from jobs.redis import telemetry
 from jobs.redis.conn import connect, redact_url
@@ -32,7 +33,6 @@ from jobs.redis.delivery import deliver, requeue
 from jobs.redis.replication import PrimaryWatch
 from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
-from jobs.storage.base import validate_job_id
 
 log = logging.getLogger("traind.supervisor")
 
@@ -154,7 +154,7 @@ class Supervisor:
         """A sorted-set member as a job id; None (logged, and removed: no job can have it) when it is not one."""
         try:
             return validate_job_id(raw.decode())
-        except (UnicodeDecodeError, StorageError):
+        except (UnicodeDecodeError, InvalidJobIdError):
             log.error("%s: member %r is not a job id; removing it", zset, raw[:100])
             self.r.zrem(zset, raw)
             return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sys
 import time
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 import redis
 
 from jobs.contract import keys
+from jobs.contract.ids import new_job_id
 from jobs.contract.spec import JobSpec, load_spec_file, validate_spec
 from jobs.contract.states import JobState
 from jobs.errors import (
     DurabilityError,
-    JobNotFoundError,
     JobTimeoutError,
     SpecError,
     StalePrimaryError,
@@ -50,11 +49,6 @@ def quiet_tensorflow() -> None:
 
     with native_stderr_logged(), contextlib.suppress(ImportError):
         import tensorflow  # noqa: F401 - loaded here so that its banners are filtered
-
-
-def new_job_id() -> str:
-    """Time-ordered, unguessable, path-safe id."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
 
 
 class JobHandle:
@@ -265,12 +259,9 @@ class Client:
     def job(self, job_id: str) -> JobHandle:
         """The job with this id, or with the one id that starts with it (``client.job("019ac3f1")``).
 
-        Raises JobNotFoundError, or AmbiguousJobIdError listing the jobs a prefix matches.
+        Raises JobNotFoundError, AmbiguousJobIdError listing the jobs a prefix matches, or InvalidJobIdError.
         """
-        try:
-            return JobHandle(self, lookup.resolve_job_id(self.r, job_id))
-        except StorageError as e:  # a malformed id names no job
-            raise JobNotFoundError(str(e)) from e
+        return JobHandle(self, lookup.resolve_job_id(self.r, job_id))
 
     def list(self, state: JobState | str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Job summaries, newest first, optionally filtered by state."""

@@ -33,6 +33,10 @@ class JobNotFoundError(TraindError, KeyError):
         return str(self.args[0]) if self.args else "job not found"
 
 
+class InvalidJobIdError(TraindError):
+    """A job id is malformed (see :mod:`jobs.contract.ids`): it names no job, no key and no path."""
+
+
 class IllegalTransitionError(TraindError):
     """A job state change that the transition table forbids."""
 

@@ -22,20 +22,20 @@ from pydantic import BaseModel, Field
 from daemon.serve import auth
 from daemon.serve.sse import ALL, EVENTS_TAIL, Hub, encode, stream
 from jobs.contract import keys
+from jobs.contract.ids import validate_job_id
 from jobs.contract.states import JobState
 from jobs.errors import (
     AmbiguousJobIdError,
     IllegalTransitionError,
+    InvalidJobIdError,
     JobFinishedError,
     JobNotFoundError,
     SpecError,
-    StorageError,
     TraindError,
 )
 from jobs.ops import admin, lookup
 from jobs.ops.lookup import summary
 from jobs.redis.store import JobStore
-from jobs.storage.base import validate_job_id
 
 router = APIRouter(prefix="/api/v1")
 Read = Annotated[auth.Access, Depends(auth.read)]
@@ -113,9 +113,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def _jid(job_id: str) -> str:
     try:
         return validate_job_id(job_id)
-    except StorageError as e:
-        # mapped here, not by a handler: StorageError also means storage unavailable or a corrupt checkpoint (the
-        # server's problem, a 500); only a malformed id in the path is the request's fault
+    except InvalidJobIdError as e:  # a malformed id in the path is the request's fault
         raise HTTPException(422, str(e)) from e
 
 

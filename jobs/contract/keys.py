@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from jobs.contract.ids import rq_job_id as rq_job_id  # the RQ message id of one delivery: packed where job ids are
+
 PREFIX = "traind"
 
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset job_id -> created (ms)
@@ -94,6 +96,3 @@ def parse_rq_queue_name(name: str) -> dict[str, Any] | None:
     return {"queue": parts[1], "device": parts[2], "kind": kind, "devices": devices, "priority": parts[3]}
 
 
-def rq_job_id(job_id: str, attempt: int) -> str:
-    """The RQ message id of one delivery attempt."""
-    return f"{job_id}-a{attempt}"

@@ -18,8 +18,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from jobs.contract import keys
+from jobs.contract.ids import JOB_ID_RE, parse_rq_job_id
 from jobs.errors import MessageError
-from jobs.storage.base import JOB_ID_RE
 
 
 class Message(BaseModel):
@@ -41,13 +41,11 @@ class Delivery:
 
     def guess_job_id(self) -> str | None:
         """Best-effort job id from the RQ id (``<job_id>-a<attempt>``) for failing a malformed message."""
-        base = self.rq_id.rsplit("-a", 1)[0]
-        return base if JOB_ID_RE.fullmatch(base) else None
+        return parse_rq_job_id(self.rq_id)[0]
 
     def guess_attempt(self) -> int | None:
         """The attempt number in the RQ id, or None."""
-        tail = self.rq_id.rsplit("-a", 1)
-        return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() and len(tail[1]) < 8 else None
+        return parse_rq_job_id(self.rq_id)[1]
 
 
 def rq_queue(r: redis.Redis, name: str) -> Queue:
@@ -114,12 +112,12 @@ def pop(r: redis.Redis, queue_names: list[str], timeout_s: float) -> Delivery | 
 
 
 def _message_from_rq_id(rq_id: str) -> Message | None:
-    """``<job_id>-a<attempt>`` (see :func:`jobs.contract.keys.rq_job_id`) -> Message, or None if it is not one."""
-    job_id, sep, attempt = rq_id.rpartition("-a")
-    if not sep or not attempt.isdigit():
+    """``<job_id>-a<attempt>`` (see :func:`jobs.contract.ids.rq_job_id`) -> Message, or None if it is not one."""
+    job_id, attempt = parse_rq_job_id(rq_id)
+    if job_id is None or attempt is None:
         return None
     try:
-        return Message(job_id=job_id, attempt=int(attempt))
+        return Message(job_id=job_id, attempt=attempt)
     except ValidationError:
         return None
 

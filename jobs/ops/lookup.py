@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from jobs.contract import keys
+from jobs.contract.ids import validate_job_id
 from jobs.contract.states import JobState
 from jobs.errors import AmbiguousJobIdError, JobFinishedError, JobNotFoundError
-from jobs.storage.base import validate_job_id
 
 if TYPE_CHECKING:
     import redis
@@ -27,7 +27,7 @@ MAX_CANDIDATES = 10  # an ambiguity error names at most this many jobs
 def resolve_job_id(r: redis.Redis, ref: str) -> str:
     """The full id of the job ``ref`` names: the id itself, or a prefix matching exactly one job.
 
-    Raises StorageError for a malformed id, JobNotFoundError when nothing matches, AmbiguousJobIdError (listing up
+    Raises InvalidJobIdError for a malformed id, JobNotFoundError when nothing matches, AmbiguousJobIdError (listing up
     to :data:`MAX_CANDIDATES` matches) when several do.
     """
     validate_job_id(ref)  # only [A-Za-z0-9_-]: safe in a key and as a MATCH pattern

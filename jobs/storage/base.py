@@ -29,24 +29,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from jobs.contract.ids import validate_job_id
 from jobs.errors import CheckpointError, LimitError, StorageError
 from jobs.storage.streams import CacheDroppingFile, HashingWriter, PipelinedHashingWriter, finishing
 
 if TYPE_CHECKING:
     import numpy as np  # imported where arrays are handled: job-id checks and paths must not load numpy
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")  # no leading '.', no '..' as a part
-
-
-def validate_job_id(job_id: object) -> str:
-    """Return ``job_id`` if it is a safe id (no '/', '..', control chars), else raise StorageError."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):  # fullmatch: '$' allows a trailing \n
-        raise StorageError(
-            f"invalid job id {job_id!r}: expected 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit"
-        )
-    return job_id
 
 
 def validate_key(key: object) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.client import new_job_id
 from jobs.contract.events import EventKind
+from jobs.contract.ids import new_job_id
 from jobs.contract.states import JobState
 from testkit.cluster import RedisServer
 from tests.conftest import Procs

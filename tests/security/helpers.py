@@ -13,8 +13,8 @@ from typing import Any
 
 import redis
 
-from jobs.client import new_job_id
 from jobs.contract import keys
+from jobs.contract.ids import new_job_id
 from jobs.contract.queue import enqueue, queue_key
 from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.contract import keys
+from jobs.contract.ids import validate_job_id
 from jobs.contract.queue import Delivery, pop, queue_key
 from jobs.contract.spec import (
     CheckpointSpec,
@@ -45,7 +46,6 @@ from jobs.contract.spec import (
 )
 from jobs.errors import SpecError
 from jobs.redis.store import JobStore
-from jobs.storage.base import validate_job_id
 from tests.security.helpers import QUEUE, plant_job, rq_payload
 
 ROOT = Path(__file__).resolve().parents[2]

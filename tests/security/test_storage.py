@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from jobs.client import Client
-from jobs.errors import SpecError, StorageError
-from jobs.storage.base import Storage, validate_job_id
+from jobs.contract.ids import validate_job_id
+from jobs.errors import InvalidJobIdError, SpecError, StorageError
+from jobs.storage.base import Storage
 from tests.security.helpers import failed_with, good_spec, run_burst
 
 BAD_IDS: list[object] = [
@@ -27,12 +28,12 @@ ID_EXPECTED = "expected 1-64 characters of [A-Za-z0-9_-], starting with a letter
 @pytest.mark.parametrize("job_id", BAD_IDS, ids=repr)
 def test_unsafe_job_ids_are_refused(job_id: object, tmp_path: Path) -> None:
     """Path separators, '..', control characters, empty, too long, non-strings: refused, nothing created."""
-    with pytest.raises(StorageError) as ei:
+    with pytest.raises(InvalidJobIdError) as ei:
         validate_job_id(job_id)
     assert str(ei.value) == f"invalid job id {job_id!r}: {ID_EXPECTED}"
     root = tmp_path / "root"
     root.mkdir()
-    with pytest.raises(StorageError, match="invalid job id"):
+    with pytest.raises(InvalidJobIdError, match="invalid job id"):
         Storage(root).job_dir(job_id)  # type: ignore[arg-type]
     assert list(root.iterdir()) == []
 
