@@ -211,7 +211,7 @@ def in_process_traind(worker: Any, client: Any, spec: dict[str, Any]) -> tuple[d
 
     from keras.src.models.model import Model as KerasModel
 
-    import jobs.storage.base as storage_mod
+    import jobs.storage.local as storage_mod  # LocalStorage verifies files with its sha256_file
     import worker.data as data_mod
     import worker.runner as runner_mod
     import worker.trainer as trainer_mod

@@ -52,7 +52,7 @@ def snapshot(weights_mb: float, seed: int = 0) -> Any:
 def body(run: u.Run) -> None:
     from jobs.redis.store import JobStore
     from jobs.storage import ckpt_format as fmt
-    from jobs.storage.base import Storage
+    from jobs.storage.factory import open_storage
     from worker.cache import UploadCache
     from worker.checkpoint import Checkpoints
 
@@ -76,8 +76,8 @@ def body(run: u.Run) -> None:
     import redis
 
     store = JobStore(redis.Redis.from_url(srv.url))
-    s3 = Storage(f"s3://{bucket}/bench-{secrets.token_hex(3)}")
-    local = Storage(run.dir / "local-storage").ensure()
+    s3 = open_storage(f"s3://{bucket}/bench-{secrets.token_hex(3)}")
+    local = open_storage(run.dir / "local-storage").ensure()
     fs = s3.fs  # type: ignore[attr-defined]
 
     # -- upload throughput ------------------------------------------------------------------------------------------
@@ -146,12 +146,12 @@ def body(run: u.Run) -> None:
     # -- the upload cache -------------------------------------------------------------------------------------------
     n = int(c["data_mb"] * 2**20 / 4 / 33)
     rng = np.random.default_rng(2)
-    digest = Storage(s3.url).put_arrays({"x": rng.standard_normal((n, 32), dtype=np.float32),
+    digest = open_storage(s3.url).put_arrays({"x": rng.standard_normal((n, 32), dtype=np.float32),
                                          "y": rng.standard_normal((n, 1), dtype=np.float32)})
     cache_dir = Path(tempfile.mkdtemp(dir=run.dir, prefix="cache-"))
     jobs = []
     for job in (1, 2, 3):
-        worker_side = Storage(s3.url)  # a new attempt: a new Storage, the same machine's cache directory
+        worker_side = open_storage(s3.url)  # a new attempt: a new Storage, the same machine's cache directory
         worker_side.cache = cache = UploadCache(cache_dir, max_bytes=10 * 2**30)
         t0 = time.perf_counter()
         arrays = worker_side.get_arrays(digest)

@@ -162,7 +162,7 @@ def _timed(fn: Any) -> tuple[float, float]:
 def body(run: u.Run) -> None:
     from bench.ckpt_scale import raw_write
     from jobs.storage import ckpt_format as fmt
-    from jobs.storage.base import LocalStorage
+    from jobs.storage.local import LocalStorage
     from jobs.storage.streams import PipelinedHashingWriter
 
     gb = 0.0625 if run.args.smoke else run.args.gb

@@ -87,12 +87,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     from jobs.ops import admin
-    from jobs.storage.base import Storage
+    from jobs.storage.factory import open_storage
 
     client = client_from_args(args)
     states = [s.strip() for s in args.state.split(",")] if args.state else None
     try:
-        gone = admin.purge(client.store, Storage(client.settings.storage_dir), args.older_than, states,
+        gone = admin.purge(client.store, open_storage(client.settings.storage_dir), args.older_than, states,
                            dry_run=args.dry_run)
     except ValueError as e:
         raise ConfigError(str(e)) from e

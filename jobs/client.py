@@ -33,7 +33,7 @@ from jobs.redis.delivery import deliver, deliver_many
 from jobs.redis.replication import execute_pipeline, policy_of
 from jobs.redis.store import JobStore
 from jobs.settings import ClientSettings
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from jobs.storage.location import parse_location
 
 
@@ -162,7 +162,7 @@ class Client:
         self.r = connection or connect(self.settings.effective_redis_url(), settings=self.settings)
         self.store = JobStore(self.r, events_max=self.settings.events_max, max_history=self.settings.max_history)
         # Nothing shared but Redis and the storage location: a laptop with s3:// needs no filesystem in common.
-        self.storage = Storage(self.settings.storage_dir, retry_s=self.settings.storage_retry_s)
+        self.storage = open_storage(self.settings.storage_dir, retry_s=self.settings.storage_retry_s)
 
     def _validate(self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
         limits = dict(

@@ -27,7 +27,7 @@ from jobs.redis.conn import connect, redact_url
 from jobs.redis.delivery import reject
 from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 from worker.distribute import device_count
 from worker.versions import check_keras
@@ -52,7 +52,7 @@ class Worker:
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.r = connect(settings.effective_redis_url(), settings=settings)
         self.store = JobStore(self.r, events_max=settings.events_max, max_history=settings.max_history)
-        self.storage = Storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
+        self.storage = open_storage(settings.storage_dir, retry_s=settings.storage_retry_s).ensure()
         if not self.storage.is_local and settings.cache_max_bytes > 0:
             from worker.cache import UploadCache
 

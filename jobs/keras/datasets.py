@@ -97,10 +97,8 @@ def load_dataset(storage: Storage, digest: str, max_bytes: int | None = None) ->
 
     dest = local_dir() / digest
     if not (dest / "data").is_dir():
-        data = storage.read_verified(dataset_key(digest), digest, f"dataset upload {digest}")
-        if max_bytes is not None and len(data) > max_bytes:
-            raise LimitError([f"dataset upload {digest}: {len(data)} bytes exceeds "
-                              f"TRAIND_MAX_UPLOAD_BYTES={max_bytes}"])
+        # bounded: an oversized object is refused before it is downloaded
+        data = storage.read_verified(dataset_key(digest), digest, f"dataset upload {digest}", max_bytes)
         local_dir().mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=local_dir()))
         try:

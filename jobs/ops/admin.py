@@ -211,10 +211,10 @@ def retention(store: JobStore, storage_location: str, ttl_s: float, every_s: flo
         return []
     if not store.r.set(f"{keys.PREFIX}:retention:lock", "1", nx=True, px=int(every_s * 1000)):
         return []
-    from jobs.storage.base import Storage
+    from jobs.storage.factory import open_storage
 
     kw = {} if storage_retry_s is None else {"retry_s": storage_retry_s}
-    gone = purge(store, Storage(storage_location, **kw), ttl_s)
+    gone = purge(store, open_storage(storage_location, **kw), ttl_s)
     if gone:
         log.info("retention: purged %d finished job(s) older than %.0f s", len(gone), ttl_s)
     return gone

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from jobs.errors import CheckpointError, StorageError
-from jobs.storage.base import Storage, job_key
+from jobs.storage.base import Storage
+from jobs.storage.names import job_key
 
 CKPT_DIR = "ckpt"
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0

@@ -24,7 +24,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobs.errors import StorageError, StorageLocationError, StorageUnavailableError
-from jobs.storage.base import Storage, validate_key
+from jobs.errors import StorageError, StorageLocationError, StorageUnavailableError, TraindError
+from jobs.storage.base import Storage, sha256_file
+from jobs.storage.limits import READ_CHUNK, check_size, read_capped
 from jobs.storage.location import SCHEMES, parse_location
+from jobs.storage.names import validate_key
 from jobs.storage.streams import HashingWriter, PipelinedHashingWriter, finishing
 
 log = logging.getLogger("traind.storage")
@@ -43,15 +44,36 @@ T = TypeVar("T")
 SPOOL_BYTES = 64 * 2**20  # objects up to this size are uploaded from memory, larger ones from a local temp file
 
 
+# S3 error codes (botocore ClientError's Error.Code) that no retry can fix. HEAD requests have no body, so their
+# errors carry the HTTP status as the code.
+MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
+PERMANENT_CODES = MISSING_BUCKET_CODES | {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
+                                          "403", "AllAccessDisabled", "AccountProblem", "InvalidBucketName"}
+
+
+def error_code(e: BaseException) -> str | None:
+    """The S3 error code behind ``e``: botocore's ClientError carries it, and s3fs raises FileNotFoundError,
+    PermissionError or OSError with the ClientError as the cause. None for errors without one (network trouble).
+    Decisions are taken from the code, never from the message (which quotes the bucket and key names)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            if code:
+                return str(code)
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _transient(e: BaseException) -> bool:
     """Errors worth retrying: network trouble, timeouts, 5xx, throttling. Not: missing objects, access denied."""
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError,
                       ValueError, TypeError, KeyError, AttributeError, NotImplementedError)):
         return False
-    text = str(e)
-    if re.search(r"NoSuchBucket|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Forbidden", text):
-        return False
-    return True  # OSError, ConnectionError, TimeoutError, botocore/aiohttp errors, 5xx ClientErrors, SlowDown ...
+    return error_code(e) not in PERMANENT_CODES  # OSError, timeouts, aiohttp errors, 5xx ClientErrors, SlowDown ...
 
 
 class ObjectStorage(Storage):
@@ -98,17 +120,17 @@ class ObjectStorage(Storage):
             try:
                 return fn()
             except FileNotFoundError as e:
-                if "bucket" in str(e).lower():
+                if error_code(e) in MISSING_BUCKET_CODES:
                     raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
                                                   f"(while trying to {what})") from None
                 raise  # a missing object: the caller knows what that means
             except PermissionError as e:
                 raise StorageUnavailableError(f"storage {self.url}: access denied while trying to {what} ({e})"
                                               ) from None
-            except StorageError:
-                raise  # already one line naming the location
+            except TraindError:
+                raise  # already one line naming the location (or a LimitError: the object is too large)
             except Exception as e:  # classified below
-                if "NoSuchBucket" in str(e) or "does not exist" in str(e).lower() and "bucket" in str(e).lower():
+                if error_code(e) in MISSING_BUCKET_CODES:
                     raise StorageUnavailableError(f"storage {self.url}: bucket {self.bucket!r} does not exist "
                                                   f"(while trying to {what})") from None
                 if not _transient(e):
@@ -157,14 +179,24 @@ class ObjectStorage(Storage):
             return digest.result()
 
     def put_local_file(self, key: str, path: Path) -> str:
-        from jobs.storage.base import sha256_file
-
         digest = sha256_file(path)
         self._retry(f"write {key}", lambda: self.fs.put_file(str(path), self._p(key)))
         return digest
 
-    def read_bytes(self, key: str) -> bytes:
-        return self._retry(f"read {key}", lambda: bytes(self.fs.cat_file(self._p(key))))
+    def read_bytes(self, key: str, max_bytes: int | None = None, what: str | None = None) -> bytes:
+        path = self._p(key)
+        if max_bytes is None:
+            return self._retry(f"read {key}", lambda: bytes(self.fs.cat_file(path)))
+        limit = max_bytes
+
+        def bounded() -> bytes:
+            # Opening reads the object's size (HEAD); the body is then fetched one ranged GET per chunk, without
+            # read-ahead (cache_type "none"), so no more than limit + 1 bytes are ever transferred.
+            with self.fs.open(path, "rb", block_size=READ_CHUNK, cache_type="none") as f:
+                check_size(f.size, limit, what or key)
+                return read_capped(f, limit, what or key)
+
+        return self._retry(f"read {key}", bounded)
 
     def exists(self, key: str) -> bool:
         try:

@@ -19,7 +19,7 @@ from jobs.contract import keys
 from jobs.contract.spec import parse_spec_text, validate_spec
 from jobs.errors import LimitError, SpecError
 from jobs.settings import ClientSettings
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from tests.security.helpers import failed_with, good_spec, plant_job, run_burst
 
 
@@ -83,7 +83,7 @@ def test_max_upload_bytes_at_the_worker(client: Client, r: redis.Redis, redis_ur
     from examples.regression import load_data
 
     x, y = load_data(n=200)
-    digest = Storage(storage_dir).ensure().put_arrays({"x": x, "y": y})
+    digest = open_storage(storage_dir).ensure().put_arrays({"x": x, "y": y})
     size = (storage_dir / "uploads" / f"{digest}.npz").stat().st_size
     job = client.submit(good_spec("big-upload", data={"arrays": digest}))
     run_burst(redis_url, storage_dir, max_upload_bytes=2048)
@@ -93,7 +93,7 @@ def test_max_upload_bytes_at_the_worker(client: Client, r: redis.Redis, redis_ur
 
 def test_zip_bomb_upload_is_refused_before_inflating(tmp_path: Path) -> None:
     """A small compressed .npz that inflates past the limit is refused as a LimitError (not 'corrupt')."""
-    st = Storage(tmp_path).ensure()
+    st = open_storage(tmp_path).ensure()
     buf = io.BytesIO()
     np.savez_compressed(buf, x=np.zeros(2_000_000), y=np.zeros(2_000_000))  # 32 MB of zeros, ~30 kB compressed
     data = buf.getvalue()

@@ -17,8 +17,9 @@ import redis
 
 from jobs.client import Client
 from jobs.redis.store import JobStore
-from jobs.storage.base import LocalStorage, Storage
 from jobs.storage.ckpt_format import ckpt_key
+from jobs.storage.factory import open_storage
+from jobs.storage.local import LocalStorage
 from tests.security.helpers import failed_with, good_spec, run_burst
 from worker.checkpoint import Checkpoints
 
@@ -54,7 +55,7 @@ def test_disk_full_during_a_checkpoint_write(
     store = JobStore(r)
     index = store.checkpoints(job.id)
     assert sorted(index) == [ckpt_key(1, 0)], "only epoch 1's checkpoint was committed"
-    ckpts = Checkpoints(Storage(storage_dir), store, job.id, 1, "verifier")
+    ckpts = Checkpoints(open_storage(storage_dir), store, job.id, 1, "verifier")
     try:
         ckpts.verify(index[ckpt_key(1, 0)])  # exists and matches the sha256 recorded in Redis
         assert ckpts.load(index[ckpt_key(1, 0)]).weights, "the previous checkpoint is readable"

@@ -15,7 +15,7 @@ import redis
 from jobs.client import Client
 from jobs.contract.ids import validate_job_id
 from jobs.errors import InvalidJobIdError, SpecError, StorageError
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from tests.security.helpers import failed_with, good_spec, run_burst
 
 BAD_IDS: list[object] = [
@@ -34,13 +34,13 @@ def test_unsafe_job_ids_are_refused(job_id: object, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(InvalidJobIdError, match="invalid job id"):
-        Storage(root).job_dir(job_id)  # type: ignore[arg-type]
+        open_storage(root).job_dir(job_id)  # type: ignore[arg-type]
     assert list(root.iterdir()) == []
 
 
 @pytest.mark.parametrize("job_id", ["a", "A" * 64, "0-_x", "18c2f9a3b1d4e5f60718"])
 def test_safe_job_ids_stay_under_the_root(job_id: str, tmp_path: Path) -> None:
-    st = Storage(tmp_path)
+    st = open_storage(tmp_path)
     assert validate_job_id(job_id) == job_id
     assert st.job_dir(job_id) == tmp_path.resolve() / "jobs" / job_id
 
@@ -50,7 +50,7 @@ def test_confine_refuses_paths_outside_the_root(path: str, tmp_path: Path) -> No
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(StorageError) as ei:
-        Storage(root).confine(path)
+        open_storage(root).confine(path)
     assert f"path {path!r} resolves to " in str(ei.value) and f"outside storage root {root.resolve()}" in str(ei.value)
 
 
@@ -59,7 +59,7 @@ def test_confine_follows_symlinks(tmp_path: Path) -> None:
     (root / "jobs").mkdir(parents=True)
     elsewhere.mkdir()
     (root / "jobs" / "abc").symlink_to(elsewhere, target_is_directory=True)
-    st = Storage(root)
+    st = open_storage(root)
     with pytest.raises(StorageError, match=f"resolves to '{elsewhere.resolve()}/x', outside storage root"):
         st.write_bytes_atomic(root / "jobs" / "abc" / "x", b"data")
     with pytest.raises(StorageError, match="outside storage root"):
@@ -69,7 +69,7 @@ def test_confine_follows_symlinks(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("digest", ["../../etc/passwd", "A" * 64, "a" * 63, "a" * 65, "g" * 64, "", "a" * 63 + "\n"])
 def test_upload_digests_are_validated(digest: str, tmp_path: Path) -> None:
-    st = Storage(tmp_path)
+    st = open_storage(tmp_path)
     for call in (lambda: st.upload_path(digest), lambda: st.get_arrays(digest)):
         with pytest.raises(StorageError) as ei:
             call()
@@ -87,7 +87,7 @@ def test_spec_refuses_non_digest_upload_references() -> None:
 
 def test_uploads_are_verified_against_their_sha256(tmp_path: Path) -> None:
     """A missing, tampered or symlinked upload is refused with a message naming the digest."""
-    st = Storage(tmp_path).ensure()
+    st = open_storage(tmp_path).ensure()
     digest = st.put_arrays({"x": np.arange(6.0).reshape(3, 2), "y": np.zeros(3)})
     path = st.upload_path(digest)
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()

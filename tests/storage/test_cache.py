@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from worker.cache import UploadCache
 
 
@@ -45,10 +45,10 @@ def test_bounded_lru(tmp_path: Path) -> None:
 
 def test_storage_uses_the_cache_and_refetches_a_corrupt_entry(s3_url: str, tmp_path: Path) -> None:
     """Through real S3: the second load is served from the cache; a corrupted cache entry is fetched again."""
-    client_side = Storage(s3_url)
+    client_side = open_storage(s3_url)
     x = np.arange(1000.0)
     digest = client_side.put_arrays({"x": x})
-    worker_side = Storage(s3_url)
+    worker_side = open_storage(s3_url)
     worker_side.cache = cache = UploadCache(tmp_path / "cache", max_bytes=10**8)
     for _ in range(2):
         np.testing.assert_array_equal(worker_side.get_arrays(digest)["x"], x)

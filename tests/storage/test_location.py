@@ -11,8 +11,9 @@ import pytest
 
 from jobs.errors import StorageError, StorageLocationError
 from jobs.settings import ClientSettings, WorkerSettings
-from jobs.storage.base import Storage, job_key, validate_key
+from jobs.storage.factory import open_storage
 from jobs.storage.location import default_location, parse_location
+from jobs.storage.names import job_key, validate_key
 from tests.conftest import ROOT
 
 
@@ -103,7 +104,7 @@ def test_manifest_file_cannot_leave_the_job(file: str) -> None:
 
 
 def test_object_keys_are_prefixed(monkeypatch: pytest.MonkeyPatch) -> None:
-    st = Storage("s3://bucket/team/traind")
+    st = open_storage("s3://bucket/team/traind")
     assert st._p("jobs/j1/ckpt/e1.npz") == "bucket/team/traind/jobs/j1/ckpt/e1.npz"  # type: ignore[attr-defined]
     with pytest.raises(StorageError):
         st._p("../../other-team/x")  # type: ignore[attr-defined]

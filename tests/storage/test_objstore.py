@@ -8,13 +8,13 @@ import hashlib
 import pytest
 
 from jobs.errors import CheckpointError, StorageUnavailableError
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from jobs.storage.objstore import ObjectStorage
 from tests.storage.s3server import FaultProxy, MotoS3
 
 
 def test_roundtrip_and_verification(s3_url: str, moto: MotoS3, bucket: str) -> None:
-    st = Storage(s3_url)
+    st = open_storage(s3_url)
     assert isinstance(st, ObjectStorage)
     st.check()
     data = b"weights" * 1000
@@ -35,7 +35,7 @@ def test_roundtrip_and_verification(s3_url: str, moto: MotoS3, bucket: str) -> N
 
 
 def test_503s_are_retried_with_backoff(s3_url: str, proxy: FaultProxy) -> None:
-    st = Storage(s3_url, retry_s=60)
+    st = open_storage(s3_url, retry_s=60)
     proxy.fail(6, 503, lambda m, p: m == "PUT")  # more than botocore's own retries: traind's backoff takes over
     digest = st.put_bytes("jobs/j1/x", b"payload")
     assert proxy.pending() == 0
@@ -45,7 +45,7 @@ def test_503s_are_retried_with_backoff(s3_url: str, proxy: FaultProxy) -> None:
 
 def test_a_connection_cut_mid_upload_never_publishes_a_partial_object(s3_url: str, proxy: FaultProxy,
                                                                        moto: MotoS3, bucket: str) -> None:
-    st = Storage(s3_url, retry_s=60)
+    st = open_storage(s3_url, retry_s=60)
     data = bytes(range(256)) * 4096
     proxy.cut(2, lambda m, p: m == "PUT")
     digest = st.put_bytes("jobs/j1/big", data)
@@ -58,7 +58,7 @@ def test_endpoint_down_then_back(s3_url: str, proxy: FaultProxy) -> None:
     """Connection refused (a restarting server) for a while: retried until it is back."""
     import threading
 
-    st = Storage(s3_url, retry_s=60)
+    st = open_storage(s3_url, retry_s=60)
     proxy.down()
     threading.Timer(3.0, proxy.up).start()
     digest = st.put_bytes("jobs/j1/after-restart", b"x")
@@ -66,7 +66,7 @@ def test_endpoint_down_then_back(s3_url: str, proxy: FaultProxy) -> None:
 
 
 def test_retries_give_up_with_one_line(s3_url: str, proxy: FaultProxy) -> None:
-    st = Storage(s3_url, retry_s=1)
+    st = open_storage(s3_url, retry_s=1)
     proxy.fail(1000, 503)
     with pytest.raises(StorageUnavailableError) as ei:
         st.put_bytes("jobs/j1/x", b"x")
@@ -81,7 +81,7 @@ def test_unfinished_multipart_uploads_are_aborted(s3_url: str, moto: MotoS3, buc
     c.upload_part(Bucket=bucket, Key="team/traind/jobs/j1/ckpt/e3.npz", PartNumber=1, UploadId=mine["UploadId"],
                   Body=b"x" * 1024)
     other = c.create_multipart_upload(Bucket=bucket, Key="team/traind/jobs/j2/ckpt/e1.npz")
-    st = Storage(s3_url)
+    st = open_storage(s3_url)
     assert st.cleanup_incomplete("jobs/j1") == 1
     left = [u["Key"] for u in c.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     assert left == ["team/traind/jobs/j2/ckpt/e1.npz"]
@@ -90,7 +90,7 @@ def test_unfinished_multipart_uploads_are_aborted(s3_url: str, moto: MotoS3, buc
 
 
 def test_missing_bucket_is_one_line_naming_the_url(s3_env: dict[str, str]) -> None:
-    st = Storage("s3://no-such-bucket-here/p", retry_s=5)
+    st = open_storage("s3://no-such-bucket-here/p", retry_s=5)
     with pytest.raises(StorageUnavailableError) as ei:
         st.check()
     assert str(ei.value).startswith("storage s3://no-such-bucket-here/p: bucket 'no-such-bucket-here' does not exist")
@@ -99,7 +99,7 @@ def test_missing_bucket_is_one_line_naming_the_url(s3_env: dict[str, str]) -> No
 
 
 def test_access_denied_is_not_retried(s3_url: str, proxy: FaultProxy) -> None:
-    st = Storage(s3_url, retry_s=60)
+    st = open_storage(s3_url, retry_s=60)
     proxy.fail(1000, 403)
     with pytest.raises(StorageUnavailableError) as ei:
         st.put_bytes("jobs/j1/x", b"x")
@@ -113,7 +113,7 @@ def test_streamed_write_spills_to_disk_and_publishes_nothing_on_error(s3_url: st
     import jobs.storage.objstore as objstore
 
     monkeypatch.setattr(objstore, "SPOOL_BYTES", 1000)
-    st = Storage(s3_url)
+    st = open_storage(s3_url)
     chunks = [bytes([i]) * 700 for i in range(5)]
     with st.open_write("jobs/j1/streamed.npz") as w:
         for c in chunks:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from worker.checkpoint import Checkpoints
 
 
 def _select(tmp_path: Path, attempt: int) -> tuple[Any, list[dict[str, Any]]]:
-    ck = Checkpoints(Storage(str(tmp_path)), None, "job1", attempt, "tok")  # type: ignore[arg-type]
+    ck = Checkpoints(open_storage(str(tmp_path)), None, "job1", attempt, "tok")  # type: ignore[arg-type]
     try:
         return ck.select({}, "latest", None, None)
     finally:

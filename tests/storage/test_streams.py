@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jobs.storage import ckpt_format as fmt
-from jobs.storage.base import Storage
+from jobs.storage.factory import open_storage
 from jobs.storage.streams import HashingWriter, PipelinedHashingWriter
 
 
@@ -71,7 +71,7 @@ def test_flush_means_written() -> None:
 
 
 def test_local_pipelined_write_is_atomic_and_streams_a_real_checkpoint(tmp_path: Path) -> None:
-    st = Storage(tmp_path)
+    st = open_storage(tmp_path)
     groups = {"w": [np.arange(5_000_000, dtype="float32")], "o": [np.ones((300, 300))], "e": None, "m": None}
     with st.open_write("jobs/j1/ckpt/a.npz", pipelined=True) as w:
         fmt.write_npz(w, groups)
@@ -114,7 +114,7 @@ def test_local_checkpoint_writes_leave_the_page_cache_as_they_go(tmp_path: Path,
     real = os.posix_fadvise
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (calls.append((off, n)), real(fd, off, n,
                                                                                                         advice))[1])
-    st = Storage(tmp_path)
+    st = open_storage(tmp_path)
     data = np.random.default_rng(2).bytes(5 << 20)
     with st.open_write("jobs/j1/ckpt/c.npz", pipelined=True) as w:
         for i in range(0, len(data), 256 << 10):
