@@ -194,7 +194,7 @@ class ObjectStorage(Storage):
             # read-ahead (cache_type "none"), so no more than limit + 1 bytes are ever transferred.
             with self.fs.open(path, "rb", block_size=READ_CHUNK, cache_type="none") as f:
                 check_size(f.size, limit, what or key)
-                return read_capped(f, limit, what or key)
+                return read_capped(f, limit, what or key, READ_CHUNK)
 
         return self._retry(f"read {key}", bounded)
 

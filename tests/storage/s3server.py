@@ -87,6 +87,8 @@ class FaultProxy:
     - ``fail(n, status, when)``: the next ``n`` requests matching ``when(method, path)`` get ``status`` (no forward);
     - ``cut(n, when)``: the next ``n`` matching requests have their connection dropped after reading half the body;
     - ``down()`` / ``up()``: stop listening (connection refused, as a restarting server) and listen again.
+
+    ``bytes_out`` counts the response body bytes forwarded to clients: how much they downloaded.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -95,6 +97,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.rules: list[list[Any]] = []  # [kind, remaining, status, when]
         self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every request seen
+        self.bytes_out = 0  # response body bytes sent to clients: what they downloaded
         self.server: http.server.ThreadingHTTPServer | None = None
         self.conns: set[Any] = set()
 
@@ -172,10 +175,14 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP and k.lower() != "content-length":
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but tells the object's size: forward it as it is
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                    with proxy.lock:
+                        proxy.bytes_out += len(data)
                 conn.close()
                 proxy.log.append((self.command, self.path, resp.status))
 
