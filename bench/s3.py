@@ -147,7 +147,7 @@ def body(run: u.Run) -> None:
     n = int(c["data_mb"] * 2**20 / 4 / 33)
     rng = np.random.default_rng(2)
     digest = open_storage(s3.url).put_arrays({"x": rng.standard_normal((n, 32), dtype=np.float32),
-                                         "y": rng.standard_normal((n, 1), dtype=np.float32)})
+                                              "y": rng.standard_normal((n, 1), dtype=np.float32)})
     cache_dir = Path(tempfile.mkdtemp(dir=run.dir, prefix="cache-"))
     jobs = []
     for job in (1, 2, 3):
