@@ -11,6 +11,7 @@ import secrets
 
 import numpy as np
 import pytest
+import redis
 
 from jobs.errors import LimitError, StorageError, StorageUnavailableError
 from jobs.storage.factory import open_storage
@@ -40,6 +41,24 @@ def test_oversized_upload_is_refused_before_it_is_downloaded(s3_url: str, moto: 
     with pytest.raises(LimitError, match=f"dataset upload x: {len(junk)} bytes exceeds"):
         st.read_verified(f"uploads/{digest}.npz", digest, "dataset upload x", max_bytes=LIMIT)
     assert proxy.bytes_out - before < LIMIT
+
+
+def test_a_worker_fails_the_job_without_downloading_an_oversized_upload(redis_url: str, r: redis.Redis, s3_url: str,
+                                                                       moto: MotoS3, bucket: str,
+                                                                       proxy: FaultProxy) -> None:
+    """The attack of issue 21.4: junk planted at an upload key that a job names; the worker refuses it unread."""
+    from jobs.client import Client
+    from tests.security.helpers import failed_with, good_spec, run_burst
+
+    junk = os.urandom(8 * LIMIT)
+    digest = hashlib.sha256(junk).hexdigest()
+    _plant(moto, bucket, f"uploads/{digest}.npz", junk)
+    job = Client(redis_url=redis_url, storage=s3_url).submit(good_spec("oversized", data={"arrays": digest}))
+    before = proxy.bytes_out
+    run_burst(redis_url, s3_url, max_upload_bytes=LIMIT, cache_max_bytes=0)  # type: ignore[arg-type]
+    assert failed_with(r, job.id) == (f"invalid job spec (1 problem(s)):\n  - upload {digest}: {len(junk)} bytes "
+                                      f"exceeds TRAIND_MAX_UPLOAD_BYTES={LIMIT}")
+    assert proxy.bytes_out - before < LIMIT, f"the worker downloaded {proxy.bytes_out - before} bytes"
 
 
 def test_upload_within_the_limit_is_read_whole_in_bounded_chunks(s3_url: str, proxy: FaultProxy,
