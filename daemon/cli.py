@@ -44,6 +44,7 @@ from jobs.redis.urls import DEFAULT_REDIS_URL, redact_url
 if TYPE_CHECKING:
     from daemon.stack import Stack
 
+
 # -- job commands ----------------------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
     client = client_from_args(args)
