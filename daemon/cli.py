@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,7 +23,14 @@ from typing import TYPE_CHECKING
 import redis
 
 from daemon import admin_cli, render
-from daemon.cli_context import client_from_args, print_json, resolve_job, settings_from_args, store_from_args
+from daemon.cli_context import (
+    client_from_args,
+    given_url,
+    print_json,
+    resolve_job,
+    settings_from_args,
+    store_from_args,
+)
 from jobs import logfmt
 from jobs.contract.states import JobState
 from jobs.errors import (
@@ -37,7 +43,7 @@ from jobs.errors import (
     TraindError,
 )
 from jobs.redis.conn import connect
-from jobs.redis.urls import DEFAULT_REDIS_URL, redact_url
+from jobs.redis.urls import redact_url
 
 # Only what every command needs is imported above. Read-only commands (status, list, logs, watch, cancel) must answer
 # at once: they never import the client (rq, numpy), pydantic, TensorFlow or rich (tests/test_cli.py checks).
@@ -337,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(docs/security.md)", file=sys.stderr)
         return 1
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as e:
-        url = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL
+        url = given_url(args)
         _error(f"cannot reach Redis at {redact_url(url)}: {e}")
         return 1
     except TraindError as e:

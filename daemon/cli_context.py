@@ -70,7 +70,7 @@ def store_from_args(args: argparse.Namespace) -> JobStore:
         url, limits = settings.effective_redis_url(), {"events_max": settings.events_max,
                                                        "max_history": settings.max_history}
     else:
-        url, limits = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or DEFAULT_REDIS_URL, {}
+        url, limits = given_url(args), {}
     try:
         # With settings: their socket timeout and durability policy (cancel writes); without: the defaults.
         conn = connect(url, retries=2, socket_timeout_s=None if settings else 30.0, settings=settings)
@@ -79,6 +79,15 @@ def store_from_args(args: argparse.Namespace) -> JobStore:
                           "redis://[user:password@]host:port/db; percent-encode '/', '#', '?' and '@' in a password)"
                           ) from None
     return JobStore(conn, **limits)
+
+
+def given_url(args: argparse.Namespace) -> str:
+    """--redis-url, TRAIND_REDIS_URL, the local stack of this machine (jobs/localstack.py), or the default."""
+    from jobs.localstack import find
+
+    given = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL")
+    stack = None if given else find(getattr(args, "storage", None) or os.environ.get("TRAIND_STORAGE_DIR"))
+    return given or (stack.url if stack else DEFAULT_REDIS_URL)
 
 
 def resolve_job(store: JobStore, ref: str) -> str:

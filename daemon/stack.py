@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -29,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import redis
 
+from jobs import localstack
 from jobs.errors import ConfigError, TraindError
 from jobs.redis.conn import redact_url
 from jobs.settings import StackSettings
-from jobs.storage.location import default_location
 
 REDIS_HINT = (
     "redis-server was not found on PATH; install it: apt-get install redis-server / brew install redis "
@@ -58,6 +58,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _die_with_parent() -> None:
     # Linux only: children get SIGTERM if `traind up` itself is killed, so nothing is left running unowned.
     if sys.platform.startswith("linux"):
@@ -65,13 +74,6 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
 
 
 def log_tail(path: Path, n: int = 20) -> str:
@@ -146,8 +148,14 @@ class EmbeddedRedis:
         if not exe:
             raise ConfigError(REDIS_HINT)
         self.dir = workdir
-        self.port = port or free_port()
+        self.port = port
         self.password = secrets.token_hex(16)
+        if not port and (last := localstack.recorded_url(workdir)) is not None:
+            # The last stack's port and password, when the port is free: a URL exported earlier stays valid.
+            parts = urlsplit(last)
+            if parts.port and port_is_free(parts.port) and parts.password:
+                self.port, self.password = parts.port, parts.password
+        self.port = self.port or free_port()
         self.conf = self.dir / "redis.conf"
         self.child = Child("redis", [exe, str(self.conf)], self.dir / "redis.log", dict(os.environ))
 
@@ -157,7 +165,7 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_private(self.conf, "\n".join([
+        localstack.write_private(self.conf, "\n".join([
             f"port {self.port}", "bind 127.0.0.1", f'dir "{self.dir}"', "appendonly yes", "appendfsync everysec",
             'save ""', f"requirepass {self.password}", 'logfile "redis.log"', "daemonize no", "",
         ]))
@@ -201,11 +209,11 @@ class Stack:
         # Checkpoints go to the storage location (a path or s3://...); the embedded Redis and the logs need a local
         # directory: the storage dir itself when it is local, else the default local data dir.
         self.storage = settings.storage_dir
-        local = not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", self.storage)
-        self.home = Path(self.storage if local else default_location()).resolve()
+        self.home = localstack.local_root(self.storage)
         self.redis: EmbeddedRedis | None = None
         self.url = settings.redis_url or ""
         self.children: list[Child] = []
+        self._recorded = False  # this process wrote the state commands find the stack by
 
     def __enter__(self) -> Stack:
         try:
@@ -222,7 +230,7 @@ class Stack:
     def redis_dir(self) -> Path:
         """The embedded Redis' AOF, config and URL file: next to the local storage root, never inside it (a job's
         files are confined to the root; nothing a job names can reach the database or its password)."""
-        return self.home.with_name(self.home.name + ".redis")
+        return localstack.state_dir(self.storage)
 
     @property
     def url_file(self) -> Path:
@@ -230,6 +238,11 @@ class Stack:
 
     def start(self) -> None:
         if self.settings.redis_url is None:
+            if (running := localstack.find(self.storage)) is not None:
+                # Two redis-servers on one AOF directory would corrupt it.
+                raise StackError(f"a local stack is already running with this storage (traind up, pid "
+                                 f"{running.pid}, {redact_url(running.url)}); use it (commands on this machine "
+                                 "find it) or stop it first")
             self.redis = EmbeddedRedis(self.redis_dir, self.settings.redis_port)  # ConfigError if missing
         if self.settings.workers:
             check_worker_runtime()
@@ -237,7 +250,9 @@ class Stack:
         if self.redis is not None:
             self.redis.start()
             self.url = self.redis.url
-            _write_private(self.url_file, self.url + "\n")
+            localstack.record(self.redis_dir, url=self.url, storage=self.storage,
+                              allowed_modules=list(self.settings.allowed_modules))
+            self._recorded = True
         env = {**os.environ, "TRAIND_REDIS_URL": self.url, "TRAIND_STORAGE_DIR": str(self.storage),
                "TRAIND_ALLOWED_MODULES": ",".join(self.settings.allowed_modules)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -263,10 +278,14 @@ class Stack:
             pid = c.proc.pid if c.proc is not None else "-"
             w(f"  {c.name:<11} pid {pid}, log {c.log}\n")
         if self.redis is not None:
-            allowed = ",".join(self.settings.allowed_modules)
-            w(f'  use it:     export TRAIND_REDIS_URL="$(cat {self.url_file})" TRAIND_STORAGE_DIR={self.storage}'
-              + (f" TRAIND_ALLOWED_MODULES={allowed}\n" if allowed else "\n"))
-            w("             traind submit examples/regression.yaml && traind list\n")
+            # Commands on this machine find the stack by its state next to the storage root (jobs/localstack.py):
+            # nothing to export for the default root, only the root itself otherwise.
+            default = localstack.state_dir(None) == self.redis_dir
+            w("  use it:     " + ("no export needed on this machine: " if default else
+                                  f"export TRAIND_STORAGE_DIR={self.storage}  (then nothing else:) ")
+              + "traind submit examples/regression.yaml && traind list\n")
+            w(f"  elsewhere:  TRAIND_REDIS_URL is in {self.url_file} (0600; the port and password stay the same "
+              "across restarts)\n")
         if not self.settings.allowed_modules:
             w("  allowlist   empty: jobs can run no code; start with TRAIND_ALLOWED_MODULES=<your package> "
               "(examples.regression to try)\n")
@@ -319,3 +338,6 @@ class Stack:
         stop_children(others, self.grace_s)
         if self.redis is not None:
             stop_children([self.redis.child], self.grace_s)
+        if self._recorded:
+            localstack.forget(self.redis_dir)
+            self._recorded = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -65,6 +65,16 @@ class CommonSettings(BaseSettings):
     max_model_params: int = Field(100_000_000, ge=1, description="An inline Keras config with more parameters is "
                                   "refused at submit (checking it builds the model in the submitting process).")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
+
+    #: No Redis URL given: use the local stack `traind up` runs on this machine (jobs/localstack.py).
+    finds_local_stack: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_stack(cls, data: Any) -> Any:
+        from jobs.localstack import fill_settings
+
+        return fill_settings(data) if cls.finds_local_stack else data
 
     @field_validator("allowed_modules", mode="before")
     @classmethod
@@ -167,6 +177,7 @@ class SupervisorSettings(CommonSettings):
 class StackSettings(CommonSettings):
     """Settings of ``traind up`` (local stack)."""
 
+    finds_local_stack: ClassVar[bool] = False  # `up` starts its own (and refuses a second one on the same state)
     workers: int = Field(1, ge=0, le=64)
     redis_port: int = Field(0, ge=0, le=65535, description="Port of the embedded Redis (0: pick a free one).")
 
