@@ -62,9 +62,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for p in e.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
-    if handle.durability.startswith("degraded"):
-        print(f"warning: job {handle.id} is recorded but not on a Redis replica ({handle.durability}); a Redis "
-              "failover right now could lose it", file=sys.stderr)
     if not args.wait:
         if args.json:
             print_json({"id": handle.id, "state": handle.state.value})
@@ -266,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: the options may stand before or after the subcommand without one default clobbering the other.
     common.add_argument("--redis-url", default=argparse.SUPPRESS,
-                        help="Redis URL (env TRAIND_REDIS_URL; default redis://127.0.0.1:6379/0)")
+                        help="Redis URL (env TRAIND_REDIS_URL; default: the stack `traind up` runs on this "
+                             "machine, else redis://127.0.0.1:6379/0; `traind up` without one starts its own Redis)")
     common.add_argument("--storage", default=argparse.SUPPRESS,
                         help="checkpoint storage: an absolute path or s3://bucket/prefix (env TRAIND_STORAGE_DIR; "
                              "default ~/.local/share/traind)")
@@ -327,7 +325,10 @@ def _error(e: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``traind``; returns the exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+    # Long-running processes log what they do; a command (submit, list, ...) prints its answer and only warnings.
+    quiet = args.command not in ("worker", "supervise", "up", "serve")
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else
+                        logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:

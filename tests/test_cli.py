@@ -534,3 +534,12 @@ def test_tensorflow_banners_stay_out_of_worker_and_client_output(redis_url: str,
     res = subprocess.run([sys.executable, "-c", client_code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=env)
     assert res.returncode == 0 and not [b for b in banners if b in res.stderr], res.stderr
+
+
+def test_one_node_submit_prints_no_replication_lines(redis_url: str, storage_dir: Path) -> None:
+    """Issue 22 item 2: one Redis node (what `traind up` runs) is expected, so a submit says nothing about replicas."""
+    res = subprocess.run([sys.executable, "-m", "daemon.cli", "submit", str(ROOT / "examples" / "regression.yaml"),
+                          "--redis-url", redis_url, "--storage", str(storage_dir)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=_subprocess_env())
+    assert res.returncode == 0 and re.fullmatch(r"[0-9a-f]{21}\n", res.stdout), (res.stdout, res.stderr)
+    assert res.stderr == "", res.stderr

@@ -257,7 +257,9 @@ def health(r: redis.Redis, *, worker: str | None = None, supervisor: bool = Fals
         if age > max_age_s:
             return False, f"supervisor {sid}: last pass {age:.1f} s ago (> {max_age_s:g} s)"
         return True, f"supervisor {sid}: last pass {age:.1f} s ago"
-    return True, "redis reachable"
+    from jobs.redis.replication import replication_note
+
+    return True, f"redis reachable ({replication_note(r)})"
 
 
 def job_exists(store: JobStore, job_id: str) -> None:

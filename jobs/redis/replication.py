@@ -58,6 +58,7 @@ class Durability:
     _roles: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _degraded: bool = field(default=False, repr=False)
+    _had_replica: bool = field(default=False, repr=False)  # the primary keeps a replication backlog: one was there
 
     @classmethod
     def from_settings(cls, settings: CommonSettings | None) -> Durability:
@@ -80,13 +81,14 @@ class Durability:
         """How this thread's last durable write ended: 'replicated (n)', 'degraded: ...' or 'not waited'."""
         return getattr(self._local, "last", "not waited")
 
-    def _note(self, status: str) -> None:
+    def _note(self, status: str, expected: bool = True) -> None:
         self._local.last = status
         degraded = status.startswith("degraded")
         if degraded != self._degraded:  # log the start and the end of a degraded period, not every write
             self._degraded = degraded
-            if degraded:
-                log.warning("Redis durability degraded: %s; acknowledged writes are not replicated", status[10:])
+            if degraded:  # a warning only where a replica was expected; one node (`traind up`) is a normal setup
+                log.log(logging.WARNING if expected else logging.DEBUG,
+                        "Redis durability degraded: %s; acknowledged writes are not replicated", status[10:])
             else:
                 log.info("Redis durability restored: %s", status)
 
@@ -108,6 +110,7 @@ class Durability:
         # (say an old primary rejoining after a failover) would make every WAIT time out.
         online = [k for k, v in fields.items() if k.startswith("slave") and k[5:].isdigit() and "state=online" in v]
         n = len(online) if fields.get("role") == "master" else 0
+        self._had_replica = self._had_replica or n > 0 or fields.get("repl_backlog_active", "0").strip() == "1"
         self._roles[key] = (time.monotonic(), n)
         return n
 
@@ -115,6 +118,24 @@ class Durability:
         if self.min_replicas is not None:
             return self.min_replicas
         return 1 if self._replicas(conn) > 0 else 0
+
+
+def replication_note(r: redis.Redis) -> str:
+    """One phrase on the primary's replicas, for ``traind health`` (where a one-node setup is said, once).
+
+    >>> # replication_note(r)   # 'single node: writes are not replicated'
+    """
+    pol = Durability()
+    conn = r.connection_pool.get_connection()
+    try:
+        n = pol._replicas(conn)
+    finally:
+        r.connection_pool.release(conn)
+    if n:
+        return f"{n} replica(s) online"
+    if pol._had_replica:
+        return "no replica online (the primary had one): writes are not replicated until it is back"
+    return "single node: writes are not replicated"
 
 
 def policy_of(r: redis.Redis) -> Durability:
@@ -237,7 +258,7 @@ def _degraded(r: redis.Redis, pol: Durability, conn: Any, what: str, why: str) -
                 f"primary ({'none reachable' if current is None else f'{current[0]}:{current[1]}'}); the write is "
                 "likely lost: retry it"
             )
-    pol._note(f"degraded: {why}")
+    pol._note(f"degraded: {why}", expected=manager is not None or pol._had_replica)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from jobs.errors import ConfigError, DurabilityError
+from jobs.ops import admin
 from jobs.redis.conn import connect
 from jobs.redis.store import JobStore
 from jobs.redis.urls import is_sentinel_url, parse_sentinel_url, redact_url
@@ -183,3 +184,24 @@ def test_sentinel_and_data_passwords(tmp_path: Path) -> None:
         with pytest.raises(redis.AuthenticationError):
             connect(ha.url.replace(":data-pw@", ":nope@"), retries=3).ping()
         assert "data-pw" not in redact_url(ha.url) and "sent-pw" not in redact_url(ha.url)
+
+
+def test_one_node_degraded_is_quiet_but_a_lost_replica_warns(pair: tuple[RedisServer, RedisServer],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 22 item 2: one node (what `traind up` runs) is a normal setup, not a warning on every write; a primary
+    that had a replica (it keeps a replication backlog) and lost it is worth one warning."""
+    primary, replica = pair
+    caplog.set_level("DEBUG", logger="traind.redis")
+    store = _store(primary.url)
+    store.create("q1", {"x": 1})
+    assert store.r.durability.last.startswith("degraded")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert admin.health(store.r) == (True, "redis reachable (single node: writes are not replicated)")
+    _replicate(primary, replica)
+    redis.Redis.from_url(replica.url).replicaof("NO", "ONE")  # the replica goes away
+    caplog.clear()
+    store = _store(primary.url)
+    store.create("q2", {"x": 1})
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "durability degraded" in warned[0], caplog.text
+    assert "no replica online (the primary had one)" in admin.health(store.r)[1]
