@@ -111,7 +111,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
     else:
         now = store.now_ms()
-        print(render.table([render.summary_row(j, now) for j in jobs], render.LIST_COLUMNS))
+        from daemon.handles import with_handles  # each job under its shortest unique id prefix
+
+        print(render.table(with_handles(store.r, [render.summary_row(j, now) for j in jobs]), render.LIST_COLUMNS))
         print(render.LIST_LEGEND, file=sys.stderr)  # for the reader; a pipe (| grep, | wc -l) gets the table only
     return 0
 

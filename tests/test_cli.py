@@ -140,7 +140,10 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     lines = out.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS", "WORKER",
                                            "UPDATED"]
-    assert len(lines) == 2 and second in lines[1] and "0/7" in lines[1]
+    handle = lines[1].split()[0]  # the job's short handle, which every command takes
+    assert len(lines) == 2 and second.startswith(handle) and len(handle) >= 8 and "0/7" in lines[1]
+    rc, out, _ = cli("status", handle, "--json")
+    assert rc == 0 and json.loads(out)["id"] == second
     assert "EPOCHS DONE: finished/total epochs" in err and "BEST (EPOCH)" in err  # the legend, off the table's stdout
     rc, out, _ = cli("list", "--state", "running")
     assert rc == 0 and out.strip() == "no jobs in state running"
@@ -543,3 +546,24 @@ def test_one_node_submit_prints_no_replication_lines(redis_url: str, storage_dir
                          text=True, timeout=120, env=_subprocess_env())
     assert res.returncode == 0 and re.fullmatch(r"[0-9a-f]{21}\n", res.stdout), (res.stdout, res.stderr)
     assert res.stderr == "", res.stderr
+
+
+def test_list_shows_each_job_under_its_shortest_unique_handle(cli: Any, r: redis.Redis, redis_url: str,
+                                                             storage_dir: Path) -> None:
+    """Issue 22 item 3: ids share a time prefix; `list` shows the shortest prefix no other job shares (at least 8)."""
+    from daemon.handles import MIN_LEN
+
+    ids = [j.id for j in Client(redis_url=redis_url, storage=storage_dir).submit_many([GOOD] * 5)]  # one burst
+    ids.append(ids[0][:MIN_LEN + 2] + "f" * (len(ids[0]) - MIN_LEN - 2))  # a neighbour sharing 10 characters
+    r.zadd(keys.JOBS_INDEX, {ids[-1]: 1})
+    rc, out, _ = cli("list", "--limit", "5")
+    handles = [line.split()[0] for line in out.splitlines()[1:]]
+    assert len(handles) == 5 and all(len(h) >= MIN_LEN for h in handles), handles
+    by_id = {next(i for i in ids if i.startswith(h)): h for h in handles}
+    assert sorted(by_id) == sorted(ids[:5])  # each handle names one of the listed jobs ...
+    assert len(by_id[ids[0]]) >= MIN_LEN + 3  # ... made longer by the neighbour
+    for job_id, h in by_id.items():
+        assert [i for i in ids if i.startswith(h)] == [job_id]  # ... and no other job
+        assert [i for i in ids if i.startswith(h[:-1])] != [job_id] or len(h) == MIN_LEN  # ... and is the shortest
+        rc, out, _ = cli("status", h, "--json")
+        assert rc == 0 and json.loads(out)["id"] == job_id

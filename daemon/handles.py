@@ -1,0 +1,54 @@
+"""Short job handles for ``traind list``: each job under the shortest prefix of its id that no other job shares.
+
+Ids begin with the creation time in hex milliseconds (:func:`jobs.client.new_job_id`), so jobs of one afternoon
+share their first 5-6 characters. A handle is at least :data:`MIN_LEN` (8) characters: 8 hex digits of the time
+span 4.1 s, so once those seconds have passed no later job can take an 8-character handle that was shown (7 would
+stay open for 65 s); jobs submitted within the same 4 s get longer handles from the random part. Every command
+that takes a job accepts a handle (a unique prefix: :func:`jobs.ops.lookup.resolve_job_id`).
+
+>>> shortest_unique_prefixes(["1a2427a37dd7c4", "1a2427a37f00aa", "1a2427b00000aa"], ["1a2427a37dd7c4"])
+{'1a2427a37dd7c4': '1a2427a37d'}
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jobs.contract import keys
+
+MIN_LEN = 8
+MAX_INDEX = 200_000  # beyond this many jobs `list` shows full ids rather than read every id for its handles
+
+
+def _common(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
+
+
+def shortest_unique_prefixes(all_ids: Iterable[str], shown: Iterable[str], min_len: int = MIN_LEN) -> dict[str, str]:
+    """``{id: handle}`` for each id in ``shown``: its shortest prefix (at least ``min_len``) matching no other id
+    of ``all_ids``."""
+    ids = sorted(set(all_ids))
+    out = {}
+    for job_id in shown:
+        i = bisect.bisect_left(ids, job_id)
+        longest = 0
+        if i > 0:
+            longest = _common(ids[i - 1], job_id)
+        nxt = i + 1 if i < len(ids) and ids[i] == job_id else i
+        if nxt < len(ids):
+            longest = max(longest, _common(ids[nxt], job_id))
+        out[job_id] = job_id[:max(min_len, longest + 1)]
+    return out
+
+
+def with_handles(r: Any, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """``rows`` (``traind list``'s) with each ``id`` replaced by the job's short handle (one read of the index)."""
+    if not rows or int(r.zcard(keys.JOBS_INDEX)) > MAX_INDEX:
+        return rows
+    all_ids = [m.decode() if isinstance(m, bytes) else str(m) for m in r.zrange(keys.JOBS_INDEX, 0, -1)]
+    ids = [str(row["id"]) for row in rows]
+    handles = shortest_unique_prefixes([*all_ids, *ids], ids)
+    return [{**row, "id": handles[str(row["id"])]} for row in rows]
