@@ -88,10 +88,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from jobs.ops.lookup import placement_note, summary
+    from jobs.ops.waiting import no_worker_note
 
     store = store_from_args(args)
     st = store.get(resolve_job(store, args.job), with_history=not args.spec)
-    if not args.spec and (note := placement_note(store.r, st)):
+    if not args.spec and (note := placement_note(store.r, st) or no_worker_note(store.r, st, store.now_ms())):
         st["note"] = note
     if args.spec:
         print_json(st.get("spec") or {})

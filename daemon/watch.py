@@ -16,6 +16,7 @@ from daemon.render import event_line, progress_line, progress_parts
 from jobs.contract import keys
 from jobs.contract.states import JobState
 from jobs.errors import JobTimeoutError
+from jobs.ops.waiting import no_worker_note
 from jobs.redis.store import JobStore
 
 REDIS_OUTAGE_S = 30.0  # how long watch_job rides out an unreachable Redis
@@ -92,6 +93,7 @@ def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: floa
           check: Callable[[], None] | None) -> dict[str, Any]:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last_line = ""
+    said: str | None = None  # the no-worker note already shown, said once per wait
     outage_since: float | None = None
     while True:
         try:
@@ -105,6 +107,15 @@ def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: floa
                 raise
             time.sleep(interval_s)
             continue
+        note = no_worker_note(store.r, st, store.now_ms())
+        if note is not None and said is None:
+            if live is not None:
+                live.console.print(f"note: {note}", overflow="fold")
+            else:
+                out.write(f"note: {note}\n")
+            said = note
+        elif st.get("state") not in ("queued", "requeued"):
+            said = None
         line = progress_line(st, last)
         if line != last_line:
             if live is not None:

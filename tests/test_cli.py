@@ -567,3 +567,35 @@ def test_list_shows_each_job_under_its_shortest_unique_handle(cli: Any, r: redis
         assert [i for i in ids if i.startswith(h[:-1])] != [job_id] or len(h) == MIN_LEN  # ... and is the shortest
         rc, out, _ = cli("status", h, "--json")
         assert rc == 0 and json.loads(out)["id"] == job_id
+
+
+def test_a_job_waiting_with_no_worker_says_so(cli: Any, tmp_path: Path, r: redis.Redis, redis_url: str,
+                                              storage_dir: Path) -> None:
+    """Issue 22 item 5: after a few seconds with no live worker for its queue, status and watch say how to start one."""
+    import io
+
+    from daemon.watch import watch_job
+    from jobs.ops import waiting
+
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    job_id = submit(cli, tmp_path)
+    rc, out, _ = cli("status", job_id)
+    assert rc == 0 and "no live worker" not in out  # just submitted: a worker may be about to take it
+    r.hset(keys.job(job_id), "updated_at", store.now_ms() - int(waiting.GRACE_S * 1000) - 1000)  # waited 6 s
+    rc, out, _ = cli("status", job_id)
+    assert rc == 0 and "note" in out and "no live worker serves queue default (cpu)" in out, out
+    assert "`traind worker --queues default`" in out
+
+    # a live CPU worker on another queue does not count; one on this queue does
+    r.hset(keys.worker("w1"), mapping={"device": "cpu", "queues": "other"})
+    r.zadd(keys.WORKERS, {"w1": store.now_ms()})
+    assert "no live worker" in cli("status", job_id)[1]
+    r.hset(keys.worker("w1"), "queues", "other,default")
+    assert "no live worker" not in cli("status", job_id)[1]
+    r.zadd(keys.WORKERS, {"w1": store.now_ms() - int(waiting.LIVE_S * 1000) - 1000})  # its heartbeat is old: gone
+
+    steps = [lambda: None, lambda: None, lambda: store.request_cancel(job_id)]
+    out_buf = io.StringIO()
+    final = watch_job(store, job_id, out_buf, interval_s=0.01, check=_driven_by_polls(steps))
+    assert final["state"] == "cancelled"
+    assert out_buf.getvalue().count("note: no live worker serves queue default (cpu)") == 1, out_buf.getvalue()

@@ -35,6 +35,7 @@ from jobs.errors import (
 )
 from jobs.ops import admin, lookup
 from jobs.ops.lookup import summary
+from jobs.ops.waiting import no_worker_note
 from jobs.redis.store import JobStore
 
 router = APIRouter(prefix="/api/v1")
@@ -148,7 +149,14 @@ def list_jobs(request: Request, _: Read,
 def job_status(job_id: str, request: Request, _: Read,
                history: Annotated[bool, Query(description="include the per-epoch history")] = True) -> Response:
     """The job as ``traind status --json`` prints it (without the spec: see ``/jobs/{id}/spec``)."""
-    return _json(summary(_get(request, job_id, with_history=history)))
+    return _json(_with_note(_store(request), summary(_get(request, job_id, with_history=history))))
+
+
+def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
+    """``note``: why a queued job is not starting (no live worker for its queue, jobs/ops/waiting.py)."""
+    if (note := no_worker_note(store.r, st, store.now_ms())) is not None:
+        st["note"] = note
+    return st
 
 
 @router.get("/jobs/{job_id}/spec")
@@ -217,7 +225,7 @@ def job_stream(job_id: str, request: Request, _: Read) -> StreamingResponse:
     store = _store(request)
 
     def snapshot() -> bytes:
-        st = summary(store.get(job_id, with_history=True))
+        st = _with_note(store, summary(store.get(job_id, with_history=True)))
         st["events"] = store.events(job_id, -EVENTS_TAIL * 4)
         return encode("snapshot", st)
 

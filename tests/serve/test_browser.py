@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon import render
 from jobs.client import Client
 from tests.conftest import ROOT, Procs, log_of
 from tests.serve.conftest import READ_TOKEN, TOKEN, Served, slow_spec
@@ -48,6 +49,11 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
 
             page.goto(f"{served.url}/#/job/{handle.id}")
             expect(page.locator("#kv")).to_have_attribute("data-state", "queued", timeout=30_000)
+            # no worker yet: after a few seconds the page says so and how to start one (issue 22 item 5)
+            expect(page.locator("#kv-note")).to_contain_text("no live worker serves queue default (cpu)",
+                                                             timeout=30_000)
+            expect(page.locator("#cancel")).to_be_visible()
+            expect(page.locator("#retry")).to_be_hidden()
             w = procs.worker(redis_url, storage_dir, "--worker-id", "browser-w")
             loss_points = page.locator('[data-chart="loss"] circle[data-series="loss"]')
             try:
@@ -68,7 +74,14 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
 
             st = client.store.get(handle.id)  # what `traind status --json` prints
             assert page.locator("#kv-epoch").inner_text() == f"{st['epoch']}/{st['epochs']}"
-            assert page.locator("#kv-best").inner_text() == f"{st['best_value']!r} @ epoch {st['best_epoch']}"
+            best = render.fmt_num(st["best_value"])  # 4 significant digits, as the CLI prints it (issue 22 item 6)
+            assert page.locator("#kv-best").inner_text() == f"val_loss={best} @ epoch {st['best_epoch']}"
+            expect(page.locator("#cancel")).to_be_hidden()  # nothing to cancel or retry on a succeeded job
+            expect(page.locator("#retry")).to_be_hidden()
+            expect(page.locator("#kv-note")).to_have_count(0)
+            ticks = page.locator('[data-chart="loss"] text.ytick').all_text_contents()
+            decimals = {len(t.split(".")[1]) if "." in t else 0 for t in ticks}
+            assert len(ticks) >= 3 and len(decimals) == 1 and "e" not in "".join(ticks), ticks  # one axis format
             assert page.locator("#kv-restarts").inner_text() == str(st["restarts"])
             assert page.locator("#events div").count() == len(client.store.events(handle.id))
             assert page.locator("#ckpts tr").count() >= 2
@@ -77,7 +90,7 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
             row = page.locator(f'tr[data-job="{handle.id}"]')
             expect(row.locator("[data-state]")).to_have_text("succeeded", timeout=30_000)
             assert row.locator("td.epoch").inner_text() == "8/8"
-            assert row.locator("td.best").inner_text() == f"val_loss {st['best_value']!r} @ {st['best_epoch']}"
+            assert row.locator("td.best").inner_text() == f"val_loss={best} @ {st['best_epoch']}"
             page.screenshot(path=str(ARTIFACTS / "dashboard-jobs.png"), full_page=True)
 
             page.goto(f"{served.url}/#/workers")

@@ -25,7 +25,7 @@
   function stateBadge(s) { return `<span class="state ${esc(s)}" data-state="${esc(s)}">${esc(s)}</span>`; }
   function best(j) {
     if (j.best_value === null || j.best_value === undefined) return "–";
-    return `${esc(j.monitor || "")} ${esc(j.best_value)} @ ${esc(j.best_epoch)}`;
+    return `${esc(j.monitor || "val_loss")}=${esc(fmtNum(+j.best_value))} @ ${esc(j.best_epoch)}`;
   }
 
   class AuthError extends Error {}
@@ -176,15 +176,20 @@
     };
     const renderStatus = st => {
       const rows = [["state", stateBadge(st.state)], ["epoch", `<span id="kv-epoch">${esc(st.epoch)}/${esc(st.epochs)}</span>`],
-        ["best", `<span id="kv-best">${st.best_value === null ? "–" : `${esc(st.best_value)} @ epoch ${esc(st.best_epoch)}`}</span>`],
+        ["best", `<span id="kv-best">${st.best_value === null || st.best_value === undefined ? "–" :
+          `${esc(st.monitor || "val_loss")}=${esc(fmtNum(+st.best_value))} @ epoch ${esc(st.best_epoch)}`}</span>`],
         ["attempt", esc(st.attempt)], ["restarts", `<span id="kv-restarts">${esc(st.restarts)}</span>`],
         ["preemptions", esc(st.preemptions)], ["worker", esc(st.worker || "–")], ["queue", esc(st.queue)],
         ["name", esc(st.name)], ["created", when(st.created_at)], ["started", when(st.started_at)],
         ["finished", when(st.finished_at)]];
       if (st.stopped_early) rows.push(["stopped early", "yes"]);
       if (st.error) rows.push(["error", `<span class="error">${esc(st.error)}</span>`]);
+      if (st.note) rows.push(["note", `<span id="kv-note">${esc(st.note)}</span>`]);
       $("#kv").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd data-field="${k}">${v}</dd>`).join("");
       $("#kv").dataset.state = st.state;
+      // only the actions the state allows: cancel while it may still run, retry once it failed or was cancelled
+      $("#cancel").hidden = !["queued", "requeued", "running"].includes(st.state);
+      $("#retry").hidden = !["failed", "cancelled"].includes(st.state);
     };
     const addEvents = evs => {
       for (const e of evs) {
@@ -218,6 +223,14 @@
       lastAttempt = st.attempt; lastEpoch = st.epoch;
       loadCkpts().catch(onError);
     };
+    // A waiting job changes nothing in Redis, so no event comes: re-read it to show (or drop) the no-worker note.
+    const waitTimer = setInterval(() => {
+      if (signal.aborted) { clearInterval(waitTimer); return; }
+      if (["queued", "requeued"].includes($("#kv").dataset.state))
+        api(`/api/v1/jobs/${encodeURIComponent(id)}?history=false`).then(st => {
+          if (!signal.aborted && ["queued", "requeued"].includes(st.state)) renderStatus(st);
+        }).catch(() => {});
+    }, 3000);
     $("#cancel").onclick = () => api(`/api/v1/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" })
       .then(r => { $("#action-msg").textContent = "cancel requested"; }).catch(e => { $("#action-msg").textContent = e.message; });
     $("#retry").onclick = () => api(`/api/v1/jobs/${encodeURIComponent(id)}/retry`, { method: "POST" })

@@ -27,6 +27,17 @@
     return (a !== 0 && (a < 1e-3 || a >= 1e5)) ? v.toExponential(2) : +v.toPrecision(4) + "";
   }
 
+  /* One format for every label of an axis (not 0.0005 next to 1.00e-3): fixed decimals from the step, or
+     exponents throughout when the values are tiny or huge. */
+  function tickLabels(ticks) {
+    if (!ticks.length) return [];
+    const a = Math.max(...ticks.map(Math.abs));
+    const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : (a || 1);
+    if (a >= 1e5 || (a > 0 && a < 1e-3)) return ticks.map(v => v.toExponential(2));
+    const d = Math.max(0, Math.min(10, -Math.floor(Math.log10(step) + 1e-9)));
+    return ticks.map(v => v.toFixed(d));
+  }
+
   /** LineChart(container, {title}) ; chart.update({name: [[epoch, value], ...], ...}) */
   function LineChart(container, opts) {
     this.container = container;
@@ -78,9 +89,10 @@
     const sy = v => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
     const grid = el("g", { stroke: "#e5e9ef", "stroke-width": 1 }, svg);
     const labels = el("g", { fill: "#687380", "font-size": 11 }, svg);
-    niceTicks(y0, y1, 5).forEach(v => {
+    const yt = niceTicks(y0, y1, 5), ytext = tickLabels(yt);
+    yt.forEach((v, i) => {
       el("line", { x1: L, x2: W - R, y1: sy(v), y2: sy(v) }, grid);
-      el("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end" }, labels).textContent = fmt(v);
+      el("text", { x: L - 6, y: sy(v) + 4, "text-anchor": "end", class: "ytick" }, labels).textContent = ytext[i];
     });
     niceTicks(x0, x1, Math.min(8, x1 - x0)).filter(v => Number.isInteger(v)).forEach(v => {
       el("line", { x1: sx(v), x2: sx(v), y1: T, y2: H - B }, grid);
