@@ -122,14 +122,18 @@ def _get(request: Request, job_id: str, with_history: bool = True) -> dict[str, 
     return _store(request).get(_jid(job_id), with_history=with_history)
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=SubmitResponse)
-def submit(body: SubmitRequest, request: Request, _: Write) -> SubmitResponse:
-    """Validate and submit a spec. Refused specs answer 422 with every problem (the CLI's messages)."""
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=SubmitResponse,
+             responses={200: {"model": SubmitResponse, "description": "a replay: the job of this client_key"}})
+def submit(body: SubmitRequest, request: Request, response: Response, _: Write) -> SubmitResponse:
+    """Validate and submit a spec: 201 with the new job, or 200 with the first job when ``client_key`` was used
+    before (a replay). Refused specs answer 422 with every problem (the CLI's messages)."""
     client = _client(request)
     before = None
     if body.client_key:
         before = client.r.get(keys.idempotency(body.client_key))
     handle = client.submit(body.spec, client_key=body.client_key)  # a SpecError answers 422 (_spec_refused)
+    if before is not None:
+        response.status_code = status.HTTP_200_OK
     return SubmitResponse(id=handle.id, state=handle.state.value, created=before is None)
 
 

@@ -114,6 +114,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:  # what browsers ask for whatever the page says: an asset, open like /static
+        return FileResponse(str(STATIC / "favicon.svg"), media_type="image/svg+xml")
+
     return app
 
 

@@ -86,3 +86,21 @@ def test_traind_serve_process_binds_localhost_and_never_logs_the_token(redis_url
     assert "GET /api/v1/jobs" in text  # the access log is on ...
     assert f"127.0.0.1:{port}" in text  # ... and it bound localhost (the default)
     assert TOKEN not in text and READ_TOKEN not in text
+
+
+def test_the_doc_names_every_route_open_without_a_token(served: Served) -> None:
+    """Issue 22 item 6: docs/observability.md says which routes answer without a token; each one that does is named
+    there (and nothing with data is among them)."""
+    from starlette.routing import Mount, Route
+
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    app = served.app
+    paths = [r.path for r in app.routes if isinstance(r, Route) and "GET" in (r.methods or set())
+             and "{" not in r.path] + [f"{r.path}/app.js" for r in app.routes if isinstance(r, Mount)]
+    with served.client(token=None) as c:
+        open_paths = [p for p in paths if c.get(p).status_code == 200]
+        assert c.get("/favicon.ico").headers["content-type"].startswith("image/")
+    assert "/" in open_paths and "/favicon.ico" in open_paths and "/api/v1/jobs" not in open_paths
+    for p in open_paths:
+        named = "/static/" if p.startswith("/static/") else p
+        assert f"`{named}" in doc, (p, "open without a token but not named in docs/observability.md")
