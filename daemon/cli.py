@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -335,7 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is a BrokenPipeError caught below
+        return rc
+    except BrokenPipeError:
+        # The reader has what it wanted; stop quietly as `cat` does, with no traceback at interpreter exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer cut off by its pipe
     except (SpecError, ConfigError, AmbiguousJobIdError, InvalidJobIdError) as e:
         _error(e)
         return 2

@@ -158,6 +158,14 @@ class Position(NamedTuple):
             return self.batch / self.steps
         return self.epoch / self.epochs if self.epochs else 0.0
 
+    @property
+    def overall(self) -> float:
+        """The whole run: finished epochs plus the shown epoch's batches, so it never goes back between epochs."""
+        if not self.epochs:
+            return self.fraction
+        done = self.epoch - 1 + (min(self.batch / self.steps, 1.0) if self.steps else 0.0 if self.batch else 1.0)
+        return min(max(done / self.epochs, 0.0), 1.0)
+
 
 def position(status: Mapping[str, Any]) -> Position:
     """The :class:`Position` of a job record (``epoch`` there counts finished epochs).
@@ -171,11 +179,11 @@ def position(status: Mapping[str, Any]) -> Position:
     """
     done, total = _int(status.get("epoch")), _int(status.get("epochs"))
     batch, steps = _int(status.get("batch")), _int(status.get("steps"))
-    if status.get("state") == "running":
-        if batch > 0:  # the worker reports batches of the epoch after the finished ones (it zeroes batch at the end)
-            return Position(done + 1, total, min(batch, steps) if steps else batch, steps)
-        if done == 0:
-            return Position(1, total, 0, steps)  # starting: epoch 1, no batch yet
+    if status.get("state") == "running" and batch > 0:
+        # the worker reports batches of the epoch after the finished ones (it zeroes batch at the end)
+        return Position(done + 1, total, min(batch, steps) if steps else batch, steps)
+    if done == 0 and status.get("state") in ("queued", "requeued", "running"):
+        return Position(1, total, 0, steps)  # waiting or starting: epoch 1, no batch yet (never "epoch 0/N")
     # Between epochs, and once the job ended: the last finished epoch, complete (never a guess at the next one).
     return Position(done, total, steps if done else 0, steps)
 
@@ -204,7 +212,7 @@ def progress_parts(status: Mapping[str, Any], last_epoch: Mapping[str, Any] | No
     tail = " ".join(parts) + f"  {clean(status.get('state', '?'))}"
     if _int(status.get("restarts")):
         tail += f" (restarts {_int(status['restarts'])})"
-    return label, pos.fraction, tail
+    return label, pos.overall, tail
 
 
 def progress_line(status: Mapping[str, Any], last_epoch: Mapping[str, Any] | None = None, width: int = 20) -> str:
@@ -262,8 +270,8 @@ def summary_row(job: Mapping[str, Any], now_ms: int | None = None) -> dict[str, 
     updated = job.get("updated_at")
     age = fmt_duration((now_ms - int(updated)) / 1000) + " ago" if now_ms and isinstance(updated, int) else "-"
     best = "-"
-    if job.get("best_value") is not None:
-        best = f"{fmt_num(job['best_value'])} (epoch {clean(job.get('best_epoch'))})"
+    if job.get("best_value") is not None:  # named: the monitor differs between jobs (val_loss, val_accuracy...)
+        best = f"{monitor_of(job)}={fmt_num(job['best_value'])} (epoch {clean(job.get('best_epoch'))})"
     return {
         "id": job.get("id"),
         "name": job.get("name"),
@@ -281,7 +289,8 @@ LIST_COLUMNS: list[tuple[str, str]] = [
     ("restarts", "RESTARTS"), ("worker", "WORKER"), ("updated", "UPDATED"),
 ]
 LIST_LEGEND = ("EPOCHS DONE: finished/total epochs (early: stopped by early stopping). BEST (EPOCH): the best "
-               "value of the checkpoint monitor and the epoch that reached it. RESTARTS: lost workers survived.")
+               "value of the checkpoint monitor (named) and the epoch that reached it. "
+               "RESTARTS: lost workers survived.")
 
 
 def event_line(ev: Mapping[str, Any]) -> str:

@@ -45,13 +45,19 @@ def _live_view(status: dict[str, Any], last_epoch: dict[str, Any] | None, width:
     from rich.text import Text
 
     label, frac, tail = progress_parts(status, last_epoch)
+    # The state (and restarts) end the tail after two spaces; it is what a glance looks for, so the metrics are cut
+    # before it is.
+    cut = tail.rfind("  ")
+    metrics, state = (tail[:cut], tail[cut + 2:]) if cut >= 0 else (tail, "")
     bar_w = max(10, min(30, width - len(label) - len(tail) - 2))
+    room = max(width - len(label) - bar_w - len(state) - 3, 1)
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, width=len(label))
     grid.add_column(no_wrap=True, width=bar_w)
-    grid.add_column(no_wrap=True, overflow="ellipsis", max_width=max(width - len(label) - bar_w - 2, 1))
+    grid.add_column(no_wrap=True, overflow="ellipsis", max_width=room)
+    grid.add_column(no_wrap=True, width=len(state))
     grid.add_row(Text(label), ProgressBar(total=1.0, completed=frac, width=bar_w),
-                 Text(tail, no_wrap=True, overflow="ellipsis"))
+                 Text(metrics, no_wrap=True, overflow="ellipsis"), Text(state))
     return grid
 
 

@@ -215,8 +215,25 @@ def test_progress_line_shows_batches_within_an_epoch() -> None:
     st = {"state": "running", "epoch": 3, "epochs": 10, "batch": 5, "steps": 10, "metrics": {"loss": 0.3},
           "best_value": 0.2, "best_epoch": 3, "restarts": 1}
     line = render.progress_line(st, {"epoch": 3, "loss": 0.35, "val_loss": 0.2}, width=10)
-    assert line == ("epoch 4/10 [#####.....] 5/10 loss=0.3 val_loss=0.2 best val_loss=0.2 @ epoch 3  running "
+    # the bar is the whole run (3.5 of 10 epochs: it never goes back when an epoch ends); the text has the batches
+    assert line == ("epoch 4/10 [####......] 5/10 loss=0.3 val_loss=0.2 best val_loss=0.2 @ epoch 3  running "
                     "(restarts 1)")
+
+
+def test_progress_never_shows_epoch_0_and_its_bar_never_goes_back() -> None:
+    """Issue 22 item 6: a queued or starting job is at epoch 1/N, not 0/N; the bar only grows through epochs."""
+    assert render.progress_line({"state": "queued", "epoch": 0, "epochs": 200}).startswith("epoch 1/200 ")
+    assert render.progress_line({"state": "running", "epoch": 0, "epochs": 200}).startswith("epoch 1/200 ")
+    fractions = []
+    for epoch in range(3):
+        for batch in (1, 2, 3, 4):
+            fractions.append(render.progress_parts({"state": "running", "epoch": epoch, "epochs": 3, "batch": batch,
+                                                    "steps": 4})[1])
+        fractions.append(render.progress_parts({"state": "running", "epoch": epoch + 1, "epochs": 3, "batch": 0,
+                                                "steps": 4})[1])
+    assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] == 1.0, fractions
+    row = render.summary_row({"id": "a", "best_value": 0.0412345, "best_epoch": 7, "monitor": "val_accuracy"})
+    assert row["best"] == "val_accuracy=0.04123 (epoch 7)"  # the BEST column names its metric
 
 
 def test_options_override_environment(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -397,6 +414,8 @@ def test_watch_fits_an_80_column_terminal(cli: Any, tmp_path: Path, redis_url: s
     assert len(lines) >= 5 and all(len(seg) <= 80 for seg in lines), [len(seg) for seg in lines]
     assert any("…" in seg for seg in lines)  # the long tail was cut, not wrapped
     assert lines[-1].startswith("epoch 2/7 ")
+    states = [seg.rstrip().rsplit(" ", 3)[-3:] for seg in lines]  # the state stays visible (issue 22 item 6)
+    assert all("running" in st or "succeeded" in st for st in states), lines
     assert raw.count("\x1b[1A") or raw.count("\x1b[2K")  # redrawn in place (cursor up / erase line)
     full = render.progress_line(store.get(job_id, with_history=False))
     assert len(full) > 80  # the test would pass trivially with a short line
@@ -599,3 +618,15 @@ def test_a_job_waiting_with_no_worker_says_so(cli: Any, tmp_path: Path, r: redis
     final = watch_job(store, job_id, out_buf, interval_s=0.01, check=_driven_by_polls(steps))
     assert final["state"] == "cancelled"
     assert out_buf.getvalue().count("note: no live worker serves queue default (cpu)") == 1, out_buf.getvalue()
+
+
+def test_a_reader_that_leaves_the_pipe_gets_no_traceback(cli: Any, tmp_path: Path, redis_url: str) -> None:
+    """Issue 22 item 6: `traind status ID | head -5` (the reader leaves first) ends quietly."""
+    job_id = submit(cli, tmp_path)
+    for args in (["status", job_id], ["list"], ["logs", job_id]):
+        p = subprocess.Popen([sys.executable, "-m", "daemon.cli", *args, "--redis-url", redis_url], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_subprocess_env())
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()  # the reader is gone before the first line is written
+        err = p.stderr.read().decode()
+        assert p.wait(60) == 141 and err == "", (args, err)
