@@ -132,13 +132,15 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def _scalars(self, epoch: int, entry: dict[str, Any]) -> None:
         import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
 
-        md = _metadata("scalars", scalar=True)
-        with self.writer.as_default():
-            for k, v in sorted(entry.items()):
-                if k == "epoch" or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                    continue
-                tf.summary.write(k, tf.constant(float(v), tf.float32), step=epoch, metadata=md)
+        # Classic scalar records (simple_value), what every reader knows: TensorBoard's scalars plugin and
+        # EventAccumulator(...).Scalars(), which sees nothing in a tensor-valued record.
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in sorted(entry.items())
+                  if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        if values:
+            with self.writer.as_default():
+                tf.summary.experimental.write_raw_pb(summary_pb2.Summary(value=values).SerializeToString(), step=epoch)
 
     def _text(self, step: int, events: list[dict[str, Any]]) -> None:
         import tensorflow as tf
@@ -148,16 +150,16 @@ class TensorBoardLogger(keras.callbacks.Callback):
             tf.summary.write("events", tf.constant("  \n".join(lines)), step=step, metadata=_metadata("text"))
 
 
-def _metadata(plugin: str, scalar: bool = False) -> Any:
+def _metadata(plugin: str) -> Any:
     """TensorBoard plugin metadata, written with TensorFlow's core ``tf.summary.write``.
 
     ``tf.summary.scalar``/``text`` live in the ``tensorboard`` package, which tensorflow-cpu does not pull in;
-    these are the same records those functions write (plugin ``scalars`` / ``text``), so ``tensorboard --logdir``
+    these are the same records ``tf.summary.text`` writes (plugin ``text``), so ``tensorboard --logdir``
     reads them as usual.
     """
     from tensorflow.core.framework import summary_pb2
 
     md = summary_pb2.SummaryMetadata()
     md.plugin_data.plugin_name = plugin
-    md.data_class = summary_pb2.DATA_CLASS_SCALAR if scalar else summary_pb2.DATA_CLASS_TENSOR
+    md.data_class = summary_pb2.DATA_CLASS_TENSOR
     return md
