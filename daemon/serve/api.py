@@ -156,6 +156,13 @@ def job_status(job_id: str, request: Request, _: Read,
     return _json(_with_note(_store(request), summary(_get(request, job_id, with_history=history))))
 
 
+def _ts(event: Any) -> int:
+    try:
+        return int(event.get("ts", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
     """``note``: why a queued job is not starting (no live worker for its queue, jobs/ops/waiting.py)."""
     if (note := no_worker_note(store.r, st, store.now_ms())) is not None:
@@ -228,10 +235,17 @@ def job_stream(job_id: str, request: Request, _: Read) -> StreamingResponse:
     _get(request, job_id, with_history=False)
     store = _store(request)
 
+    try:  # a reconnecting client has the events up to this ts (a repeat of that ms is possible, never a gap)
+        since = int(request.headers.get("last-event-id", ""))
+    except ValueError:
+        since = None
+
     def snapshot() -> bytes:
         st = _with_note(store, summary(store.get(job_id, with_history=True)))
-        st["events"] = store.events(job_id, -EVENTS_TAIL * 4)
-        return encode("snapshot", st)
+        events = store.events(job_id, -EVENTS_TAIL * 4)
+        _hub(request).events_sent(job_id, events[-1] if events else None)
+        st["events"] = [e for e in events if since is None or _ts(e) >= since]
+        return encode("snapshot", st, events[-1].get("ts") if events else None)
 
     return _sse(request, job_id, snapshot)
 

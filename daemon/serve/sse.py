@@ -6,9 +6,9 @@ Workers and supervisors publish a small notification on :data:`jobs.redis.teleme
 and hands the same encoded bytes to every viewer of that job and of the jobs list. Idle jobs cost nothing: no
 job hash is polled.
 
-Streams: ``snapshot`` (full status on connect), ``status`` (job without history), ``epoch`` (new history
-entries), ``events`` (the newest events), ``job`` (a list row), ``resync`` (Redis reconnected: re-read), and
-``: keepalive`` comments.
+Streams: ``snapshot`` (full status on connect), ``status`` (job without history), ``epoch`` (new history entries),
+``events`` (events not sent before, with the newest one's ``ts`` as the SSE ``id``), ``job`` (a list row),
+``resync`` (Redis reconnected: re-read), and ``: keepalive`` comments.
 
 >>> # hub = Hub(store, redis.asyncio.from_url(url)); asyncio.create_task(hub.run())
 """
@@ -39,8 +39,9 @@ QUEUE_MAX = 256  # a viewer this far behind is dropped; its browser reconnects a
 EVENTS_TAIL = 50
 
 
-def encode(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
+def encode(event: str, data: Any, event_id: Any = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""  # the client's Last-Event-ID on a reconnect
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Hub:
         self.viewers: dict[str, set[asyncio.Queue[bytes | None]]] = {}
         self._pending: dict[str, _Pending] = {}
         self._inflight: set[str] = set()
+        self._events_sent: dict[str, Any] = {}  # job -> the newest event its viewers have (snapshot or `events`)
         self.notifications = 0  # counters the benchmark and tests read
         self.reads = 0
         self.connected = asyncio.Event()
@@ -73,6 +75,22 @@ class Hub:
             self.viewers.get(key, set()).discard(q)
             if not self.viewers.get(key):
                 self.viewers.pop(key, None)
+                self._events_sent.pop(key, None)
+
+    def events_sent(self, job_id: str, newest: Any) -> None:
+        """A viewer's snapshot held the events up to ``newest``: ``events`` messages start after it."""
+        self._events_sent.setdefault(job_id, newest)
+
+    def _new_events(self, job_id: str, tail: list[Any]) -> list[Any]:
+        """The events of ``tail`` after the newest one already sent (all of it when that one is not in it)."""
+        last = self._events_sent.get(job_id)
+        for i in range(len(tail) - 1, -1, -1):
+            if last is not None and tail[i] == last:
+                tail = tail[i + 1:]
+                break
+        if tail:
+            self._events_sent[job_id] = tail[-1]
+        return tail
 
     def viewer_count(self) -> int:
         return sum(len(v) for v in self.viewers.values())
@@ -181,7 +199,8 @@ class Hub:
                 if entries:
                     out.append((job_id, encode("epoch", entries)))
                 i += 1
-            out.append((job_id, encode("events", [json.loads(v) for v in res[i]])))
+            if new := self._new_events(job_id, [json.loads(v) for v in res[i]]):  # only new ones, once
+                out.append((job_id, encode("events", new, new[-1].get("ts") if isinstance(new[-1], dict) else None)))
         return out
 
 

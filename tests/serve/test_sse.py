@@ -18,9 +18,10 @@ from tests.serve.conftest import Served, slow_spec
 class SSEReader:
     """Reads one SSE stream in a thread, keeping (event, data) pairs."""
 
-    def __init__(self, served: Served, path: str) -> None:
+    def __init__(self, served: Served, path: str, headers: dict[str, str] | None = None) -> None:
         self.events: list[tuple[str, Any]] = []
-        self.client = served.client()
+        self.ids: list[str] = []
+        self.client = served.client(headers=headers or {})
         self._t = threading.Thread(target=self._run, args=(path,), daemon=True)
         self._stop = False
         self._t.start()
@@ -32,7 +33,9 @@ class SSEReader:
             for line in resp.iter_lines():
                 if self._stop:
                     return
-                if line.startswith("event: "):
+                if line.startswith("id: "):
+                    self.ids.append(line[4:])
+                elif line.startswith("event: "):
                     ev = line[7:]
                 elif line.startswith("data: "):
                     self.events.append((ev, json.loads(line[6:])))
@@ -94,3 +97,35 @@ def test_a_notification_alone_drives_the_stream(served: Served, r: redis.Redis) 
         assert served.app.state.hub.reads == reads + 1
     finally:
         job.close()
+
+
+def test_events_are_sent_once_and_a_reconnect_resumes_after_last_event_id(served: Served, r: redis.Redis) -> None:
+    """Issue 22 item 6: each `events` message has only events not sent before; a client reconnecting with
+    Last-Event-ID gets a snapshot without the events it had."""
+    from jobs.contract.events import EventKind
+    from jobs.redis.store import JobStore
+
+    store = JobStore(r)
+    with served.client() as c:
+        jid = c.post("/api/v1/jobs", json={"spec": slow_spec()}).json()["id"]
+    job = SSEReader(served, f"/api/v1/jobs/{jid}/stream")
+    try:
+        wait_for(lambda: job.of("snapshot"), 30, "the snapshot")
+        assert [e["msg"] for e in job.of("snapshot")[0]["events"]] == ["submitted"]
+        for i in range(3):
+            store.add_event(jid, EventKind.SUBMITTED, f"note {i}")
+            wait_for(lambda i=i: any(e["msg"] == f"note {i}" for batch in job.of("events") for e in batch), 30,
+                     f"note {i} to be streamed")
+        sent = [e["msg"] for batch in job.of("events") for e in batch]
+        assert sent == ["note 0", "note 1", "note 2"], sent  # each once, none of the snapshot's again
+        assert job.ids[-1] == str(store.events(jid)[-1]["ts"])
+    finally:
+        job.close()
+    since = store.events(jid)[2]["ts"]  # "note 1": the client had it
+    again = SSEReader(served, f"/api/v1/jobs/{jid}/stream", headers={"Last-Event-ID": str(since)})
+    try:
+        wait_for(lambda: again.of("snapshot"), 30, "the snapshot after a reconnect")
+        msgs = [e["msg"] for e in again.of("snapshot")[0]["events"]]
+        assert "submitted" not in msgs and "note 0" not in msgs and msgs[-1] == "note 2", msgs
+    finally:
+        again.close()

@@ -45,9 +45,12 @@
 
   /* Server-Sent Events over fetch (EventSource cannot send an Authorization header). Reconnects until aborted. */
   async function sse(path, onEvent, signal) {
+    let lastId = null; // sent back on a reconnect (Last-Event-ID): the snapshot then skips the events we have
     while (!signal.aborted) {
       try {
-        const resp = await fetch(path, { headers: { Authorization: `Bearer ${token}` }, signal });
+        const headers = { Authorization: `Bearer ${token}` };
+        if (lastId !== null) headers["Last-Event-ID"] = lastId;
+        const resp = await fetch(path, { headers, signal });
         if (resp.status === 401) { showLogin("token refused"); return; }
         if (!resp.ok) throw new Error(String(resp.status));
         setLive(true);
@@ -62,7 +65,8 @@
             const block = buf.slice(0, i); buf = buf.slice(i + 2);
             let ev = "message", data = "";
             for (const line of block.split("\n")) {
-              if (line.startsWith("event: ")) ev = line.slice(7);
+              if (line.startsWith("id: ")) lastId = line.slice(4);
+              else if (line.startsWith("event: ")) ev = line.slice(7);
               else if (line.startsWith("data: ")) data += line.slice(6);
             }
             if (data) onEvent(ev, JSON.parse(data));
