@@ -630,3 +630,12 @@ def test_a_reader_that_leaves_the_pipe_gets_no_traceback(cli: Any, tmp_path: Pat
         p.stdout.close()  # the reader is gone before the first line is written
         err = p.stderr.read().decode()
         assert p.wait(60) == 141 and err == "", (args, err)
+
+
+def test_a_looked_up_job_says_what_it_knows_of_its_durability(redis_url: str, storage_dir: Path) -> None:
+    """Issue 22 item 6: `client.job(id).durability` is not empty."""
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    submitted = client.submit(GOOD)
+    assert submitted.durability == "degraded: the primary has no replica connected"
+    looked_up = client.job(submitted.id[:10]).durability
+    assert looked_up == "not known (looked up, not submitted here); Redis now: single node: writes are not replicated"

@@ -34,9 +34,19 @@ class JobHandle:
     def __init__(self, client: ClientLike, job_id: str, durability: str = "") -> None:
         self.client = client
         self.id = job_id
-        #: How the job's creation was made durable: "replicated (n)", "degraded: <why>" (not on a replica:
-        #: a Redis failover could lose it; logged as a warning), "not waited" (TRAIND_REDIS_MIN_REPLICAS=0).
-        self.durability = durability
+        self._durability = durability
+
+    @property
+    def durability(self) -> str:
+        """How the job's creation was made durable: "replicated (n)", "degraded: <why>" (not on a replica: a Redis
+        failover could lose it), "not waited" (TRAIND_REDIS_MIN_REPLICAS=0); for a job looked up by id
+        (:meth:`Client.job`), which this handle did not create, what Redis replicates now."""
+        if not self._durability:
+            from jobs.redis.replication import replication_note
+
+            now = replication_note(self.client.store.r)
+            self._durability = f"not known (looked up, not submitted here); Redis now: {now}"
+        return self._durability
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r})"
