@@ -118,6 +118,10 @@ class Worker:
             os._exit(130)
         self._stop.set()
         control = self.current
+        if control is None:
+            # Idle: nothing to checkpoint. A Redis call now in redis-py's retries (Redis gone) gives up after its
+            # current try instead of sitting out ~30 s of backoff, twice with the unregister: exit in seconds.
+            _stop_retrying(self.r)
         if control is not None:
             from worker.control import StopReason
 
@@ -209,3 +213,13 @@ def _drop_custom_gradients() -> None:
             del registry[name]
     except Exception:  # best effort
         pass
+
+
+def _stop_retrying(r: Any) -> None:
+    """Set every connection's retry budget (each holds a copy) and the pool's, for new ones, to no retries."""
+    pool = r.connection_pool
+    retry = pool.connection_kwargs.get("retry")
+    conns = [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+    for obj in [retry, *(getattr(c, "retry", None) for c in conns)]:
+        if obj is not None:
+            obj.update_retries(0)

@@ -71,3 +71,24 @@ def test_two_worker_processes_share_a_queue_without_double_taking(
     for wid in ("w1", "w2"):
         info = {k.decode(): v.decode() for k, v in r.hgetall(f"traind:worker:{wid}").items()}
         assert info["device"] == "cpu" and float(info["rss_mb"]) > 50 and int(info["pid"]) > 0
+
+
+def test_an_idle_worker_stops_in_seconds_when_redis_is_gone(procs: Procs, storage_dir: Path, tmp_path: Path) -> None:
+    """Issue 22 item 6: SIGTERM to an idle worker whose Redis is gone ends it within seconds, not after redis-py's
+    retries (~30 s) twice over (the call in flight, then the unregister)."""
+    import signal
+
+    from testkit.cluster import RedisServer
+
+    srv = RedisServer(tmp_path / "own-redis").start()  # a server of this test's own, to stop
+    try:
+        w = procs.worker(srv.url, storage_dir, "--worker-id", "idle-w")
+        wait_for(lambda: redis.Redis.from_url(srv.url).zscore("traind:workers", "idle-w") is not None, 120,
+                 "the worker to register")
+    finally:
+        srv.stop()
+    w.send_signal(signal.SIGTERM)
+    try:
+        assert w.wait(15) == 0, log_of(w)  # a deadline well under one retry budget of redis-py (~30 s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker was still running 15 s after SIGTERM:\n{log_of(w)}") from None
