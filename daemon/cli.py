@@ -54,8 +54,13 @@ if TYPE_CHECKING:
 
 # -- job commands ----------------------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
+    from daemon.submitcheck import check_builder_spec
+
     client = client_from_args(args)
     try:
+        # a builder's monitors, checked as client.fit checks a model's (daemon/submitcheck.py)
+        if not args.no_check and (note := check_builder_spec(client, args.spec)):
+            print(f"note: {render.clean(note)}", file=sys.stderr)
         handle = client.submit(args.spec, client_key=args.key)
     except SpecError as e:
         print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
@@ -295,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=_positive_float, help="with --wait: give up after this many seconds")
     sp.add_argument("--key", help="idempotency key: resubmitting with the same key returns the first job")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--no-check", action="store_true", help="do not build a builder spec's model here to check its "
+                    "monitors (TensorFlow's import costs seconds); the worker checks them when the job starts")
     sp = add("status", cmd_status, "show one job (its id or a unique prefix of it)")
     sp.add_argument("job", help="job id, or a prefix matching exactly one job")
     sp.add_argument("--json", action="store_true", help="the summary and history as JSON")
