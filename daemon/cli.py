@@ -118,9 +118,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
     else:
         now = store.now_ms()
-        from daemon.handles import with_handles  # each job under its shortest unique id prefix
+        from daemon.handles import with_handles, with_monitors  # short unique id prefixes; BEST's metric
 
-        print(render.table(with_handles(store.r, [render.summary_row(j, now) for j in jobs]), render.LIST_COLUMNS))
+        rows = [render.summary_row(j, now) for j in with_monitors(store.r, jobs)]
+        print(render.table(with_handles(store.r, rows), render.LIST_COLUMNS))
         print(render.LIST_LEGEND, file=sys.stderr)  # for the reader; a pipe (| grep, | wc -l) gets the table only
     return 0
 

@@ -1,4 +1,5 @@
-"""Short job handles for ``traind list``: each job under the shortest prefix of its id that no other job shares.
+"""What ``traind list`` adds to the stored job records: each job's short handle (the shortest prefix of its id that
+no other job shares) and its checkpoint monitor (which the BEST column names).
 
 Ids begin with the creation time in hex milliseconds (:func:`jobs.client.new_job_id`), so jobs of one afternoon
 share their first 5-6 characters. A handle is at least :data:`MIN_LEN` (8) characters: 8 hex digits of the time
@@ -13,6 +14,7 @@ that takes a job accepts a handle (a unique prefix: :func:`jobs.ops.lookup.resol
 from __future__ import annotations
 
 import bisect
+import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -52,3 +54,18 @@ def with_handles(r: Any, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, A
     ids = [str(row["id"]) for row in rows]
     handles = shortest_unique_prefixes([*all_ids, *ids], ids)
     return [{**row, "id": handles[str(row["id"])]} for row in rows]
+
+
+def with_monitors(r: Any, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``jobs`` with ``monitor`` set from each job's spec (``checkpoint.monitor``; the default is ``val_loss``)."""
+    pipe = r.pipeline(transaction=False)
+    for job in jobs:
+        pipe.hget(keys.job(str(job.get("id"))), "spec")
+    out = []
+    for job, raw in zip(jobs, pipe.execute() if jobs else [], strict=True):
+        try:
+            monitor = json.loads(raw)["checkpoint"]["monitor"] if raw else None
+        except (ValueError, TypeError, KeyError):
+            monitor = None
+        out.append({**job, "monitor": monitor if isinstance(monitor, str) and monitor else "val_loss"})
+    return out

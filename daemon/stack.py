@@ -281,11 +281,10 @@ class Stack:
             # Commands on this machine find the stack by its state next to the storage root (jobs/localstack.py):
             # nothing to export for the default root, only the root itself otherwise.
             default = localstack.state_dir(None) == self.redis_dir
-            w("  use it:     " + ("no export needed on this machine: " if default else
-                                  f"export TRAIND_STORAGE_DIR={self.storage}  (then nothing else:) ")
-              + "traind submit examples/regression.yaml && traind list\n")
-            w(f"  elsewhere:  TRAIND_REDIS_URL is in {self.url_file} (0600; the port and password stay the same "
-              "across restarts)\n")
+            w("  use it:     from any shell on this machine, " + (
+                "no export needed" if default else f"with only TRAIND_STORAGE_DIR={self.storage} exported")
+              + ": traind submit examples/regression.yaml; traind list\n")
+            w(f"  url file    {self.url_file} (0600, holds the password; port and password stay across restarts)\n")
         if not self.settings.allowed_modules:
             w("  allowlist   empty: jobs can run no code; start with TRAIND_ALLOWED_MODULES=<your package> "
               "(examples.regression to try)\n")

@@ -572,11 +572,14 @@ def test_list_shows_each_job_under_its_shortest_unique_handle(cli: Any, r: redis
     """Issue 22 item 3: ids share a time prefix; `list` shows the shortest prefix no other job shares (at least 8)."""
     from daemon.handles import MIN_LEN
 
-    ids = [j.id for j in Client(redis_url=redis_url, storage=storage_dir).submit_many([GOOD] * 5)]  # one burst
+    spec = {**GOOD, "checkpoint": {"monitor": "val_mae"}}
+    ids = [j.id for j in Client(redis_url=redis_url, storage=storage_dir).submit_many([spec] * 5)]  # one burst
+    r.hset(keys.job(ids[1]), mapping={"best_value": "0.25", "best_epoch": "2"})
     ids.append(ids[0][:MIN_LEN + 2] + "f" * (len(ids[0]) - MIN_LEN - 2))  # a neighbour sharing 10 characters
     r.zadd(keys.JOBS_INDEX, {ids[-1]: 1})
     rc, out, _ = cli("list", "--limit", "5")
     handles = [line.split()[0] for line in out.splitlines()[1:]]
+    assert "val_mae=0.25 (epoch 2)" in out  # BEST names the job's monitor
     assert len(handles) == 5 and all(len(h) >= MIN_LEN for h in handles), handles
     by_id = {next(i for i in ids if i.startswith(h)): h for h in handles}
     assert sorted(by_id) == sorted(ids[:5])  # each handle names one of the listed jobs ...

@@ -69,7 +69,7 @@ def test_up_keeps_its_port_and_a_second_shell_finds_it(procs: Procs, tmp_path: P
 def test_default_stack_needs_no_export_at_all(procs: Procs, tmp_path: Path) -> None:
     env = _env(XDG_DATA_HOME=str(tmp_path / "xdg"), TRAIND_ALLOWED_MODULES="examples")  # the default storage dir
     up = _up(procs, env)
-    assert "no export needed on this machine" in log_of(up), log_of(up)
+    assert "from any shell on this machine, no export needed" in log_of(up), log_of(up)
     shell = _env(XDG_DATA_HOME=str(tmp_path / "xdg"))
     res = _traind(shell, "submit", str(ROOT / "examples" / "regression.yaml"))
     assert res.returncode == 0, res.stderr
