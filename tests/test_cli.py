@@ -55,7 +55,8 @@ def cli(redis_url: str, storage_dir: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def submit(cli: Any, tmp_path: Path, **over: Any) -> str:
-    rc, out, err = cli("submit", str(write_spec(tmp_path, {**GOOD, **over})), "--json")
+    # --no-check: these tests stay without TensorFlow, and some plant monitors the builder never logs on purpose
+    rc, out, err = cli("submit", str(write_spec(tmp_path, {**GOOD, **over})), "--json", "--no-check")
     assert rc == 0, err
     return json.loads(out)["id"]
 
