@@ -1,6 +1,7 @@
 """TensorBoard event files per job, written by a Keras callback in the worker.
 
-``<storage>/jobs/<id>/tensorboard/`` (a local/NFS directory, or objects uploaded after each epoch) gets, per
+``<storage>/jobs/<id>/tensorboard/<name>-<short id>/`` (the run's name in TensorBoard; a local/NFS directory, or
+objects uploaded after each epoch) gets, per
 finished epoch, one scalar per metric (``loss``, ``val_loss``, every
 compiled metric, ``learning_rate``, ``time_s``) and the epoch's events as text, so ``tensorboard --logdir
 <storage>/jobs`` shows every run side by side.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +38,17 @@ def tensorboard_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/{SUBDIR}"
 
 
+def run_name(name: bytes | str | None, job_id: str) -> str:
+    """``<name>-<short id>``: the run TensorBoard lists (a directory name: other characters become ``-``).
+
+    >>> run_name("mnist classifier/v2", "1a2428e0c8c9fa2a7a343")
+    'mnist-classifier-v2-1a2428e0'
+    """
+    text = name.decode(errors="replace") if isinstance(name, bytes) else (name or "")
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-.")[:64]
+    return f"{slug}-{job_id[:8]}" if slug else job_id[:8]
+
+
 class TensorBoardLogger(keras.callbacks.Callback):
     """Per-epoch scalars and event text for one attempt; best effort (a full disk never fails training)."""
 
@@ -45,7 +58,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self.storage = storage
         self.prefix = tensorboard_prefix(job_id)
         # A local (or NFS) storage is written in place; an object store gets the files uploaded after each flush.
-        self.dir = storage.job_dir(job_id) / SUBDIR if storage.is_local else Path(tempfile.mkdtemp(prefix="traind-tb-"))
+        local = storage.is_local
+        self.root = storage.job_dir(job_id) / SUBDIR if local else Path(tempfile.mkdtemp(prefix="traind-tb-"))
+        self.run = job_id[:8]  # the run's directory, `<name>-<short id>` once the name is read (_start)
         self.writer: Any = None
         self.last_event_ts = 0
         self.disabled = False
@@ -69,7 +84,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
             self._guard(self._upload)
             self.writer = None
         if not self.storage.is_local:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def _guard(self, fn: Any) -> None:
@@ -84,8 +99,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def _start(self) -> None:
         import tensorflow as tf
 
+        self.run = run_name(self.store.r.hget(keys.job(self.job_id), "name"), self.job_id)
+        old = sorted(self.root.rglob("events.out.tfevents.*"))  # earlier attempts' files (any run directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        old = sorted(self.dir.glob("events.out.tfevents.*"))
         old_keys = [] if self.storage.is_local else self.storage.list_keys(self.prefix)  # type: ignore[attr-defined]
         self.writer = tf.summary.create_file_writer(str(self.dir), filename_suffix=f".a{self.attempt}")
         # Replay what Redis holds (a resumed attempt: epochs before its checkpoint), then drop older files.
@@ -102,6 +118,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
         for k in old_keys:
             self.storage.delete(k)
 
+    @property
+    def dir(self) -> Path:
+        return self.root / self.run
+
     def _flush(self) -> None:
         self.writer.flush()
         self._upload()
@@ -109,7 +129,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def _upload(self) -> None:
         if not self.storage.is_local:
             for f in self.dir.glob("events.out.tfevents.*"):
-                self.storage.put_local_file(f"{self.prefix}/{f.name}", f)
+                self.storage.put_local_file(f"{self.prefix}/{self.run}/{f.name}", f)
 
     def _write_epoch(self, epoch: int) -> None:
         raw = self.store.r.hget(keys.history(self.job_id), str(epoch))

@@ -60,7 +60,9 @@ def test_resumed_job_has_each_epoch_once_in_tensorboard_and_json_logs(redis_url:
         raise AssertionError(cl.logs()) from None
     assert st["state"] == "succeeded" and st["attempt"] == 2, cl.logs()
 
-    tb = storage_dir / "jobs" / h.id / "tensorboard"
+    runs = [d.name for d in (storage_dir / "jobs" / h.id / "tensorboard").iterdir()]
+    assert runs == [f"tb-{h.id[:8]}"], runs  # the run TensorBoard lists: <name>-<short id> (issue 22 item 6)
+    tb = storage_dir / "jobs" / h.id / "tensorboard" / runs[0]
     counts, values, texts = read_tensorboard(tb)
     history = {e["epoch"]: e for e in st["history"]}
     for tag in ("loss", "val_loss", "mae", "val_mae", "learning_rate"):

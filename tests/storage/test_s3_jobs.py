@@ -162,6 +162,9 @@ def test_kill_mid_epoch_resumes_from_s3_on_another_machine(procs: Procs, redis_u
     assert hashlib.sha256(objs[f"team/traind/jobs/{job.id}/{best['file']}"]).hexdigest() == best["sha256"]
     for m in c.store.checkpoints(job.id).values():
         assert hashlib.sha256(objs[f"team/traind/jobs/{job.id}/{m['file']}"]).hexdigest() == m["sha256"]
+    run = f"team/traind/jobs/{job.id}/tensorboard/{final['name']}-{job.id[:8]}/"  # <name>-<short id>: the run
+    tb = [k for k in objs if "/tensorboard/" in k]
+    assert tb and all(k.startswith(run + "events.out.tfevents.") for k in tb), tb  # one run, the first attempt's gone
     for w in ("w1", "w2"):
         assert not [f for f in c.private_files(w) if "jobs" in f or f.endswith((".npz", ".keras"))], w
     # The resuming worker fetched the upload into its own cache (verified by hash).
