@@ -238,11 +238,11 @@ class Stack:
 
     def start(self) -> None:
         if self.settings.redis_url is None:
-            if (running := localstack.find(self.storage)) is not None:
+            if (running := localstack.running(self.redis_dir)) is not None:
                 # Two redis-servers on one AOF directory would corrupt it.
-                raise StackError(f"a local stack is already running with this storage (traind up, pid "
-                                 f"{running.pid}, {redact_url(running.url)}); use it (commands on this machine "
-                                 "find it) or stop it first")
+                raise StackError(f"a local stack is already running on {self.redis_dir} (traind up, pid {running.pid}, "
+                                 f"{redact_url(running.url)}); use it (commands on this machine find it) or stop it "
+                                 "first")
             self.redis = EmbeddedRedis(self.redis_dir, self.settings.redis_port)  # ConfigError if missing
         if self.settings.workers:
             check_worker_runtime()

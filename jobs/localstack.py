@@ -112,7 +112,18 @@ def find(storage: str | os.PathLike[str] | None = None) -> LocalStack | None:
     With ``storage`` given, the stack must use that very storage (a stack of the default directory does not serve a
     command told to use ``s3://other``).
     """
-    directory = state_dir(storage)
+    stack = running(state_dir(storage))
+    if stack is not None and storage is not None:
+        try:
+            if parse_location(storage)[1] != parse_location(stack.storage)[1]:
+                return None
+        except StorageLocationError:
+            return None
+    return stack
+
+
+def running(directory: Path) -> LocalStack | None:
+    """The stack whose ``traind up`` recorded ``directory`` and still runs, whatever its storage, or None."""
     try:
         meta = json.loads(_read(directory / STATE_FILE))
         pid, stack_storage = int(meta["pid"]), str(meta["storage"])
@@ -122,12 +133,6 @@ def find(storage: str | os.PathLike[str] | None = None) -> LocalStack | None:
     url = recorded_url(directory)
     if url is None or not _alive(pid):
         return None
-    if storage is not None:
-        try:
-            if parse_location(storage)[1] != parse_location(stack_storage)[1]:
-                return None
-        except StorageLocationError:
-            return None
     return LocalStack(url=url, storage=stack_storage, allowed_modules=allowed, pid=pid, state_dir=directory)
 
 

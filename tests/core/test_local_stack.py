@@ -38,14 +38,17 @@ def _traind(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_up_keeps_its_port_and_a_second_shell_finds_it(procs: Procs, tmp_path: Path) -> None:
-    data = tmp_path / "data"
+    data = tmp_path / "traind"  # also the default storage dir of XDG_DATA_HOME=tmp_path (see `third`)
     env = _env(TRAIND_STORAGE_DIR=str(data), TRAIND_ALLOWED_MODULES="examples")
     up = _up(procs, env)
-    url_file, state = tmp_path / "data.redis" / "url", tmp_path / "data.redis" / "stack.json"
+    url_file, state = tmp_path / "traind.redis" / "url", tmp_path / "traind.redis" / "stack.json"
     first = urlsplit(url_file.read_text().strip())
     assert json.loads(state.read_text())["storage"] == str(data)
     second = _traind(env, "up", "--workers", "0")  # one AOF directory, one redis-server
-    assert second.returncode == 1 and "a local stack is already running with this storage" in second.stderr
+    assert second.returncode == 1 and "a local stack is already running on " in second.stderr, second.stderr
+    # the same state directory with another storage (object storage keeps its state in the default place): refused too
+    third = _traind({**env, "XDG_DATA_HOME": str(tmp_path)}, "up", "--workers", "0", "--storage", "s3://bucket/x")
+    assert third.returncode == 1 and "a local stack is already running on " in third.stderr, third.stderr
     _stop(up)
     assert not state.exists() and url_file.exists()  # stopped: not found any more; the URL is kept for the restart
 
