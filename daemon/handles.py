@@ -22,7 +22,7 @@ from typing import Any
 from jobs.contract import keys
 
 MIN_LEN = 8
-MAX_INDEX = 200_000  # beyond this many jobs `list` shows full ids rather than read every id for its handles
+WINDOW_S = 600.0  # creation times compared for handles: 4.1 s of id time plus ample clock skew between submitters
 
 
 def _common(a: str, b: str) -> int:
@@ -47,12 +47,22 @@ def shortest_unique_prefixes(all_ids: Iterable[str], shown: Iterable[str], min_l
 
 
 def with_handles(r: Any, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
-    """``rows`` (``traind list``'s) with each ``id`` replaced by the job's short handle (one read of the index)."""
-    if not rows or int(r.zcard(keys.JOBS_INDEX)) > MAX_INDEX:
+    """``rows`` (``traind list``'s) with each ``id`` replaced by the job's short handle.
+
+    Only ids created within :data:`WINDOW_S` of a row's job are compared with it (one ZRANGEBYSCORE each, pipelined):
+    ids sharing 8 characters were made within 4.1 s of each other, and the window leaves room for submitters' clocks
+    being off from Redis'. Reading the whole index instead cost 0.34 s at 100,000 jobs.
+    """
+    if not rows:
         return rows
-    all_ids = [m.decode() if isinstance(m, bytes) else str(m) for m in r.zrange(keys.JOBS_INDEX, 0, -1)]
     ids = [str(row["id"]) for row in rows]
-    handles = shortest_unique_prefixes([*all_ids, *ids], ids)
+    scores = r.zmscore(keys.JOBS_INDEX, ids)
+    pipe = r.pipeline(transaction=False)
+    for score in scores:
+        if score is not None:
+            pipe.zrangebyscore(keys.JOBS_INDEX, score - WINDOW_S * 1000, score + WINDOW_S * 1000)
+    near = [m.decode() if isinstance(m, bytes) else str(m) for found in pipe.execute() for m in found]
+    handles = shortest_unique_prefixes([*near, *ids], ids)
     return [{**row, "id": handles[str(row["id"])]} for row in rows]
 
 

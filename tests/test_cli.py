@@ -577,7 +577,7 @@ def test_list_shows_each_job_under_its_shortest_unique_handle(cli: Any, r: redis
     ids = [j.id for j in Client(redis_url=redis_url, storage=storage_dir).submit_many([spec] * 5)]  # one burst
     r.hset(keys.job(ids[1]), mapping={"best_value": "0.25", "best_epoch": "2"})
     ids.append(ids[0][:MIN_LEN + 2] + "f" * (len(ids[0]) - MIN_LEN - 2))  # a neighbour sharing 10 characters
-    r.zadd(keys.JOBS_INDEX, {ids[-1]: 1})
+    r.zadd(keys.JOBS_INDEX, {ids[-1]: r.zscore(keys.JOBS_INDEX, ids[0]) - 1})  # created just before
     rc, out, _ = cli("list", "--limit", "5")
     handles = [line.split()[0] for line in out.splitlines()[1:]]
     assert "val_mae=0.25 (epoch 2)" in out  # BEST names the job's monitor
