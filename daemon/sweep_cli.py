@@ -1,4 +1,4 @@
-"""``traind sweep submit|status|list|cancel``: hyperparameter sweeps whose trials are traind jobs.
+"""``traind sweep submit|status|list|cancel|dashboard``: hyperparameter sweeps whose trials are traind jobs.
 
 Registered on the main parser by :func:`register`. A supervisor drives the sweeps (jobs/sweep/hook.py); these
 commands only write and read the sweep records. Exit codes as elsewhere: 0 success; 1 not found / Redis
@@ -117,6 +117,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the sweep's study, read from traind's Redis through traind's connection (no snapshot)."""
+    import optuna_dashboard
+
+    from jobs.sweep.study import storage
+
+    store = _sweeps(args)
+    sweep_id = store.resolve(args.sweep)
+    print(f"optuna-dashboard for sweep {sweep_id} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    optuna_dashboard.run_server(storage(store.r, sweep_id), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     return int(args.sweep_func(args))
 
@@ -143,5 +156,9 @@ def register(add: AddFn) -> None:
     p = one("list", cmd_list, "list sweeps, newest first")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p = one("dashboard", cmd_dashboard, "serve optuna-dashboard on the sweep's Optuna study")
+    p.add_argument("sweep", help="sweep id or a unique prefix")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
     p = one("cancel", cmd_cancel, "cancel a sweep: running trials are cancelled, no new one starts")
     p.add_argument("sweep", help="sweep id or a unique prefix")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import optuna
 import pytest
 import redis
@@ -17,6 +18,8 @@ from jobs.sweep import records
 from jobs.sweep.controller import SweepController
 from jobs.sweep.spec import trial_spec, validate_sweep
 from jobs.sweep.study import storage
+from testkit.cluster import free_port
+from tests.conftest import ROOT, Procs, log_of, wait_for
 from tests.sweep.conftest import sweep_file, tiny_job
 
 ALLOWED = ["examples", "tests.models"]
@@ -143,3 +146,30 @@ def test_malformed_trial_record_is_one_bad_row(cli: Any, tmp_path: Path, r: redi
     assert rc == 0 and st["trials"] == [] and len(st["bad_records"]) == 1
     rc, out, err = cli("sweep", "status", sweep_id)
     assert rc == 0 and "trial 7: malformed record" in err
+
+
+def test_example_sweep_file_is_valid() -> None:
+    from jobs.sweep.spec import load_sweep_file
+
+    sweep, job = load_sweep_file(ROOT / "examples" / "sweep.yaml", allowed_modules=["examples"])
+    assert (sweep.trials, sweep.parallel, sweep.pruner.type, job.name) == (20, 4, "hyperband", "regression-early-stop")
+
+
+def test_optuna_dashboard_opens_the_study(cli: Any, tmp_path: Path, redis_url: str, storage_dir: Path,
+                                          r: redis.Redis, procs: Procs) -> None:
+    """`traind sweep dashboard` serves optuna-dashboard on the sweep's study (its REST API lists it)."""
+    sweep_id = _submit(cli, tmp_path)
+    SweepController(r, Client(redis_url=redis_url, storage=storage_dir), owner="test").step()
+    port = free_port()
+    p = procs.traind("sweep", "dashboard", sweep_id[:7], "--port", str(port), "--redis-url", redis_url,
+                     name="dashboard")
+
+    def studies() -> list[Any] | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=5).json()["study_summaries"]
+        except (httpx.HTTPError, ValueError):
+            assert p.poll() is None, log_of(p)
+            return None
+
+    listed = wait_for(studies, 60, "optuna-dashboard to answer")
+    assert [s["study_name"] for s in listed] == [records.study_name(sweep_id)]
