@@ -33,17 +33,10 @@ SWEEP_STATES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TRIAL_DONE = ("succeeded", "pruned", "failed", "cancelled")
 
 
-def sweep_key(sweep_id: str) -> str:
-    return f"{keys.PREFIX}:sweep:{sweep_id}"
-
-
-def trials_key(sweep_id: str) -> str:
-    return f"{keys.PREFIX}:sweep:{sweep_id}:trials"
-
-
-def journal_prefix(sweep_id: str) -> str:
-    """Prefix of the sweep's Optuna journal (``<prefix>:log_number``, ``<prefix>:log:<n>``)."""
-    return f"{keys.PREFIX}:sweep:{sweep_id}:optuna"
+def sweep_key(sweep_id: str, part: str = "") -> str:
+    """``traind:sweep:<id>`` (the sweep hash), ``...:trials`` (number -> trial JSON) or ``...:optuna`` (the prefix of
+    its Optuna journal: ``<prefix>:log_number``, ``<prefix>:log:<n>``)."""
+    return f"{keys.PREFIX}:sweep:{sweep_id}" + (f":{part}" if part else "")
 
 
 def study_name(sweep_id: str) -> str:
@@ -195,7 +188,7 @@ class SweepStore:
         """Trial records by number, and one line per malformed record (a bad row, never a crash)."""
         out: dict[int, TrialRecord] = {}
         bad: list[str] = []
-        for k, v in self.r.hgetall(trials_key(sweep_id)).items():
+        for k, v in self.r.hgetall(sweep_key(sweep_id, "trials")).items():
             try:
                 rec = TrialRecord.parse(v)
                 out[rec.number] = rec
@@ -204,7 +197,7 @@ class SweepStore:
         return out, bad
 
     def put_trial(self, sweep_id: str, rec: TrialRecord) -> None:
-        self.r.hset(trials_key(sweep_id), str(rec.number), rec.dump())
+        self.r.hset(sweep_key(sweep_id, "trials"), str(rec.number), rec.dump())
 
     def request_cancel(self, sweep_id: str) -> str:
         """Flag the sweep; its controller cancels the running trials at its next step. Returns the state."""
@@ -260,7 +253,7 @@ def status(store: SweepStore, sweep_id: str) -> dict[str, Any]:
         "best": None if best is None else {"number": best.number, "job": best.job, "value": best.value,
                                            "params": best.params},
         "best_over_time": best_over_time(ordered, rec.direction),
-        "study": {"name": study_name(rec.id), "journal_prefix": journal_prefix(rec.id)},
+        "study": {"name": study_name(rec.id), "journal_prefix": sweep_key(rec.id, "optuna")},
     }
 
 

@@ -21,7 +21,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 
-from jobs.sweep.records import journal_prefix, study_name
+from jobs.sweep.records import study_name, sweep_key
 from jobs.sweep.spec import CategoricalParam, FloatParam, PrunerSpec, SamplerSpec, SweepSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial would flood the supervisor's log
@@ -62,7 +62,7 @@ class RedisJournal(BaseJournalBackend):
 
 
 def storage(r: redis.Redis, sweep_id: str) -> JournalStorage:
-    return JournalStorage(RedisJournal(r, journal_prefix(sweep_id)))
+    return JournalStorage(RedisJournal(r, sweep_key(sweep_id, "optuna")))
 
 
 def distributions(sweep: SweepSpec) -> dict[str, BaseDistribution]:

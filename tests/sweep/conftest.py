@@ -1,14 +1,13 @@
-"""Sweep test pieces: a tiny sweep over tests.models' slow regression (15 batches an epoch), a CLI runner."""
+"""Sweep test pieces: a tiny job over tests.models' slow regression (15 batches an epoch); the CLI runner of
+tests/test_cli.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
-from daemon.cli import main
+from tests.test_cli import cli as cli  # noqa: F401 - the CLI runner fixture (in-process, real Redis)
+from tests.test_cli import write_spec
 
 
 def tiny_job(epochs: int = 3, batch_delay_s: float = 0.03) -> dict[str, Any]:
@@ -23,19 +22,4 @@ def tiny_job(epochs: int = 3, batch_delay_s: float = 0.03) -> dict[str, Any]:
 
 
 def sweep_file(tmp_path: Path, data: dict[str, Any], name: str = "sweep.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(data))
-    return p
-
-
-@pytest.fixture()
-def cli(redis_url: str, storage_dir: Path, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run ``traind ARGS --redis-url URL --storage DIR`` in-process; returns (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = main([*args, "--redis-url", redis_url, "--storage", str(storage_dir)])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
+    return write_spec(tmp_path, data, name)

@@ -130,7 +130,7 @@ def test_controller_restarted_between_ask_and_submit_makes_one_job(
     first = SweepController(r, client, owner="first")
     first.step()
     job0 = json.loads(cli("sweep", "status", sweep_id, "--json")[1])["trials"][0]["job"]
-    r.hdel(records.trials_key(sweep_id), "0")  # as if it died between creating the job and recording it
+    r.hdel(records.sweep_key(sweep_id, "trials"), "0")  # as if it died between creating the job and recording it
     r.delete(records.CONTROLLER_LEASE)  # its lease lapsed
     SweepController(r, client, owner="second").step()
     st = json.loads(cli("sweep", "status", sweep_id, "--json")[1])
@@ -140,7 +140,7 @@ def test_controller_restarted_between_ask_and_submit_makes_one_job(
 
 def test_malformed_trial_record_is_one_bad_row(cli: Any, tmp_path: Path, r: redis.Redis) -> None:
     sweep_id = _submit(cli, tmp_path)
-    r.hset(records.trials_key(sweep_id), "7", b"\xff{not json")
+    r.hset(records.sweep_key(sweep_id, "trials"), "7", b"\xff{not json")
     rc, out, err = cli("sweep", "status", sweep_id, "--json")
     st = json.loads(out)
     assert rc == 0 and st["trials"] == [] and len(st["bad_records"]) == 1

@@ -45,7 +45,7 @@ def _journal_reports(r: redis.Redis, sweep_id: str) -> Counter[tuple[int, int]]:
 
     from jobs.sweep.study import RedisJournal
 
-    logs = RedisJournal(r, records.journal_prefix(sweep_id)).read_logs(0)
+    logs = RedisJournal(r, records.sweep_key(sweep_id, "optuna")).read_logs(0)
     return Counter((log["trial_id"], log["step"]) for log in logs
                    if log["op_code"] == JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE)
 

@@ -66,15 +66,16 @@ def test_sweep_page_follows_a_sweep(served: Served, cli: Any, tmp_path: Path, re
     sweep_id = _submit(cli, tmp_path)
     w = procs.worker(redis_url, storage_dir, "--worker-id", "sweep-w")
     sup = procs.supervisor(redis_url, storage_dir, "--interval-s", "0.5")
+    errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            errors: list[str] = []
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            # The token as the main dashboard's login form stores it (tests/serve/test_browser.py covers the form).
+            context.add_init_script(f"localStorage.setItem('traind.token', {json.dumps(READ_TOKEN)})")
+            page = context.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(served.url + "/")
-            page.fill("#token", READ_TOKEN)
-            page.click("#login button[type=submit]")
+            page.goto(f"{served.url}/#/")
             page.click("#nav-sweeps")
             expect(page.locator(f'tr[data-sweep="{sweep_id}"]')).to_be_visible(timeout=30_000)
             page.click(f'tr[data-sweep="{sweep_id}"] a')
@@ -96,6 +97,6 @@ def test_sweep_page_follows_a_sweep(served: Served, cli: Any, tmp_path: Path, re
             page.screenshot(path=str(ARTIFACTS / "dashboard-sweep.png"), full_page=True)
             page.click(f'#trials tr[data-trial="{best["number"]}"] a')  # each trial links to its job page
             expect(page.locator("#kv")).to_have_attribute("data-state", "succeeded", timeout=30_000)
-            assert errors == []
         finally:
             browser.close()
+    assert errors == []
