@@ -132,7 +132,7 @@ class SweepController:
                 continue
             if tr.job is None:  # asked, but the controller stopped before the job was recorded
                 self._submit(rec, op, tr, rep)
-            if self._advance(rec, op, ft, tr, now, rep):
+            if tr.job is not None and self._advance(rec, op, ft, tr, now, rep):
                 in_flight += 1
         count = len(frozen)
         dists = distributions(op.sweep)
@@ -141,7 +141,7 @@ class SweepController:
             tr = TrialRecord(number=trial.number, params=dict(trial.params))
             self.sweeps.put_trial(sweep_id, tr)  # params first: visible while its job is being created
             self._submit(rec, op, tr, rep)
-            in_flight += 1
+            in_flight += tr.job is not None
             count += 1
         if count >= rec.trials_total and in_flight == 0:
             done, _ = self.sweeps.trials(sweep_id)
@@ -163,7 +163,12 @@ class SweepController:
 
     def _submit(self, rec: SweepRecord, op: _Open, tr: TrialRecord, rep: ControllerReport) -> None:
         data = trial_spec(op.job, tr.params, f"{rec.name}-t{tr.number}")
-        spec = validate_spec(data)
+        try:
+            spec = validate_spec(data)
+        except SpecError as e:  # a value inside the range the job spec refuses: this trial fails, the sweep goes on
+            op.study.tell(tr.number, state=TrialState.FAIL, skip_if_finished=True)
+            self._record_end(rec, tr, "failed", self.sweeps.now_ms(), f"trial spec refused: {'; '.join(e.problems)}")
+            return
         # The sweep's submitter's allowlist already approved every value of the space; workers check again.
         handle = self.client._submit(spec, client_key=f"sweep:{rec.id}:{tr.number}")
         tr.job = handle.id
