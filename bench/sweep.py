@@ -173,6 +173,10 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
            "epochs_trained": sum(len(v) for v in epochs.values()), "wall_s": round(wall, 1),
            "configurations": len(st["trials"]), "trials": len(st["trials"]),
            "pruned": sum(1 for t in st["trials"] if t["pruned"]), "state": st["state"],
+           # Epochs a pruned trial finished after the one the pruner stopped it at: the report -> cancel latency
+           # (a supervisor pass, then the worker's next heartbeat, then the next batch boundary).
+           "epochs_after_prune": sum(len(epochs.get(t["job"], [])) - (t["pruned_at"] or 0)
+                                     for t in st["trials"] if t["pruned"]),
            "supervisor_cpu_pct_of_one_core": round(100 * sup_cpu / wall, 2)}
     if kill:
         from jobs.contract.events import EventKind
@@ -210,8 +214,9 @@ def body(run: u.Run) -> None:
     run.table("the same search with a SIGKILL mid-search (KerasTuner: its process; traind: one of 2 workers)",
               [kt_kill, td_kill], [*cols, "killed_after_epochs", "trials_restarted_from_scratch", "epochs_redone"])
     run.table("traind: the killed trial, pruning, the controller's cost",
-              [{k: v for k, v in d.items() if k in ("tool", "pruned", "killed_at", "resumed_at_epoch",
-                                                     "training_lost_s", "supervisor_cpu_pct_of_one_core")}
+              [{k: v for k, v in d.items() if k in ("tool", "pruned", "epochs_after_prune", "killed_at",
+                                                     "resumed_at_epoch", "training_lost_s",
+                                                     "supervisor_cpu_pct_of_one_core")}
                for d in (td_clean, td_kill)])
     run.results.update({"config": c, "kerastuner": kt_clean, "traind": td_clean, "kerastuner_kill": kt_kill,
                         "traind_kill": td_kill})

@@ -94,6 +94,8 @@ def test_sweep_page_follows_a_sweep(served: Served, cli: Any, tmp_path: Path, re
             expect(page.locator(f'#trials tr[data-trial="{best["number"]}"]')).to_have_class("best-row")
             expect(page.locator("#best-chart circle.best-pt")).to_have_count(len(st["best_over_time"]))
             expect(page.locator('#curves circle[data-series="trial 0"]')).to_have_count(2, timeout=10_000)
+            curve = page.locator('#curves a[data-curve="trial 1"]')  # each trial's curve links to its job page
+            assert curve.get_attribute("href") == f"/#/job/{st['trials'][1]['job']}"
             page.screenshot(path=str(ARTIFACTS / "dashboard-sweep.png"), full_page=True)
             page.click(f'#trials tr[data-trial="{best["number"]}"] a')  # each trial links to its job page
             expect(page.locator("#kv")).to_have_attribute("data-state", "succeeded", timeout=30_000)

@@ -87,6 +87,17 @@
       series[`trial ${t.number}`] = h.filter(e => typeof e[s.metric] === "number").map(e => [e.epoch, e[s.metric]]);
     }));
     chart.c.update(series);
+    // Each trial's curve links to its job page: its legend entry becomes the link (the chart sorts series by name).
+    const jobs = Object.fromEntries(s.trials.map(t => [`trial ${t.number}`, t.job]));
+    $("#curves .legend").querySelectorAll("span").forEach((span, i) => {
+      const name = Object.keys(series).sort()[i], job = jobs[name];
+      if (!job) return;
+      const a = document.createElement("a");
+      a.href = `/#/job/${encodeURIComponent(job)}`;
+      a.setAttribute("data-curve", name);
+      span.parentNode.replaceChild(a, span);
+      a.appendChild(span);
+    });
     return s.state !== "running";
   }
 
