@@ -25,17 +25,17 @@ AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.Argum
 
 
 def _sweeps(args: argparse.Namespace) -> SweepStore:
-    from daemon.cli import _store  # the CLI's settings/URL handling, one place
+    from daemon.cli_context import store_from_args  # the CLI's settings/URL handling, one place
     from jobs.sweep.records import SweepStore
 
-    return SweepStore(_store(args).r)
+    return SweepStore(store_from_args(args).r)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from daemon.cli import _client
+    from daemon.cli_context import client_from_args
     from jobs.sweep.spec import load_sweep_file
 
-    client = _client(args)
+    client = client_from_args(args)
     s = client.settings
     try:
         sweep, job = load_sweep_file(args.file, allowed_modules=s.allowed_modules, max_epochs=s.max_epochs,
