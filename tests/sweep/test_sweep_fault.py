@@ -101,7 +101,8 @@ def test_worker_and_controller_killed_mid_sweep(cli: Any, procs: Procs, redis_ur
     assert rc == 0, err
     sweep_id = json.loads(out)["id"]
 
-    first = wait_for(lambda: (_status(cli, sweep_id)["trials"] or [None])[0], 60, "trial 0 submitted")
+    first = wait_for(lambda: next((t for t in _status(cli, sweep_id)["trials"] if t["job"]), None), 60,
+                     "a trial's job submitted")
     job0 = first["job"]
     done = wait_mid_epoch(c.store, job0, min_epoch=1)["epoch"]
     wait_committed(c.store, job0, done)
@@ -114,7 +115,7 @@ def test_worker_and_controller_killed_mid_sweep(cli: Any, procs: Procs, redis_ur
     assert st["state"] == "succeeded", st
     assert r.get(records.CONTROLLER_LEASE).decode() != leader  # the other supervisor drove the rest
     assert [t["state"] for t in st["trials"]] == ["succeeded"] * 3, st["trials"]
-    t0 = st["trials"][0]
+    t0 = next(t for t in st["trials"] if t["job"] == job0)
     assert t0["restarts"] == 1 and t0["epochs_done"] == epochs
     resumed = events_of(c.store, job0, EventKind.RESUMED)
     assert resumed and all(e["epoch"] >= 1 for e in resumed), resumed  # from a checkpoint, never from scratch

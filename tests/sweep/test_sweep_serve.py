@@ -72,7 +72,7 @@ def test_sweep_page_follows_a_sweep(served: Served, cli: Any, tmp_path: Path, re
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 1000})
             # The token as the main dashboard's login form stores it (tests/serve/test_browser.py covers the form).
-            context.add_init_script(f"localStorage.setItem('traind.token', {json.dumps(READ_TOKEN)})")
+            context.add_init_script(f"sessionStorage.setItem('traind.token', {json.dumps(READ_TOKEN)})")
             page = context.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{served.url}/#/")

@@ -1,10 +1,10 @@
 /* traind dashboard, sweeps: the list, and one sweep (trials table, best so far over time, each trial's objective
-   per epoch). Polls the API every 2 s; the token is the main dashboard's (local storage). No dependencies. */
+   per epoch). Polls the API every 2 s; the token is the main dashboard's (this tab's session storage). No dependencies. */
 "use strict";
 (function () {
   const $ = s => document.querySelector(s);
   const view = $("#view");
-  const token = localStorage.getItem("traind.token") || "";
+  const token = sessionStorage.getItem("traind.token") || "";  // where the main dashboard keeps it (this tab only)
   const NS = "http://www.w3.org/2000/svg";
   let timer = null;
 
