@@ -1,5 +1,5 @@
 """``/metrics`` for sweeps: trials by state (queued, running, requeued, succeeded, pruned, failed, cancelled) and
-sweeps by state, over every sweep in Redis, counted at scrape time. No sweep or job id is a label.
+sweeps by state, over the newest 1,000 sweeps in Redis, counted at scrape time. No sweep or job id is a label.
 
 >>> # for metric in collect(store): ...   (yielded by daemon.serve.metrics.TraindCollector)
 """
@@ -15,6 +15,7 @@ from jobs.redis.store import JobStore
 from jobs.sweep import records
 from jobs.sweep.records import SweepStore
 
+MAX_SWEEPS = 1000  # the newest sweeps are counted: a scrape stays bounded however many have accumulated
 TRIAL_STATES = ("queued", "running", "requeued", *records.TRIAL_DONE)
 
 
@@ -23,7 +24,7 @@ def collect(store: JobStore) -> Iterator[Metric]:
     active = set(sweeps.active())
     by_state: Counter[str] = Counter()
     trials: Counter[str] = Counter()
-    for sid in sweeps.ids():
+    for sid in sweeps.ids(MAX_SWEEPS):
         try:
             if sid in active:  # trials in flight: their job's state (queued/running/requeued)
                 st = records.status(sweeps, sid)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from jobs.sweep.spec import SweepSpec, trial_spec
 from jobs.sweep.study import distributions, open_study
 
 log = logging.getLogger("traind.sweep")
+_ERROR_LOG_S = 60.0  # the same error of one sweep is logged at most this often
 
 # Take the lease when free, renew it when ours; 1 = we drive the sweeps now.
 _LEASE = """
@@ -80,6 +82,7 @@ class SweepController:
         self._lease = r.register_script(_LEASE)
         self._open: dict[str, _Open] = {}
         self._judged: dict[tuple[str, int], int] = {}  # the last epoch whose prune decision this process made
+        self._logged: dict[str, tuple[str, float]] = {}  # sweep -> (last error logged, when)
 
     def step(self, now_ms: int | None = None) -> ControllerReport:
         """One pass over every active sweep (Redis clock ``now_ms``; read from Redis when None)."""
@@ -99,8 +102,12 @@ class SweepController:
             except (redis.ConnectionError, redis.TimeoutError):
                 raise  # the caller's loop backs off; the next step starts again from Redis
             except Exception as e:  # one broken sweep must not stop the others
-                log.exception("sweep %s: step failed", sweep_id)
-                rep.errors.append(f"{sweep_id}: {type(e).__name__}: {e}")
+                msg = f"{type(e).__name__}: {e}"
+                last = self._logged.get(sweep_id)
+                if last is None or last[0] != msg or time.monotonic() - last[1] > _ERROR_LOG_S:  # not every pass
+                    self._logged[sweep_id] = (msg, time.monotonic())
+                    log.exception("sweep %s: step failed", sweep_id)
+                rep.errors.append(f"{sweep_id}: {msg}")
         return rep
 
     # -- one sweep -------------------------------------------------------------------------------------------------

@@ -173,3 +173,16 @@ def test_optuna_dashboard_opens_the_study(cli: Any, tmp_path: Path, redis_url: s
 
     listed = wait_for(studies, 60, "optuna-dashboard to answer")
     assert [s["study_name"] for s in listed] == [records.study_name(sweep_id)]
+
+
+def test_malformed_sweep_record_fails_that_sweep_only(cli: Any, tmp_path: Path, redis_url: str, storage_dir: Path,
+                                                      r: redis.Redis) -> None:
+    broken, fine = _submit(cli, tmp_path), _submit(cli, tmp_path)
+    r.hset(records.sweep_key(broken), "sweep", "{not json")
+    rep = SweepController(r, Client(redis_url=redis_url, storage=storage_dir), owner="test").step()
+    assert rep.submitted == [(fine, 0), (fine, 1)] and rep.errors == []
+    assert r.hget(records.sweep_key(broken), "state") == b"failed"
+    assert b"malformed record" in r.hget(records.sweep_key(broken), "error")
+    assert records.SweepStore(r).active() == [fine]
+    rc, out, _ = cli("sweep", "list", "--json")
+    assert rc == 0 and {s["id"]: s["state"] for s in json.loads(out)} == {broken: "malformed", fine: "running"}
