@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from daemon import admin_cli, render
+from daemon import admin_cli, render, sweep_cli
 from daemon.cli_context import (
     client_from_args,
     given_url,
@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=_positive_float, default=1800.0, help="--example: give up after S seconds")
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
     admin_cli.register(add)  # serve/workers/health/retry/purge live in their own module
+    sweep_cli.register(add)  # traind sweep ...: daemon/sweep_cli.py
     return p
 
 

@@ -33,6 +33,7 @@ from jobs.redis.delivery import deliver, requeue
 from jobs.redis.replication import PrimaryWatch
 from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
+from jobs.sweep.hook import SweepHook
 
 log = logging.getLogger("traind.supervisor")
 
@@ -88,6 +89,7 @@ class Supervisor:
         self._info: tuple[float, float] | None = None  # (monotonic when read, uptime then)
         self._primary = PrimaryWatch()
         self._stop = threading.Event()
+        self.sweeps = SweepHook(self.r, settings)  # sweeps: one controller step per pass (jobs/sweep/hook.py)
 
     # -- one pass ----------------------------------------------------------------------------------------------------
     def step(self, now_ms: int | None = None) -> StepReport:
@@ -296,6 +298,7 @@ class Supervisor:
                     rep = self.step()
                     telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     admin.retention(self.store, self.settings.storage_dir, self.settings.finished_ttl_s)
+                    self.sweeps.step()
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

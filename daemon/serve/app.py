@@ -24,6 +24,7 @@ from daemon.serve import auth
 from daemon.serve.api import install_error_handlers, router
 from daemon.serve.guard import Guard
 from daemon.serve.sse import Hub
+from daemon.serve.sweeps_api import router as sweeps_router
 from jobs.errors import ConfigError
 from jobs.redis.conn import connect, connect_async, redact_url
 from jobs.redis.store import JobStore
@@ -84,6 +85,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.add_middleware(Guard, tokens=app.state.tokens, limiter=app.state.auth_failures,
                        max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
+    app.include_router(sweeps_router)  # /api/v1/sweeps (daemon/serve/sweeps_api.py)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
 
     @app.get("/healthz", include_in_schema=False)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from daemon.serve import sweep_metrics
 from jobs.contract import keys
 from jobs.contract.states import JobState
 from jobs.ops import admin
@@ -97,3 +98,4 @@ class TraindCollector(Collector):
             h = HistogramMetricFamily(f"traind_{name}", help_)
             h.add_metric([], buckets, sum_value=total)
             yield h
+        yield from sweep_metrics.collect(self.store)  # traind_sweep_trials{state}, traind_sweeps{state}
