@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from worker import keras_compat
 from worker.control import Interrupted, JobControl, StopReason
 
 
@@ -80,9 +81,7 @@ class BestTracker:
     """ModelCheckpoint's notion of "improved" for the checkpoint monitor (same direction rules as Keras)."""
 
     def __init__(self, monitor: str, mode: str, initial_value_threshold: float | None) -> None:
-        from keras.src.callbacks.monitor_callback import MonitorCallback
-
-        self._cb = MonitorCallback(monitor, mode, baseline=initial_value_threshold)
+        self._cb = keras_compat.monitor_callback(monitor, mode, initial_value_threshold)
         self.monitor = monitor
         self.best_epoch: int | None = None
 
@@ -93,13 +92,11 @@ class BestTracker:
     def observe(self, model: Any, epoch: int, logs: dict[str, Any]) -> tuple[bool, float | None, float | None]:
         """(improved, previous best, current) for 1-based ``epoch``."""
         self._cb.set_model(model)
-        if self._cb.monitor_op is None:
-            self._cb._set_monitor_op()
         current = logs.get(self.monitor)
         if current is None:
             return False, self.best, None
         prev = self.best
-        if self._cb._is_improvement(current, self._cb.best):
+        if keras_compat.is_improvement(self._cb, current, self._cb.best):
             self._cb.best = float(current)
             self.best_epoch = epoch
             return True, prev, float(current)

@@ -30,6 +30,7 @@ from jobs.settings import WorkerSettings
 from jobs.storage.factory import open_storage
 from worker.device import configure_tensorflow, gpu_memory_mb, pin_device
 from worker.distribute import device_count
+from worker.keras_compat import drop_custom_gradients
 from worker.versions import check_keras
 
 log = logging.getLogger("traind.worker")
@@ -193,26 +194,8 @@ def _release_memory() -> None:
     import keras
 
     keras.backend.clear_session()
-    _drop_custom_gradients()
+    drop_custom_gradients()  # see worker.keras_compat
     gc.collect()
-
-
-def _drop_custom_gradients() -> None:
-    """Forget the gradient functions that ``tf.custom_gradient`` registered while the finished job was traced.
-
-    In graph mode every call registers a ``CustomGradient-N`` entry in TensorFlow's process-wide gradient registry
-    and never removes it; Keras' optimizer step calls one (its gradient all-reduce), so each entry kept the job's
-    whole traced train step alive: ~1.7 MB per job on a long-lived worker (bench/memory.py). No traced function
-    outlives a job here. Private TensorFlow API: if it moves, this does nothing.
-    """
-    try:
-        from tensorflow.python.framework import ops
-
-        registry = ops._gradient_registry._registry
-        for name in [k for k in registry if isinstance(k, str) and k.startswith("CustomGradient-")]:
-            del registry[name]
-    except Exception:  # best effort
-        pass
 
 
 def _stop_retrying(r: Any) -> None:
