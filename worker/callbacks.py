@@ -92,6 +92,7 @@ class BestTracker:
     def observe(self, model: Any, epoch: int, logs: dict[str, Any]) -> tuple[bool, float | None, float | None]:
         """(improved, previous best, current) for 1-based ``epoch``."""
         self._cb.set_model(model)
+        keras_compat.resolve_direction(self._cb)
         current = logs.get(self.monitor)
         if current is None:
             return False, self.best, None

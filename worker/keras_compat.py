@@ -40,10 +40,14 @@ def monitor_callback(monitor: str, mode: str, baseline: float | None) -> Any:
     return MonitorCallback(monitor, mode, baseline=baseline)
 
 
-def is_improvement(cb: Any, current: float, best: float | None) -> bool:
-    """Keras' own comparison, the direction (``monitor_op``) resolved from the model on first use."""
+def resolve_direction(cb: Any) -> None:
+    """Set ``cb.monitor_op`` (min or max) as Keras does, from ``mode`` or the model's metric, once."""
     if cb.monitor_op is None:
         cb._set_monitor_op()
+
+
+def is_improvement(cb: Any, current: float, best: float | None) -> bool:
+    """Keras' own comparison (after :func:`resolve_direction`), ``min_delta`` and baseline included."""
     return bool(cb._is_improvement(current, best))
 
 
