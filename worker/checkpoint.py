@@ -20,10 +20,9 @@ import numpy as np
 
 from jobs.contract.events import EventKind, event
 from jobs.errors import CheckpointError, FencedError, StorageError
-from jobs.redis import telemetry
-from jobs.redis.store import JobStore
 from jobs.storage import ckpt_format as fmt
 from jobs.storage.base import Storage, job_key
+from worker.ledger import AttemptLedger
 
 log = logging.getLogger("traind.worker")
 
@@ -58,13 +57,12 @@ class Restored:
 class Checkpoints:
     """One attempt's view of a job's checkpoints; keeps the last ``keep_last`` epoch ends and the best one."""
 
-    def __init__(self, storage: Storage, store: JobStore, job_id: str, attempt: int, token: str,
-                 keep_last: int = 1) -> None:
-        self.storage, self.store = storage, store
-        self.job_id, self.attempt, self.token = job_id, attempt, token
+    def __init__(self, storage: Storage, ledger: AttemptLedger, keep_last: int = 1) -> None:
+        self.storage, self.ledger = storage, ledger
+        self.job_id, self.attempt = ledger.job_id, ledger.attempt
         self.keep_last = keep_last
-        self.prefix = fmt.checkpoint_prefix(job_id)  # storage key of the checkpoint "directory" (validates the id)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{job_id}")
+        self.prefix = fmt.checkpoint_prefix(self.job_id)  # storage key of the checkpoint "directory" (validates the id)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{self.job_id}")
         self._pending: Future[dict[str, Any]] | None = None
         # What benchmarks read: the training thread's time per checkpoint (wait + host copy), epochs skipped under
         # backpressure, and the background writes' durations and sizes.
@@ -94,8 +92,8 @@ class Checkpoints:
             self.storage.put_bytes(meta, json.dumps(manifest, indent=1).encode())
             self.write_s.append(time.perf_counter() - t0)
             self.written_bytes.append(w.size)
-            telemetry.observe(self.store.r, "checkpoint_write_seconds", time.perf_counter() - t0)
-            telemetry.observe(self.store.r, "checkpoint_bytes", w.size)
+            self.ledger.observe("checkpoint_write_seconds", time.perf_counter() - t0)
+            self.ledger.observe("checkpoint_bytes", w.size)
         except OSError as e:
             for k in (obj, meta):
                 self.storage.delete(k)
@@ -107,8 +105,7 @@ class Checkpoints:
                events: list[dict[str, Any]] | None = None, delete: list[int] | None = None) -> None:
         """Record the checkpoint in Redis if this attempt still owns the job; otherwise delete its objects."""
         try:
-            self.store.fenced_update(self.job_id, self.token, ckpt_set={manifest["key"]: manifest}, fields=fields,
-                                     events=events, ckpt_del=delete or [])
+            self.ledger.commit_checkpoint(manifest, fields=fields, events=events, delete=delete)
         except FencedError:
             self._remove_files(manifest)
             raise
@@ -169,7 +166,7 @@ class Checkpoints:
 
     def _commit_retaining(self, manifest: dict[str, Any], best_key: int | None, exports: list[str] | None = None
                           ) -> None:
-        index = self.store.checkpoints(self.job_id)
+        index = self.ledger.checkpoints()
         index[manifest["key"]] = manifest
         victims = retention_victims(index, self.keep_last, best_key, manifest["key"])
         fields: dict[str, Any] = {"best_ckpt_key": best_key} if best_key is not None else {}
@@ -196,7 +193,7 @@ class Checkpoints:
             msg = f"not deleting the files of a checkpoint: {e}"
             log.warning("job %s: %s", self.job_id, msg)
             try:
-                self.store.add_event(self.job_id, EventKind.NOTE, msg, "warning")
+                self.ledger.warn_unfenced(msg)
             except Exception:  # the warning is informational; the job goes on
                 pass
             return

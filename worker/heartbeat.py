@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 
-from jobs.redis.store import JobStore
 from worker.control import JobControl, StopReason
+from worker.ledger import AttemptLedger
 
 log = logging.getLogger("traind.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Renews ``job_id``'s lease every ``interval_s``; flags cancel / fencing on the job's :class:`JobControl`."""
+    """Renews the ledger's lease every ``interval_s``; flags cancel / fencing on the job's :class:`JobControl`."""
 
-    def __init__(self, store: JobStore, job_id: str, token: str, control: JobControl, ttl_s: float,
-                 interval_s: float, on_beat: object = None) -> None:
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.store, self.job_id, self.token, self.control = store, job_id, token, control
+    def __init__(self, ledger: AttemptLedger, control: JobControl, ttl_s: float, interval_s: float,
+                 on_beat: object = None) -> None:
+        super().__init__(name=f"heartbeat-{ledger.job_id}", daemon=True)
+        self.ledger, self.job_id, self.control = ledger, ledger.job_id, control
         self.ttl_ms = int(ttl_s * 1000)
         self.interval_s = interval_s
         self.on_beat = on_beat
@@ -27,7 +27,7 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_evt.is_set():
             try:
-                owner, cancel = self.store.heartbeat(self.job_id, self.token, self.ttl_ms)
+                owner, cancel = self.ledger.renew(self.ttl_ms)
                 self.beats += 1
                 if not owner:
                     log.warning("job %s: lease lost (requeued elsewhere); abandoning", self.job_id)

@@ -16,8 +16,7 @@ import numpy as np
 
 from jobs.contract.refs import resolve_ref
 from jobs.contract.spec import JobSpec
-from jobs.errors import SpecError, StorageError, UserCodeError
-from jobs.storage import ckpt_format as fmt
+from jobs.errors import SpecError, UserCodeError
 from jobs.storage.base import Storage
 
 
@@ -85,52 +84,4 @@ def build_model(spec: JobSpec, storage: Storage, allowed: Sequence[str], max_upl
             model.set_weights([arrays[k] for k in sorted(arrays)])
         except Exception as e:
             raise UserCodeError(f"model.initial_weights do not fit the model: {e}") from e
-    return model
-
-
-def load_best_model(spec: JobSpec, storage: Storage, status: dict[str, Any], allowed: Sequence[str],
-                    which: str = "best") -> Any:
-    """The model from a job's ``best`` (or ``final``) export, verified against the sha256 Redis recorded."""
-    import json
-    import warnings
-
-    import keras
-
-    if which not in ("best", "final"):
-        raise ValueError(f"which: expected 'best' or 'final', received {which!r}")
-    best = status.get(f"{which}_checkpoint")
-    if isinstance(best, str):
-        best = json.loads(best)
-    if not best:
-        raise StorageError(f"job {status.get('id')}: no {which} checkpoint yet")
-    key, name, suffix = fmt.export_key(status["id"], best)  # Keras insists on the suffix
-    objs = custom_objects(spec.model.custom_objects, allowed)
-    # Verified against the sha256 Redis recorded (a local copy of the object on object storage).
-    with storage.local_file(key, best["sha256"], suffix=suffix, what=f"{which} checkpoint {name}") as path:
-        if best.get("format") == "keras":
-            return keras.saving.load_model(path, custom_objects=objs, safe_mode=True)
-        model = build_model(spec, storage, allowed)
-        with warnings.catch_warnings():
-            # .weights.h5 also carries optimizer variables; a fresh optimizer has none yet, which Keras warns about.
-            warnings.simplefilter("ignore", UserWarning)
-            model.load_weights(path)
-    return model
-
-
-def load_checkpoint_model(spec: JobSpec, storage: Storage, job_id: str, manifest: dict[str, Any],
-                          allowed: Sequence[str]) -> Any:
-    """A model rebuilt from the spec with the weights (and, for a full-model job, the optimizer variables) of a
-    committed resumable checkpoint, verified against its sha256: what ``best.keras`` / ``best.weights.h5`` hold."""
-    data = fmt.read_checkpoint(storage, job_id, manifest)
-    full = not spec.checkpoint.save_weights_only
-    groups = fmt.unpack(data, f"checkpoint {manifest['file']}", only=None if full else "w")
-    model = build_model(spec, storage, allowed)
-    model.set_weights(groups["w"])
-    opt = getattr(model, "optimizer", None)
-    if full and opt is not None:
-        if not opt.built:
-            opt.build(model.trainable_variables)
-        if len(opt.variables) == len(groups["o"]):
-            for v, a in zip(opt.variables, groups["o"]):
-                v.assign(a)
     return model
