@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from jobs.client.quiet import quiet_tensorflow
 from jobs.contract.spec import JobSpec
 from jobs.contract.states import JobState
-from jobs.errors import JobTimeoutError, StorageError
+from jobs.errors import JobTimeoutError
 from jobs.ops import lookup
 
 if TYPE_CHECKING:
@@ -96,31 +96,12 @@ class JobHandle:
 
     def load_model(self, which: str = "best") -> Any:
         """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
-        EarlyStopping's restore_best_weights applied), verified against its sha256."""
-        from jobs.errors import CheckpointError
-
+        EarlyStopping's restore_best_weights applied), verified against its sha256 (:mod:`jobs.keras.best_model`)."""
         quiet_tensorflow()
-        from jobs.keras.modelio import load_best_model, load_checkpoint_model  # keras: not on the client's import path
+        from jobs.keras import best_model  # keras: not on the client's import path
 
         st = self.client.store.get(self.id, with_history=False)
         spec = JobSpec.model_validate(st["spec"])
-        allowed = self.client.settings.allowed_modules
-        rec = st.get(f"{which}_checkpoint")
-        if isinstance(rec, dict) and rec.get("format") == "checkpoint":
-            # The lazy export written during training: the best epoch's resumable checkpoint, converted here.
-            manifest = self.client.store.checkpoints(self.id).get(rec.get("key"))  # type: ignore[arg-type]
-            if manifest is None or manifest.get("sha256") != rec.get("sha256"):
-                raise CheckpointError(f"job {self.id}: the {which} checkpoint {rec.get('file')} is no longer in the "
-                                      "checkpoint index (replaced by a newer one); try again")
-            return load_checkpoint_model(spec, self.client.storage, self.id, manifest, allowed)
-        try:
-            return load_best_model(spec, self.client.storage, st, allowed, which=which)
-        except (CheckpointError, StorageError):
-            # The export is missing or does not match its record (a worker died between writing the file and
-            # recording it): the per-attempt resumable checkpoint of the same epoch is the fallback.
-            key = st.get("best_ckpt_key") if which == "best" else None
-            index = self.client.store.checkpoints(self.id)
-            manifest = index.get(int(key)) if key not in (None, "") else (index[max(index)] if index else None)
-            if manifest is None:
-                raise
-            return load_checkpoint_model(spec, self.client.storage, self.id, manifest, allowed)
+        return best_model.load_model(spec, self.client.storage, self.id, st,
+                                     lambda: self.client.store.checkpoints(self.id),
+                                     self.client.settings.allowed_modules, which)
