@@ -1,19 +1,20 @@
-"""Keras callbacks that make a job resumable: EarlyStopping / ReduceLROnPlateau with exportable state, a
-checkpoint-monitor tracker, batch-boundary control (cancel, preemption, fencing) and progress publishing.
+"""Training state that survives a resume: EarlyStopping / ReduceLROnPlateau with exportable state (held together
+by :class:`Plateau`), the checkpoint monitor's tracker, and the metric accumulators of a partial epoch.
+
+Progress reporting is :mod:`worker.progress`'s, checkpointing :mod:`worker.checkpointing`'s.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
+from jobs.contract.events import EventKind, event
+from jobs.contract.spec import JobSpec
 from worker import keras_compat
-from worker.control import Interrupted, JobControl, StopReason
 
 
 def _num(v: Any) -> Any:
@@ -77,6 +78,83 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         self._pending = dict(state)
 
 
+class Plateau:
+    """The attempt's EarlyStopping and ReduceLROnPlateau (each optional), their state across resumes and fit calls,
+    and what they did at an epoch end (an early stop, a reduced learning rate)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.es = ResumableEarlyStopping(**spec.early_stopping.model_dump()) if spec.early_stopping else None
+        self.rlrop = ResumableReduceLROnPlateau(**spec.lr_on_plateau.model_dump()) if spec.lr_on_plateau else None
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        return [cb for cb in (self.es, self.rlrop) if cb is not None]
+
+    def state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {}
+        if self.es is not None:
+            st["es"] = self.es.get_state()
+        if self.rlrop is not None:
+            st["rlrop"] = self.rlrop.get_state()
+        return st
+
+    def restore(self, st: dict[str, Any], weights: list[np.ndarray], es_best_weights: list[np.ndarray] | None
+                ) -> None:
+        """From a checkpoint's manifest state (``weights``: the checkpoint's own, when ES' best was that epoch)."""
+        if self.es is not None and "es" in st:
+            best_w = es_best_weights if es_best_weights is not None else (
+                list(weights) if st.get("es_best_is_current") else None)
+            self.es.set_state(st["es"], best_w)
+        if self.rlrop is not None and "rlrop" in st:
+            self.rlrop.set_state(st["rlrop"])
+
+    def carry(self) -> None:
+        """Between two fit calls (after a partial epoch), keep callback state: fit's on_train_begin resets it."""
+        if self.es is not None:
+            self.es.set_state(self.es.get_state(), self.es.best_weights)
+        if self.rlrop is not None:
+            self.rlrop.set_state(self.rlrop.get_state())
+
+    def snapshot_best_weights(self, epoch: int, mid_epoch: bool, state: dict[str, Any]) -> list[np.ndarray] | None:
+        """EarlyStopping's best weights for a snapshot of ``epoch``; None (flagged in ``state``) when they are the
+        snapshot's own weights: the same weights are not stored twice."""
+        es = self.es
+        if es is None or es.best_weights is None:
+            return None
+        if es.best_epoch + 1 == epoch and not mid_epoch:
+            state["es_best_is_current"] = True
+            return None
+        return es.best_weights  # type: ignore[no-any-return]
+
+    def stopping(self, epoch0: int, model: Any) -> bool:
+        """EarlyStopping ended training at this (0-based) epoch."""
+        es = self.es
+        return es is not None and es.stopped_epoch == epoch0 and epoch0 > 0 and bool(model.stop_training)
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.es is not None and self.es.stopped_epoch > 0)
+
+    def epoch_events(self, e: int, old_lr: float | None, new_lr: float | None, stopping: bool
+                     ) -> list[dict[str, Any]]:
+        """Events for 1-based epoch ``e``: the learning rate reduced, an early stop."""
+        out: list[dict[str, Any]] = []
+        if self.rlrop is not None and old_lr is not None and new_lr is not None and new_lr < old_lr * (1 - 1e-6):
+            out.append(event(EventKind.LR_REDUCED, f"epoch {e}: learning rate reduced from {fmt_num(old_lr)} to "
+                             f"{fmt_num(new_lr)}", epoch=e))
+        if stopping and self.es is not None:
+            out.append(event(EventKind.EARLY_STOP, f"early stop at epoch {e} (best {self.es.monitor} "
+                             f"{fmt_num(_f(self.es.best))} at epoch {self.es.best_epoch + 1})", epoch=e))
+        return out
+
+    def restore_best(self, model: Any) -> str:
+        """At the job's end, restore_best_weights: the weights of the best epoch; a note for the final event."""
+        es = self.es
+        if es is not None and es.restore_best_weights and es.best_weights is not None:
+            model.set_weights(es.best_weights)
+            return f"; restored weights of best epoch {es.best_epoch + 1}"
+        return ""
+
+
 class BestTracker:
     """ModelCheckpoint's notion of "improved" for the checkpoint monitor (same direction rules as Keras)."""
 
@@ -111,50 +189,6 @@ class BestTracker:
         self.best_epoch = st.get("best_epoch")
 
 
-class ControlCallback(keras.callbacks.Callback):
-    """At each batch boundary: publish progress (throttled) and leave fit at once if asked to stop."""
-
-    def __init__(self, control: JobControl, on_stop: Callable[[int, int], None],
-                 on_progress: Callable[[int, int, dict[str, Any]], None], progress_interval_s: float,
-                 batch_offset: int = 0, steps: int | None = None) -> None:
-        super().__init__()
-        self.control, self.on_stop, self.on_progress = control, on_stop, on_progress
-        self.progress_interval_s = progress_interval_s
-        self.batch_offset = batch_offset  # batches of this epoch trained before a preemption
-        self.steps = steps  # known epoch length: a stop on the last batch lets the epoch end (and checkpoint)
-        self.epoch = 0
-        self.batches_done = 0
-        self._last = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.epoch = epoch
-        self.batches_done = self.batch_offset
-        self.batch_offset = 0
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.batches_done += 1
-        last_batch = self.steps is not None and self.batches_done >= self.steps
-        reason = self.control.reason
-        if reason is not None and (not last_batch or reason is StopReason.FENCED):
-            self.on_stop(self.epoch, self.batches_done)
-            raise Interrupted(self.control.reason)
-        now = time.monotonic()
-        if now - self._last >= self.progress_interval_s:  # 0: every batch
-            self._last = now
-            self.on_progress(self.epoch, self.batches_done, logs or {})
-
-
-class EpochEndCallback(keras.callbacks.Callback):
-    """Runs last at each epoch end (after EarlyStopping/ReduceLROnPlateau updated their state)."""
-
-    def __init__(self, on_epoch: Callable[[int, dict[str, Any]], None]) -> None:
-        super().__init__()
-        self.on_epoch = on_epoch
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.on_epoch(epoch, dict(logs or {}))
-
-
 class RestoreMetricsCallback(keras.callbacks.Callback):
     """For the first (partial) epoch after a mid-epoch preemption: add back the metric accumulators of the
     batches trained before it, so the epoch's logged loss/metrics cover the whole epoch as in an uninterrupted run.
@@ -180,3 +214,21 @@ class RestoreMetricsCallback(keras.callbacks.Callback):
 
 def clean_logs(logs: dict[str, Any]) -> dict[str, Any]:
     return {k: _num(v) for k, v in logs.items()}
+
+
+def fmt_num(v: float | None) -> str:
+    return "none" if v is None else f"{v:.6g}"
+
+
+def learning_rate(model: Any) -> float | None:
+    try:
+        return float(np.asarray(model.optimizer.learning_rate))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _f(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None

@@ -23,6 +23,7 @@ from jobs.errors import CheckpointError, FencedError, StorageError
 from jobs.storage import ckpt_format as fmt
 from jobs.storage.base import Storage, job_key
 from worker.ledger import AttemptLedger
+from worker.policy import KeepPolicy
 
 log = logging.getLogger("traind.worker")
 
@@ -55,12 +56,13 @@ class Restored:
 
 
 class Checkpoints:
-    """One attempt's view of a job's checkpoints; keeps the last ``keep_last`` epoch ends and the best one."""
+    """One attempt's view of a job's checkpoints; keeps what its :class:`KeepPolicy` says (the last ``keep_last``
+    epoch ends and the best one)."""
 
-    def __init__(self, storage: Storage, ledger: AttemptLedger, keep_last: int = 1) -> None:
+    def __init__(self, storage: Storage, ledger: AttemptLedger, keep: KeepPolicy | None = None) -> None:
         self.storage, self.ledger = storage, ledger
         self.job_id, self.attempt = ledger.job_id, ledger.attempt
-        self.keep_last = keep_last
+        self.keep = keep or KeepPolicy()
         self.prefix = fmt.checkpoint_prefix(self.job_id)  # storage key of the checkpoint "directory" (validates the id)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{self.job_id}")
         self._pending: Future[dict[str, Any]] | None = None
@@ -168,7 +170,7 @@ class Checkpoints:
                           ) -> None:
         index = self.ledger.checkpoints()
         index[manifest["key"]] = manifest
-        victims = retention_victims(index, self.keep_last, best_key, manifest["key"])
+        victims = self.keep.victims(index, best_key, manifest["key"])
         fields: dict[str, Any] = {"best_ckpt_key": best_key} if best_key is not None else {}
         for name in exports or []:
             fields[f"{name}_checkpoint"] = fmt.checkpoint_export_record(manifest)
@@ -278,16 +280,17 @@ class Checkpoints:
         return fmt.export_record(file, digest, weights_only)
 
 
-def retention_victims(index: dict[int, dict[str, Any]], keep_last: int, best_key: int | None,
-                      newest_key: int) -> list[int]:
-    """Index keys to delete: all but the last ``keep_last`` epoch-end checkpoints and the best one.
-
-    >>> retention_victims({1000000: {}, 2000000: {}, 3000000: {}}, 1, 1000000, 3000000)
-    [2000000]
-    """
-    ends = sorted(k for k in index if fmt.is_epoch_end(k) and k <= newest_key)
-    keep = set(ends[-keep_last:]) | {newest_key}
-    if best_key is not None:
-        keep.add(best_key)
-    # A mid-epoch (preemption) checkpoint is obsolete once a later epoch-end checkpoint exists.
-    return [k for k in index if k not in keep and k <= newest_key]
+def apply_state(model: Any, r: Restored) -> None:
+    """Set ``model``'s weights and optimizer variables from a restored checkpoint (CheckpointError if they do not
+    fit)."""
+    try:
+        model.set_weights(r.weights)
+        opt = model.optimizer
+        if not opt.built:
+            opt.build(model.trainable_variables)
+        if len(opt.variables) != len(r.optimizer):
+            raise CheckpointError(f"optimizer has {len(opt.variables)} variables, checkpoint {len(r.optimizer)}")
+        for v, a in zip(opt.variables, r.optimizer):
+            v.assign(a)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {r.manifest['file']} does not fit the model: {e}") from e

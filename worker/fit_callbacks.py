@@ -105,37 +105,3 @@ def extra_callbacks(spec: JobSpec, storage: Storage, job_id: str, start_epoch: i
         cbs.append(JobCSVLogger(storage, job_id, spec.csv_logger.separator, start_epoch))
     return cbs
 
-
-def step_due(save_freq: int | str, every_s: float | None, batches_done: int, steps: int | None, last_save_s: float,
-             now_s: float) -> bool:
-    """Whether a step checkpoint is due after ``batches_done`` batches of an epoch of ``steps`` batches.
-
-    Never on an epoch's last batch (the epoch-end checkpoint follows at once).
-
-    >>> step_due(4, None, 8, 15, 0.0, 1.0), step_due(4, None, 7, 15, 0.0, 1.0), step_due("epoch", 2.0, 3, 15, 0.0, 2.5)
-    (True, False, True)
-    """
-    if steps is not None and batches_done >= steps:
-        return False
-    if isinstance(save_freq, int) and batches_done % save_freq == 0:
-        return True
-    return every_s is not None and now_s - last_save_s >= every_s
-
-
-class StepCheckpointCallback(keras.callbacks.Callback):
-    """Calls ``on_batch(epoch0, batches_done_in_epoch, now)`` after every training batch (``batch_offset``: batches
-    of the first epoch trained before this fit call, by an earlier attempt)."""
-
-    def __init__(self, on_batch: Any, batch_offset: int = 0) -> None:
-        super().__init__()
-        self.on_batch, self.batch_offset = on_batch, batch_offset
-        self.epoch, self.done = 0, 0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.epoch, self.done, self.batch_offset = epoch, self.batch_offset, 0
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.done += 1
-        import time
-
-        self.on_batch(self.epoch, self.done, time.monotonic())

@@ -20,13 +20,49 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 
 from jobs.contract import keys
 from jobs.contract.events import EventKind, event
 from jobs.contract.states import JobState
 from jobs.errors import FencedError
 from jobs.redis.store import JobStore
+
+
+def _lenient(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Blank, "None" or unreadable: None (a hint the attempt can do without, never a crashed worker)."""
+    if v in (None, "", "None"):
+        return None
+    try:
+        return handler(v)
+    except ValidationError:
+        return None
+
+
+_Key = Annotated[int | None, WrapValidator(_lenient)]
+
+
+class AttemptRecord(BaseModel):
+    """The fields of the job record an attempt starts from, parsed once from Redis' strings.
+
+    >>> AttemptRecord.parse({"queue": "default", "best_ckpt_key": "3000000", "preempt_key": ""}).best_ckpt_key
+    3000000
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    spec: str | None = None
+    worker: str | None = None
+    queue: str = ""
+    preemptions: Annotated[int, WrapValidator(lambda v, h: _lenient(v, h) or 0)] = 0
+    best_ckpt_key: _Key = None  # the checkpoint monitor's best epoch-end checkpoint
+    preempt_key: _Key = None  # the checkpoint a preempted attempt saved to resume from
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> AttemptRecord:
+        return cls.model_validate(raw)
 
 
 @dataclass
@@ -72,6 +108,10 @@ class AttemptLedger(ABC):
               history_del: Iterable[int] = (), ckpt_set: dict[int, dict[str, Any]] | None = None,
               ckpt_del: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
         """One atomic write while this attempt's token owns the job; FencedError otherwise."""
+
+    @abstractmethod
+    def record(self) -> dict[str, Any]:
+        """The job record as stored (field -> string)."""
 
     @abstractmethod
     def checkpoints(self) -> dict[int, dict[str, Any]]:
@@ -142,6 +182,9 @@ class RedisLedger(AttemptLedger):
               ckpt_del: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
         self.store.fenced_update(self.job_id, self.token, fields=fields, history_set=history_set,
                                  history_del=history_del, ckpt_set=ckpt_set, ckpt_del=ckpt_del, events=events)
+
+    def record(self) -> dict[str, Any]:
+        return self.store.raw(self.job_id)
 
     def checkpoints(self) -> dict[int, dict[str, Any]]:
         return self.store.checkpoints(self.job_id)
@@ -223,6 +266,9 @@ class MemoryLedger(AttemptLedger):
             self.index.pop(int(k), None)
         self.index.update({int(k): dict(v) for k, v in (ckpt_set or {}).items()})
         self.log.extend(events or [])
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.fields)
 
     def checkpoints(self) -> dict[int, dict[str, Any]]:
         return {k: dict(v) for k, v in sorted(self.index.items())}

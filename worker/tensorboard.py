@@ -10,12 +10,11 @@ The values are read back from the job's history in Redis (the record every other
 trainer wrote them. A resumed attempt first rewrites the whole curve from that history into a fresh file and only
 then deletes the older files: redone epochs replace their entries (as history does), so each epoch appears once.
 
->>> # model.fit(..., callbacks=[..., EpochEndCallback(...), TensorBoardLogger(store, storage, job_id, attempt)])
+>>> # model.fit(..., callbacks=[..., EpochRecorder(...), TensorBoardLogger(ledger, storage)])
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -26,9 +25,8 @@ from typing import Any
 
 import keras
 
-from jobs.contract import keys
-from jobs.redis.store import JobStore
 from jobs.storage.base import Storage
+from worker.ledger import AttemptLedger
 
 log = logging.getLogger("traind.worker")
 SUBDIR = "tensorboard"
@@ -52,15 +50,15 @@ def run_name(name: bytes | str | None, job_id: str) -> str:
 class TensorBoardLogger(keras.callbacks.Callback):
     """Per-epoch scalars and event text for one attempt; best effort (a full disk never fails training)."""
 
-    def __init__(self, store: JobStore, storage: Storage, job_id: str, attempt: int) -> None:
+    def __init__(self, ledger: AttemptLedger, storage: Storage) -> None:
         super().__init__()
-        self.store, self.job_id, self.attempt = store, job_id, attempt
+        self.ledger, self.job_id, self.attempt = ledger, ledger.job_id, ledger.attempt
         self.storage = storage
-        self.prefix = tensorboard_prefix(job_id)
+        self.prefix = tensorboard_prefix(self.job_id)
         # A local (or NFS) storage is written in place; an object store gets the files uploaded after each flush.
         local = storage.is_local
-        self.root = storage.job_dir(job_id) / SUBDIR if local else Path(tempfile.mkdtemp(prefix="traind-tb-"))
-        self.run = job_id[:8]  # the run's directory, `<name>-<short id>` once the name is read (_start)
+        self.root = storage.job_dir(self.job_id) / SUBDIR if local else Path(tempfile.mkdtemp(prefix="traind-tb-"))
+        self.run = self.job_id[:8]  # the run's directory, `<name>-<short id>` once the name is read (_start)
         self.writer: Any = None
         self.last_event_ts = 0
         self.disabled = False
@@ -99,18 +97,18 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def _start(self) -> None:
         import tensorflow as tf
 
-        self.run = run_name(self.store.r.hget(keys.job(self.job_id), "name"), self.job_id)
+        self.run = run_name(self.ledger.record().get("name"), self.job_id)
         old = sorted(self.root.rglob("events.out.tfevents.*"))  # earlier attempts' files (any run directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         old_keys = [] if self.storage.is_local else self.storage.list_keys(self.prefix)  # type: ignore[attr-defined]
         self.writer = tf.summary.create_file_writer(str(self.dir), filename_suffix=f".a{self.attempt}")
         # Replay what Redis holds (a resumed attempt: epochs before its checkpoint), then drop older files.
-        for entry in self.store.history(self.job_id):
+        for entry in self.ledger.history():
             self._scalars(int(entry["epoch"]), entry)
-        events = self.store.events(self.job_id)
+        events = self.ledger.events()
         if events:
             self.last_event_ts = max(int(e.get("ts", 0)) for e in events)
-            start = max((int(h["epoch"]) for h in self.store.history(self.job_id)), default=0)
+            start = max((int(h["epoch"]) for h in self.ledger.history()), default=0)
             self._text(start, events)
         self._flush()
         for f in old:
@@ -132,20 +130,20 @@ class TensorBoardLogger(keras.callbacks.Callback):
                 self.storage.put_local_file(f"{self.prefix}/{self.run}/{f.name}", f)
 
     def _write_epoch(self, epoch: int) -> None:
-        raw = self.store.r.hget(keys.history(self.job_id), str(epoch))
-        if raw is None:  # not recorded (fenced off or stopping): write nothing Redis does not hold
+        entry = self.ledger.history_entry(epoch)
+        if entry is None:  # not recorded (fenced off or stopping): write nothing Redis does not hold
             return
-        self._scalars(epoch, json.loads(raw))
+        self._scalars(epoch, entry)
         self._new_events(epoch)
         self._flush()
 
     def _final_events(self) -> None:
-        hist = self.store.history(self.job_id)
+        hist = self.ledger.history()
         self._new_events(max((int(h["epoch"]) for h in hist), default=0))
         self._flush()
 
     def _new_events(self, step: int) -> None:
-        fresh = [e for e in self.store.events(self.job_id, -50) if int(e.get("ts", 0)) > self.last_event_ts]
+        fresh = [e for e in self.ledger.events(-50) if int(e.get("ts", 0)) > self.last_event_ts]
         if fresh:
             self.last_event_ts = max(int(e["ts"]) for e in fresh)
             self._text(step, fresh)

@@ -22,6 +22,7 @@ from jobs.storage.factory import open_storage
 from jobs.storage.local import LocalStorage
 from tests.security.helpers import failed_with, good_spec, run_burst
 from worker.checkpoint import Checkpoints
+from worker.ledger import RedisLedger
 
 
 def test_disk_full_during_a_checkpoint_write(
@@ -55,7 +56,7 @@ def test_disk_full_during_a_checkpoint_write(
     store = JobStore(r)
     index = store.checkpoints(job.id)
     assert sorted(index) == [ckpt_key(1, 0)], "only epoch 1's checkpoint was committed"
-    ckpts = Checkpoints(open_storage(storage_dir), store, job.id, 1, "verifier")
+    ckpts = Checkpoints(open_storage(storage_dir), RedisLedger(store, job.id, 1, "verifier"))
     try:
         ckpts.verify(index[ckpt_key(1, 0)])  # exists and matches the sha256 recorded in Redis
         assert ckpts.load(index[ckpt_key(1, 0)]).weights, "the previous checkpoint is readable"

@@ -7,10 +7,11 @@ from typing import Any
 
 from jobs.storage.factory import open_storage
 from worker.checkpoint import Checkpoints
+from worker.ledger import MemoryLedger
 
 
 def _select(tmp_path: Path, attempt: int) -> tuple[Any, list[dict[str, Any]]]:
-    ck = Checkpoints(open_storage(str(tmp_path)), None, "job1", attempt, "tok")  # type: ignore[arg-type]
+    ck = Checkpoints(open_storage(str(tmp_path)), MemoryLedger("job1", attempt, "tok"))
     try:
         return ck.select({}, "latest", None, None)
     finally:
