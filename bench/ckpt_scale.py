@@ -147,7 +147,7 @@ def _copy_callback() -> Any:
     """A Keras callback timing, at each epoch end, the copy into reused buffers, then the fresh copy."""
     import keras
 
-    from worker.trainer import HostBuffers, host_copy
+    from worker.snapshot import HostBuffers, host_copy
 
     class HostCopy(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -205,14 +205,18 @@ def _traind_variant(v: str, a: dict[str, Any], store_dir: Path) -> dict[str, Any
     ck = trainer.ckpts
     nbytes = max(ck.written_bytes)
     groups: dict[str, list[Any]] = {"w": [], "o": []}
-    for (g, _), buf in trainer.host._pool.items():  # the last snapshot's host buffers: the bytes each write wrote
+    # the last snapshot's host buffers: the bytes each write wrote
+    for (g, _), buf in trainer.checkpointing.snapshots.host._pool.items():
         groups[g].append(buf)
     idle, raws = _disk_pace(ck.storage, store_dir, groups)
     ckpts = client.store.checkpoints(rec["id"])
-    # time_s of epoch e includes the epoch-end hook of epoch e-1: epochs 2.. compare with Keras' epochs 2..
-    return {"epoch_s": [e["time_s"] for e in rec["history"]][1:], "stall_s": t.durations("Trainer._on_epoch_end")[1:],
-            "offer_s": ck.stall_s[1:], "snapshot_s": t.durations("Trainer._snapshot")[1:],
-            "skipped_epochs": trainer.skipped_epochs, "ckpt_epochs": sorted(m["epoch"] for m in ckpts.values()),
+    # time_s of epoch e includes the epoch-end hooks of epoch e-1: epochs 2.. compare with Keras' epochs 2..
+    hooks = [a + b for a, b in zip(t.durations("EpochRecorder.on_epoch_end"),
+                                   t.durations("CheckpointCallback.on_epoch_end"))]
+    return {"epoch_s": [e["time_s"] for e in rec["history"]][1:], "stall_s": hooks[1:],
+            "offer_s": ck.stall_s[1:], "snapshot_s": t.durations("Snapshotter.take")[1:],
+            "skipped_epochs": trainer.checkpointing.skipped_epochs,
+            "ckpt_epochs": sorted(m["epoch"] for m in ckpts.values()),
             "bg_write_s": ck.write_s, "bg_bytes": ck.written_bytes,
             "bg_mb_s": [b / s / 1e6 for b, s in zip(ck.written_bytes, ck.write_s)],
             "raw_new_reps_s": raws, "raw_new_reps_mb_s": [nbytes / x / 1e6 for x in raws],

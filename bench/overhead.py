@@ -212,13 +212,16 @@ def in_process_traind(worker: Any, client: Any, spec: dict[str, Any]) -> tuple[d
     from keras.src.models.model import Model as KerasModel
 
     import jobs.storage.local as storage_mod  # LocalStorage verifies files with its sha256_file
+    import worker.build as build_mod
     import worker.data as data_mod
+    import worker.resume as resume_mod
     import worker.runner as runner_mod
-    import worker.trainer as trainer_mod
     from jobs.redis.store import JobStore
-    from worker.callbacks import ControlCallback
     from worker.checkpoint import Checkpoints
+    from worker.checkpointing import CheckpointCallback
+    from worker.progress import EpochRecorder, ProgressCallback, StopCallback
     from worker.runner import Worker
+    from worker.snapshot import Snapshotter
     from worker.trainer import Trainer
 
     seen: dict[str, Any] = {}
@@ -233,12 +236,14 @@ def in_process_traind(worker: Any, client: Any, spec: dict[str, Any]) -> tuple[d
         try:
             for owner, name in [
                 (runner_mod, "pop"), (runner_mod, "_release_memory"), (Worker, "execute"), (Worker, "register"),
-                (trainer_mod, "build_model"), (data_mod, "load"), (Trainer, "run"), (Trainer, "_resume"),
-                (Trainer, "_fit"), (Trainer, "_on_epoch_end"), (Trainer, "_snapshot"),
-                (Checkpoints, "_commit_retaining"),
-                (Trainer, "_on_progress"), (Trainer, "_finish"), (Checkpoints, "export"), (Checkpoints, "save_async"),
+                (build_mod, "build_model"), (data_mod, "load"), (Trainer, "run"), (resume_mod, "resume"),
+                (Trainer, "_fit"), (EpochRecorder, "on_epoch_end"), (CheckpointCallback, "on_epoch_end"),
+                (Snapshotter, "take"), (Checkpoints, "_commit_retaining"),
+                (ProgressCallback, "publish"), (Trainer, "_finish"), (Checkpoints, "export"),
+                (Checkpoints, "save_async"),
                 (Checkpoints, "write"), (Checkpoints, "flush"), (JobStore, "fenced_update"), (JobStore, "heartbeat"),
-                (JobStore, "transition"), (ControlCallback, "on_train_batch_end"), (storage_mod, "sha256_file"),
+                (JobStore, "transition"), (StopCallback, "on_train_batch_end"),
+                (ProgressCallback, "on_train_batch_end"), (storage_mod, "sha256_file"),
                 (os, "fsync"), (KerasModel, "save_weights"), (KerasModel, "save"),
             ]:
                 t.wrap(owner, name)
@@ -365,8 +370,10 @@ def breakdown(run: u.Run, url: str, storage: Path, client: Any, spec: dict[str, 
     export_ep, export_n, final_export, _ = _split_at(t, "Checkpoints.export", finish_start)
     main = lambda label: t.total(label, main=True)  # noqa: E731
     bg = lambda label: t.total(label, main=False)  # noqa: E731
-    progress = main("Trainer._on_progress")
-    publish, publish_n = _within(t, "JobStore.fenced_update", "Trainer._on_epoch_end")
+    progress = main("ProgressCallback.publish")
+    publish, publish_n = _within(t, "JobStore.fenced_update", "EpochRecorder.on_epoch_end")
+    epoch_end = main("EpochRecorder.on_epoch_end") + main("CheckpointCallback.on_epoch_end")
+    per_batch = main("StopCallback.on_train_batch_end") + main("ProgressCallback.on_train_batch_end")
     fit_total = main("Trainer._fit")
     setup = main("Trainer.run") - fit_total - main("Trainer._finish")
     ckpt_bg = bg("Checkpoints.write") + bg("Checkpoints._commit_retaining")
@@ -385,20 +392,20 @@ def breakdown(run: u.Run, url: str, storage: Path, client: Any, spec: dict[str, 
         row("claim + final state transitions (Lua)", main("JobStore.transition"),
             t.count("JobStore.transition", main=True), False),
         row("setup: build model + load data + resume (Trainer.run minus fit and finish)", setup, 1, False),
-        row("  build_model", t.total("worker.trainer.build_model"), 1, False),
+        row("  build_model", t.total("worker.build.build_model"), 1, False),
         row("  data load (loader + validation split)", t.total("worker.data.load"), 1, False),
-        row("  resume (checkpoint index, history cleanup, Redis)", t.total("Trainer._resume"), 1, False),
+        row("  resume (checkpoint index, history cleanup, Redis)", t.total("worker.resume.resume"), 1, False),
         row("model.fit with traind callbacks (all epochs)", fit_total, 1),
-        row("  epoch-end hook total (Trainer._on_epoch_end)", main("Trainer._on_epoch_end"),
-            t.count("Trainer._on_epoch_end")),
+        row("  epoch-end hooks total (EpochRecorder + CheckpointCallback)", epoch_end,
+            t.count("EpochRecorder.on_epoch_end")),
         row("    best export, synchronous (on improvement)", export_ep, export_n),
-        row("    snapshot: weights + optimizer to host copies", main("Trainer._snapshot"),
-            t.count("Trainer._snapshot")),
+        row("    snapshot: weights + optimizer to host copies", main("Snapshotter.take"),
+            t.count("Snapshotter.take")),
         row("    checkpoint stall: wait for the previous async write (stall_s)", sum(stall), len(stall)),
         row("    per-epoch Redis publishing (history, metrics, events)", publish, publish_n),
-        row("  per-batch control callback (incl. progress writes)", main("ControlCallback.on_train_batch_end"),
-            t.count("ControlCallback.on_train_batch_end")),
-        row("    progress writes (throttled to 1/s)", progress, t.count("Trainer._on_progress")),
+        row("  per-batch stop + progress callbacks (incl. progress writes)", per_batch,
+            t.count("ProgressCallback.on_train_batch_end")),
+        row("    progress writes (throttled to 1/s)", progress, t.count("ProgressCallback.publish")),
         row("finish: flush + final export", main("Trainer._finish"), t.count("Trainer._finish"), False),
         row("  final export", final_export, 1, False),
         row("release memory after the job (clear_session + gc)", t.total("worker.runner._release_memory"),

@@ -179,7 +179,7 @@ def _issue13_goals() -> list[str]:
 def _memory_fixes() -> str:
     rows = []
     for label, name in (("before (clear_session + gc only)", "memory.before-fixes"),
-                        ("+ `_create_variables_eagerly` (worker/trainer.py)", "memory.fix1-only"),
+                        ("+ `_create_variables_eagerly` (worker/build.py)", "memory.fix1-only"),
                         ("+ `_drop_custom_gradients` (worker/runner.py)", "memory")):
         if not (RESULTS / f"{name}.json").exists() and not (ARCHIVE / f"{name}.json").exists():
             continue
