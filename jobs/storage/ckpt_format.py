@@ -1,6 +1,6 @@
 """The checkpoint layout, in one place: object keys, index keys, the manifest schema, array naming, exports.
 
-The worker writes checkpoints (:mod:`worker.checkpoint`) and the client reads them back (:mod:`jobs.keras.modelio`)
+The worker writes checkpoints (:mod:`worker.checkpoint`) and the client reads them back (:mod:`jobs.keras.best_model`)
 through these functions only, so the two sides cannot drift apart. Under a job's key prefix ``jobs/<id>/``:
 
 - ``ckpt/e{epoch:06d}-b{batch:06d}-a{attempt}.npz``: a resumable checkpoint, arrays named ``{group}{i:06d}`` with
@@ -178,8 +178,8 @@ def checkpoint_export_record(m: dict[str, Any]) -> dict[str, Any]:
     """A ``best_checkpoint``/``latest_checkpoint`` record naming a committed resumable checkpoint: the lazy export.
 
     During training the user-facing ``best`` is not written on the training thread; it is the verified resumable
-    checkpoint of the best epoch, converted to a model on ``load_model`` (:mod:`jobs.keras.modelio`). The ``best.keras``
-    / ``best.weights.h5`` file is written when the job finishes.
+    checkpoint of the best epoch, converted to a model on ``load_model`` (:mod:`jobs.keras.best_model`). The
+    ``best.keras`` / ``best.weights.h5`` file is written when the job finishes.
     """
     return {"file": m["file"], "sha256": m["sha256"], "format": "checkpoint", "key": m["key"]}
 
