@@ -20,7 +20,6 @@ from collections.abc import Callable
 import redis
 
 from jobs.contract.spec import load_stored_spec
-from jobs.contract.states import JobState
 from jobs.errors import (
     DurabilityError,
     FencedError,
@@ -62,11 +61,7 @@ class Attempt:
     def claim(self) -> bool:
         """Take the job for this attempt; False (and nothing changed) for a stale or duplicate message."""
         try:
-            self.store.transition(
-                self.job_id, JobState.RUNNING, attempt=self.attempt,
-                fields={"token": self.token, "worker": self.worker_id, "cancel_requested": None, "error": None},
-                lease_ttl_ms=int(self.settings.lease_ttl_s * 1000),
-            )
+            self.ledger.claim(self.worker_id, int(self.settings.lease_ttl_s * 1000))
         except (JobNotFoundError, IllegalTransitionError, FencedError, StalePrimaryError) as e:
             log.info("dropping message for %s attempt %s: %s", self.job_id, self.attempt, e)
             return False

@@ -11,7 +11,6 @@ from typing import Any
 
 import keras
 
-from jobs.contract.events import EventKind, event
 from jobs.contract.spec import JobSpec, monitors
 from jobs.errors import UserCodeError
 from jobs.keras import fitcheck, fitdata
@@ -43,8 +42,7 @@ def build(spec: JobSpec, storage: Storage, settings: WorkerSettings, ledger: Att
     strategy = distribute.strategy_for(spec)
     if spec.resources.gpus > 1:
         devices = list(strategy.extended.worker_devices)
-        ledger.write(events=[event(EventKind.NOTE, f"MirroredStrategy on {len(devices)} devices: "
-                                   f"{', '.join(devices)}", devices=devices)])
+        ledger.note(f"MirroredStrategy on {len(devices)} devices: {', '.join(devices)}", devices=devices)
     with strategy.scope():  # variables created under it are mirrored on resources.gpus devices
         model = build_model(spec, storage, allowed, settings.max_upload_bytes)
     data = data_mod.load(spec, storage, allowed, settings.max_upload_bytes)

@@ -104,6 +104,11 @@ class AttemptLedger(ABC):
 
     # -- primitives ----------------------------------------------------------------------------------------------
     @abstractmethod
+    def claim(self, worker_id: str, lease_ttl_ms: int) -> None:
+        """Move the job to ``running`` under this attempt and token (the lease starts). Raises JobNotFoundError /
+        IllegalTransitionError / FencedError / StalePrimaryError for a stale or duplicate message."""
+
+    @abstractmethod
     def write(self, *, fields: dict[str, Any] | None = None, history_set: dict[int, dict[str, Any]] | None = None,
               history_del: Iterable[int] = (), ckpt_set: dict[int, dict[str, Any]] | None = None,
               ckpt_del: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
@@ -177,6 +182,11 @@ class RedisLedger(AttemptLedger):
         super().__init__(job_id, attempt, token)
         self.store = store
 
+    def claim(self, worker_id: str, lease_ttl_ms: int) -> None:
+        self.store.transition(self.job_id, JobState.RUNNING, attempt=self.attempt, lease_ttl_ms=lease_ttl_ms,
+                              fields={"token": self.token, "worker": worker_id, "cancel_requested": None,
+                                      "error": None})
+
     def write(self, *, fields: dict[str, Any] | None = None, history_set: dict[int, dict[str, Any]] | None = None,
               history_del: Iterable[int] = (), ckpt_set: dict[int, dict[str, Any]] | None = None,
               ckpt_del: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
@@ -244,6 +254,11 @@ class MemoryLedger(AttemptLedger):
 
     def lose_lease(self) -> None:
         self.owner = False
+
+    def claim(self, worker_id: str, lease_ttl_ms: int) -> None:
+        self.owner = True
+        self.fields.update({"state": JobState.RUNNING.value, "token": self.token, "worker": worker_id,
+                            "attempt": self.attempt})
 
     def _fence(self) -> None:
         if not self.owner or self.final is not None or self.requeued is not None:
