@@ -280,7 +280,7 @@ class MemoryLedger(AttemptLedger):
         for k in ckpt_del:
             self.index.pop(int(k), None)
         self.index.update({int(k): dict(v) for k, v in (ckpt_set or {}).items()})
-        self.log.extend(events or [])
+        self._log(events or [])
 
     def record(self) -> dict[str, Any]:
         return dict(self.fields)
@@ -303,14 +303,18 @@ class MemoryLedger(AttemptLedger):
     def end(self, state: JobState, msg: str, level: str = "info", fields: dict[str, Any] | None = None) -> None:
         self._fence()
         self.final = (state, msg, dict(fields or {}))
-        self.log.append({**event(EventKind.NOTE, msg, level), "state": state.value, "ts": int(time.time() * 1000)})
+        self._log([event(EventKind.NOTE, msg, level, state=state.value)])
 
     def requeue(self, queue: str, msg: str, fields: dict[str, Any]) -> None:
         self._fence()
         self.requeued = (queue, msg, dict(fields))
 
     def warn_unfenced(self, msg: str) -> None:
-        self.log.append(event(EventKind.NOTE, msg, "warning"))
+        self._log([event(EventKind.NOTE, msg, "warning")])
+
+    def _log(self, events: list[dict[str, Any]]) -> None:
+        now = int(time.time() * 1000)
+        self.log.extend({**e, "ts": now} for e in events)  # Redis stamps each event as it stores it
 
     def observe(self, name: str, value: float) -> None:
         self.samples.append((name, value))
