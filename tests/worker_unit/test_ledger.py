@@ -76,3 +76,13 @@ def test_attempt_record_parses_redis_strings_once() -> None:
 def test_attempt_record_treats_unreadable_hints_as_absent(bad: object) -> None:
     rec = AttemptRecord.parse({"best_ckpt_key": bad, "preempt_key": bad, "preemptions": bad})
     assert (rec.best_ckpt_key, rec.preempt_key, rec.preemptions) == (None, None, 0)
+
+
+def test_claim_starts_the_attempt_under_its_token() -> None:
+    led = MemoryLedger(attempt=2, token="t2")
+    led.claim("w1", lease_ttl_ms=30_000)
+    assert {k: led.fields[k] for k in ("state", "token", "worker", "attempt")} == {
+        "state": "running", "token": "t2", "worker": "w1", "attempt": 2}
+    assert led.renew(30_000) == (True, False)
+    led.cancel_requested = True
+    assert led.renew(30_000) == (True, True)
