@@ -12,6 +12,7 @@ hands it the :class:`worker.ending.Outcome` as soon as training is complete (fro
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -29,7 +30,7 @@ from worker.checkpoint import Checkpoints, Restored, apply_state
 from worker.checkpointing import CheckpointCallback, save_policy
 from worker.control import Interrupted, JobControl, StopReason
 from worker.ending import Ending, Outcome
-from worker.ledger import AttemptLedger, AttemptRecord
+from worker.ledger import AttemptLedger, AttemptRecord, Progress
 from worker.policy import KeepPolicy
 from worker.progress import EpochRecorder, ProgressCallback, StopCallback
 from worker.resume import resume
@@ -43,9 +44,11 @@ class Trainer:
     """One attempt. ``run()`` returns an :class:`Outcome` or raises UserCodeError / FencedError / StorageError."""
 
     def __init__(self, *, ledger: AttemptLedger, storage: Storage, settings: WorkerSettings, spec: JobSpec,
-                 record: AttemptRecord, control: JobControl, ending: Ending) -> None:
+                 record: AttemptRecord, control: JobControl, ending: Ending,
+                 on_progress: Sequence[Callable[[Progress], None]] = ()) -> None:
         self.ledger, self.storage, self.settings, self.spec = ledger, storage, settings, spec
         self.record, self.control, self.ending = record, control, ending
+        self.on_progress = list(on_progress)  # told of every published Progress (e.g. a progress watchdog)
         self.ckpts = Checkpoints(storage, ledger, KeepPolicy(spec.checkpoint.keep_last))
         self.best = BestModel()
         self.plateau = Plateau(spec)
@@ -130,7 +133,7 @@ class Trainer:
         cbs: list[Any] = [] if metric_vars is None else [RestoreMetricsCallback(metric_vars)]
         cbs += [StopCallback(self.control, self.checkpointing.before_stop, batch_offset=skip, steps=steps),
                 ProgressCallback(self.ledger, self.control, self.settings.progress_interval_s, b.steps,
-                                 batch_offset=skip)]
+                                 batch_offset=skip, listeners=self.on_progress)]
         cbs += self.extra_cbs  # user-requested Keras callbacks run before traind's own, as in model.fit
         cbs += self.plateau.callbacks()
         cbs += [self.recorder, self.checkpointing,
