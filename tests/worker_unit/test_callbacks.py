@@ -11,8 +11,8 @@ import pytest
 
 from jobs.contract.spec import JobSpec
 from jobs.keras.best_model import BestModel
-from jobs.storage.base import Storage
 from jobs.storage.ckpt_format import ckpt_key
+from jobs.storage.factory import open_storage
 from worker.callbacks import BestTracker, Plateau
 from worker.checkpoint import Checkpoints
 from worker.checkpointing import CheckpointCallback
@@ -66,7 +66,7 @@ def _fit_with(tmp_path: Path, led: MemoryLedger, control: JobControl, epochs: in
     y = x.sum(axis=1, keepdims=True)
     spec = _spec()
     tracker, plateau, best = BestTracker("loss", "auto", None), Plateau(spec), BestModel()
-    ckpts = Checkpoints(Storage(str(tmp_path)), led, KeepPolicy(keep_last=1))
+    ckpts = Checkpoints(open_storage(str(tmp_path)), led, KeepPolicy(keep_last=1))
     recorder = EpochRecorder(led, tracker, plateau, best)
     ckpt = CheckpointCallback(ckpts, led, control, SavePolicy(), Snapshotter(tracker, plateau), best, recorder,
                               epochs=epochs, steps=4, mid_epoch_resume=True, export_latest=True)

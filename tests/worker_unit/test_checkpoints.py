@@ -13,8 +13,8 @@ import pytest
 
 from jobs.contract.spec import JobSpec
 from jobs.errors import FencedError
-from jobs.storage.base import Storage
 from jobs.storage.ckpt_format import ckpt_key
+from jobs.storage.factory import open_storage
 from worker.checkpoint import Checkpoints, Restored, Snapshot
 from worker.ledger import AttemptRecord, MemoryLedger
 from worker.policy import KeepPolicy
@@ -44,7 +44,7 @@ def _files(d: Path) -> list[str]:
 def test_epoch_end_checkpoints_commit_in_the_background_keeping_last_and_best(tmp_path: Path, ckpt_dir: Path
                                                                               ) -> None:
     led = MemoryLedger("job1")
-    ck = Checkpoints(Storage(str(tmp_path)), led, KeepPolicy(keep_last=1))
+    ck = Checkpoints(open_storage(str(tmp_path)), led, KeepPolicy(keep_last=1))
     try:
         best = ckpt_key(1, 0)
         for e in (1, 2, 3):
@@ -70,7 +70,7 @@ def test_skip_backpressure_skips_while_a_write_runs(tmp_path: Path) -> None:
             return super().write(snap)
 
     led = MemoryLedger("job1")
-    ck = HeldWrite(Storage(str(tmp_path)), led)
+    ck = HeldWrite(open_storage(str(tmp_path)), led)
     taken: list[int] = []
     try:
         assert ck.offer(lambda: _snap(1), None, must=True) is not None
@@ -89,7 +89,7 @@ def test_skip_backpressure_skips_while_a_write_runs(tmp_path: Path) -> None:
 
 def test_a_fenced_commit_leaves_no_files(tmp_path: Path, ckpt_dir: Path) -> None:
     led = MemoryLedger("job1")
-    ck = Checkpoints(Storage(str(tmp_path)), led)
+    ck = Checkpoints(open_storage(str(tmp_path)), led)
     led.lose_lease()
     try:
         with pytest.raises(FencedError):
@@ -100,7 +100,7 @@ def test_a_fenced_commit_leaves_no_files(tmp_path: Path, ckpt_dir: Path) -> None
 
 
 def _committed(tmp_path: Path, led: MemoryLedger, snaps: list[Snapshot]) -> dict[int, dict[str, Any]]:
-    ck = Checkpoints(Storage(str(tmp_path)), led, KeepPolicy(keep_last=10))
+    ck = Checkpoints(open_storage(str(tmp_path)), led, KeepPolicy(keep_last=10))
     try:
         for s in snaps:
             ck.save(s)
@@ -112,7 +112,7 @@ def _committed(tmp_path: Path, led: MemoryLedger, snaps: list[Snapshot]) -> dict
 def test_select_prefers_preemption_then_policy_and_skips_corrupt_ones(tmp_path: Path) -> None:
     led = MemoryLedger("job1", attempt=2)
     index = _committed(tmp_path, led, [_snap(1, value=1.0), _snap(2, value=2.0), _snap(2, 5, value=2.5)])
-    ck = Checkpoints(Storage(str(tmp_path)), led)
+    ck = Checkpoints(open_storage(str(tmp_path)), led)
     try:
         r, events = ck.select(index, "best", ckpt_key(1, 0), ckpt_key(2, 5))
         assert r is not None and r.manifest["key"] == ckpt_key(2, 5) and events[-1]["why"] == "preemption"
@@ -134,7 +134,7 @@ def test_resume_resets_the_record_to_the_resume_point(tmp_path: Path) -> None:
     _committed(tmp_path, led, [_snap(1, value=1.0), _snap(2, value=2.0), _snap(3, value=3.0)])
     led.write(history_set={e: {"epoch": e} for e in (1, 2, 3, 4)})
     applied: list[Restored] = []
-    ck = Checkpoints(Storage(str(tmp_path)), led)
+    ck = Checkpoints(open_storage(str(tmp_path)), led)
     try:
         point = resume(led, ck, _spec(), AttemptRecord(worker="w2", best_ckpt_key=ckpt_key(2, 0)), 10,
                        applied.append)
@@ -151,7 +151,7 @@ def test_resume_resets_the_record_to_the_resume_point(tmp_path: Path) -> None:
 def test_resume_without_a_checkpoint_starts_over_and_forgets_the_best(tmp_path: Path) -> None:
     led = MemoryLedger("job1", attempt=3, fields={"best_epoch": 2, "best_value": 0.1, "best_ckpt_key": 2000000})
     led.write(history_set={1: {"epoch": 1}})
-    ck = Checkpoints(Storage(str(tmp_path)), led)
+    ck = Checkpoints(open_storage(str(tmp_path)), led)
     try:
         point = resume(led, ck, _spec(), AttemptRecord(worker="w3"), 10, lambda r: None)
     finally:
