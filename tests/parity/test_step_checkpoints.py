@@ -78,7 +78,8 @@ def test_step_checkpoint_spec_fields() -> None:
     s = validate_spec({**base, "checkpoint": {"save_freq": 100, "every_s": 600}})
     assert (s.checkpoint.save_freq, s.checkpoint.every_s, s.checkpoint.step_checkpoints) == (100, 600, True)
     assert validate_spec(base).checkpoint.step_checkpoints is False
-    with pytest.raises(ValueError, match="save_freq: expected 'epoch' or a number of batches in 1\.\.1000000000, received 0"):
+    with pytest.raises(ValueError,
+                       match=r"save_freq: expected 'epoch' or a number of batches in 1\.\.1000000000, received 0"):
         validate_spec({**base, "checkpoint": {"save_freq": 0}})
     with pytest.raises(ValueError, match="step checkpoints need array data"):
         validate_spec({**base, "data": {"dataset": "0" * 64}, "checkpoint": {"save_freq": 5}})
