@@ -33,6 +33,7 @@ local function token_key(job_key) return job_key .. ':token' end
 # creates, moves or deletes a job keeps them in step, so list filters, /metrics and purge never walk all jobs.
 _INDEX = """
 local function logical_queue(q) return string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$') or q end
+-- finished: a time puts the job in the finished zset, false takes it out, nil leaves it as it is
 local function index_move(idx, job_key, job_id, from, to, now, finished)
   local f = redis.call('HMGET', job_key, 'queue', 'created_at', 'name')
   local q = logical_queue(f[1] or '')
@@ -50,7 +51,7 @@ local function index_move(idx, job_key, job_id, from, to, now, finished)
     redis.call('ZADD', idx .. 'queue:' .. q, created, job_id)
     redis.call('HSET', idx .. 'names', job_id, string.lower(f[3] or ''))
     if finished then redis.call('ZADD', idx .. 'finished', finished, job_id)
-    else redis.call('ZREM', idx .. 'finished', job_id) end
+    elseif finished == false then redis.call('ZREM', idx .. 'finished', job_id) end
   else
     redis.call('ZREM', idx .. 'queue:' .. q, job_id)
     redis.call('HDEL', idx .. 'names', job_id)
@@ -251,18 +252,22 @@ return #ids
 """
 )
 
-# KEYS: job, filter-index prefix ; ARGV: job_id. Puts a job recorded before the filter indexes existed into them
-# (idempotent: an indexed job is counted once). Returns 1 when the job exists.
+# KEYS: job, filter-index prefix ; ARGV: job_id, terminal states (json). Puts a job recorded before the filter
+# indexes existed into them (idempotent: an indexed job is counted once, its finished time kept). 1 if it exists.
 INDEX_JOB = (
     _NOW
     + _INDEX
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'finished_at')
+local f = redis.call('HMGET', KEYS[1], 'state', 'finished_at', 'updated_at')
 if not f[1] then return 0 end
-local fin = false
-if f[2] then fin = tonumber(f[2]) end
-if fin and (fin ~= fin or fin == math.huge or fin == -math.huge) then fin = now end
-index_move(KEYS[2], KEYS[1], ARGV[1], false, f[1], now, fin)
+index_move(KEYS[2], KEYS[1], ARGV[1], false, f[1], now, nil)
+for _, s in ipairs(cjson.decode(ARGV[2])) do
+  if s == f[1] then
+    local fin = tonumber(f[2]) or tonumber(f[3])
+    if not fin or fin ~= fin or fin == math.huge or fin == -math.huge then fin = now end
+    redis.call('ZADD', KEYS[2] .. 'finished', 'NX', fin, ARGV[1])
+  end
+end
 return 1
 """
 )

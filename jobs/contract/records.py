@@ -54,8 +54,8 @@ def _strict_int(v: Any) -> int:
 
 def _strict_float(v: Any) -> float:
     f = float(v.decode() if isinstance(v, bytes) else v)
-    if math.isnan(f):
-        raise ValueError("NaN")
+    if not math.isfinite(f):  # NaN/Infinity are no JSON a browser reads
+        raise ValueError(f"not finite: {v!r}")
     return f
 
 
@@ -324,7 +324,7 @@ def parse_event(raw: bytes | str, where: str = "event") -> dict[str, Any]:
         return {"kind": "note", "level": "error", "msg": f"unreadable event: {text[:200]}", "ts": 0,
                 "problems": problems}
     problems = [] if ok else ["not UTF-8"]
-    ts = ev.get("ts", 0)
+    ts = ev.get("ts")
     if not (isinstance(ts, int) and not isinstance(ts, bool)):
         ev["ts"] = to_int(ts) if isinstance(ts, (float, str)) and _finite_text(ts) else 0
         problems.append(f"ts: not an integer: {str(ts)[:40]}")

@@ -252,11 +252,12 @@ class JobStore:
         state = self.r.get(keys.IDX_BACKFILL)
         if state == b"done":
             return True
-        cursor, ids = self.r.zscan(keys.JOBS_INDEX, int(state or 0), count=limit)
+        cursor, ids = self.r.zscan(keys.JOBS_INDEX, to_int(state), count=limit)
+        terminal = json.dumps(sorted(s.value for s in TERMINAL))
         pipe = self.r.pipeline(transaction=False)
         for member, _ in ids:
             jid = member.decode(errors="replace")
-            self._index(keys=[keys.job(jid), keys.IDX_PREFIX], args=[jid], client=pipe)
+            self._index(keys=[keys.job(jid), keys.IDX_PREFIX], args=[jid, terminal], client=pipe)
         pipe.execute(raise_on_error=False)  # a malformed job stays unindexed; the others are indexed
         self.r.set(keys.IDX_BACKFILL, "done" if cursor == 0 else str(cursor))
         return cursor == 0
