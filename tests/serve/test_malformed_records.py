@@ -92,21 +92,32 @@ def test_worker_hash_with_a_bad_pid(served: Served, redis_url: str, storage_dir:
     assert out.returncode == 0, out.stderr
 
 
-def test_non_utf8_field_and_bad_events(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
+def test_non_utf8_field(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
     _, (bad, good) = _jobs(redis_url, storage_dir)
     r.hset(keys.job(bad), "name", b"\xff\xfe bad")
-    r.rpush(keys.events(bad), b"not json {", json.dumps({"kind": "note", "msg": "bad ts", "ts": "abc"}), b"\xff")
     with served.client() as c:
         st = c.get(f"/api/v1/jobs/{bad}")
         assert st.status_code == 200, st.text
         assert "not UTF-8" in " ".join(st.json()["problems"])
+        assert c.get(f"/api/v1/jobs/{good}").json().get("problems") is None
+        assert c.get("/api/v1/jobs").status_code == 200
+    out = _cli(redis_url, storage_dir, "status", bad)
+    assert out.returncode == 0, out.stderr
+
+
+def test_bad_events_are_marked_rows(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
+    _, (bad, _good) = _jobs(redis_url, storage_dir)
+    r.rpush(keys.events(bad), json.dumps({"kind": "note", "msg": "bad ts", "ts": "abc"}))
+    with served.client() as c:
+        events = c.get(f"/api/v1/jobs/{bad}/events").json()
+        assert [type(e["ts"]) for e in events] == [int, int]  # the dashboard sorts and formats by ts
+        r.rpush(keys.events(bad), b"not json {", b"\xff")
         evs = c.get(f"/api/v1/jobs/{bad}/events")
         assert evs.status_code == 200, evs.text
         events = evs.json()
         assert events[0]["msg"] == "submitted" and len(events) == 4
-        assert all(isinstance(e["ts"], int) for e in events)  # the dashboard sorts and formats by ts
+        assert all(isinstance(e["ts"], int) for e in events)
         assert [e.get("problems") is not None for e in events] == [False, True, True, True]
-        assert c.get(f"/api/v1/jobs/{good}").json().get("problems") is None
     stream = SSEReader(served, f"/api/v1/jobs/{bad}/stream")
     try:
         wait_for(lambda: stream.of("snapshot"), 30, "the snapshot")
@@ -116,8 +127,6 @@ def test_non_utf8_field_and_bad_events(served: Served, redis_url: str, storage_d
         wait_for(lambda: any(len(evs) == 5 for evs in stream.of("events")), 30, "the events after it")
     finally:
         stream.close()
-    out = _cli(redis_url, storage_dir, "status", bad)
-    assert out.returncode == 0, out.stderr
     out = _cli(redis_url, storage_dir, "logs", bad)
     assert out.returncode == 0 and "cancelled before it started" in out.stdout, out.stderr
 
