@@ -218,7 +218,7 @@ def retry(store: JobStore, job_id: str) -> int:
 
 
 def purge(store: JobStore, storage: Storage | None, older_than_s: float, states: list[str] | None = None,
-          dry_run: bool = False, limit: int | None = None) -> list[str]:
+          dry_run: bool = False, limit: int | None = None, backfill: bool = True) -> list[str]:
     """Remove finished jobs (records, history, events, checkpoint files) finished more than ``older_than_s`` ago,
     oldest first, at most ``limit`` of them (all when None). Candidates come from the finished index (its score is
     the Redis clock at the final transition, so a malformed ``finished_at`` field cannot hide a job); the records
@@ -228,7 +228,7 @@ def purge(store: JobStore, storage: Storage | None, older_than_s: float, states:
     if bad:
         raise ValueError(f"purge: only finished jobs can be purged; received state(s) {bad}, expected a subset of "
                          f"{sorted(s.value for s in TERMINAL)}")
-    while not store.index_backfill():  # jobs finished before the indexes existed are purged too
+    while backfill and not store.index_backfill():  # jobs finished before the indexes existed are purged too
         pass
     cutoff = store.now_ms() - int(older_than_s * 1000)
     victims: list[str] = []
@@ -271,8 +271,10 @@ def retention(store: JobStore, storage_location: str, ttl_s: float, every_s: flo
         return []
     from jobs.storage.factory import open_storage
 
+    if not store.index_backfill():  # one bounded chunk per pass until jobs from before the indexes are indexed
+        return []
     kw = {} if storage_retry_s is None else {"retry_s": storage_retry_s}
-    gone = purge(store, open_storage(storage_location, **kw), ttl_s, limit=RETENTION_BATCH)
+    gone = purge(store, open_storage(storage_location, **kw), ttl_s, limit=RETENTION_BATCH, backfill=False)
     if gone:
         log.info("retention: purged %d finished job(s) older than %.0f s", len(gone), ttl_s)
     return gone

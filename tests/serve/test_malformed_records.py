@@ -19,10 +19,10 @@ from jobs.client import Client
 from jobs.contract import keys
 from jobs.contract.states import JobState
 from jobs.settings import SupervisorSettings
+from testkit.cluster import wait_for
 from tests.conftest import ROOT
 from tests.serve.conftest import Served, slow_spec
 from tests.serve.test_sse import SSEReader
-from testkit.cluster import wait_for
 
 
 def _cli(redis_url: str, storage_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
