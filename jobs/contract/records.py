@@ -95,6 +95,21 @@ def log_problems(what: str, problems: tuple[str, ...] | list[str]) -> None:
     log.warning("%s: malformed record, shown with the bad fields empty: %s", what, "; ".join(problems)[:1000])
 
 
+def _numbers(text: dict[str, str], ints: tuple[str, ...], floats: tuple[str, ...], problems: list[str]
+             ) -> dict[str, Any]:
+    """The ``ints`` and ``floats`` fields of a decoded hash that read as finite numbers; the others go to
+    ``problems`` (an empty value counts as absent)."""
+    out: dict[str, Any] = {}
+    for names, conv, what in ((ints, _strict_int, "an integer"), (floats, _strict_float, "a number")):
+        for f in names:
+            if text.get(f, "") != "":
+                try:
+                    out[f] = conv(text[f])
+                except (ValueError, OverflowError):
+                    problems.append(f"{f}: not {what}: {text[f][:40]}")
+    return out
+
+
 # -- jobs ----------------------------------------------------------------------------------------------------------
 _JOB_INT = (
     "epoch", "epochs", "restarts", "preemptions", "attempt", "max_restarts", "best_epoch", "created_at",
@@ -143,13 +158,14 @@ class JobRecord:
     best_value: float | None = None
     stopped_early: bool = False
     cancel_requested: bool = False
-    metrics: Any = None
-    spec: Any = None
-    worker_info: Any = None
-    best_checkpoint: Any = None
-    final_checkpoint: Any = None
-    latest_checkpoint: Any = None
-    batch_metrics: Any = None
+    # JSON objects; a field that is not one keeps its text (listed in problems)
+    metrics: dict[str, Any] | str | None = None
+    spec: dict[str, Any] | str | None = None
+    worker_info: dict[str, Any] | str | None = None
+    best_checkpoint: dict[str, Any] | str | None = None
+    final_checkpoint: dict[str, Any] | str | None = None
+    latest_checkpoint: dict[str, Any] | str | None = None
+    batch_metrics: dict[str, Any] | str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     present: frozenset[str] = frozenset()
     problems: tuple[str, ...] = ()
@@ -158,26 +174,18 @@ class JobRecord:
     def parse(cls, raw: Mapping[Any, Any], job_id: str | None = None) -> JobRecord:
         """Parse a hash reply (bytes or text keys/values). Never raises for any content."""
         text, problems = decode_hash(raw)
-        kw: dict[str, Any] = {}
-        for f in _JOB_INT:
-            if f in text and text[f] != "":
-                try:
-                    kw[f] = _strict_int(text[f])
-                except (ValueError, OverflowError):
-                    problems.append(f"{f}: not an integer: {text[f][:40]}")
-        for f in _JOB_FLOAT:
-            if f in text and text[f] != "":
-                try:
-                    kw[f] = _strict_float(text[f])
-                except ValueError:
-                    problems.append(f"{f}: not a number: {text[f][:40]}")
+        kw = _numbers(text, _JOB_INT, _JOB_FLOAT, problems)
         for f in _JOB_JSON:
             if f in text:
                 try:
-                    kw[f] = json.loads(text[f])
+                    value = json.loads(text[f])
                 except (ValueError, RecursionError):
+                    value = None
+                if isinstance(value, dict) or (value is None and text[f] == "null"):
+                    kw[f] = value
+                else:
                     kw[f] = text[f]  # a corrupted field stays its text, as always
-                    problems.append(f"{f}: not JSON")
+                    problems.append(f"{f}: not a JSON object")
         for f in _JOB_FLAGS:
             kw[f] = text.get(f) == "1"
         for f in ("name", "state", "queue", "worker", "error", "resume_from"):
@@ -262,19 +270,7 @@ class WorkerRecord:
     @classmethod
     def parse(cls, worker_id: str, raw: Mapping[Any, Any]) -> WorkerRecord:
         text, problems = decode_hash(raw)
-        kw: dict[str, Any] = {}
-        for f in _WORKER_INT:
-            if f in text:
-                try:
-                    kw[f] = _strict_int(text[f])
-                except (ValueError, OverflowError):
-                    problems.append(f"{f}: not an integer: {text[f][:40]}")
-        for f in _WORKER_FLOAT:
-            if f in text:
-                try:
-                    kw[f] = _strict_float(text[f])
-                except ValueError:
-                    problems.append(f"{f}: not a number: {text[f][:40]}")
+        kw = _numbers(text, _WORKER_INT, _WORKER_FLOAT, problems)
         for f in ("host", "device", "job"):
             if f in text:
                 kw[f] = text[f]
