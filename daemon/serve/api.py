@@ -182,7 +182,8 @@ def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
 @router.get("/jobs/{job_id}/spec")
 def job_spec(job_id: str, request: Request, _: Read) -> dict[str, Any]:
     """The validated spec the job was submitted with (``traind status --spec``)."""
-    return _get(request, job_id, with_history=False).get("spec") or {}
+    spec = _get(request, job_id, with_history=False).get("spec")
+    return spec if isinstance(spec, dict) else {}  # a corrupt stored spec: the status lists it under problems
 
 
 @router.get("/jobs/{job_id}/history")
@@ -204,7 +205,8 @@ def job_events(job_id: str, request: Request, _: Read,
 def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
     """Committed checkpoint manifests, oldest first."""
     _get(request, job_id, with_history=False)
-    return [m for _, m in sorted(_store(request).checkpoints(job_id).items())]
+    # an entry that is not a manifest (corrupt JSON) is the worker's to skip with an event; not shown here
+    return [m for _, m in sorted(_store(request).checkpoints(job_id).items()) if isinstance(m, dict)]
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -74,7 +74,7 @@ def list_page(store: JobStore, *, state: str | None = None, name: str | None = N
         out = {"total": int(total), "exact": True, "scanned": len(page),
                "next_cursor": page[-1] if page and more else None}
     else:
-        matches, scanned, end = _scan(store, idx, others, (name or "").lower(), exact_queue, start, offset + limit)
+        matches, scanned, end = _scan(store, idx, others, (name or "").lower(), exact_queue, start)
         page = matches[offset:offset + limit]
         if len(matches) > offset + limit:
             nxt = page[-1] if page else None
@@ -94,8 +94,8 @@ def _queue_filter(queue: str | None) -> tuple[str | None, str | None]:
     return (parsed["queue"], queue) if parsed else (queue, None)
 
 
-def _scan(store: JobStore, idx: str, others: list[str], needle: str, exact_queue: str | None, start: int,
-          want: int) -> tuple[list[str], list[str], bool]:
+def _scan(store: JobStore, idx: str, others: list[str], needle: str, exact_queue: str | None,
+          start: int) -> tuple[list[str], list[str], bool]:
     """(matching ids, ids examined, reached the index's end): at most SCAN_MAX ids from rank ``start``."""
     matches: list[str] = []
     scanned: list[str] = []
