@@ -92,13 +92,16 @@ def test_worker_hash_with_a_bad_pid(served: Served, redis_url: str, storage_dir:
     assert out.returncode == 0, out.stderr
 
 
-def test_non_utf8_field(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
+def test_non_utf8_field_corrupt_spec_and_checkpoints(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
     _, (bad, good) = _jobs(redis_url, storage_dir)
-    r.hset(keys.job(bad), "name", b"\xff\xfe bad")
+    r.hset(keys.job(bad), mapping={"name": b"\xff\xfe bad", "spec": "[1, 2"})
+    r.hset(keys.checkpoints(bad), mapping={"1": "not json", "2": json.dumps({"epoch": 2}), "x": "{}"})
     with served.client() as c:
         st = c.get(f"/api/v1/jobs/{bad}")
         assert st.status_code == 200, st.text
-        assert "not UTF-8" in " ".join(st.json()["problems"])
+        assert "not UTF-8" in " ".join(st.json()["problems"]) and "spec: not a JSON object" in st.json()["problems"]
+        assert c.get(f"/api/v1/jobs/{bad}/spec").json() == {}
+        assert c.get(f"/api/v1/jobs/{bad}/checkpoints").json() == [{"epoch": 2}]
         assert c.get(f"/api/v1/jobs/{good}").json().get("problems") is None
         assert c.get("/api/v1/jobs").status_code == 200
     out = _cli(redis_url, storage_dir, "status", bad)
