@@ -55,6 +55,11 @@ def idempotency(client_key: str) -> str:
     return f"{IDEMPOTENCY_PREFIX}{client_key}"
 
 
+def no_idempotency(job_id: str) -> str:
+    """The key CREATE declares in the idempotency slot when there is no client key (never written)."""
+    return f"{job(job_id)}:noidem"
+
+
 # The filter indexes, kept in step by the Lua scripts (which extend IDX_PREFIX exactly as the functions below do):
 # they bound every list/filter request, /metrics and purge by the page, never by the number of jobs.
 IDX_PREFIX = f"{PREFIX}:idx:"

@@ -62,7 +62,7 @@ class JobStore:
 
         With ``pipeline`` the script is only queued on it (the result comes from ``pipeline.execute()``).
         """
-        idem = keys.idempotency(client_key) if client_key else keys.job(job_id) + ":noidem"
+        idem = keys.idempotency(client_key) if client_key else keys.no_idempotency(job_id)
         kw = dict(keys=[keys.job(job_id), idem, keys.JOBS_INDEX, keys.state_index(""), keys.PENDING,
                         keys.events(job_id), keys.IDX_PREFIX],
                   args=[job_id, _fields_json(fields), client_key or "",

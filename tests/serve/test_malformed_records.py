@@ -92,7 +92,8 @@ def test_worker_hash_with_a_bad_pid(served: Served, redis_url: str, storage_dir:
     assert out.returncode == 0, out.stderr
 
 
-def test_non_utf8_field_corrupt_spec_and_checkpoints(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
+def test_non_utf8_field_corrupt_spec_and_checkpoints(served: Served, redis_url: str, storage_dir: Path,
+                                                      r: redis.Redis) -> None:
     _, (bad, good) = _jobs(redis_url, storage_dir)
     r.hset(keys.job(bad), mapping={"name": b"\xff\xfe bad", "spec": "[1, 2"})
     r.hset(keys.checkpoints(bad), mapping={"1": "not json", "2": json.dumps({"epoch": 2}), "x": "{}"})
