@@ -128,3 +128,25 @@ def test_numeric_query_values_are_bounded(served: Served) -> None:
             assert resp.status_code == 422, (path, params, resp.status_code, resp.text)
         assert c.get("/api/v1/jobs", params={"offset": 10_000_000}).json()["items"] == []
         assert len(c.get(f"/api/v1/jobs/{jid}/events", params={"start": -1}).json()) == 1
+
+
+def test_jobs_from_before_the_indexes_are_indexed_by_the_supervisor(r: redis.Redis, redis_url: str) -> None:
+    from daemon.supervisor import Supervisor
+    from jobs.settings import SupervisorSettings
+
+    store = JobStore(r)
+    add_jobs(store, 0, 2500)
+    counts = r.hgetall(keys.IDX_COUNTS)
+    r.delete(*r.keys(f"{keys.IDX_PREFIX}*"))  # as a database written before the indexes existed
+    assert admin.list_page(store, state="cancelled")["total"] == 0
+    sup = Supervisor(SupervisorSettings(redis_url=redis_url), connection=r)
+    sup.step()
+    assert r.get(keys.IDX_BACKFILL) != b"done"  # bounded: 1,000 jobs a pass
+    for _ in range(10):  # ZSCAN's count is a hint: a few passes
+        if r.get(keys.IDX_BACKFILL) == b"done":
+            break
+        sup.step()
+    assert r.get(keys.IDX_BACKFILL) == b"done" and r.hgetall(keys.IDX_COUNTS) == counts
+    assert admin.list_page(store, state="cancelled")["total"] == len([k for k in range(2500) if k % 3 == 0])
+    assert r.zcard(keys.IDX_FINISHED) == len([k for k in range(2500) if k % 3 == 0])
+    assert [j["id"] for j in admin.list_page(store, name="job-2499")["items"]] == ["job0002499"]
