@@ -119,7 +119,7 @@ def _scan(store: JobStore, idx: str, others: list[str], needle: str, exact_queue
         queues_ = res if exact_queue else None
         for k, jid in enumerate(ids):
             ok = names is None or (isinstance(names, list) and names[k] is not None
-                                   and needle in names[k].decode(errors="replace"))
+                                   and needle in names[k].decode(errors="replace").lower())  # Lua lowers ASCII only
             ok = ok and all(isinstance(m, list) and m[k] is not None for m in member)
             if ok and queues_ is not None:
                 q = queues_[k]

@@ -71,6 +71,12 @@ class JobStore:
             self._create(**kw, client=pipeline)  # the caller executes it (durably: replication.execute_pipeline)
             return job_id, True
         res = run_script(self.r, self._create, **kw, what=f"job {job_id}: create")
+        first = res[1].decode()
+        if client_key and not int(res[0]) and first != job_id and not self.r.exists(keys.job(first)):
+            # The key names a job purged before purge deleted idempotency keys with their job: free it, once.
+            if self.r.get(idem) == res[1]:
+                self.r.delete(idem)
+            res = run_script(self.r, self._create, **kw, what=f"job {job_id}: create")
         if int(res[0]):
             telemetry.publish(self.r, job_id, "created", state=JobState.QUEUED.value)
         return res[1].decode(), bool(int(res[0]))

@@ -164,3 +164,15 @@ def test_supervisor_fails_a_corrupt_running_job_once(redis_url: str, storage_dir
     assert b"malformed job record" in r.hget(keys.job(bad), "error")
     again = sup.step()
     assert not again.failed and not again.requeued  # handled once: nothing left to retry every step
+
+
+def test_idempotency_key_of_a_vanished_job_is_freed(redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    first = client.submit(slow_spec(), client_key="k-1").id
+    assert client.submit(slow_spec(), client_key="k-1").id == first
+    r.delete(keys.job(first))  # purged by a release that left idempotency keys behind
+    again = client.submit(slow_spec(), client_key="k-1").id
+    assert again != first and r.get(keys.idempotency("k-1")) == again.encode() and r.exists(keys.job(again))
+    client.store.request_cancel(again)
+    client.store.delete([again])  # today's purge deletes the key with its job
+    assert not r.exists(keys.idempotency("k-1"))
