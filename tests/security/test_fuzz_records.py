@@ -2,8 +2,9 @@
 
 Generated job hashes, worker hashes, history entries and event-log entries (junk bytes, non-UTF-8, inf/NaN/huge
 numbers, broken JSON) are parsed by the typed records and read through every reader on a real redis-server: the
-store, the list pages and their filters, workers and health, the CLI's formatting, /metrics' collector and a
-supervisor step. None may raise; the JSON they hand out is strict JSON (no NaN/Infinity a browser refuses).
+store, the list pages and their filters, workers and health, the CLI's formatting, /metrics' collector, the SSE
+hub's read of a changed job and a supervisor step. None may raise; typed numbers are numbers (finite floats), event
+times integers, and what the API hands out serializes as it writes it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from daemon import render
 from daemon.serve.metrics import TraindCollector
+from daemon.serve.sse import ALL, Hub, _Pending
 from daemon.supervisor import Supervisor
 from jobs.contract import keys
 from jobs.contract.records import JobRecord, WorkerRecord, parse_event, to_int
@@ -47,7 +49,7 @@ event_entries = st.one_of(values, st.fixed_dictionaries({}, optional={
 
 
 def _strict_json(obj: Any) -> None:
-    json.dumps(obj, allow_nan=True, default=str)  # what the API writes; NaN only inside stored metrics JSON
+    json.dumps(obj, default=str)  # as daemon.serve.api._json writes it
 
 
 @PURE
@@ -79,6 +81,7 @@ def test_fuzz_readers_over_redis(r: redis.Redis, redis_url: str, storage_dir: Pa
     sup = Supervisor(SupervisorSettings(redis_url=redis_url, lease_ttl_s=5.0), connection=r)
     sup._redis_uptime_s = lambda: 3600.0  # type: ignore[method-assign]
     collector = TraindCollector(store, lease_ttl_s=5.0)
+    hub = Hub(store, aconn=None)  # type: ignore[arg-type]  # _read uses the store only
 
     @REDIS
     @given(job=job_hashes, worker=worker_hashes, events=st.lists(event_entries, max_size=3),
@@ -116,6 +119,9 @@ def test_fuzz_readers_over_redis(r: redis.Redis, redis_url: str, storage_dir: Pa
         _strict_json(admin.workers(store))
         admin.health(r, worker="w1")
         list(collector.collect())
+        hub.viewers = {bad: set(), ALL: set()}
+        for _, payload in hub._read(bad, _Pending(kinds={"epoch"}, epochs={1, 2}), detail=True):
+            json.loads(payload.split(b"data: ", 1)[1])  # each SSE event's data is JSON the browser parses
         sup.step()  # every per-entry failure is handled inside; nothing may escape
         assert store.record(good).state in ("queued", "running")
 
