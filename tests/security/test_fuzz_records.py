@@ -2,9 +2,9 @@
 
 Generated job hashes, worker hashes, history entries and event-log entries (junk bytes, non-UTF-8, inf/NaN/huge
 numbers, broken JSON) are parsed by the typed records and read through every reader on a real redis-server: the
-store, the list pages and their filters, workers and health, the CLI's formatting, /metrics' collector, the SSE
-hub's read of a changed job and a supervisor step. None may raise; typed numbers are numbers (finite floats), event
-times integers, and what the API hands out serializes as it writes it.
+store, the list pages and their filters, workers, health and the waiting note, the CLI's formatting, /metrics'
+collector, the SSE hub's read of a changed job and a supervisor step. None may raise; typed numbers are numbers
+(finite floats), event times integers, and what the API hands out serializes as it writes it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from jobs.contract import keys
 from jobs.contract.records import JobRecord, WorkerRecord, parse_event, to_int
 from jobs.ops import admin
 from jobs.ops.lookup import summary
+from jobs.ops.waiting import no_worker_note
 from jobs.redis.store import JobStore, parse_history
 from jobs.settings import SupervisorSettings
 from tests.security.test_fuzz import PURE, REDIS
@@ -118,6 +119,8 @@ def test_fuzz_readers_over_redis(r: redis.Redis, redis_url: str, storage_dir: Pa
             render.summary_row(row, store.now_ms())
         _strict_json(admin.workers(store))
         admin.health(r, worker="w1")
+        for jid in (good, bad):
+            no_worker_note(r, store.get(jid), store.now_ms() + 60_000)
         list(collector.collect())
         hub.viewers = {bad: set(), ALL: set()}
         for _, payload in hub._read(bad, _Pending(kinds={"epoch"}, epochs={1, 2}), detail=True):
