@@ -50,7 +50,9 @@ def test_infinite_epoch_is_one_marked_row(served: Served, redis_url: str, storag
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
     out = _cli(redis_url, storage_dir, "list")
-    assert out.returncode == 0 and good in out.stdout and bad in out.stdout, out.stderr
+    assert out.returncode == 0 and "job-0" in out.stdout and "job-1" in out.stdout, out.stderr
+    out = _cli(redis_url, storage_dir, "list", "--json")
+    assert out.returncode == 0 and {j["id"] for j in json.loads(out.stdout)} == {good, bad}, out.stderr
 
 
 def test_wrong_type_key_in_the_jobs_index(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
@@ -69,7 +71,9 @@ def test_wrong_type_key_in_the_jobs_index(served: Served, redis_url: str, storag
         metrics = c.get("/metrics")
         assert metrics.status_code == 200 and 'traind_jobs{queue="default",state="queued"} 2.0' in metrics.text
     out = _cli(redis_url, storage_dir, "list")
-    assert out.returncode == 0 and a in out.stdout and b in out.stdout, out.stderr
+    assert out.returncode == 0 and "job-0" in out.stdout and "job-1" in out.stdout, out.stderr
+    out = _cli(redis_url, storage_dir, "list", "--json")
+    assert out.returncode == 0 and {j["id"] for j in json.loads(out.stdout)} == {a, b}, out.stderr
 
 
 def test_worker_hash_with_a_bad_pid(served: Served, redis_url: str, storage_dir: Path, r: redis.Redis) -> None:
