@@ -17,6 +17,8 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from jobs.contract.records import to_int
+
 # Bidirectional overrides/isolates reorder how the rest of a line reads ("Trojan Source"); shown escaped too.
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -74,11 +76,8 @@ def fmt_num(v: Any) -> str:
 
 def fmt_ts(ms: Any) -> str:
     """Redis-clock milliseconds as local time ``YYYY-mm-dd HH:MM:SS.mmm``; '-' for missing."""
-    try:
-        ms_i = int(ms)
-    except (TypeError, ValueError):
-        return "-"
-    if ms_i <= 0:
+    ms_i = to_int(ms)
+    if ms_i <= 0 or ms_i >= 253_402_300_800_000:  # none, or past year 9999 (strftime's end)
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms_i / 1000)) + f".{ms_i % 1000:03d}"
 
@@ -134,13 +133,6 @@ def _live_metrics(status: Mapping[str, Any], last_epoch: Mapping[str, Any] | Non
     return out
 
 
-def _int(v: Any) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 0
-
-
 class Position(NamedTuple):
     """Where a job is, in Keras' 1-based epoch numbering: ``epoch`` of ``epochs``, ``batch`` of ``steps``
     (``steps`` 0 when unknown). ``epoch`` is the one in progress while batches of it are reported, else the last
@@ -177,8 +169,8 @@ def position(status: Mapping[str, Any]) -> Position:
     >>> position({"state": "succeeded", "epoch": 12, "epochs": 20, "batch": 0, "steps": 625})
     Position(epoch=12, epochs=20, batch=625, steps=625)
     """
-    done, total = _int(status.get("epoch")), _int(status.get("epochs"))
-    batch, steps = _int(status.get("batch")), _int(status.get("steps"))
+    done, total = to_int(status.get("epoch")), to_int(status.get("epochs"))
+    batch, steps = to_int(status.get("batch")), to_int(status.get("steps"))
     if status.get("state") == "running" and batch > 0:
         # the worker reports batches of the epoch after the finished ones (it zeroes batch at the end)
         return Position(done + 1, total, min(batch, steps) if steps else batch, steps)
@@ -210,8 +202,8 @@ def progress_parts(status: Mapping[str, Any], last_epoch: Mapping[str, Any] | No
     if status.get("best_value") is not None:
         parts.append(f"best {monitor}={fmt_num(status['best_value'])} @ epoch {clean(status.get('best_epoch'))}")
     tail = " ".join(parts) + f"  {clean(status.get('state', '?'))}"
-    if _int(status.get("restarts")):
-        tail += f" (restarts {_int(status['restarts'])})"
+    if to_int(status.get("restarts")):
+        tail += f" (restarts {to_int(status['restarts'])})"
     return label, pos.overall, tail
 
 
@@ -238,12 +230,12 @@ def status_block(status: Mapping[str, Any]) -> str:
         ("job", clean(status.get("id", "?"))),
         ("name", clean(status.get("name", "-"))),
         ("state", state + (" (cancel requested)" if status.get("cancel_requested") else "")),
-        ("epochs done", f"{_int(status.get('epoch'))}/{clean(status.get('epochs', '?'))}"
+        ("epochs done", f"{to_int(status.get('epoch'))}/{clean(status.get('epochs', '?'))}"
          + (" (stopped early)" if status.get("stopped_early") else "")),
     ]
     if state == "running" and (pos.steps or pos.batch):
         rows.append(("progress", f"{where(pos)} [{bar(pos.fraction, 20)}]"))
-    rows.append(("restarts", f"{_int(status.get('restarts'))}/{clean(status.get('max_restarts', '?'))}"
+    rows.append(("restarts", f"{to_int(status.get('restarts'))}/{clean(status.get('max_restarts', '?'))}"
                  f" (attempt {clean(status.get('attempt', 1))})"))
     if status.get("best_value") is not None:
         rows.append(("best", f"{monitor}={fmt_num(status['best_value'])} @ epoch {clean(status.get('best_epoch'))}"))
@@ -276,7 +268,8 @@ def summary_row(job: Mapping[str, Any], now_ms: int | None = None) -> dict[str, 
         "id": job.get("id"),
         "name": job.get("name"),
         "state": job.get("state"),
-        "epoch": f"{_int(job.get('epoch'))}/{job.get('epochs', '?')}" + (" early" if job.get("stopped_early") else ""),
+        "epoch": f"{to_int(job.get('epoch'))}/{job.get('epochs', '?')}"
+                 + (" early" if job.get("stopped_early") else ""),
         "restarts": job.get("restarts", 0),
         "best": best,
         "worker": job.get("worker") or "-",
@@ -301,13 +294,13 @@ def event_line(ev: Mapping[str, Any]) -> str:
 def final_summary(status: Mapping[str, Any]) -> str:
     """One line on how a job ended, e.g. ``job 1a2b succeeded: 23/200 epochs (stopped early), best val_loss=...``."""
     line = (f"job {clean(status.get('id'))} {clean(status.get('state'))}: "
-            f"{_int(status.get('epoch'))}/{clean(status.get('epochs', '?'))} epochs")
+            f"{to_int(status.get('epoch'))}/{clean(status.get('epochs', '?'))} epochs")
     if status.get("stopped_early"):
         line += " (stopped early)"
     if status.get("best_value") is not None:
         line += f", best {monitor_of(status)}={fmt_num(status['best_value'])} @ epoch {clean(status.get('best_epoch'))}"
-    if _int(status.get("restarts")):
-        line += f", {_int(status['restarts'])} restart(s)"
+    if to_int(status.get("restarts")):
+        line += f", {to_int(status['restarts'])} restart(s)"
     if status.get("error"):
         line += f"; error: {clean(status['error'])}"
     return line

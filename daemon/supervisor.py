@@ -24,6 +24,7 @@ from jobs.contract import keys
 from jobs.contract.events import EventKind
 from jobs.contract.ids import validate_job_id
 from jobs.contract.queue import queue_contents
+from jobs.contract.records import JobRecord
 from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, InvalidJobIdError, JobNotFoundError
 from jobs.ops import admin
@@ -65,15 +66,10 @@ class StepReport:
         return bool(self.requeued or self.failed or self.cancelled or self.redelivered or self.dropped_workers)
 
 
-def _int(v: bytes | None, default: int = 0) -> int:
-    try:
-        return int(float(v.decode())) if v is not None else default
-    except ValueError:
-        return default
-
-
-def _str(v: bytes | None, default: str = "") -> str:
-    return v.decode(errors="replace") if v is not None else default
+def _unusable(rec: JobRecord, needed: tuple[str, ...]) -> str | None:
+    """The problems of ``rec`` in fields the supervisor decides with; None when it can act on the record."""
+    bad = [p for p in rec.problems if p.split(":", 1)[0] in needed]
+    return "; ".join(bad) if bad else None
 
 
 class Supervisor:
@@ -90,6 +86,7 @@ class Supervisor:
         self._primary = PrimaryWatch()
         self._stop = threading.Event()
         self.sweeps = SweepHook(self.r, settings)  # sweeps: one controller step per pass (jobs/sweep/hook.py)
+        self._indexed = False  # jobs recorded before the filter indexes existed are all indexed
 
     # -- one pass ----------------------------------------------------------------------------------------------------
     def step(self, now_ms: int | None = None) -> StepReport:
@@ -119,6 +116,8 @@ class Supervisor:
             self._expire_leases(now, rep)
             self._drop_stale_workers(now, rep)
         self._check_deliveries(now, rep)
+        if not self._indexed:
+            self._indexed = self.store.index_backfill()
         rep.duration_s = time.monotonic() - t0
         return rep
 
@@ -139,11 +138,11 @@ class Supervisor:
             if job_id is None:
                 continue
             try:
-                vals = dict(zip(_JOB_FIELDS, self.r.hmget(keys.job(job_id), _JOB_FIELDS), strict=True))
-                if _str(vals["state"]) != JobState.RUNNING.value:
+                rec = JobRecord.parse(dict(zip(_JOB_FIELDS, self.r.hmget(keys.job(job_id), _JOB_FIELDS))), job_id)
+                if rec.state != JobState.RUNNING.value:
                     self.store.zrem_unless_state(keys.LEASES, job_id, keep=[JobState.RUNNING])
                     continue
-                self._handle_lost(job_id, vals, int(score), now, rep)
+                self._handle_lost(job_id, rec, int(score), now, rep)
             except (FencedError, IllegalTransitionError, JobNotFoundError):
                 # Another supervisor requeued it first, or the worker renewed / finished meanwhile: nothing to do.
                 log.debug("job %s: lease expiry handled elsewhere", job_id)
@@ -161,15 +160,26 @@ class Supervisor:
             self.r.zrem(zset, raw)
             return None
 
-    def _handle_lost(self, job_id: str, vals: dict[str, bytes | None], expired_at: int, now: int,
-                     rep: StepReport) -> None:
-        attempt = _int(vals["attempt"], 1)
-        restarts = _int(vals["restarts"])
-        max_restarts = _int(vals["max_restarts"], 3)
-        worker = _str(vals["worker"], "?")
+    def _fail_corrupt(self, job_id: str, why: str, rep: StepReport, only_from: list[JobState],
+                      require_lease_expired: bool = False) -> None:
+        """Fail a job whose record cannot be acted on (it would be retried every step, forever): once, logged."""
+        error = f"malformed job record ({why}); cannot requeue or deliver it"
+        self.store.transition(job_id, JobState.FAILED, only_from=only_from, fields={"error": error, "token": None},
+                              event_msg=error, level="error", require_lease_expired=require_lease_expired)
+        rep.failed.append(job_id)
+        log.error("job %s failed: %s", job_id, error)
+
+    def _handle_lost(self, job_id: str, rec: JobRecord, expired_at: int, now: int, rep: StepReport) -> None:
+        if why := _unusable(rec, ("attempt", "restarts", "max_restarts")):
+            self._fail_corrupt(job_id, why, rep, [JobState.RUNNING], require_lease_expired=True)
+            return
+        attempt = rec.attempt if rec.attempt is not None else 1
+        restarts = rec.restarts
+        max_restarts = rec.max_restarts if rec.max_restarts is not None else 3
+        worker = rec.worker or "?"
         ago = max(now - expired_at, 0) / 1000
         reason = f"worker {worker} lost: lease expired"
-        if _str(vals["cancel_requested"]) == "1":
+        if rec.cancel_requested:
             # The user asked to stop it; running it again only to stop at the first heartbeat wastes a worker.
             self.store.transition(
                 job_id, JobState.CANCELLED, attempt=attempt, require_lease_expired=True,
@@ -191,9 +201,9 @@ class Supervisor:
             rep.failed.append(job_id)
             log.error("job %s failed: %s", job_id, error)
             return
-        resume = _str(vals["resume_from"], "best")
+        resume = rec.resume_from or "best"
         requeue(
-            self.store, job_id, attempt=attempt, queue=_str(vals["queue"]), require_lease_expired=True, now_ms=now,
+            self.store, job_id, attempt=attempt, queue=rec.queue or "", require_lease_expired=True, now_ms=now,
             fields={"restarts": restarts + 1, "reason": reason, "lease_expired_at": expired_at},
             kind=EventKind.REQUEUED,
             msg=(f"worker {worker} lost (lease expired {ago:.1f} s ago); requeued as attempt {attempt + 1} "
@@ -238,11 +248,14 @@ class Supervisor:
     def _check_delivery(self, job_id: str, score: int, now: int, record: list[bytes | None],
                         contents: dict[str, set[str]], rep: StepReport) -> bool:
         """Re-enqueue a pending job whose message is gone; True when its message is still waiting on its queue."""
-        state, attempt_b, queue_b = record
-        if _str(state) not in (JobState.QUEUED.value, JobState.REQUEUED.value):
+        rec = JobRecord.parse(dict(zip(("state", "attempt", "queue"), record)), job_id)
+        if rec.state not in (JobState.QUEUED.value, JobState.REQUEUED.value):
             self.store.zrem_unless_state(keys.PENDING, job_id, keep=[JobState.QUEUED, JobState.REQUEUED])
             return False
-        attempt, queue = _int(attempt_b, 1), _str(queue_b)
+        if why := _unusable(rec, ("attempt",)):
+            self._fail_corrupt(job_id, why, rep, [JobState.QUEUED, JobState.REQUEUED])
+            return False
+        attempt, queue = (rec.attempt if rec.attempt is not None else 1), rec.queue or ""
         if not queue:
             log.error("job %s has no queue field; cannot deliver it", job_id)
             return False

@@ -165,8 +165,9 @@ class WorkerSettings(CommonSettings):
 class SupervisorSettings(CommonSettings):
     """Settings of ``traind supervise``."""
 
-    finished_ttl_s: float = Field(0.0, ge=0, description="Purge finished jobs (records and files) this long after "
-                                  "they finished; 0 keeps them until `traind purge`.")
+    finished_ttl_s: float = Field(30 * 86400.0, ge=0, description="Purge finished jobs (records and files) this long "
+                                  "after they finished (default 30 days: Redis stays bounded); 0 keeps them until "
+                                  "`traind purge`.")
 
     interval_s: float = Field(0.5, gt=0, le=60)
     redelivery_check_s: float = Field(10.0, gt=0, description="Age after which a queued job's message is verified.")

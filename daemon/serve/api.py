@@ -39,6 +39,7 @@ from jobs.ops.waiting import no_worker_note
 from jobs.redis.store import JobStore
 
 router = APIRouter(prefix="/api/v1")
+MAX_OFFSET = 10_000_000  # every numeric query parameter is bounded: out of range answers 422, never a Redis error
 Read = Annotated[auth.Access, Depends(auth.read)]
 Write = Annotated[auth.Access, Depends(auth.write)]
 
@@ -143,10 +144,18 @@ def list_jobs(request: Request, _: Read,
               name: Annotated[str | None, Query(max_length=200, description="name contains (case-insensitive)")] = None,
               queue: Annotated[str | None, Query(max_length=200, description="logical queue")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> Response:
-    """A page of job summaries, newest first, with the total count after filtering."""
-    return _json(admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
-                           limit=limit, offset=offset))
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+              cursor: Annotated[str | None, Query(max_length=64, description="continue after this job id "
+                                                  "(the previous page's next_cursor)")] = None) -> Response:
+    """A page of job summaries, newest first, with the total count after filtering. A name filter (or state and
+    queue together) examines at most ``admin.SCAN_MAX`` jobs per request: ``exact`` says whether ``total`` counted
+    every job, ``next_cursor`` continues the listing."""
+    try:
+        page = admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
+                               limit=limit, offset=offset, cursor=_jid(cursor) if cursor else None)
+    except ValueError as e:  # a cursor naming no job of this listing
+        raise HTTPException(422, str(e)) from e
+    return _json(page)
 
 
 @router.get("/jobs/{job_id}")
@@ -173,7 +182,8 @@ def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
 @router.get("/jobs/{job_id}/spec")
 def job_spec(job_id: str, request: Request, _: Read) -> dict[str, Any]:
     """The validated spec the job was submitted with (``traind status --spec``)."""
-    return _get(request, job_id, with_history=False).get("spec") or {}
+    spec = _get(request, job_id, with_history=False).get("spec")
+    return spec if isinstance(spec, dict) else {}  # a corrupt stored spec: the status lists it under problems
 
 
 @router.get("/jobs/{job_id}/history")
@@ -184,7 +194,8 @@ def job_history(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
 
 
 @router.get("/jobs/{job_id}/events")
-def job_events(job_id: str, request: Request, _: Read, start: Annotated[int, Query()] = 0) -> list[dict[str, Any]]:
+def job_events(job_id: str, request: Request, _: Read,
+               start: Annotated[int, Query(ge=-MAX_OFFSET, le=MAX_OFFSET)] = 0) -> list[dict[str, Any]]:
     """The job's events (oldest first); ``start`` as in LRANGE (negative: the last -start events)."""
     _get(request, job_id, with_history=False)
     return _store(request).events(job_id, start)
@@ -194,7 +205,8 @@ def job_events(job_id: str, request: Request, _: Read, start: Annotated[int, Que
 def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, Any]]:
     """Committed checkpoint manifests, oldest first."""
     _get(request, job_id, with_history=False)
-    return [m for _, m in sorted(_store(request).checkpoints(job_id).items())]
+    # an entry that is not a manifest (corrupt JSON) is the worker's to skip with an event; not shown here
+    return [m for _, m in sorted(_store(request).checkpoints(job_id).items()) if isinstance(m, dict)]
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from daemon.serve import sweep_metrics
 from jobs.contract import keys
+from jobs.contract.records import to_int
 from jobs.contract.states import JobState
 from jobs.ops import admin
 from jobs.redis import telemetry
@@ -42,16 +43,15 @@ class TraindCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         r = self.store.r
         jobs = GaugeMetricFamily("traind_jobs", "Jobs by state and logical queue.", labels=["state", "queue"])
+        # The per (state, queue) counts the Lua scripts keep (keys.IDX_COUNTS): a scrape costs one HGETALL of a
+        # hash with a field per pair, whatever the number of jobs.
+        counts: dict[str, Counter[str]] = {st.value: Counter() for st in JobState}
+        for field, n in r.hgetall(keys.IDX_COUNTS).items():
+            st, _, q = field.decode(errors="replace").partition("\t")
+            if st in counts and to_int(n) > 0:
+                counts[st][q or "unknown"] += to_int(n)
         for st in JobState:
-            ids = [m.decode() for m in r.smembers(keys.state_index(st.value))]
-            per_queue: Counter[str] = Counter()
-            for i in range(0, len(ids), 1000):
-                pipe = r.pipeline(transaction=False)
-                for jid in ids[i:i + 1000]:
-                    pipe.hget(keys.job(jid), "queue")
-                for q in pipe.execute():
-                    name = (q or b"").decode(errors="replace")
-                    per_queue[name.split(".")[1] if name.count(".") >= 3 else (name or "unknown")] += 1
+            per_queue = counts[st.value]
             if not per_queue:
                 jobs.add_metric([st.value, "default"], 0)
             for q, n in sorted(per_queue.items()):

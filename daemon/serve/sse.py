@@ -27,10 +27,11 @@ import redis
 import redis.asyncio as aredis
 
 from jobs.contract import keys
+from jobs.contract.records import JobRecord, log_problems, parse_event, to_int
 from jobs.ops.admin import LIST_FIELDS
 from jobs.ops.lookup import summary
 from jobs.redis import telemetry
-from jobs.redis.store import JobStore, parse_record
+from jobs.redis.store import JobStore, parse_history
 
 log = logging.getLogger("traind.serve.sse")
 
@@ -180,26 +181,30 @@ class Hub:
         if detail:
             pipe.lrange(keys.events(job_id), -EVENTS_TAIL, -1)
         res = pipe.execute()
-        raw = {k.decode(): v.decode(errors="replace") for k, v in res[0].items()}
-        if not raw:
+        rec = JobRecord.parse(res[0], job_id)
+        if not rec.exists:
             return [(k, encode("deleted", {"id": job_id})) for k in (job_id, ALL) if k in self.viewers]
-        status = parse_record(raw)
-        status["lease_expires_at"] = int(res[1]) if res[1] is not None else None
+        log_problems(f"job {job_id}", rec.problems)
+        status = rec.to_dict()
+        status["lease_expires_at"] = to_int(res[1]) if res[1] is not None else None
         out: list[tuple[str, bytes]] = []
         if ALL in self.viewers:
             row = {f: status.get(f) for f in LIST_FIELDS}
-            row["monitor"] = (status.get("spec") or {}).get("checkpoint", {}).get("monitor") \
-                if isinstance(status.get("spec"), dict) else None
+            row["monitor"] = rec.monitor
+            if rec.problems:
+                row["problems"] = list(rec.problems)
             out.append((ALL, encode("job", row)))
         if detail:
             out.append((job_id, encode("status", summary(status))))
             i = 2
             if epochs:
-                entries = [json.loads(v) for v in res[i] if v is not None]
+                found = {str(e).encode(): v for e, v in zip(epochs, res[i]) if v is not None}
+                entries = parse_history(found, f"job {job_id} history")
                 if entries:
                     out.append((job_id, encode("epoch", entries)))
                 i += 1
-            if new := self._new_events(job_id, [json.loads(v) for v in res[i]]):  # only new ones, once
+            tail = [parse_event(v, f"job {job_id} events") for v in res[i]]
+            if new := self._new_events(job_id, tail):  # only new ones, once
                 out.append((job_id, encode("events", new, new[-1].get("ts") if isinstance(new[-1], dict) else None)))
         return out
 

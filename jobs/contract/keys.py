@@ -15,6 +15,7 @@ LEASES = f"{PREFIX}:leases"  # zset job_id -> lease expiry (ms, Redis clock)
 PENDING = f"{PREFIX}:pending"  # zset job_id -> last delivery (ms); 0 = needs a queue message
 WORKERS = f"{PREFIX}:workers"  # zset worker_id -> last heartbeat (ms)
 SUPERVISORS = f"{PREFIX}:supervisors"  # zset host-pid -> end of its last pass (ms, Redis clock)
+RQ_QUEUES = "rq:queues"  # RQ's set of queue names (RQ's key, read by `traind queues` and /metrics)
 RQ_FUNC = "worker.execute.train"  # the name RQ records; RQ never imports it (traind's worker pops messages itself)
 
 
@@ -42,11 +43,50 @@ def events(job_id: str) -> str:
 
 
 def state_index(state: str) -> str:
+    """Set of the job ids in ``state`` (the Lua scripts extend ``state_index("")``)."""
     return f"{PREFIX}:state:{state}"
 
 
+IDEMPOTENCY_PREFIX = f"{PREFIX}:idem:"
+
+
 def idempotency(client_key: str) -> str:
-    return f"{PREFIX}:idem:{client_key}"
+    """String: the job id a ``client_key`` created (deleted with that job)."""
+    return f"{IDEMPOTENCY_PREFIX}{client_key}"
+
+
+def no_idempotency(job_id: str) -> str:
+    """The key CREATE declares in the idempotency slot when there is no client key (never written)."""
+    return f"{job(job_id)}:noidem"
+
+
+# The filter indexes, kept in step by the Lua scripts (which extend IDX_PREFIX exactly as the functions below do):
+# they bound every list/filter request, /metrics and purge by the page, never by the number of jobs.
+IDX_PREFIX = f"{PREFIX}:idx:"
+IDX_NAMES = f"{IDX_PREFIX}names"  # hash job_id -> name, lowercased (the name filter reads a chunk per command)
+IDX_FINISHED = f"{IDX_PREFIX}finished"  # zset job_id -> finished (ms): purge and retention take the oldest
+IDX_COUNTS = f"{IDX_PREFIX}counts"  # hash "<state>\t<logical queue>" -> jobs (/metrics' traind_jobs)
+IDX_BACKFILL = f"{IDX_PREFIX}backfill"  # string: ZSCAN cursor of indexing jobs created before the indexes; "done"
+
+
+def state_zindex(state: str) -> str:
+    """Zset job_id -> created (ms) of the jobs in ``state``: the list's state filter, paged newest first."""
+    return f"{IDX_PREFIX}state:{state}"
+
+
+def queue_index(logical_queue: str) -> str:
+    """Zset job_id -> created (ms) of the jobs of one logical queue (``default``, not ``traind.default.cpu.high``)."""
+    return f"{IDX_PREFIX}queue:{logical_queue}"
+
+
+NOTIFY_CHANNEL = f"{PREFIX}:notify"  # pub/sub: small JSON notes that a job changed (jobs.redis.telemetry)
+METRICS_COUNTERS = f"{PREFIX}:metrics:counters"  # hash name[:label] -> number
+RETENTION_LOCK = f"{PREFIX}:retention:lock"  # string with a TTL: one supervisor purges per interval
+
+
+def metrics_histogram(name: str) -> str:
+    """Hash bucket -> count, plus ``sum`` and ``count``, of one histogram (jobs.redis.telemetry.BUCKETS)."""
+    return f"{PREFIX}:metrics:hist:{name}"
 
 
 def worker(worker_id: str) -> str:

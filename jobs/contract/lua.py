@@ -28,11 +28,44 @@ end
 local function token_key(job_key) return job_key .. ':token' end
 """
 
-# KEYS: job, leases, pending, events, state-index prefix (string), history
+# The filter indexes (keys.py's IDX_PREFIX names them): per state and per logical queue a zset id -> created (ms),
+# id -> lowercase name, the finished zset (id -> finished ms) and the count per (state, queue). Every script that
+# creates, moves or deletes a job keeps them in step, so list filters, /metrics and purge never walk all jobs.
+_INDEX = """
+local function logical_queue(q) return string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$') or q end
+-- finished: a time puts the job in the finished zset, false takes it out, nil leaves it as it is
+local function index_move(idx, job_key, job_id, from, to, now, finished)
+  local f = redis.call('HMGET', job_key, 'queue', 'created_at', 'name')
+  local q = logical_queue(f[1] or '')
+  local created = tonumber(f[2])
+  if not created or created ~= created or created == math.huge or created == -math.huge then created = now end
+  if from and redis.call('ZREM', idx .. 'state:' .. from, job_id) == 1 then
+    if redis.call('HINCRBY', idx .. 'counts', from .. '\t' .. q, -1) <= 0 then
+      redis.call('HDEL', idx .. 'counts', from .. '\t' .. q)
+    end
+  end
+  if to then
+    if redis.call('ZADD', idx .. 'state:' .. to, created, job_id) == 1 then
+      redis.call('HINCRBY', idx .. 'counts', to .. '\t' .. q, 1)
+    end
+    redis.call('ZADD', idx .. 'queue:' .. q, created, job_id)
+    redis.call('HSET', idx .. 'names', job_id, string.lower(f[3] or ''))
+    if finished then redis.call('ZADD', idx .. 'finished', finished, job_id)
+    elseif finished == false then redis.call('ZREM', idx .. 'finished', job_id) end
+  else
+    redis.call('ZREM', idx .. 'queue:' .. q, job_id)
+    redis.call('HDEL', idx .. 'names', job_id)
+    redis.call('ZREM', idx .. 'finished', job_id)
+  end
+end
+"""
+
+# KEYS: job, leases, pending, events, state-index prefix (string), history, filter-index prefix (string)
 # ARGV: job_id, to, allowed_from(json), terminal(json), attempt, token, fields(json), event(json|''),
 #       events_max, require_lease_expired('1'|''), lease_ttl_ms, history_keep_max_epoch ('' or n)
 TRANSITION = (
     _NOW
+    + _INDEX
     + """
 local job_id, to = ARGV[1], ARGV[2]
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -75,6 +108,7 @@ if terminal then
   redis.call('HSET', KEYS[1], 'finished_at', now, 'finished_at_utc', iso(now))
   redis.call('DEL', token_key(KEYS[1]))
 end
+index_move(KEYS[7], KEYS[1], job_id, cur, to, now, terminal and now or false)
 if ARGV[12] ~= '' then
   local keep = tonumber(ARGV[12])
   for _, e in ipairs(redis.call('HKEYS', KEYS[6])) do
@@ -138,10 +172,11 @@ return {1, 'ok'}
 """
 )
 
-# KEYS: job, idem (or ''), jobs index, state-index prefix, pending, events
+# KEYS: job, idem (or ''), jobs index, state-index prefix, pending, events, filter-index prefix
 # ARGV: job_id, fields(json), client_key, event(json)
 CREATE = (
     _NOW
+    + _INDEX
     + """
 if ARGV[3] ~= '' then
   local existing = redis.call('GET', KEYS[2])
@@ -152,9 +187,13 @@ local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, tostring(v)) end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'created_at', now, 'updated_at', now, 'created_at_utc', iso(now),
            'updated_at_utc', iso(now))
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'client_key', ARGV[3])  -- purge deletes the idempotency key with the job
+end
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('SADD', KEYS[4] .. 'queued', ARGV[1])
+index_move(KEYS[7], KEYS[1], ARGV[1], false, 'queued', now, false)
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
 local ev = cjson.decode(ARGV[4]); ev['ts'] = now; ev['time'] = iso(now)
 redis.call('RPUSH', KEYS[6], cjson.encode(ev))
@@ -213,26 +252,45 @@ return #ids
 """
 )
 
-# Filters a candidate list server-side: one round trip and only the matching ids come back, instead of every
-# job's name and queue. KEYS: none (job keys are derived from the ids, single-instance Redis as everywhere).
-# ARGV: prefix, source ("all" or a state), name needle (lowercase, "" = any), queue ("" = any), ids of that state (JSON)
-LIST_FILTER = """
-local ids
-if ARGV[2] == 'all' then ids = redis.call('ZREVRANGE', ARGV[1] .. ':jobs', 0, -1)
-else ids = cjson.decode(ARGV[5]) end
-local out = {}
-for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[1] .. ':job:' .. id, 'name', 'queue')
-  local ok = f[1] ~= false
-  if ok and ARGV[3] ~= '' then ok = string.find(string.lower(f[1]), ARGV[3], 1, true) ~= nil end
-  if ok and ARGV[4] ~= '' then
-    local q = f[2] or ''
-    local logical = string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$')
-    ok = (q == ARGV[4]) or (logical == ARGV[4])
+# KEYS: job, filter-index prefix ; ARGV: job_id, terminal states (json). Puts a job recorded before the filter
+# indexes existed into them (idempotent: an indexed job is counted once, its finished time kept). 1 if it exists.
+INDEX_JOB = (
+    _NOW
+    + _INDEX
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'finished_at', 'updated_at')
+if not f[1] then return 0 end
+index_move(KEYS[2], KEYS[1], ARGV[1], false, f[1], now, nil)
+for _, s in ipairs(cjson.decode(ARGV[2])) do
+  if s == f[1] then
+    local fin = tonumber(f[2]) or tonumber(f[3])
+    if not fin or fin ~= fin or fin == math.huge or fin == -math.huge then fin = now end
+    redis.call('ZADD', KEYS[2] .. 'finished', 'NX', fin, ARGV[1])
   end
-  if ok then out[#out + 1] = id end
 end
-return out
+return 1
 """
+)
+
+# KEYS: job, history, ckpts, events, token, jobs index, leases, pending, state-index prefix, filter-index prefix,
+#       idempotency prefix ; ARGV: job_id.
+# Deletes one job's keys and every index entry (counts included); its idempotency key only while it names this job.
+DELETE_JOB = (
+    _NOW
+    + _INDEX
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'client_key')
+if f[1] then
+  redis.call('SREM', KEYS[9] .. f[1], ARGV[1])
+  index_move(KEYS[10], KEYS[1], ARGV[1], f[1], false, now, false)
+end
+if f[2] and redis.call('GET', KEYS[11] .. f[2]) == ARGV[1] then redis.call('DEL', KEYS[11] .. f[2]) end
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('ZREM', KEYS[10] .. 'finished', ARGV[1])
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+"""
+)
 
 NOW_MS = _NOW + "return now"

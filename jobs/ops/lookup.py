@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobs.contract import keys
 from jobs.contract.ids import validate_job_id
+from jobs.contract.records import spec_monitor, to_int
 from jobs.contract.states import JobState
 from jobs.errors import AmbiguousJobIdError, JobFinishedError, JobNotFoundError
 
@@ -50,11 +51,7 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
     """A job's status without its spec (the model's whole Keras config can be megabytes): state, epochs, batch
     progress, restarts, best value and its ``monitor``, worker, errors, times; ``history`` when it was read."""
     out = {k: v for k, v in status.items() if k != "spec"}
-    spec = status.get("spec")
-    monitor = None
-    if isinstance(spec, dict) and isinstance(spec.get("checkpoint"), dict):
-        monitor = spec["checkpoint"].get("monitor")
-    out["monitor"] = monitor or "val_loss"
+    out["monitor"] = spec_monitor(status.get("spec"))
     return out
 
 
@@ -74,16 +71,14 @@ def placement_note(r: redis.Redis, status: dict[str, Any]) -> str | None:
     ids = r.zrange(keys.WORKERS, 0, -1)
     pipe = r.pipeline(transaction=False)
     for wid in ids:
-        pipe.hmget(keys.worker(wid.decode() if isinstance(wid, bytes) else str(wid)), "device", "devices")
+        pipe.hmget(keys.worker(wid.decode(errors="replace")), "device", "devices")
     counts = []
-    for device, devices in pipe.execute():
-        if device is None:
-            continue  # a registry entry whose hash expired: not a live worker
-        if (device.decode() if isinstance(device, bytes) else str(device)).startswith(kind):
-            try:
-                counts.append(int(devices or 1))
-            except ValueError:
-                counts.append(1)
+    for res in pipe.execute(raise_on_error=False):
+        if isinstance(res, Exception) or res[0] is None:
+            continue  # a registry entry whose hash expired (or a key that is no hash): not a live worker
+        device, devices = res
+        if device.decode(errors="replace").startswith(kind):
+            counts.append(to_int(devices or 1, 1))
     if any(n >= need for n in counts):
         return None
     have = f"the {len(counts)} live {kind} workers have at most {max(counts)}" if counts else "none is live"

@@ -19,7 +19,7 @@ _WAITING = ("queued", "requeued")
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)  # a planted non-UTF-8 value: one bad row
 
 
 def no_worker_note(r: Any, status: dict[str, Any], now_ms: int, grace_s: float = GRACE_S) -> str | None:
@@ -40,9 +40,10 @@ def no_worker_note(r: Any, status: dict[str, Any], now_ms: int, grace_s: float =
     pipe = r.pipeline(transaction=False)
     for wid in ids:
         pipe.hmget(keys.worker(_s(wid)), "device", "queues")
-    for device, queues in pipe.execute() if ids else []:
-        if device is None:
-            continue  # its hash expired: gone
+    for res in pipe.execute(raise_on_error=False) if ids else []:
+        if isinstance(res, Exception) or res[0] is None:
+            continue  # its hash expired (gone), or a key that is no hash
+        device, queues = res
         if _s(device).startswith(kind) and queue in _s(queues or "default").split(","):
             return None
     how = f"traind worker --queues {queue}" + (" --device gpu:0" if kind == "gpu" else "")

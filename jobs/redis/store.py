@@ -1,6 +1,6 @@
 """The job record in Redis: create, transition (the only way a state changes), fenced progress, reads.
 
->>> # store = JobStore(redis.Redis.from_url(url)); store.get("abc123")["state"]
+>>> # store = JobStore(redis.Redis.from_url(url)); store.record("abc123").state; store.get("abc123")["state"]
 """
 
 from __future__ import annotations
@@ -13,19 +13,11 @@ import redis
 
 from jobs.contract import keys, lua
 from jobs.contract.events import EventKind, event, kind_for_state
+from jobs.contract.records import JobRecord, decode_hash, log_problems, parse_event, to_int
 from jobs.contract.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
 from jobs.redis import rqview, telemetry
 from jobs.redis.replication import run_script
-
-_INT_FIELDS = (
-    "epoch", "epochs", "restarts", "preemptions", "attempt", "max_restarts", "best_epoch", "created_at",
-    "updated_at", "started_at", "finished_at", "batch", "steps", "resume_epoch", "running_epoch",
-)
-_FLOAT_FIELDS = ("best_value",)
-_JSON_FIELDS = (
-    "metrics", "spec", "worker_info", "best_checkpoint", "final_checkpoint", "latest_checkpoint", "batch_metrics",
-)
 
 
 def _s(v: Any) -> Any:
@@ -60,6 +52,8 @@ class JobStore:
         self._delivered = r.register_script(lua.MARK_DELIVERED)
         self._zrem_unless = r.register_script(lua.ZREM_UNLESS_STATE)
         self._drop_workers = r.register_script(lua.DROP_STALE_WORKERS)
+        self._delete = r.register_script(lua.DELETE_JOB)
+        self._index = r.register_script(lua.INDEX_JOB)
 
     # -- writes --------------------------------------------------------------------------------------------------
     def create(self, job_id: str, fields: dict[str, Any], client_key: str | None = None,
@@ -68,15 +62,21 @@ class JobStore:
 
         With ``pipeline`` the script is only queued on it (the result comes from ``pipeline.execute()``).
         """
-        idem = keys.idempotency(client_key) if client_key else keys.job(job_id) + ":noidem"
+        idem = keys.idempotency(client_key) if client_key else keys.no_idempotency(job_id)
         kw = dict(keys=[keys.job(job_id), idem, keys.JOBS_INDEX, keys.state_index(""), keys.PENDING,
-                        keys.events(job_id)],
+                        keys.events(job_id), keys.IDX_PREFIX],
                   args=[job_id, _fields_json(fields), client_key or "",
                         json.dumps(event(EventKind.SUBMITTED, "submitted"))])
         if pipeline is not None:
             self._create(**kw, client=pipeline)  # the caller executes it (durably: replication.execute_pipeline)
             return job_id, True
         res = run_script(self.r, self._create, **kw, what=f"job {job_id}: create")
+        first = res[1].decode()
+        if client_key and not int(res[0]) and first != job_id and not self.r.exists(keys.job(first)):
+            # The key names a job purged before purge deleted idempotency keys with their job: free it, once.
+            if self.r.get(idem) == res[1]:
+                self.r.delete(idem)
+            res = run_script(self.r, self._create, **kw, what=f"job {job_id}: create")
         if int(res[0]):
             telemetry.publish(self.r, job_id, "created", state=JobState.QUEUED.value)
         return res[1].decode(), bool(int(res[0]))
@@ -117,7 +117,7 @@ class JobStore:
         status, cur = run_script(
             self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
-                  keys.history(job_id)],
+                  keys.history(job_id), keys.IDX_PREFIX],
             args=[
                 job_id, to.value, json.dumps(sources), json.dumps(sorted(s.value for s in TERMINAL)),
                 "" if attempt is None else str(attempt), token or "", _fields_json(fields), ev, self.events_max,
@@ -234,27 +234,76 @@ class JobStore:
         sec, usec = self.r.time()
         return int(sec) * 1000 + int(usec) // 1000
 
+    def delete(self, job_ids: Iterable[str]) -> int:
+        """Delete finished jobs' records (status, history, checkpoint index, events, token, idempotency key) and
+        every index entry, one script per job, pipelined; returns how many existed. Files are the caller's."""
+        n = 0
+        ids = list(job_ids)
+        for i in range(0, len(ids), 500):
+            pipe = self.r.pipeline(transaction=False)
+            for jid in ids[i:i + 500]:
+                self._delete(keys=[keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid),
+                                   keys.token(jid), keys.JOBS_INDEX, keys.LEASES, keys.PENDING, keys.state_index(""),
+                                   keys.IDX_PREFIX, keys.IDEMPOTENCY_PREFIX], args=[jid], client=pipe)
+            for jid, res in zip(ids[i:i + 500], pipe.execute(raise_on_error=False)):
+                if isinstance(res, Exception):  # a wrong-type key: that job's problem, not the batch's
+                    log_problems(f"job {jid}", [f"delete: {res}"])
+                elif int(res):
+                    n += 1
+        return n
+
+    def index_backfill(self, limit: int = 1000) -> bool:
+        """Index up to ``limit`` jobs recorded before the filter indexes existed (``keys.IDX_PREFIX``); True once
+        every job is indexed. Resumable: the ZSCAN cursor lives in Redis, so any supervisor continues it."""
+        state = self.r.get(keys.IDX_BACKFILL)
+        if state == b"done":
+            return True
+        cursor, ids = self.r.zscan(keys.JOBS_INDEX, to_int(state), count=limit)
+        terminal = json.dumps(sorted(s.value for s in TERMINAL))
+        pipe = self.r.pipeline(transaction=False)
+        for member, _ in ids:
+            jid = member.decode(errors="replace")
+            self._index(keys=[keys.job(jid), keys.IDX_PREFIX], args=[jid, terminal], client=pipe)
+        pipe.execute(raise_on_error=False)  # a malformed job stays unindexed; the others are indexed
+        self.r.set(keys.IDX_BACKFILL, "done" if cursor == 0 else str(cursor))
+        return cursor == 0
+
     # -- reads ---------------------------------------------------------------------------------------------------
     def raw(self, job_id: str) -> dict[str, str]:
-        data = self.r.hgetall(keys.job(job_id))
+        """The status hash as text (non-UTF-8 bytes replaced); see :meth:`record` for the typed form."""
+        data = self._hgetall(job_id)
         if not data:
             raise JobNotFoundError(f"job {job_id!r} not found")
-        return {k.decode(): v.decode() for k, v in data.items()}
+        return decode_hash(data)[0]
+
+    def _hgetall(self, job_id: str) -> dict[bytes, bytes]:
+        try:
+            return self.r.hgetall(keys.job(job_id))
+        except redis.ResponseError as e:  # WRONGTYPE: whatever sits at that key is no job record
+            log_problems(f"job {job_id}", [f"not a hash: {e}"])
+            raise JobNotFoundError(f"job {job_id!r} not found (its record is malformed: {e})") from e
+
+    def record(self, job_id: str) -> JobRecord:
+        """The job's status hash, typed; JobNotFoundError when there is none."""
+        rec = JobRecord.parse(self._hgetall(job_id), job_id)
+        if not rec.exists:
+            raise JobNotFoundError(f"job {job_id!r} not found")
+        log_problems(f"job {job_id}", rec.problems)
+        return rec
 
     def get(self, job_id: str, with_history: bool = True) -> dict[str, Any]:
         """The job's status as a plain dict (what ``traind status --json`` prints)."""
-        raw = self.raw(job_id)
-        out = parse_record(raw)
+        out = self.record(job_id).to_dict()
         lease = self.r.zscore(keys.LEASES, job_id)
-        out["lease_expires_at"] = int(lease) if lease is not None else None
+        out["lease_expires_at"] = to_int(lease) if lease is not None else None
         if with_history:
             out["history"] = self.history(job_id)
         return out
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
-        """One entry per finished epoch, ordered by epoch (1-based ``epoch`` key in each entry)."""
-        h = self.r.hgetall(keys.history(job_id))
-        return [json.loads(v) for _, v in sorted(((int(k), v) for k, v in h.items()), key=lambda kv: kv[0])]
+        """One entry per finished epoch, ordered by epoch (1-based ``epoch`` key in each entry); an entry that is
+        not a JSON object under an integer epoch is left out (and logged once)."""
+        return parse_history(self.r.hgetall(keys.history(job_id)), f"job {job_id} history")
 
     def checkpoints(self, job_id: str) -> dict[int, Any]:
         """The committed checkpoint index: key -> manifest. A corrupt entry's value is kept as its raw text (the
@@ -272,71 +321,60 @@ class JobStore:
         return out
 
     def events(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
-        return [json.loads(v) for v in self.r.lrange(keys.events(job_id), start, -1)]
+        """The event log from ``start`` (as LRANGE), each entry parsed by :func:`~jobs.contract.records.parse_event`
+        (an unreadable one is a marked note, never an error)."""
+        return [parse_event(v, f"job {job_id} events") for v in self.r.lrange(keys.events(job_id), start, -1)]
 
-    def list_ids(self, state: JobState | str | None = None, limit: int | None = None) -> list[str]:
-        """Job ids, newest first; filtered by state through the state index."""
-        if state is None:
-            ids = self.r.zrevrange(keys.JOBS_INDEX, 0, -1 if limit is None else limit - 1)
-            return [i.decode() for i in ids]
-        members = {m.decode() for m in self.r.smembers(keys.state_index(JobState(state).value))}
-        scores = self._scores(sorted(members))
-        ids = sorted(members, key=lambda m: -scores.get(m, 0))
-        return ids if limit is None else ids[:limit]
+    def list_ids(self, state: JobState | str | None = None, limit: int | None = None, offset: int = 0) -> list[str]:
+        """Job ids, newest first; filtered by state through the state index (O(log N + page))."""
+        idx = keys.JOBS_INDEX if state is None else keys.state_zindex(JobState(state).value)
+        ids = self.r.zrevrange(idx, offset, -1 if limit is None else offset + limit - 1)
+        return [i.decode(errors="replace") for i in ids]
 
-    def _scores(self, ids: list[str]) -> dict[str, float]:
-        if not ids:
-            return {}
-        vals = self.r.zmscore(keys.JOBS_INDEX, ids)
-        return {i: (v or 0.0) for i, v in zip(ids, vals)}
-
-    def list(self, state: JobState | str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Summaries (no spec, no history) of jobs, newest first; one round trip per 1000 jobs."""
-        ids = self.list_ids(state, limit)
-        out: list[dict[str, Any]] = []
-        fields = ["id", "name", "state", "epoch", "epochs", "restarts", "best_epoch", "best_value",
-                  "stopped_early", "worker", "created_at", "updated_at", "error"]
+    def summaries(self, ids: list[str], fields: list[str]) -> list[JobRecord]:
+        """``fields`` of each job, typed, in order, pipelined per 1000; a job that is gone or whose key is not a
+        hash is left out (logged once)."""
+        out: list[JobRecord] = []
         for i in range(0, len(ids), 1000):
             pipe = self.r.pipeline(transaction=False)
             for jid in ids[i:i + 1000]:
                 pipe.hmget(keys.job(jid), fields)
-            for vals in pipe.execute():
+            for jid, vals in zip(ids[i:i + 1000], pipe.execute(raise_on_error=False)):
+                if isinstance(vals, Exception):
+                    log_problems(f"job {jid}", [f"not a hash: {vals}"])
+                    continue
                 if vals[0] is None:
                     continue
-                rec = {f: v.decode() for f, v in zip(fields, vals) if v is not None}
-                out.append(parse_record(rec))
+                rec = JobRecord.parse(dict(zip(fields, vals)), jid)
+                log_problems(f"job {jid}", rec.problems)
+                out.append(rec)
         return out
 
+    def list(self, state: JobState | str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Summaries (no spec, no history) of jobs, newest first; one round trip per 1000 jobs."""
+        return [rec.to_dict() for rec in self.summaries(self.list_ids(state, limit), LIST_SUMMARY)]
 
-def parse_record(raw: dict[str, str]) -> dict[str, Any]:
-    """Typed view of a job hash."""
-    out: dict[str, Any] = dict(raw)
-    for f in _INT_FIELDS:
-        if f in out and out[f] != "":
-            try:
-                out[f] = int(float(out[f]))
-            except ValueError:
-                pass
-    for f in _FLOAT_FIELDS:
-        if f in out and out[f] != "":
-            try:
-                out[f] = float(out[f])
-            except ValueError:
-                pass
-    for f in _JSON_FIELDS:
-        if f in out:
-            try:
-                out[f] = json.loads(out[f])
-            except (ValueError, TypeError, RecursionError):  # a corrupted field stays a string; never crash a read
-                pass
-    out["stopped_early"] = out.get("stopped_early") == "1"
-    out["cancel_requested"] = out.get("cancel_requested") == "1"
-    out.pop("token", None)  # a fencing token is a capability: never shown
-    for f in ("epoch", "restarts", "preemptions"):
-        out.setdefault(f, 0)
-    for f in ("best_epoch", "best_value", "worker"):
-        out.setdefault(f, None)
-    return out
+
+LIST_SUMMARY = ["id", "name", "state", "epoch", "epochs", "restarts", "best_epoch", "best_value", "stopped_early",
+                "worker", "created_at", "updated_at", "error"]
+
+
+def parse_history(raw: dict[bytes, bytes], where: str) -> list[dict[str, Any]]:
+    """A history hash (epoch -> JSON entry) as entries ordered by epoch; malformed entries left out, logged once."""
+    entries: list[tuple[int, dict[str, Any]]] = []
+    bad: list[str] = []
+    for k, v in raw.items():
+        try:
+            e, entry = int(k), json.loads(v)
+        except (ValueError, RecursionError, OverflowError):
+            bad.append(f"{k[:40]!r}: unreadable")
+            continue
+        if not isinstance(entry, dict):
+            bad.append(f"{e}: not a JSON object")
+            continue
+        entries.append((e, entry))
+    log_problems(where, bad)
+    return [v for _, v in sorted(entries, key=lambda kv: kv[0])]
 
 
 def iso_ms(ms: int) -> str:

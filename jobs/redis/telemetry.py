@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from typing import Any
@@ -24,11 +25,12 @@ from typing import Any
 import redis
 
 from jobs.contract import keys
+from jobs.contract.records import log_problems
 
 log = logging.getLogger("traind.telemetry")
 
-CHANNEL = f"{keys.PREFIX}:notify"
-COUNTERS = f"{keys.PREFIX}:metrics:counters"
+CHANNEL = keys.NOTIFY_CHANNEL
+COUNTERS = keys.METRICS_COUNTERS
 REQUEUE_REASONS = ("worker_lost", "preempted", "retry")
 
 BUCKETS: dict[str, tuple[float, ...]] = {
@@ -41,7 +43,7 @@ BUCKETS: dict[str, tuple[float, ...]] = {
 
 
 def hist_key(name: str) -> str:
-    return f"{keys.PREFIX}:metrics:hist:{name}"
+    return keys.metrics_histogram(name)
 
 
 _STATE_EVENTS = {"running": "claim", "requeued": "requeue", "succeeded": "finish", "cancelled": "finish",
@@ -121,13 +123,32 @@ def supervisor_pass(r: redis.Redis, now_ms: int) -> None:
         log.debug("supervisor pass not recorded: %s", e)
 
 
+def _numbers(raw: dict[bytes, bytes], what: str) -> dict[str, float]:
+    """A hash of numbers; a field that is not one is left out (and logged once), never a failed scrape."""
+    out: dict[str, float] = {}
+    bad: list[str] = []
+    for k, v in raw.items():
+        name = k.decode(errors="replace")
+        try:
+            f = float(v)
+        except ValueError:
+            bad.append(f"{name}: not a number")
+            continue
+        if math.isnan(f):
+            bad.append(f"{name}: NaN")
+            continue
+        out[name] = f
+    log_problems(what, bad)
+    return out
+
+
 def read_counters(r: redis.Redis) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in r.hgetall(COUNTERS).items()}
+    return _numbers(r.hgetall(COUNTERS), COUNTERS)
 
 
 def read_histogram(r: redis.Redis, name: str) -> tuple[list[tuple[str, float]], float, float]:
     """(cumulative buckets as (le, count) ending with +Inf, sum, count) in Prometheus' form."""
-    raw = {k.decode(): float(v) for k, v in r.hgetall(hist_key(name)).items()}
+    raw = _numbers(r.hgetall(hist_key(name)), hist_key(name))
     acc, out = 0.0, []
     for b in BUCKETS[name]:
         acc += raw.get(f"{b:g}", 0.0)

@@ -107,7 +107,7 @@
       const page = await api(`/api/v1/jobs?${q}`);
       $("#jobs tbody").innerHTML = page.items.map(jobRow).join("") ||
         `<tr><td colspan="8">no jobs</td></tr>`;
-      $("#count").textContent = `${page.total ? page.offset + 1 : 0}–${page.offset + page.items.length} of ${page.total}`;
+      $("#count").textContent = `${page.total ? page.offset + 1 : 0}–${page.offset + page.items.length} of ${page.total}${page.exact === false ? "+" : ""}`;
     };
     const reloadSoon = () => { if (!timer) timer = setTimeout(() => { timer = null; load().catch(onError); }, 300); };
     $("#f-state").onchange = e => { listState.state = e.target.value; listState.offset = 0; load().catch(onError); };
