@@ -89,10 +89,11 @@ def model_load_cost(storage: Any, store: Any, job_id: str, c: dict[str, Any], re
 
     from bench.models import mlp
     from worker.checkpoint import Checkpoints
+    from worker.ledger import RedisLedger
 
     index = store.checkpoints(job_id)
     manifest = index[max(index)]
-    ck = Checkpoints(storage, store, job_id, 0, "")
+    ck = Checkpoints(storage, RedisLedger(store, job_id, 0, ""))
     builds, loads, restores = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()

@@ -55,6 +55,7 @@ def body(run: u.Run) -> None:
     from jobs.storage.factory import open_storage
     from worker.cache import UploadCache
     from worker.checkpoint import Checkpoints
+    from worker.ledger import RedisLedger
 
     c = CFG["smoke" if run.args.smoke else "full"]
     reps = run.args.reps or c["reps"]
@@ -87,7 +88,7 @@ def body(run: u.Run) -> None:
         snap = snapshot(mb)
         data = fmt.pack({"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars})
         size = len(data)
-        ck = Checkpoints(s3, store, "benchjob", 1, "tok")
+        ck = Checkpoints(s3, RedisLedger(store, "benchjob", 1, "tok"))
         t_traind, t_put, t_raw = [], [], []
         for i in range(reps):
             order = ("traind", "raw") if i % 2 == 0 else ("raw", "traind")
@@ -123,11 +124,11 @@ def body(run: u.Run) -> None:
         snap = snapshot(mb, seed=1)
         per: dict[str, list[float]] = {"s3": [], "local": []}
         for name, st in (("s3", s3), ("local", local)):
-            writer = Checkpoints(st, store, "resumejob", 1, "tok")
+            writer = Checkpoints(st, RedisLedger(store, "resumejob", 1, "tok"))
             manifest = writer.write(snap)
             writer.close()
             for _ in range(reps):
-                ck = Checkpoints(st, store, "resumejob", 2, "tok2")
+                ck = Checkpoints(st, RedisLedger(store, "resumejob", 2, "tok2"))
                 t0 = time.perf_counter()
                 st.check()
                 for prefix in ("jobs/resumejob", ck.prefix):

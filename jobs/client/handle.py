@@ -102,6 +102,6 @@ class JobHandle:
 
         st = self.client.store.get(self.id, with_history=False)
         spec = JobSpec.model_validate(st["spec"])
-        return best_model.load_model(spec, self.client.storage, self.id, st,
+        return best_model.load_job_model(spec, self.client.storage, self.id, st,
                                      lambda: self.client.store.checkpoints(self.id),
                                      self.client.settings.allowed_modules, which)

@@ -6,7 +6,7 @@
 - At the job's end (the worker): :meth:`BestModel.end_plan` says which user-facing files are written from the
   model and whether ``best`` comes from the best epoch's checkpoint instead.
 - Loading (``JobHandle.load_model``): :func:`choose` picks the record to load (a lazy record's committed
-  checkpoint, else the export with the resumable checkpoint as its fallback); :func:`load_model` loads it,
+  checkpoint, else the export with the resumable checkpoint as its fallback); :func:`load_job_model` loads it,
   verified against the sha256 Redis recorded.
 
 Keras is imported lazily: the pure decisions run anywhere.
@@ -123,7 +123,7 @@ def fallback(which: str, status: dict[str, Any], index: dict[int, Any]) -> dict[
     return index[max(index)] if index else None
 
 
-def load_model(spec: JobSpec, storage: Storage, job_id: str, status: dict[str, Any],
+def load_job_model(spec: JobSpec, storage: Storage, job_id: str, status: dict[str, Any],
                index: Callable[[], dict[int, Any]], allowed: Sequence[str], which: str = "best") -> Any:
     """The job's ``which`` model, verified against its sha256 (see :func:`choose` and :func:`fallback`)."""
     choice = choose(job_id, which, status, index)
