@@ -60,9 +60,9 @@ local function index_move(idx, job_key, job_id, from, to, now, finished)
 end
 """
 
-# KEYS: job, leases, pending, events, state-index prefix (string), history, filter-index prefix (string)
+# KEYS: job, leases, pending, events, state-index prefix (string), filter-index prefix (string)
 # ARGV: job_id, to, allowed_from(json), terminal(json), attempt, token, fields(json), event(json|''),
-#       events_max, require_lease_expired('1'|''), lease_ttl_ms, history_keep_max_epoch ('' or n)
+#       events_max, require_lease_expired('1'|''), lease_ttl_ms
 TRANSITION = (
     _NOW
     + _INDEX
@@ -108,13 +108,7 @@ if terminal then
   redis.call('HSET', KEYS[1], 'finished_at', now, 'finished_at_utc', iso(now))
   redis.call('DEL', token_key(KEYS[1]))
 end
-index_move(KEYS[7], KEYS[1], job_id, cur, to, now, terminal and now or false)
-if ARGV[12] ~= '' then
-  local keep = tonumber(ARGV[12])
-  for _, e in ipairs(redis.call('HKEYS', KEYS[6])) do
-    if tonumber(e) > keep then redis.call('HDEL', KEYS[6], e) end
-  end
-end
+index_move(KEYS[6], KEYS[1], job_id, cur, to, now, terminal and now or false)
 if ARGV[8] ~= '' then
   local ev = cjson.decode(ARGV[8]); ev['ts'] = now; ev['time'] = iso(now)
   redis.call('RPUSH', KEYS[4], cjson.encode(ev))

@@ -95,7 +95,6 @@ class JobStore:
         event_fields: dict[str, Any] | None = None,
         require_lease_expired: bool = False,
         lease_ttl_ms: int = 0,
-        trim_history_after: int | None = None,
         only_from: Iterable[JobState] | None = None,
         retry: bool = False,
     ) -> JobState:
@@ -117,12 +116,11 @@ class JobStore:
         status, cur = run_script(
             self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
-                  keys.history(job_id), keys.IDX_PREFIX],
+                  keys.IDX_PREFIX],
             args=[
                 job_id, to.value, json.dumps(sources), json.dumps(sorted(s.value for s in TERMINAL)),
                 "" if attempt is None else str(attempt), token or "", _fields_json(fields), ev, self.events_max,
                 "1" if require_lease_expired else "", int(lease_ttl_ms),
-                "" if trim_history_after is None else str(int(trim_history_after)),
             ],
         )
         status, cur = status.decode(), cur.decode()
