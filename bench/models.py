@@ -99,3 +99,60 @@ def slow_mlp(dim: int = 4, units: int = 16, batch_delay_s: float = 0.05, learnin
     model.batch_delay_s = float(batch_delay_s)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"])
     return model
+
+
+@lru_cache(maxsize=1)
+def _paced_class() -> type:
+    import os
+
+    import keras
+    import tensorflow as tf
+
+    class PacedSequential(keras.Sequential):
+        """Each training batch sleeps ``batch_delay_s``; at optimizer step ``hang_at_step`` the first process to get
+        there (an O_EXCL marker file) blocks for good, as a deadlocked loader or a stuck collective would."""
+
+        batch_delay_s: float = 0.0
+        hang_at_step: int = -1
+        hang_marker: str = ""
+
+        def _hook(self, step: Any) -> None:
+            if int(step) == self.hang_at_step and self.hang_marker:
+                try:
+                    os.close(os.open(self.hang_marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    pass
+                else:
+                    while True:
+                        time.sleep(3600)
+            if self.batch_delay_s > 0:
+                time.sleep(self.batch_delay_s)
+
+        def train_step(self, data: Any) -> Any:
+            tf.py_function(self._hook, [self.optimizer.iterations], [])
+            return super().train_step(data)
+
+    return PacedSequential
+
+
+def paced_mlp(dim: int = 4, units: int = 16, batch_delay_s: float = 0.05, hang_at_step: int = -1,
+              hang_marker: str = "", learning_rate: float = 1e-2) -> Any:
+    """A small MLP whose every batch sleeps ``batch_delay_s`` (light on CPU) and that may hang once (see above)."""
+    import keras
+
+    model = _paced_class()([keras.Input((dim,)), keras.layers.Dense(units, activation="relu"), keras.layers.Dense(1)],
+                           name="bench_paced_mlp")
+    model.batch_delay_s, model.hang_at_step, model.hang_marker = float(batch_delay_s), hang_at_step, hang_marker
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"], jit_compile=False)
+    return model
+
+
+def regression_dataset(n: int = 2000, dim: int = 4, batch_size: int = 32, shuffle_buffer: int = 256) -> Any:
+    """:func:`regression_data` as a shuffled, batched ``tf.data.Dataset`` (train) and a batched one (validation)."""
+    import tensorflow as tf
+
+    x, t = regression_data(n=n, dim=dim)
+    split = int(n * 0.8)
+    train = tf.data.Dataset.from_tensor_slices((x[:split], t[:split])).shuffle(shuffle_buffer).batch(batch_size)
+    val = tf.data.Dataset.from_tensor_slices((x[split:], t[split:])).batch(batch_size)
+    return train.prefetch(2), val
