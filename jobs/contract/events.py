@@ -30,6 +30,8 @@ class EventKind(str, Enum):
     CHECKPOINT = "checkpoint"  # a mid-epoch (preemption) checkpoint was committed: fields epoch, batch
     PREEMPTED = "preempted"  # graceful preemption: requeued by its own worker
     REQUEUED = "requeued"  # the worker was lost (lease expired): requeued by a supervisor
+    HUNG = "hung"  # no batch finished past the progress timeout: fields epoch, batch, silent_s, by, stacks
+    DATA_RESUMED = "data_resumed"  # a Dataset resumed mid-epoch: fields how (iterator/skip), batch
     REDELIVERED = "redelivered"  # the queue message was lost and enqueued again
     RETRIED = "retried"  # an operator ran a failed or cancelled job again (``traind retry``)
     SUCCEEDED = "succeeded"

@@ -36,6 +36,18 @@ def machine_of(host: str, device: str) -> str:
     return f"{host}/{device}"[:_MAX_MACHINE]
 
 
+def machine_of_worker(r: Any, worker_id: str) -> str | None:
+    """The machine of a registered worker (its registry entry outlives its lease by a few TTLs), None if unknown."""
+    from jobs.contract.keys import worker
+
+    if not worker_id:
+        return None
+    host, device = r.hmget(worker(worker_id), ["host", "device"])
+    if not host or not device:
+        return None
+    return machine_of(host.decode(errors="replace"), device.decode(errors="replace"))
+
+
 @dataclass(frozen=True)
 class LemonPolicy:
     """Drain a machine after ``threshold`` failures within ``window_s`` (``threshold`` 0: never)."""
