@@ -20,6 +20,7 @@ from types import FrameType
 
 import redis
 
+from daemon.progress_watch import ProgressWatch, StallTracker
 from jobs.contract import keys
 from jobs.contract.events import EventKind
 from jobs.contract.ids import validate_job_id
@@ -28,7 +29,7 @@ from jobs.contract.records import JobRecord
 from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, InvalidJobIdError, JobNotFoundError
 from jobs.ops import admin
-from jobs.redis import telemetry
+from jobs.redis import lemons, telemetry
 from jobs.redis.conn import connect, redact_url
 from jobs.redis.delivery import deliver, requeue
 from jobs.redis.replication import PrimaryWatch
@@ -58,12 +59,14 @@ class StepReport:
     cancelled: list[str] = field(default_factory=list)
     redelivered: list[str] = field(default_factory=list)
     dropped_workers: list[str] = field(default_factory=list)
+    hung: list[str] = field(default_factory=list)  # running with a live lease, progress stuck: handed back
     skipped_reason: str | None = None
     duration_s: float = 0.0
 
     @property
     def changed(self) -> bool:
-        return bool(self.requeued or self.failed or self.cancelled or self.redelivered or self.dropped_workers)
+        return bool(self.requeued or self.failed or self.cancelled or self.redelivered or self.dropped_workers
+                    or self.hung)
 
 
 def _unusable(rec: JobRecord, needed: tuple[str, ...]) -> str | None:
@@ -87,6 +90,8 @@ class Supervisor:
         self._stop = threading.Event()
         self.sweeps = SweepHook(self.r, settings)  # sweeps: one controller step per pass (jobs/sweep/hook.py)
         self._indexed = False  # jobs recorded before the filter indexes existed are all indexed
+        tracker = StallTracker(settings.progress_check_factor, settings.progress_check_grace_s)
+        self.progress = ProgressWatch(self.store, tracker, _lemon_policy(settings))  # hangs with a live lease
 
     # -- one pass ----------------------------------------------------------------------------------------------------
     def step(self, now_ms: int | None = None) -> StepReport:
@@ -114,6 +119,7 @@ class Supervisor:
             )
         else:
             self._expire_leases(now, rep)
+            rep.hung = self.progress.step(now)
             self._drop_stale_workers(now, rep)
         self._check_deliveries(now, rep)
         if not self._indexed:
@@ -211,6 +217,7 @@ class Supervisor:
         )
         rep.requeued.append(job_id)
         log.warning("job %s requeued as attempt %d: worker %s lost", job_id, attempt + 1, worker)
+        _lemon_lost(self.r, worker, job_id, now, self.settings)
         # kill -> requeue, measured from the last lease renewal (the latest moment the worker was known alive)
         telemetry.record_requeue(self.r, "worker_lost",
                                  detection_s=(now - expired_at) / 1000 + self.settings.lease_ttl_s)
@@ -348,3 +355,15 @@ class Supervisor:
                 signal.signal(s, h)
 
         return restore
+
+
+def _lemon_policy(settings: SupervisorSettings) -> lemons.LemonPolicy:
+    return lemons.LemonPolicy(settings.lemon_failures, settings.lemon_window_s)
+
+
+def _lemon_lost(r: redis.Redis, worker: str, job_id: str, now: int, settings: SupervisorSettings) -> None:
+    """A lost worker counts against its machine (repeated losses drain it: issue 19's lemon workers)."""
+    machine = lemons.machine_of_worker(r, worker)
+    if machine and lemons.record_failure(r, machine, kind="lost", job_id=job_id, now_ms=now,
+                                         policy=_lemon_policy(settings)):
+        log.error("machine %s drained: repeated hangs or losses", machine)

@@ -65,6 +65,9 @@ class CommonSettings(BaseSettings):
     max_model_params: int = Field(100_000_000, ge=1, description="An inline Keras config with more parameters is "
                                   "refused at submit (checking it builds the model in the submitting process).")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
+    lemon_failures: int = Field(3, ge=0, description="Hung or lost attempts on one machine (host/device) within "
+                                "lemon_window_s that drain it (0: never drain).")
+    lemon_window_s: float = Field(3600.0, gt=0)
 
     #: No Redis URL given: use the local stack `traind up` runs on this machine (jobs/localstack.py).
     finds_local_stack: ClassVar[bool] = True
@@ -147,6 +150,17 @@ class WorkerSettings(CommonSettings):
         "(every epoch end is checkpointed; training slows to the storage's pace), or skip (a non-improving epoch is "
         "not checkpointed, recorded as an event; the best epoch, the last one and stops are always checkpointed).")
     redis_retry_s: float = Field(60.0, ge=0, description="How long to keep retrying Redis before giving up.")
+    # The progress watchdog (worker/watchdog.py); a job's spec may set progress_timeout_s itself.
+    progress_timeout_s: float | None = Field(None, gt=0, description="Hung when no batch finished this long (default: "
+                                             "derived from the job's batch times, see progress_factor/_floor_s).")
+    progress_factor: float = Field(20.0, gt=1, description="Derived timeout: this many x the recent p95 batch time.")
+    progress_floor_s: float = Field(60.0, gt=0, description="The derived timeout is never below this.")
+    progress_first_batch_s: float = Field(600.0, gt=0, description="Allowance before an attempt's first batch "
+                                          "(imports, data, compilation) and before its first validation batch.")
+    # Default time-based step checkpoints (worker/ckpt_interval.py): Young/Daly sqrt(2 x stall x MTBF), clamped.
+    checkpoint_mtbf_s: float = Field(3600.0, gt=0, description="Expected time between failures of a worker.")
+    checkpoint_interval_min_s: float = Field(5.0, gt=0)
+    checkpoint_interval_max_s: float = Field(600.0, gt=0)
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -172,6 +186,10 @@ class SupervisorSettings(CommonSettings):
     interval_s: float = Field(0.5, gt=0, le=60)
     redelivery_check_s: float = Field(10.0, gt=0, description="Age after which a queued job's message is verified.")
     worker_stale_s: float = Field(30.0, gt=0, description="Registered workers unseen this long are removed.")
+    progress_check_factor: float = Field(2.0, ge=1, description="A running job whose progress stayed the same for this "
+                                         "many times its worker's progress timeout, plus progress_check_grace_s, "
+                                         "is handed back as hung (the worker's own watchdog acts first).")
+    progress_check_grace_s: float = Field(30.0, ge=0)
     burst: bool = False
 
 

@@ -92,6 +92,7 @@ class TraindCollector(Collector):
         for reason in (*telemetry.REQUEUE_REASONS, "other"):
             req.add_metric([reason], counters.get(f"requeues:{reason}", 0.0))
         yield req
+        yield from _goodput(self.store, counters)
 
         for name, help_ in _HELP.items():
             buckets, total, count = telemetry.read_histogram(r, name)
@@ -99,3 +100,25 @@ class TraindCollector(Collector):
             h.add_metric([], buckets, sum_value=total)
             yield h
         yield from sweep_metrics.collect(self.store)  # traind_sweep_trials{state}, traind_sweeps{state}
+
+
+def _goodput(store: JobStore, counters: dict[str, float]) -> Iterator[Metric]:
+    """Finished jobs' wall time lost per reason, the fleet's goodput ratio, drained (lemon) machines (issue 19)."""
+    from jobs.redis import lemons
+    from jobs.redis.badput import fleet_totals
+
+    ratio, badput = fleet_totals(counters)
+    bad = CounterMetricFamily("traind_badput_seconds", "Wall time of finished jobs not spent training productively, "
+                              "by reason (queued, starting, checkpoint, redone, detection, restart).",
+                              labels=["reason"])
+    for reason, seconds in badput.items():
+        bad.add_metric([reason], seconds)
+    yield bad
+    yield GaugeMetricFamily("traind_goodput_ratio", "Productive training time over wall time, all finished jobs.",
+                            value=float("nan") if ratio is None else ratio)
+    drained = GaugeMetricFamily("traind_machines_drained", "Machines (host/device) drained as lemons.",
+                                labels=["host", "device"])
+    for machine in lemons.drained(store.r):
+        host, _, device = machine.partition("/")
+        drained.add_metric([host, device], 1)
+    yield drained

@@ -31,7 +31,7 @@ log = logging.getLogger("traind.telemetry")
 
 CHANNEL = keys.NOTIFY_CHANNEL
 COUNTERS = keys.METRICS_COUNTERS
-REQUEUE_REASONS = ("worker_lost", "preempted", "retry")
+REQUEUE_REASONS = ("worker_lost", "preempted", "retry", "hung")
 
 BUCKETS: dict[str, tuple[float, ...]] = {
     # kill -> requeue: bounded below by the lease TTL (5 s default) plus one supervisor pass
