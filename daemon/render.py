@@ -244,6 +244,8 @@ def status_block(status: Mapping[str, Any]) -> str:
         last = history[-1]
         rows.append((f"epoch {clean(last.get('epoch', '?'))}",
                      " ".join(f"{clean(k)}={fmt_num(v)}" for k, v in last.items() if k != "epoch")))
+    if isinstance(status.get("goodput"), Mapping) and status["goodput"].get("wall_s"):
+        rows.append(("goodput", goodput_line(status["goodput"])))
     rows.append(("worker", clean(status.get("worker") or "-")))
     rows.append(("queue", clean(status.get("queue") or "-")))
     for key in ("reason", "error", "note"):
@@ -255,6 +257,20 @@ def status_block(status: Mapping[str, Any]) -> str:
         rows.append(("finished", fmt_ts(status.get("finished_at"))))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def goodput_line(g: Mapping[str, Any]) -> str:
+    """``97.1% productive (61m of 63m); lost: redone 40s, detection 6s, ...`` (non-zero parts, largest first).
+
+    >>> goodput_line({"wall_s": 100, "productive_s": 90, "ratio": 0.9, "queued_s": 4, "redone_s": 6})
+    '90.0% productive (1m30s of 1m40s); lost: redone 6s, queued 4s'
+    """
+    parts = [(k[:-2], float(v)) for k, v in g.items()
+             if k.endswith("_s") and k not in ("wall_s", "productive_s") and isinstance(v, (int, float)) and v >= 0.5]
+    lost = ", ".join(f"{k} {fmt_duration(v)}" for k, v in sorted(parts, key=lambda kv: -kv[1]))
+    head = (f"{100 * float(g.get('ratio') or 0):.1f}% productive ({fmt_duration(float(g.get('productive_s') or 0))} "
+            f"of {fmt_duration(float(g.get('wall_s') or 0))})")
+    return head + (f"; lost: {lost}" if lost else "")
 
 
 def summary_row(job: Mapping[str, Any], now_ms: int | None = None) -> dict[str, Any]:

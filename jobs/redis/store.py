@@ -17,6 +17,7 @@ from jobs.contract.records import JobRecord, decode_hash, log_problems, parse_ev
 from jobs.contract.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
 from jobs.redis import rqview, telemetry
+from jobs.redis.badput import job_goodput
 from jobs.redis.replication import run_script
 
 
@@ -294,6 +295,7 @@ class JobStore:
         out = self.record(job_id).to_dict()
         lease = self.r.zscore(keys.LEASES, job_id)
         out["lease_expires_at"] = to_int(lease) if lease is not None else None
+        out["goodput"] = job_goodput(self, job_id, {"ckpt_stall_s": str(out.get("ckpt_stall_s") or 0)}).to_dict()
         if with_history:
             out["history"] = self.history(job_id)
         return out
