@@ -52,11 +52,16 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if not ws:
         print("no workers registered")
         return 0
-    rows = [{**w, "job": w.get("job") or "idle", "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
+    rows = [{**w, "job": w.get("job") or ("drained" if w.get("drained") else "idle"),
+             "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
              "beat": f"{w['heartbeat_age_s']:.1f}s ago"} for w in ws]
     cols = [("id", "WORKER"), ("host", "HOST"), ("device", "DEVICE"), ("job", "JOB"), ("cpu_percent", "CPU%"),
             ("rss_mb", "RSS MiB"), ("gpu", "GPU MiB"), ("beat", "HEARTBEAT"), ("jobs_done", "DONE")]
     print(render.table(rows, cols))
+    from daemon.lemon_cli import drained_lines  # lemon machines: `traind undrain HOST/DEVICE` puts one back
+
+    for line in drained_lines(client.store.r):
+        print(line)
     return 0
 
 
@@ -119,3 +124,6 @@ def register(add: AddFn) -> None:
     sp.add_argument("--older-than", type=parse_duration, required=True, help="e.g. 30d, 12h")
     sp.add_argument("--state", help="comma-separated subset of succeeded,failed,cancelled (default all three)")
     sp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    from daemon import lemon_cli
+
+    lemon_cli.register(add)

@@ -308,6 +308,8 @@ def health(r: redis.Redis, *, worker: str | None = None, supervisor: bool = Fals
         age = w.heartbeat_age_s(now)
         if age > max_age_s:
             return False, f"worker {w.id}: last heartbeat {age:.1f} s ago (> {max_age_s:g} s)"
+        if w.extra.get("drained"):  # a lemon machine: alive, but takes no jobs
+            return False, f"worker {w.id}: drained (`traind undrain {w.host}/{w.device}`)"
         return True, f"worker {w.id}: heartbeat {age:.1f} s ago"
     if supervisor:
         last = r.zrevrange(keys.SUPERVISORS, 0, 0, withscores=True)
@@ -318,9 +320,12 @@ def health(r: redis.Redis, *, worker: str | None = None, supervisor: bool = Fals
         if age > max_age_s:
             return False, f"supervisor {sid}: last pass {age:.1f} s ago (> {max_age_s:g} s)"
         return True, f"supervisor {sid}: last pass {age:.1f} s ago"
+    from jobs.redis import lemons
     from jobs.redis.replication import replication_note
 
-    return True, f"redis reachable ({replication_note(r)})"
+    n = len(lemons.drained(r))
+    return True, f"redis reachable ({replication_note(r)})" + (
+        f"; {n} machine(s) drained as lemons (traind workers)" if n else "")
 
 
 def job_exists(store: JobStore, job_id: str) -> None:
