@@ -2,11 +2,13 @@
 moved for much longer than its worker's own progress timeout is handed back (the worker's watchdog may be what
 hung).
 
-Each pass reads, for every job holding a lease, its progress marker (attempt, epoch, running epoch, batch) and the
-progress timeout its worker published (``progress_timeout_s``). :class:`StallTracker` remembers when each marker was
-first seen (a supervisor that restarts starts counting again: a hang is only noticed later, never wrongly); a job
-whose marker stayed the same for ``factor`` x that timeout plus ``grace_s`` is hung. The state is in memory only:
-several supervisors each count, and the requeue is fenced by the attempt, so only one hands a job back.
+Each pass reads, for every job holding a lease, its progress marker (attempt, epoch, running epoch, batch, and
+``progress_seq``, a counter the worker's watchdog publishes every few seconds while any batch, validation too,
+finishes) and the progress timeout its worker published (``progress_timeout_s``). :class:`StallTracker` remembers
+when each marker was first seen (a supervisor that restarts starts counting again: a hang is only noticed later,
+never wrongly); a job whose marker stayed the same for ``factor`` x that timeout plus ``grace_s`` is hung. The
+state is in memory only: several supervisors each count, and the requeue is fenced by the attempt, so only one
+hands a job back.
 
 >>> t = StallTracker(factor=2.0, grace_s=30.0, default_timeout_s=600.0)
 >>> t.observe("j1", (1, 0, 1, 40), timeout_s=60.0, now_s=0.0), t.observe("j1", (1, 0, 1, 40), 60.0, now_s=151.0)
@@ -27,7 +29,7 @@ from jobs.redis.store import JobStore
 
 log = logging.getLogger("traind.supervisor")
 
-FIELDS = ["state", "attempt", "epoch", "running_epoch", "batch", "progress_timeout_s", "worker"]
+FIELDS = ["state", "attempt", "epoch", "running_epoch", "batch", "progress_timeout_s", "worker", "progress_seq"]
 SCAN_LIMIT = 1000
 
 
@@ -73,7 +75,7 @@ class ProgressWatch:
             v = {k: (x.decode(errors="replace") if x is not None else "") for k, x in zip(FIELDS, vals)}
             if v["state"] != "running":
                 continue
-            marker = (v["attempt"], v["epoch"], v["running_epoch"], v["batch"])
+            marker = (v["attempt"], v["epoch"], v["running_epoch"], v["batch"], v["progress_seq"])
             stuck = self.tracker.observe(job_id, marker, _float(v["progress_timeout_s"]), now_ms / 1000)
             if stuck is None:
                 continue

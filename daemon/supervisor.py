@@ -30,6 +30,7 @@ from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, InvalidJobIdError, JobNotFoundError
 from jobs.ops import admin
 from jobs.redis import lemons, telemetry
+from jobs.redis.badput import record_finished
 from jobs.redis.conn import connect, redact_url
 from jobs.redis.delivery import deliver, requeue
 from jobs.redis.replication import PrimaryWatch
@@ -206,6 +207,7 @@ class Supervisor:
             )
             rep.failed.append(job_id)
             log.error("job %s failed: %s", job_id, error)
+            record_finished(self.store, job_id, self.settings.lease_ttl_s)  # fleet goodput
             return
         resume = rec.resume_from or "best"
         requeue(

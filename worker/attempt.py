@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -33,10 +35,12 @@ from jobs.errors import (
 from jobs.redis.store import JobStore
 from jobs.settings import WorkerSettings
 from jobs.storage.base import Storage
-from worker.control import JobControl
+from worker.control import JobControl, StopReason
 from worker.ending import Ending
 from worker.heartbeat import Heartbeat
 from worker.ledger import AttemptRecord, RedisLedger
+from worker.watchdog import Watchdog
+from worker.watchdog_policy import Hang, WatchdogConfig
 
 log = logging.getLogger("traind.worker")
 
@@ -78,6 +82,9 @@ class Attempt:
         self._hb = hb
         with hb:
             self._train()
+        from jobs.redis.badput import record_finished
+
+        record_finished(self.store, self.job_id, self.settings.lease_ttl_s)  # fleet goodput, once the job ended
 
     # -- internals -----------------------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -99,9 +106,13 @@ class Attempt:
             # Storage gone (bucket missing, access denied): the job fails with one line naming it, the worker goes on.
             self.storage.check()
             # Inside the try: the constructor resolves the job's storage dir, which can refuse (a symlink out).
+            watchdog = self._watchdog(spec.progress_timeout_s).start()
             trainer = Trainer(ledger=self.ledger, storage=self.storage, settings=self.settings, spec=spec,
-                              record=record, control=self.control, ending=ending)
-            ending.record(trainer.run())  # a no-op when training already ended inside fit
+                              record=record, control=self.control, ending=ending, watch=watchdog.callback)
+            try:
+                ending.record(trainer.run())  # a no-op when training already ended inside fit
+            finally:
+                watchdog.stop()
         except FencedError as e:
             log.warning("job %s attempt %s fenced off: %s", job_id, attempt, e)
         except redis.RedisError as e:
@@ -125,6 +136,36 @@ class Attempt:
             tb = traceback.format_exc(limit=30)
             error = f"job code raised {type(e).__name__}: {e}"
             ending.fail(f"failed: {error}", error=error, traceback=tb[-20000:])
+
+    def _watchdog(self, job_timeout_s: float | None) -> Watchdog:
+        """The attempt's progress watchdog (worker/watchdog.py): on a hang, hand the job back at once and replace
+        this process."""
+        st = self.settings
+        config = WatchdogConfig(job_timeout_s or st.progress_timeout_s, st.progress_factor, st.progress_floor_s,
+                                st.progress_first_batch_s)
+
+        def publish(fields: dict[str, Any]) -> None:
+            try:
+                self.ledger.write(fields=fields)
+            except FencedError:
+                self.control.request(StopReason.FENCED)
+
+        publish({"progress_timeout_s": config.timeout_s or config.first_batch_s, "progress_seq": 0})
+        return Watchdog(config, self._hung, publish=publish)
+
+    def _hung(self, hang: Hang, stacks: str) -> None:
+        """Called from the watchdog's thread: the job goes back to the queue (or fails after max_restarts)."""
+        from jobs.redis.hung import hand_back_hung
+        from jobs.redis.lemons import LemonPolicy, machine_of
+
+        if self._hb is not None:
+            self._hb.stop()
+        handed = hand_back_hung(
+            self.store, self.job_id, attempt=self.attempt, token=self.token, epoch=hang.epoch, batch=hang.batch,
+            silent_s=hang.silent_s, by="watchdog", machine=machine_of(socket.gethostname(), self.settings.device),
+            policy=LemonPolicy(self.settings.lemon_failures, self.settings.lemon_window_s), stacks=stacks)
+        log.error("job %s attempt %s hung (%s): %s; replacing this worker process", self.job_id, self.attempt,
+                  hang.reason, handed.outcome)
 
     def _ending(self, record: AttemptRecord | None) -> Ending:
         rec = record or AttemptRecord()

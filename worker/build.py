@@ -19,6 +19,7 @@ from jobs.settings import WorkerSettings
 from jobs.storage.base import Storage
 from worker import data as data_mod
 from worker import distribute
+from worker.data_resume import ResumableDataset
 from worker.ledger import AttemptLedger
 
 
@@ -30,6 +31,18 @@ class Built:
     data: data_mod.TrainData
     steps: int | None
     strategy: Any
+    resumable: ResumableDataset | None = None  # a Dataset's iterators, owned so that it resumes mid-epoch
+
+    @property
+    def mid_epoch_resume(self) -> bool:
+        """Whether this data can resume at a batch: arrays (traind's pipeline) or a Dataset on one device."""
+        return self.data.is_arrays or self.resumable is not None
+
+    def data_position(self, mid_epoch: bool) -> bytes | None:
+        """A Dataset's position for a checkpoint (:mod:`worker.data_resume`); None for arrays."""
+        if self.resumable is None:
+            return None
+        return self.resumable.position(pass_done=not mid_epoch and self.steps is None).to_bytes()
 
 
 def build(spec: JobSpec, storage: Storage, settings: WorkerSettings, ledger: AttemptLedger) -> Built:
@@ -53,9 +66,11 @@ def build(spec: JobSpec, storage: Storage, settings: WorkerSettings, ledger: Att
             if not model.built:
                 model(x1)
             _create_variables_eagerly(model, x1, y1)
-    else:
-        steps = spec.fit.steps_per_epoch
-    return Built(model, data, steps, strategy)
+        return Built(model, data, steps, strategy)
+    # A Dataset on one device: fit takes its iterators from traind (position saved with every checkpoint).
+    # MirroredStrategy iterates a rebatched copy of it instead: such a job resumes at epoch ends.
+    resumable = None if spec.resources.gpus > 1 else ResumableDataset(data.dataset, class_weight=spec.fit.class_weight)
+    return Built(model, data, spec.fit.steps_per_epoch, strategy, resumable)
 
 
 def check_monitors(spec: JobSpec, b: Built, ledger: AttemptLedger) -> str:
@@ -88,10 +103,11 @@ def check_monitors(spec: JobSpec, b: Built, ledger: AttemptLedger) -> str:
     return mon
 
 
-def fit_inputs(spec: JobSpec, data: data_mod.TrainData, steps: int | None, first: int, last: int, skip: int
-               ) -> tuple[Any, dict[str, Any]]:
+def fit_inputs(spec: JobSpec, data: data_mod.TrainData, steps: int | None, first: int, last: int, skip: int,
+               resumable: ResumableDataset | None = None) -> tuple[Any, dict[str, Any]]:
     """``model.fit``'s input and keyword arguments (callbacks aside) for epochs ``first``..``last`` (0-based, end
-    excluded), the first ``skip`` batches of a partial first epoch left out."""
+    excluded), the first ``skip`` batches of a partial first epoch left out (a Dataset's ``resumable`` was brought
+    to that batch by :meth:`worker.data_resume.ResumableDataset.resume`)."""
     kwargs: dict[str, Any] = {"initial_epoch": first, "epochs": last, "verbose": 0,
                               "shuffle": False,  # arrays are shuffled per epoch by traind's own pipeline
                               "validation_freq": spec.fit.validation_freq}
@@ -106,6 +122,14 @@ def fit_inputs(spec: JobSpec, data: data_mod.TrainData, steps: int | None, first
         kwargs["steps_per_epoch"] = steps - skip if last == first + 1 and skip else steps
         if skip and last != first + 1:
             raise AssertionError("a partial epoch is fitted on its own")
+    elif resumable is not None:
+        x = resumable.for_fit()
+        kwargs.pop("class_weight", None)  # applied by the ResumableDataset (Keras would iterate a mapped copy)
+        if skip and last != first + 1:
+            raise AssertionError("a partial epoch is fitted on its own")
+        per_epoch = steps or (_cardinality(data.dataset) if skip else None)
+        if per_epoch:  # a partial epoch of unknown length runs until the data runs out
+            kwargs["steps_per_epoch"] = per_epoch - skip if skip else per_epoch
     else:
         x = data.dataset
         if steps:
@@ -115,6 +139,15 @@ def fit_inputs(spec: JobSpec, data: data_mod.TrainData, steps: int | None, first
         if data.is_arrays:
             kwargs["validation_batch_size"] = spec.fit.validation_batch_size or spec.fit.batch_size
     return x, kwargs
+
+
+def _cardinality(ds: Any) -> int | None:
+    """Batches in one pass of a Dataset, None when unknown or infinite."""
+    try:
+        n = int(ds.cardinality())
+    except Exception:  # noqa: BLE001 - a Dataset-like object without cardinality
+        return None
+    return n if n > 0 else None
 
 
 def _create_variables_eagerly(model: Any, x1: Any, y1: Any) -> None:

@@ -40,6 +40,7 @@ class Snapshot:
     metrics: dict[str, float] = field(default_factory=dict)
     es_best_weights: list[np.ndarray] | None = None
     metric_vars: list[np.ndarray] | None = None
+    data: bytes | None = None  # a Dataset job's position (worker.data_resume.DataPosition.to_bytes())
 
     @property
     def key(self) -> int:
@@ -53,6 +54,7 @@ class Restored:
     optimizer: list[np.ndarray]
     es_best_weights: list[np.ndarray] | None
     metric_vars: list[np.ndarray] | None
+    data: bytes | None = None
 
 
 class Checkpoints:
@@ -82,7 +84,8 @@ class Checkpoints:
         """
         t0 = time.perf_counter()
         name = fmt.checkpoint_name(snap.epoch, snap.batch, self.attempt)
-        groups = {"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars}
+        groups = {"w": snap.weights, "o": snap.optimizer, "e": snap.es_best_weights, "m": snap.metric_vars,
+                  "d": None if snap.data is None else [np.frombuffer(snap.data, np.uint8)]}
         obj = job_key(self.job_id, fmt.checkpoint_file(name))
         meta = job_key(self.job_id, fmt.checkpoint_file(name, ".json"))
         try:
@@ -222,7 +225,8 @@ class Checkpoints:
 
     def load(self, manifest: dict[str, Any]) -> Restored:
         g = fmt.unpack(self.verify(manifest), f"checkpoint {manifest['file']}")
-        return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None)
+        return Restored(manifest, g["w"], g["o"], g["e"] or None, g["m"] or None,
+                        g["d"][0].tobytes() if g["d"] else None)
 
     def select(self, index: dict[int, dict[str, Any]], policy: str, best_key: int | None,
                preempt_key: int | None) -> tuple[Restored | None, list[dict[str, Any]]]:

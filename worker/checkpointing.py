@@ -16,10 +16,12 @@ from typing import Any
 
 from jobs.contract.events import EventKind, event
 from jobs.contract.spec import JobSpec
+from jobs.errors import FencedError
 from jobs.keras.best_model import BestModel
 from jobs.settings import WorkerSettings
 from jobs.storage.ckpt_format import ckpt_key
 from worker.checkpoint import Checkpoints
+from worker.ckpt_interval import IntervalPolicy
 from worker.control import Interrupted, JobControl, StopReason
 from worker.ledger import AttemptLedger
 from worker.policy import EpochFacts, SavePolicy
@@ -29,15 +31,22 @@ from worker.snapshot import Snapshotter
 _STOPS = (StopReason.PREEMPT, StopReason.CANCEL)
 
 
-def save_policy(spec: JobSpec, settings: WorkerSettings, arrays: bool, ledger: AttemptLedger) -> SavePolicy:
-    """The job's :class:`SavePolicy`. Step checkpoints (``checkpoint.save_freq`` / ``every_s``) need traind's own
-    array pipeline (it can skip the batches already trained): a Dataset job says so and checkpoints at epoch ends."""
+def save_policy(spec: JobSpec, settings: WorkerSettings, mid_epoch_resume: bool, ledger: AttemptLedger
+                ) -> SavePolicy:
+    """The job's :class:`SavePolicy`. Step checkpoints (``checkpoint.save_freq`` / ``every_s``; by default every
+    ``auto`` seconds: Young/Daly from the measured stall, :class:`worker.ckpt_interval.IntervalPolicy`) need a data
+    pipeline that can resume mid-epoch: arrays, and a Dataset on one device (:mod:`worker.data_resume`)."""
     c = spec.checkpoint
-    if c.step_checkpoints and not arrays:
-        ledger.note("checkpoint.save_freq/every_s: step checkpoints need array data (traind's own pipeline can skip "
-                    "the batches already trained); this Dataset job checkpoints at epoch ends only", "warning")
-    return SavePolicy(save_freq=c.save_freq, every_s=c.every_s, step_checkpoints=c.step_checkpoints and arrays,
-                      wait_always=settings.checkpoint_backpressure == "wait")
+    if c.explicit_step_checkpoints and not mid_epoch_resume:
+        ledger.note("checkpoint.save_freq/every_s: this Dataset job runs on several devices (MirroredStrategy), "
+                    "whose input pipeline cannot resume mid-epoch; it checkpoints at epoch ends only", "warning")
+    auto = c.every_s == "auto"
+    lo = settings.checkpoint_interval_min_s
+    hi = max(settings.checkpoint_interval_max_s, lo)
+    interval = IntervalPolicy(settings.checkpoint_mtbf_s, lo, hi) if auto else None
+    return SavePolicy(save_freq=c.save_freq, every_s=None if auto else c.every_s,
+                      step_checkpoints=c.step_checkpoints and mid_epoch_resume,
+                      wait_always=settings.checkpoint_backpressure == "wait", interval=interval)
 
 
 class CheckpointCallback(BatchCounter):
@@ -59,6 +68,8 @@ class CheckpointCallback(BatchCounter):
         self.preempt_key: int | None = None
         self.skipped_epochs: list[int] = []
         self.last_step_save = time.monotonic()
+        self.stall_before_s = 0.0  # checkpoint stalls of earlier attempts (the record's ckpt_stall_s at the start)
+        self._stalls_seen = 0
 
     def begin_fit(self, batch_offset: int) -> None:
         self.batch_offset = batch_offset
@@ -77,6 +88,24 @@ class CheckpointCallback(BatchCounter):
         # must: a step checkpoint waits for the previous write (as before), the host copy taken after the wait
         self.ckpts.offer(lambda: self.snapshots.take(self.model, epoch0, done, {}, mid_epoch=True), self.best.key,
                          must=True)
+        self._account()
+
+    def _account(self) -> None:
+        """Feed the checkpoints' stalls to the save policy (the automatic interval) and publish the job's total
+        (``ckpt_stall_s``: goodput's checkpoint part) and the current interval."""
+        new = self.ckpts.stall_s[self._stalls_seen:]
+        self._stalls_seen = len(self.ckpts.stall_s)
+        for s in new:
+            self.policy.observe_stall(s)
+        if not new:
+            return
+        fields: dict[str, Any] = {"ckpt_stall_s": round(self.stall_before_s + sum(self.ckpts.stall_s), 4)}
+        if self.policy.interval is not None:
+            fields["ckpt_interval_s"] = round(self.policy.interval.interval_s(), 2)
+        try:
+            self.ledger.write(fields=fields)
+        except FencedError:
+            self.control.request(StopReason.FENCED)
 
     # -- epoch ends ----------------------------------------------------------------------------------------------
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -91,6 +120,7 @@ class CheckpointCallback(BatchCounter):
         snap = self.ckpts.offer(lambda: self.snapshots.take(self.model, e, 0, rec.metrics, mid_epoch=False),
                                 self.best.key, must=self.policy.must_save(facts),
                                 export={"best": rec.improved, "latest": self.export_latest})
+        self._account()
         if snap is None:
             self.skipped_epochs.append(e)
             # Backpressure (see Checkpoints.offer): the write of an earlier epoch is still running.
@@ -110,9 +140,9 @@ class CheckpointCallback(BatchCounter):
         if reason is StopReason.FENCED:
             return
         self.ckpts.flush()
-        # Mid-epoch resume needs traind's own per-epoch pipeline (it can skip the batches already trained);
-        # a user Dataset resumes from the last epoch end instead.
-        if reason is StopReason.PREEMPT and self.mid_epoch_resume and self.steps and batches_done < self.steps:
+        # Mid-epoch resume needs data that can resume at a batch (arrays; a Dataset on one device, whose position
+        # is saved with the checkpoint); a multi-device Dataset job resumes from the last epoch end instead.
+        if reason is StopReason.PREEMPT and self.mid_epoch_resume and (self.steps is None or batches_done < self.steps):
             snap = self.snapshots.take(self.model, epoch0, batches_done, {}, mid_epoch=True)
             self.ckpts.save(snap, fields={"preempt_key": snap.key},
                             events=[event(EventKind.CHECKPOINT, f"preempted: saved checkpoint at epoch {epoch0 + 1} "

@@ -287,3 +287,24 @@ def _OwnedIterDataset(owner: ResumableDataset) -> Any:  # noqa: N802 - a class m
     if _CLASS is None:
         _CLASS = _owned_iter_dataset_class()
     return _CLASS(owner)
+
+
+def resume_dataset(resumable: ResumableDataset | None, data: bytes | None, epoch: int, batch: int,
+                   ledger: Any) -> Resumed | None:
+    """Bring a Dataset job's data to its checkpoint's position and say how, in a ``data_resumed`` event (``epoch``
+    1-based of the resumed epoch, ``batch`` the batches already trained in it). Nothing for arrays or a checkpoint
+    without a position (taken before traind saved one: the data then starts a new pass, as it did)."""
+    from jobs.contract.events import EventKind, event
+
+    if resumable is None or data is None:
+        return None
+    try:
+        pos = DataPosition.from_bytes(data)
+    except (ValueError, KeyError, OSError) as e:
+        ledger.note(f"the checkpoint's data position is unreadable ({e}); the data starts a new pass", "warning")
+        return None
+    res = resumable.resume(pos)
+    if res.batches:
+        ledger.write(events=[event(EventKind.DATA_RESUMED, f"Dataset resumed at epoch {epoch} batch {batch + 1}: "
+                                   f"{res.detail}", how=res.how, epoch=epoch, batch=batch, iterators=res.iterators)])
+    return res

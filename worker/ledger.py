@@ -59,6 +59,7 @@ class AttemptRecord(BaseModel):
     preemptions: Annotated[int, WrapValidator(lambda v, h: _lenient(v, h) or 0)] = 0
     best_ckpt_key: _Key = None  # the checkpoint monitor's best epoch-end checkpoint
     preempt_key: _Key = None  # the checkpoint a preempted attempt saved to resume from
+    ckpt_stall_s: Annotated[float, WrapValidator(lambda v, h: _lenient(v, h) or 0.0)] = 0.0  # earlier attempts'
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> AttemptRecord:

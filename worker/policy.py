@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.storage import ckpt_format as fmt
+from worker.ckpt_interval import IntervalPolicy
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class SavePolicy:
     every_s: float | None = None
     step_checkpoints: bool = False
     wait_always: bool = True  # TRAIND_CHECKPOINT_BACKPRESSURE=wait: no epoch end is ever skipped
+    interval: IntervalPolicy | None = None  # every_s "auto": Young/Daly from the measured stall (mutable inside)
 
     def must_save(self, f: EpochFacts) -> bool:
         """Whether this epoch end's checkpoint waits for a write still running instead of being skipped: the best
@@ -47,8 +49,13 @@ class SavePolicy:
 
     def step_due(self, batches_done: int, steps: int | None, last_save_s: float, now_s: float) -> bool:
         """Whether a step checkpoint is due after ``batches_done`` batches of an epoch of ``steps`` batches."""
-        return self.step_checkpoints and step_due(self.save_freq, self.every_s, batches_done, steps, last_save_s,
-                                                  now_s)
+        every = self.every_s if self.every_s is not None or self.interval is None else self.interval.interval_s()
+        return self.step_checkpoints and step_due(self.save_freq, every, batches_done, steps, last_save_s, now_s)
+
+    def observe_stall(self, stall_s: float) -> None:
+        """A checkpoint held the training thread ``stall_s`` seconds (the automatic interval follows it)."""
+        if self.interval is not None:
+            self.interval.observe_stall(stall_s)
 
 
 def step_due(save_freq: int | str, every_s: float | None, batches_done: int, steps: int | None, last_save_s: float,

@@ -41,8 +41,8 @@ def resume(ledger: AttemptLedger, ckpts: Checkpoints, spec: JobSpec, rec: Attemp
     attempt's start and drop what will be redone."""
     index = ledger.checkpoints()
     ckpts.clear_incomplete()
-    # Step checkpoints exist to lose at most their interval: a crashed attempt resumes from the newest one.
-    policy = "latest" if spec.checkpoint.step_checkpoints else spec.resume_from
+    # Step checkpoints exist to lose at most their interval: by default a crashed attempt resumes from the newest one.
+    policy = spec.resume_policy
     restored, events = ckpts.select(index, policy, rec.best_ckpt_key, rec.preempt_key)
     point = ResumePoint(spec.fit.initial_epoch, 0, restored, index)
     if restored is not None:

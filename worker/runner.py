@@ -102,7 +102,10 @@ class Worker:
         return 0
 
     def step(self) -> bool:
-        """Take and handle at most one message; False when the queues were empty."""
+        """Take and handle at most one message; False when the queues were empty (or this machine is drained)."""
+        if self.drained():
+            self._stop.wait(self.settings.dequeue_timeout_s)
+            return False
         delivery = pop(self.r, self.queues, self.settings.dequeue_timeout_s)
         if delivery is None:
             return False
@@ -129,6 +132,12 @@ class Worker:
             log.warning("signal %s: checkpointing at the next batch boundary and requeueing", signum)
             control.request(StopReason.PREEMPT)
 
+    def drained(self) -> bool:
+        """Whether this worker's machine (host/device) was drained as a lemon (``traind undrain`` puts it back)."""
+        from jobs.redis import lemons
+
+        return lemons.is_drained(self.r, lemons.machine_of(socket.gethostname(), self.settings.device))
+
     # -- registry ------------------------------------------------------------------------------------------------
     def register(self, job_id: str | None = None) -> None:
         import psutil
@@ -144,10 +153,14 @@ class Worker:
         }
         if job_id is not None:
             info["job"] = job_id
+        if self.drained():
+            info["drained"] = 1
         if (gpu_mb := gpu_memory_mb(self.gpus)) is not None:
             info["gpu_mem_mb"] = gpu_mb
         pipe = self.r.pipeline()
         pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
+        if "drained" not in info:
+            pipe.hdel(keys.worker(self.id), "drained")
         if job_id is None:
             # HSET leaves other fields alone: without this an idle worker kept reporting its last job as current.
             pipe.hdel(keys.worker(self.id), "job")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,12 @@ class Snapshotter:
     """Takes a :class:`Snapshot` of a model and the attempt's callback state (checkpoint monitor, EarlyStopping,
     ReduceLROnPlateau, learning rate)."""
 
-    def __init__(self, tracker: BestTracker, plateau: Plateau) -> None:
+    def __init__(self, tracker: BestTracker, plateau: Plateau,
+                 data_position: Callable[[bool], bytes | None] | None = None) -> None:
         self.tracker, self.plateau = tracker, plateau
         self.host = HostBuffers()
+        # A Dataset job's position (worker.data_resume), taken with the model's state: (mid_epoch) -> bytes
+        self.data_position = data_position
 
     def state(self, model: Any) -> dict[str, Any]:
         return {"tracker": self.tracker.get_state(), **self.plateau.state(), "learning_rate": learning_rate(model)}
@@ -34,6 +38,7 @@ class Snapshotter:
             epoch=epoch, batch=batch, weights=weights,
             optimizer=optimizer, state=state, metrics=metrics, es_best_weights=es_best,
             metric_vars=[v.numpy() for v in model.metrics_variables] if mid_epoch else None,
+            data=None if self.data_position is None else self.data_position(mid_epoch),
         )
 
 

@@ -29,6 +29,7 @@ from worker.callbacks import BestTracker, Plateau, RestoreMetricsCallback
 from worker.checkpoint import Checkpoints, Restored, apply_state
 from worker.checkpointing import CheckpointCallback, save_policy
 from worker.control import Interrupted, JobControl, StopReason
+from worker.data_resume import resume_dataset
 from worker.ending import Ending, Outcome
 from worker.ledger import AttemptLedger, AttemptRecord, Progress
 from worker.policy import KeepPolicy
@@ -45,10 +46,12 @@ class Trainer:
 
     def __init__(self, *, ledger: AttemptLedger, storage: Storage, settings: WorkerSettings, spec: JobSpec,
                  record: AttemptRecord, control: JobControl, ending: Ending,
-                 on_progress: Sequence[Callable[[Progress], None]] = ()) -> None:
+                 on_progress: Sequence[Callable[[Progress], None]] = (),
+                 watch: Callable[[int], keras.callbacks.Callback] | None = None) -> None:
         self.ledger, self.storage, self.settings, self.spec = ledger, storage, settings, spec
         self.record, self.control, self.ending = record, control, ending
         self.on_progress = list(on_progress)  # told of every published Progress (e.g. a progress watchdog)
+        self.watch = watch  # batch_offset -> the progress watchdog's callback for one fit call (worker.watchdog)
         self.ckpts = Checkpoints(storage, ledger, KeepPolicy(spec.checkpoint.keep_last))
         self.best = BestModel()
         self.plateau = Plateau(spec)
@@ -81,14 +84,15 @@ class Trainer:
         spec = self.spec
         b = build_mod.build(spec, self.storage, self.settings, self.ledger)
         self.model, self.built = b.model, b
-        policy = save_policy(spec, self.settings, b.data.is_arrays, self.ledger)
+        policy = save_policy(spec, self.settings, b.mid_epoch_resume, self.ledger)
         c = spec.checkpoint
         tracker = BestTracker(build_mod.check_monitors(spec, b, self.ledger), c.mode, c.initial_value_threshold)
-        snapshots = Snapshotter(tracker, self.plateau)
+        snapshots = Snapshotter(tracker, self.plateau, b.data_position)
         self.recorder = EpochRecorder(self.ledger, tracker, self.plateau, self.best)
         self.checkpointing = CheckpointCallback(
             self.ckpts, self.ledger, self.control, policy, snapshots, self.best, self.recorder, epochs=spec.fit.epochs,
-            steps=b.steps, mid_epoch_resume=b.data.is_arrays, export_latest=not c.save_best_only)
+            steps=b.steps, mid_epoch_resume=b.mid_epoch_resume, export_latest=not c.save_best_only)
+        self.checkpointing.stall_before_s = self.record.ckpt_stall_s
 
         def restore(r: Restored) -> None:
             apply_state(self.model, r)
@@ -100,6 +104,7 @@ class Trainer:
         if point.restored is not None:
             self.recorder.epochs_done = point.epoch
             self.best.resumed(tracker.best_epoch, point.index or {})
+            resume_dataset(b.resumable, point.restored.data, point.epoch + 1, point.batch, self.ledger)
         self.extra_cbs = fit_callbacks.extra_callbacks(spec, self.storage, self.ledger.job_id, point.epoch,
                                                        self.settings.allowed_modules)
         start = point.epoch
@@ -131,6 +136,8 @@ class Trainer:
         steps = b.steps if b.data.is_arrays else None
         self.checkpointing.begin_fit(skip)
         cbs: list[Any] = [] if metric_vars is None else [RestoreMetricsCallback(metric_vars)]
+        cbs += [] if b.resumable is None else [b.resumable.callback()]  # counts batches before any snapshot
+        cbs += [] if self.watch is None else [self.watch(skip)]
         cbs += [StopCallback(self.control, self.checkpointing.before_stop, batch_offset=skip, steps=steps),
                 ProgressCallback(self.ledger, self.control, self.settings.progress_interval_s, b.steps,
                                  batch_offset=skip, listeners=self.on_progress)]
@@ -139,7 +146,7 @@ class Trainer:
         cbs += [self.recorder, self.checkpointing,
                 self.tensorboard,  # after the epoch's history is in Redis: it writes what Redis holds
                 keras.callbacks.LambdaCallback(on_train_end=lambda logs: self._on_train_end())]  # last of all
-        x, kwargs = build_mod.fit_inputs(self.spec, b.data, b.steps, first, last, skip)
+        x, kwargs = build_mod.fit_inputs(self.spec, b.data, b.steps, first, last, skip, b.resumable)
         try:
             self.model.fit(x, callbacks=cbs, **kwargs)
         except (Interrupted, TraindError, redis.RedisError):

@@ -65,22 +65,42 @@ class Watchdog:
 
     def __init__(self, config: WatchdogConfig, on_hang: Callable[[Hang, str], None], *,
                  clock: Callable[[], float] = time.monotonic, poll_s: float = 1.0,
-                 replace: Callable[[], Any] = replace_process) -> None:
+                 replace: Callable[[], Any] = replace_process,
+                 publish: Callable[[dict[str, Any]], None] | None = None, publish_every_s: float = 10.0) -> None:
         self.config, self.on_hang, self.clock, self.poll_s, self.replace = config, on_hang, clock, poll_s, replace
         self._lock = threading.Lock()
         self.progress = ProgressClock(config, now=clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fired: Hang | None = None
+        self.paused = False  # between fit calls and after training (exports): not watched
+        # Signs of life for the supervisor's own check (daemon/progress_watch.py), throttled: a counter that moves
+        # with every batch (validation too) and the current timeout.
+        self.publish, self.publish_every_s = publish, publish_every_s
+        self.seq = 0
+        self._published = -float("inf")
 
     # -- signs of life (from the training thread) ----------------------------------------------------------------
     def batch(self, epoch: int, batch: int, kind: str = "train") -> None:
+        now = self.clock()
         with self._lock:
-            self.progress.batch(now=self.clock(), epoch=epoch, batch=batch, kind=kind)
+            self.progress.batch(now=now, epoch=epoch, batch=batch, kind=kind)
+            self.seq += 1
+        if self.publish is not None and now - self._published >= self.publish_every_s:
+            self._published = now
+            self.publish({"progress_seq": self.seq, "progress_timeout_s": round(self.timeout_s(), 1)})
 
     def expect(self, kind: str) -> None:
         with self._lock:
             self.progress.expect(kind, now=self.clock())
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self.paused = False
+            self.progress.expect("train", now=self.clock())
 
     def timeout_s(self) -> float:
         with self._lock:
@@ -96,6 +116,12 @@ class Watchdog:
             def __init__(self) -> None:
                 super().__init__()
                 self.epoch, self.done, self.offset = 0, 0, batch_offset
+
+            def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+                wd.resume()
+
+            def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+                wd.pause()
 
             def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 self.epoch, self.done, self.offset = epoch, self.offset, 0
@@ -120,7 +146,7 @@ class Watchdog:
     def step(self, now: float | None = None) -> Hang | None:
         """One check: on a hang, dump the stacks, call ``on_hang`` and replace the process (once)."""
         with self._lock:
-            hang = self.progress.check(now=self.clock() if now is None else now)
+            hang = None if self.paused else self.progress.check(now=self.clock() if now is None else now)
         if hang is None or self.fired is not None:
             return None
         self.fired = hang

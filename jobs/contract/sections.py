@@ -126,7 +126,9 @@ class CheckpointSpec(_Strict):
     keep_last: int = Field(2, ge=1, le=1000, description="Resumable checkpoints kept besides the best (>=1 spare).")
     save_freq: int | Literal["epoch"] = Field(
         "epoch", description="Also save a resumable step checkpoint every N batches (Keras' integer save_freq).")
-    every_s: float | None = Field(None, gt=0, description="Also save a resumable step checkpoint every N seconds.")
+    every_s: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto", description="Also save a resumable step checkpoint every N seconds; 'auto' (the default): an interval "
+        "from the measured checkpoint stall and TRAIND_CHECKPOINT_MTBF_S (Young/Daly); null: at epoch ends only.")
 
     @model_validator(mode="after")
     def _freq(self) -> CheckpointSpec:
@@ -138,6 +140,11 @@ class CheckpointSpec(_Strict):
     @property
     def step_checkpoints(self) -> bool:
         return self.save_freq != "epoch" or self.every_s is not None
+
+    @property
+    def explicit_step_checkpoints(self) -> bool:
+        """Step checkpoints the spec asked for (not the ``auto`` default)."""
+        return self.save_freq != "epoch" or isinstance(self.every_s, (int, float))
 
 
 class EarlyStoppingSpec(_Strict):

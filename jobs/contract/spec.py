@@ -59,8 +59,19 @@ class JobSpec(_Strict):
     csv_logger: CSVLoggerSpec | None = None
     terminate_on_nan: bool = Field(False, description="Keras TerminateOnNaN: a NaN/inf loss fails the job.")
     lr_scheduler: LRSchedulerSpec | None = None
-    resume_from: Literal["best", "latest"] = "best"
+    resume_from: Literal["auto", "best", "latest"] = Field(
+        "auto", description="The checkpoint a new attempt resumes from; auto: the latest when step checkpoints are "
+        "on (the default), else the best.")
+    progress_timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Hung when no batch finished "
+                                             "this long (default: the worker's, derived from the job's batch times).")
     max_restarts: int = Field(3, ge=0, le=1000)
+
+    @property
+    def resume_policy(self) -> str:
+        """``best`` or ``latest``: ``resume_from`` with ``auto`` resolved."""
+        if self.resume_from != "auto":
+            return self.resume_from
+        return "latest" if self.checkpoint.step_checkpoints else "best"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")
@@ -221,9 +232,6 @@ def static_fit_problems(spec: JobSpec) -> list[str]:
                 problems.append(
                     f"{where}: {mon!r} needs validation data, and this job has none; pass validation_data or "
                     f"validation_split, or monitor a training metric such as {mon.removeprefix('val_')!r}")
-    if d.dataset is not None and spec.checkpoint.step_checkpoints:
-        problems.append("checkpoint.save_freq/every_s: step checkpoints need array data (traind's own pipeline "
-                        "resumes at the next batch); a Dataset job checkpoints at epoch ends")
     if d.dataset is not None and f.validation_split:
         problems.append("fit.validation_split: not supported with a Dataset (as in Keras); pass validation_data")
     if f.class_weight == {}:

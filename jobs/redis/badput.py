@@ -46,7 +46,9 @@ def record_finished(store: Any, job_id: str, lease_ttl_s: float = 5.0) -> Goodpu
     """Add a finished job's parts to the fleet counters, once; None when already recorded or not finished."""
     r = store.r
     try:
-        if not r.hsetnx(keys.job(job_id), "goodput_recorded", "1"):
+        state = r.hget(keys.job(job_id), "state")
+        if state not in (b"succeeded", b"failed", b"cancelled") or not r.hsetnx(keys.job(job_id), "goodput_recorded",
+                                                                                 "1"):
             return None
         g = job_goodput(store, job_id, lease_ttl_s=lease_ttl_s)
     except (redis.RedisError, ValueError, KeyError) as e:

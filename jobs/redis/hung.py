@@ -17,6 +17,7 @@ from jobs.contract.events import EventKind
 from jobs.contract.states import JobState
 from jobs.errors import IllegalTransitionError
 from jobs.redis import lemons, telemetry
+from jobs.redis.badput import record_finished
 from jobs.redis.delivery import requeue
 from jobs.redis.store import JobStore
 
@@ -60,6 +61,7 @@ def hand_back_hung(store: JobStore, job_id: str, *, attempt: int, token: str | N
         error = f"hung {restarts + 1} times (max_restarts={max_restarts}); last: {what}"
         store.transition(job_id, JobState.FAILED, attempt=attempt, token=token,
                          fields={"error": error, "reason": "hung"}, event_msg=f"failed: {error}", level="error")
+        record_finished(store, job_id)
         return Handed("failed", drained)
     requeue(store, job_id, attempt=attempt, token=token, queue=raw["queue"], kind=EventKind.REQUEUED,
             fields={"restarts": restarts + 1, "reason": f"hung on worker {worker}"},

@@ -31,10 +31,11 @@ from jobs.storage.names import job_key
 
 CKPT_DIR = "ckpt"
 BATCH_SLOTS = 10**6  # index key = epoch * BATCH_SLOTS + batch: epoch-end checkpoints have batch 0
-GROUPS = ("w", "o", "e", "m")  # weights, optimizer variables, EarlyStopping best weights, metric variables
+# weights, optimizer variables, EarlyStopping best weights, metric variables, a Dataset's position (worker/data_resume)
+GROUPS = ("w", "o", "e", "m", "d")
 EXPORT_NAMES = ("best", "latest", "final")
 _CKPT_FILE = re.compile(r"ckpt/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.npz")  # what a manifest records: a file in ckpt/
-_ARRAY = re.compile(r"[woem][0-9]{6}")  # the array names pack() writes
+_ARRAY = re.compile(r"[woemd][0-9]{6}")  # the array names pack() writes
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
@@ -191,7 +192,7 @@ def unpack(data: bytes, what: str = "checkpoint", only: str | None = None) -> di
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             unexpected = [n for n in z.files if not _ARRAY.fullmatch(n)]
             if unexpected:
-                raise CheckpointError(f"{what}: unexpected array name(s) {unexpected[:5]!r}; expected w/o/e/m + 6 "
+                raise CheckpointError(f"{what}: unexpected array name(s) {unexpected[:5]!r}; expected w/o/e/m/d + 6 "
                                       "digits")
             for name in sorted(z.files):
                 if only is None or name[0] == only:

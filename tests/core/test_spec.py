@@ -22,7 +22,11 @@ GOOD = {
 def test_defaults_follow_keras_and_the_issue() -> None:
     spec = validate_spec(GOOD, allowed_modules=["examples"])
     assert spec.checkpoint.monitor == "val_loss" and spec.checkpoint.save_best_only is True
-    assert spec.resume_from == "best" and spec.max_restarts == 3
+    # Issue 19: time-based step checkpoints on by default, and a lost attempt resumes from the newest one.
+    assert spec.checkpoint.every_s == "auto" and spec.checkpoint.step_checkpoints
+    assert spec.resume_from == "auto" and spec.resume_policy == "latest" and spec.max_restarts == 3
+    epoch_only = validate_spec({**GOOD, "checkpoint": {"every_s": None}}, allowed_modules=["examples"])
+    assert not epoch_only.checkpoint.step_checkpoints and epoch_only.resume_policy == "best"
     assert spec.resources.device == "cpu" and spec.resources.priority == "default"
 
 

@@ -136,8 +136,8 @@ def test_resume_resets_the_record_to_the_resume_point(tmp_path: Path) -> None:
     applied: list[Restored] = []
     ck = Checkpoints(open_storage(str(tmp_path)), led)
     try:
-        point = resume(led, ck, _spec(), AttemptRecord(worker="w2", best_ckpt_key=ckpt_key(2, 0)), 10,
-                       applied.append)
+        point = resume(led, ck, _spec(resume_from="best"), AttemptRecord(worker="w2", best_ckpt_key=ckpt_key(2, 0)),
+                       10, applied.append)
     finally:
         ck.close()
     assert (point.epoch, point.batch) == (2, 0) and [r.manifest["epoch"] for r in applied] == [2]
