@@ -151,6 +151,8 @@ class WorkerSettings(CommonSettings):
         "not checkpointed, recorded as an event; the best epoch, the last one and stops are always checkpointed).")
     redis_retry_s: float = Field(60.0, ge=0, description="How long to keep retrying Redis before giving up.")
     # The progress watchdog (worker/watchdog.py); a job's spec may set progress_timeout_s itself.
+    progress_watchdog: bool = Field(True, description="false: no in-process watchdog (the progress and the timeout "
+                                    "are still published; the supervisor's progress check remains).")
     progress_timeout_s: float | None = Field(None, gt=0, description="Hung when no batch finished this long (default: "
                                              "derived from the job's batch times, see progress_factor/_floor_s).")
     progress_factor: float = Field(20.0, gt=1, description="Derived timeout: this many x the recent p95 batch time.")

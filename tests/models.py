@@ -124,3 +124,88 @@ def slow_regression(
     # No XLA: a py_function cannot be compiled (Keras leaves XLA off on CPU anyway; this makes it explicit).
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", metrics=["mae"], jit_compile=False)
     return model
+
+
+def _once(marker: str) -> bool:
+    """True for the first process to get here (an O_EXCL marker file); always True without a marker."""
+    if not marker:
+        return True
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _counting_class() -> type:
+    import keras
+    import tensorflow as tf
+
+    class Seen(keras.layers.Layer):
+        """Counts, per sample id, how often a training step saw it (a non-trainable weight: checkpointed)."""
+
+        def __init__(self, n: int, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.n = n
+
+        def build(self, input_shape: Any) -> None:
+            self.counts = self.add_weight(shape=(self.n,), initializer="zeros", trainable=False, name="counts")
+
+        def call(self, inputs: Any, training: bool | None = None) -> Any:
+            x, ids = inputs
+            if training:
+                self.counts.assign_add(tf.math.bincount(tf.cast(ids, tf.int32), minlength=self.n, maxlength=self.n,
+                                                        dtype=self.counts.dtype))
+            return x
+
+    class CountingModel(keras.Model):
+        """Sleeps ``batch_delay_s`` per training batch; at optimizer step ``kill_at_step`` SIGKILLs its process and at
+        ``hang_at_step`` blocks for good (each once per ``marker`` file, or every time without one)."""
+
+        batch_delay_s = 0.0
+        kill_at_step = -1
+        hang_at_step = -1
+        marker = ""
+
+        def _hook(self, step: Any) -> None:
+            s = int(step)
+            if s == self.kill_at_step and _once(self.marker):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if s == self.hang_at_step and _once(self.marker):
+                while True:  # a deadlocked loader or a stuck collective: nothing comes back
+                    time.sleep(3600)
+            if self.batch_delay_s > 0:
+                time.sleep(self.batch_delay_s)
+
+        def train_step(self, data: Any) -> Any:
+            tf.py_function(self._hook, [self.optimizer.iterations], [])
+            return super().train_step(data)
+
+    return CountingModel, Seen
+
+
+def counting_model(n: int = 256, batch_delay_s: float = 0.02, kill_at_step: int = -1, hang_at_step: int = -1,
+                   marker: str = "") -> Any:
+    """A model over ``{"x": (4,), "id": ()}`` that counts the samples it trains on (see :func:`id_dataset`)."""
+    import keras
+
+    cls, seen = _counting_class()
+    x_in, id_in = keras.Input((4,), name="x"), keras.Input((), dtype="int64", name="id")
+    h = seen(n, name="seen")([x_in, id_in])
+    model = cls({"x": x_in, "id": id_in}, keras.layers.Dense(1)(keras.layers.Dense(8, activation="relu")(h)))
+    model.batch_delay_s, model.kill_at_step, model.hang_at_step, model.marker = (
+        float(batch_delay_s), kill_at_step, hang_at_step, marker)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", jit_compile=False)
+    return model
+
+
+def id_dataset(n: int = 256, batch_size: int = 8, shuffle_buffer: int = 64) -> Any:
+    """(train, validation) ``tf.data`` pipelines of ``({"x", "id"}, y)``: the training one shuffled per pass."""
+    import tensorflow as tf
+
+    x, y = load_data(n=n)
+    train = tf.data.Dataset.from_tensor_slices(({"x": x.astype("float32"), "id": np.arange(n)}, y.astype("float32")))
+    val = tf.data.Dataset.from_tensor_slices(({"x": x[:32].astype("float32"), "id": np.arange(32)},
+                                              y[:32].astype("float32")))
+    return train.shuffle(shuffle_buffer, reshuffle_each_iteration=True).batch(batch_size).prefetch(2), val.batch(8)

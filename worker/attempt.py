@@ -151,7 +151,7 @@ class Attempt:
                 self.control.request(StopReason.FENCED)
 
         publish({"progress_timeout_s": config.timeout_s or config.first_batch_s, "progress_seq": 0})
-        return Watchdog(config, self._hung, publish=publish)
+        return Watchdog(config, self._hung, publish=publish, enabled=st.progress_watchdog)
 
     def _hung(self, hang: Hang, stacks: str) -> None:
         """Called from the watchdog's thread: the job goes back to the queue (or fails after max_restarts)."""
