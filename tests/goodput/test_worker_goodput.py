@@ -95,8 +95,13 @@ def test_hang_noticed_by_the_watchdog_drains_the_lemon_machine_until_undrained(
     machine = lemons.machine_of(socket.gethostname(), "cpu")
     wait_for(lambda: lemons.is_drained(r, machine), 30, "the machine drained")
     # The hung process was replaced in place (same pid, a fresh interpreter) and serves again, drained.
-    wait_for(lambda: b"drained" in traind(redis_url, "workers").stdout.encode(), 120, "the drained worker listed")
+    def drained_worker() -> bool:
+        return any(x.get("drained") for x in json.loads(traind(redis_url, "workers", "--json").stdout or "[]"))
+
+    wait_for(drained_worker, 180, "the replaced worker registered as drained")
     assert w.poll() is None
+    listing = traind(redis_url, "workers").stdout
+    assert f"drained  {machine}" in listing and " drained " in listing.splitlines()[1], listing
     health = traind(redis_url, "health", "--worker", "local")
     assert health.returncode == 1 and "drained" in health.stderr, health
     assert client.store.raw(job.id)["state"] == "requeued"  # no worker of a drained machine takes it
@@ -118,5 +123,7 @@ def test_hang_with_the_watchdog_off_is_handed_back_by_the_supervisor(
     ws = [procs.worker(redis_url, storage_dir, env=wenv, name=f"w{i}") for i in range(2)]
     wait_state(client, job.id, "succeeded", [sup, *ws])
     hung = events(r, job.id, "hung")
-    assert len(hung) == 1 and hung[0]["by"] == "supervisor" and hung[0]["batch"] == 40, hung
+    # The supervisor names the last batch the worker published (progress is written at most once a second).
+    assert len(hung) == 1 and hung[0]["by"] == "supervisor" and hung[0]["epoch"] == 1, hung
+    assert 0 < hung[0]["batch"] <= 40, hung
     assert client.store.raw(job.id)["restarts"] == "1"
