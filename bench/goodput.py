@@ -88,8 +88,6 @@ def run_job(run: u.Run, stack: u.Stack, pool: u.Pool, c: dict[str, Any], form: s
                        and s, 900, f"the end of {job.id}", 0.2)
     if state != b"succeeded":
         raise RuntimeError(f"{form}/{scenario}: job {job.id} ended {state!r}: {u.log_tail(pool.alive[0])}")
-    if scenario == "hang":
-        pool.spawn(f"worker-{form}-after-hang")  # the replaced worker is warm again; keep the pool at its size
     evs = events(r, job.id)
     rec = {k.decode(): v.decode() for k, v in r.hgetall(keys.job(job.id)).items()}
     g = account(evs, stall_s=float(rec.get("ckpt_stall_s") or 0.0), lease_ttl_s=5.0)
@@ -124,8 +122,9 @@ def _data_resume(evs: list[dict[str, Any]]) -> str:
 def body(run: u.Run) -> None:
     c = CFG["smoke" if run.args.smoke else "full"]
     stack = u.start_stack(run)
-    stack.procs.supervisor(stack.url, stack.storage)
-    pool = u.Pool(stack.procs, stack.client.r, stack.url, stack.storage)
+    env = {"TRAIND_LEMON_FAILURES": "0"}  # every worker here is one machine: the kills must not drain it
+    stack.procs.supervisor(stack.url, stack.storage, env=env)
+    pool = u.Pool(stack.procs, stack.client.r, stack.url, stack.storage, env=env)
     for i in range(2):
         pool.spawn(f"worker{i}")
     rows = []

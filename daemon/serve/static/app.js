@@ -178,6 +178,13 @@
         const ph = $("#charts").querySelector('[data-chart="loss"] p'); if (ph) ph.parentNode.remove();
       }
     };
+    // Where the job's wall time went (issue 19): productive share, then the lost parts, largest first.
+    const goodputText = g => {
+      const lost = ["queued", "starting", "checkpoint", "redone", "detection", "restart"]
+        .map(k => [k, g[`${k}_s`] || 0]).filter(([, v]) => v >= 0.5).sort((a, b) => b[1] - a[1])
+        .map(([k, v]) => `${k} ${esc(v.toFixed(1))} s`).join(", ");
+      return `${esc((100 * g.ratio).toFixed(1))}% productive of ${esc(g.wall_s.toFixed(0))} s` + (lost ? `; lost: ${lost}` : "");
+    };
     const renderStatus = st => {
       const rows = [["state", stateBadge(st.state)], ["epoch", `<span id="kv-epoch">${esc(st.epoch)}/${esc(st.epochs)}</span>`],
         ["best", `<span id="kv-best">${st.best_value === null || st.best_value === undefined ? "–" :
@@ -186,6 +193,7 @@
         ["preemptions", esc(st.preemptions)], ["worker", esc(st.worker || "–")], ["queue", esc(st.queue)],
         ["name", esc(st.name)], ["created", when(st.created_at)], ["started", when(st.started_at)],
         ["finished", when(st.finished_at)]];
+      if (st.goodput && st.goodput.wall_s) rows.push(["goodput", goodputText(st.goodput)]);
       if (st.stopped_early) rows.push(["stopped early", "yes"]);
       if (st.error) rows.push(["error", `<span class="error">${esc(st.error)}</span>`]);
       if (st.note) rows.push(["note", `<span id="kv-note">${esc(st.note)}</span>`]);
@@ -267,7 +275,7 @@
     const load = async () => {
       const ws = await api("/api/v1/workers");
       $("#workers tbody").innerHTML = ws.map(w => `<tr data-worker="${esc(w.id)}"><td>${esc(w.id)}</td><td>${esc(w.host)}</td>
-        <td>${esc(w.device)}</td><td>${w.job ? `<a href="#/job/${esc(w.job)}">${esc(w.job)}</a>` : "idle"}</td>
+        <td>${esc(w.device)}</td><td>${w.job ? `<a href="#/job/${esc(w.job)}">${esc(w.job)}</a>` : (w.drained ? "drained" : "idle")}</td>
         <td class="num">${esc(w.cpu_percent)}</td><td class="num">${esc(w.rss_mb)}</td>
         <td class="num">${w.gpu_mem_mb === null ? "–" : esc(w.gpu_mem_mb)}</td>
         <td class="num">${esc(w.heartbeat_age_s)} s ago</td><td class="num">${esc(w.jobs_done)}</td></tr>`).join("") ||
