@@ -77,9 +77,12 @@ def test_step_checkpoint_spec_fields() -> None:
             "data": {"loader": "examples.regression:load_data"}, "fit": {"epochs": 2}}
     s = validate_spec({**base, "checkpoint": {"save_freq": 100, "every_s": 600}})
     assert (s.checkpoint.save_freq, s.checkpoint.every_s, s.checkpoint.step_checkpoints) == (100, 600, True)
-    assert validate_spec(base).checkpoint.step_checkpoints is False
-    with pytest.raises(ValueError,
-                       match=r"save_freq: expected 'epoch' or a number of batches in 1\.\.1000000000, received 0"):
+    # Issue 19: time-based step checkpoints are on by default (every_s: auto), off with every_s: null, and a
+    # Dataset job may have them (its iterator's position is checkpointed: worker/data_resume.py).
+    assert validate_spec(base).checkpoint.step_checkpoints is True
+    assert validate_spec({**base, "checkpoint": {"every_s": None}}).checkpoint.step_checkpoints is False
+    with pytest.raises(ValueError, match=r"save_freq: expected 'epoch' or a number of batches in 1\.\.1000000000, "
+                                         r"received 0"):
         validate_spec({**base, "checkpoint": {"save_freq": 0}})
-    with pytest.raises(ValueError, match="step checkpoints need array data"):
-        validate_spec({**base, "data": {"dataset": "0" * 64}, "checkpoint": {"save_freq": 5}})
+    dataset_job = validate_spec({**base, "data": {"dataset": "0" * 64}, "checkpoint": {"save_freq": 5}})
+    assert dataset_job.checkpoint.save_freq == 5
