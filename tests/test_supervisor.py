@@ -80,7 +80,7 @@ def messages(r: redis.Redis) -> list[str]:
 
 
 def test_expired_lease_requeues_once(r: redis.Redis, redis_url: str, client: Client) -> None:
-    job = client.submit(spec())
+    job = client.submit(spec(resume_from="best"))  # the default (auto) resumes from the latest step checkpoint
     claim(r, client.store, job.id, 1, "t1")
     now = age_lease(r, client.store, job.id, ago_ms=2000)
     sup = make_sup(redis_url)

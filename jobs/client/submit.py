@@ -125,7 +125,7 @@ class Client(FitMixin):
             "max_restarts": spec.max_restarts,
             "epoch": 0,
             "epochs": spec.fit.epochs,
-            "resume_from": spec.resume_from,
+            "resume_from": spec.resume_policy,  # auto resolved: what a lost attempt resumes from
             "device": spec.resources.device,
         }
 
