@@ -115,7 +115,7 @@ def run_job(run: u.Run, stack: u.Stack, pool: u.Pool, c: dict[str, Any], form: s
 
 
 def _data_resume(evs: list[dict[str, Any]]) -> str:
-    how = [e.get("how") for e in evs if e.get("kind") == "resumed" and e.get("how")]
+    how = [e.get("how") for e in evs if e.get("kind") == "data_resumed" and e.get("how")]
     return ",".join(str(h) for h in how)
 
 

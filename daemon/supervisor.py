@@ -214,6 +214,8 @@ class Supervisor:
             self.store, job_id, attempt=attempt, queue=rec.queue or "", require_lease_expired=True, now_ms=now,
             fields={"restarts": restarts + 1, "reason": reason, "lease_expired_at": expired_at},
             kind=EventKind.REQUEUED,
+            # the last renewal: goodput's detection time starts there (jobs/goodput.py)
+            event_extra={"lost_at_ms": expired_at - int(self.settings.lease_ttl_s * 1000)},
             msg=(f"worker {worker} lost (lease expired {ago:.1f} s ago); requeued as attempt {attempt + 1} "
                  f"(restart {restarts + 1}/{max_restarts}), resuming from the {resume} checkpoint"),
         )

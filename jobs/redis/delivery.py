@@ -63,6 +63,7 @@ def requeue(
     retry: bool = False,
     now_ms: int | None = None,
     level: str = "warning",
+    event_extra: dict[str, Any] | None = None,
 ) -> int:
     """Hand ``attempt`` back: transition it to ``requeued`` as attempt ``attempt + 1``, then deliver that attempt.
 
@@ -77,7 +78,7 @@ def requeue(
         job_id, JobState.REQUEUED, attempt=attempt, token=token, require_lease_expired=require_lease_expired,
         retry=retry,
         fields={"attempt": attempt + 1, "requeued_at": now, "token": None, **(fields or {})},
-        event_msg=msg, kind=kind, event_fields={"attempt": attempt + 1}, level=level,
+        event_msg=msg, kind=kind, event_fields={"attempt": attempt + 1, **(event_extra or {})}, level=level,
     )
     # Dying here is safe: the transition left the job in `pending` with score 0; the next supervisor step delivers.
     deliver(store, job_id, attempt + 1, queue)
