@@ -9,8 +9,10 @@ Keras is imported lazily so that the benchmark drivers can build specs without l
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,10 +103,17 @@ def slow_mlp(dim: int = 4, units: int = 16, batch_delay_s: float = 0.05, learnin
     return model
 
 
+def _first_here(marker: str) -> bool:
+    """True for the first process that creates ``marker`` (exclusive creation)."""
+    try:
+        Path(marker).touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
+
+
 @lru_cache(maxsize=1)
 def _paced_class() -> type:
-    import os
-
     import keras
     import tensorflow as tf
 
@@ -117,14 +126,8 @@ def _paced_class() -> type:
         hang_marker: str = ""
 
         def _hook(self, step: Any) -> None:
-            if int(step) == self.hang_at_step and self.hang_marker:
-                try:
-                    os.close(os.open(self.hang_marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                except FileExistsError:
-                    pass
-                else:
-                    while True:
-                        time.sleep(3600)
+            if int(step) == self.hang_at_step and self.hang_marker and _first_here(self.hang_marker):
+                threading.Event().wait()  # never set: blocked for good
             if self.batch_delay_s > 0:
                 time.sleep(self.batch_delay_s)
 
