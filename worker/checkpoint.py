@@ -265,8 +265,10 @@ class Checkpoints:
             epoch = fmt.keras_epoch(m)
             where = f"{at}, continuing at batch {m['batch'] + 1}" if m["batch"] else at
             why = "preemption" if k == preempt_key else (policy if k == target else "fallback")
+            created = m.get("created")  # when it was written (goodput: the work after it is redone)
+            saved = {"saved_ms": int(created * 1000)} if isinstance(created, (int, float)) else {}
             events.append(event(EventKind.RESUMED, f"resuming from {why} checkpoint at {where} ({m['file']})",
-                                epoch=epoch, batch=m["batch"], file=m["file"], why=why))
+                                epoch=epoch, batch=m["batch"], file=m["file"], why=why, **saved))
             return restored, events
         events.append(event(EventKind.NO_CHECKPOINT, f"no valid checkpoint in {self.storage.url}; starting from "
                             "scratch", "warning"))
