@@ -23,10 +23,10 @@ def drained_lines(r: Any) -> list[str]:
 
 
 def cmd_undrain(args: argparse.Namespace) -> int:
-    from daemon.admin_cli import _settings_and_client
+    from daemon.cli_context import client_from_args
     from jobs.redis import lemons
 
-    client = _settings_and_client(args)
+    client = client_from_args(args)
     if lemons.undrain(client.store.r, args.machine):
         print(f"{args.machine}: back in service (its workers take jobs again)")
         return 0
