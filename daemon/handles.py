@@ -61,7 +61,7 @@ def with_handles(r: Any, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, A
     for score in scores:
         if score is not None:
             pipe.zrangebyscore(keys.JOBS_INDEX, score - WINDOW_S * 1000, score + WINDOW_S * 1000)
-    near = [m.decode() if isinstance(m, bytes) else str(m) for found in pipe.execute() for m in found]
+    near = [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for found in pipe.execute() for m in found]
     handles = shortest_unique_prefixes([*near, *ids], ids)
     return [{**row, "id": handles[str(row["id"])]} for row in rows]
 
@@ -72,9 +72,9 @@ def with_monitors(r: Any, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     for job in jobs:
         pipe.hget(keys.job(str(job.get("id"))), "spec")
     out = []
-    for job, raw in zip(jobs, pipe.execute() if jobs else [], strict=True):
-        try:
-            monitor = json.loads(raw)["checkpoint"]["monitor"] if raw else None
+    for job, raw in zip(jobs, pipe.execute(raise_on_error=False) if jobs else [], strict=True):
+        try:  # a wrong-type key (an exception here) or a corrupt spec: one row without its monitor
+            monitor = json.loads(raw)["checkpoint"]["monitor"] if raw and not isinstance(raw, Exception) else None
         except (ValueError, TypeError, KeyError):
             monitor = None
         out.append({**job, "monitor": monitor if isinstance(monitor, str) and monitor else "val_loss"})

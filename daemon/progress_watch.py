@@ -71,7 +71,9 @@ class ProgressWatch:
         for job_id in ids:
             pipe.hmget(keys.job(job_id), FIELDS)
         handed: list[str] = []
-        for job_id, vals in zip(ids, pipe.execute()):
+        for job_id, vals in zip(ids, pipe.execute(raise_on_error=False)):
+            if isinstance(vals, Exception):  # a job key of the wrong type: one bad row (the lease pass reports it)
+                continue
             v = {k: (x.decode(errors="replace") if x is not None else "") for k, x in zip(FIELDS, vals)}
             if v["state"] != "running":
                 continue

@@ -106,7 +106,7 @@ def test_planted_manifests_skip_with_events_delete_nothing_outside_ckpt_and_fall
         "inside the job's ckpt/ directory (ckpt/<name>.npz)",
         "skipping checkpoint 3000000: manifest is corrupt: expected a JSON object, received '{not json'",
         "skipping checkpoint epoch 2: checkpoint ckpt/e000002-b000000-a1.npz: unexpected array name(s) "
-        "['z000000']; expected w/o/e/m + 6 digits",
+        "['z000000']; expected w/o/e/m/d + 6 digits",
     ], msgs
     assert any(m.startswith("resuming from fallback checkpoint at epoch 1") for m in msgs), msgs
     not_deleted = [m for m in msgs if m.startswith("not deleting the files of a checkpoint")]
