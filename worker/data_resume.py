@@ -123,10 +123,9 @@ class ResumableDataset:
     def __init__(self, dataset: Any, *, class_weight: dict[int, float] | None = None,
                  max_state_bytes: int = MAX_STATE_BYTES) -> None:
         if class_weight:
-            # Keras' own mapping (private API, as Keras applies it to a Dataset in fit)
-            from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
+            from worker.keras_compat import class_weight_map_fn  # Keras' own mapping, as fit applies it
 
-            dataset = dataset.map(make_class_weight_map_fn(class_weight))
+            dataset = dataset.map(class_weight_map_fn(class_weight))
         self.dataset = dataset
         self.max_state_bytes = max_state_bytes
         self.mode = ITERATOR

@@ -51,6 +51,14 @@ def is_improvement(cb: Any, current: float, best: float | None) -> bool:
     return bool(cb._is_improvement(current, best))
 
 
+def class_weight_map_fn(class_weight: dict[int, float]) -> Any:
+    """Keras' own ``class_weight`` mapping for a Dataset (``tf_dataset_adapter.make_class_weight_map_fn``), so that a
+    wrapped Dataset is weighted exactly as ``fit`` weights one."""
+    from keras.src.trainers.data_adapters.tf_dataset_adapter import make_class_weight_map_fn
+
+    return make_class_weight_map_fn(class_weight)
+
+
 def gradient_registry() -> dict[Any, Any]:
     """TensorFlow's process-wide gradient function registry (``ops._gradient_registry._registry``)."""
     from tensorflow.python.framework import ops

@@ -136,3 +136,9 @@ def parse_rq_queue_name(name: str) -> dict[str, Any] | None:
     return {"queue": parts[1], "device": parts[2], "kind": kind, "devices": devices, "priority": parts[3]}
 
 
+LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON {when, why}: drained machines
+
+
+def lemon_failures(machine: str) -> str:
+    """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
+    return f"{PREFIX}:lemon:failures:{machine}"

@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.contract.keys import PREFIX
+from jobs.contract import keys
 
-DRAINED = f"{PREFIX}:lemon:drained"
+DRAINED = keys.LEMONS_DRAINED
 _MAX_MACHINE = 300
 
 
 def failures_key(machine: str) -> str:
-    return f"{PREFIX}:lemon:failures:{machine}"
+    return keys.lemon_failures(machine)
 
 
 def machine_of(host: str, device: str) -> str:

@@ -67,6 +67,15 @@ def test_gradient_registry_is_where_worker_expects_it() -> None:
     assert not any(isinstance(k, str) and k.startswith("CustomGradient-") for k in registry)
 
 
+def test_class_weight_map_fn_is_where_worker_expects_it() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    fn = keras_compat.class_weight_map_fn({0: 1.0, 1: 3.0})
+    x, y, sw = fn(tf.zeros((2, 1)), tf.constant([0, 1]))
+    assert np.asarray(sw).tolist() == [1.0, 3.0]
+
+
 def test_in_checked_range() -> None:
     assert in_checked_range("3.12.0rc1", ((3, 12), (3, 15)))
     assert not in_checked_range("3.11.3", ((3, 12), (3, 15))) and not in_checked_range("3.16.0", ((3, 12), (3, 15)))
