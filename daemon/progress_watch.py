@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.contract import keys
+from jobs.contract.records import to_int
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
 from jobs.redis import lemons
 from jobs.redis.hung import hand_back_hung
@@ -82,10 +83,10 @@ class ProgressWatch:
             if stuck is None:
                 continue
             try:
-                epoch = int(v["running_epoch"] or 0) or int(v["epoch"] or 0) + 1
-                hand_back_hung(self.store, job_id, attempt=int(v["attempt"] or 0), token=None,
-                               epoch=epoch if v["batch"] not in ("", "0") else int(v["epoch"] or 0),
-                               batch=int(v["batch"] or 0), silent_s=stuck, by="supervisor",
+                epoch = to_int(v["running_epoch"]) or to_int(v["epoch"]) + 1
+                hand_back_hung(self.store, job_id, attempt=to_int(v["attempt"]), token=None,
+                               epoch=epoch if v["batch"] not in ("", "0") else to_int(v["epoch"]),
+                               batch=to_int(v["batch"]), silent_s=stuck, by="supervisor",
                                machine=lemons.machine_of_worker(r, v["worker"]), policy=self.policy)
                 handed.append(job_id)
                 log.error("job %s: progress stuck for %.0f s with its lease renewed; handed back", job_id, stuck)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from jobs.contract.events import EventKind
+from jobs.contract.records import to_int
 from jobs.contract.states import JobState
 from jobs.errors import IllegalTransitionError
 from jobs.redis import lemons, telemetry
@@ -42,9 +43,9 @@ def hand_back_hung(store: JobStore, job_id: str, *, attempt: int, token: str | N
     finished, or someone else handed it back first): nothing is written then but the lemon failure.
     """
     raw = store.raw(job_id)
-    if raw.get("state") != JobState.RUNNING.value or _int(raw.get("attempt")) != attempt:
+    if raw.get("state") != JobState.RUNNING.value or to_int(raw.get("attempt")) != attempt:
         raise IllegalTransitionError(f"job {job_id} attempt {attempt} is no longer running")
-    restarts, max_restarts = _int(raw.get("restarts")), _int(raw.get("max_restarts"), 3)
+    restarts, max_restarts = to_int(raw.get("restarts")), to_int(raw.get("max_restarts"), 3)
     worker = raw.get("worker") or "?"
     where = f"epoch {epoch} batch {batch}" if epoch else "before its first batch"
     what = f"attempt {attempt} hung at {where}: no batch finished for {silent_s:.0f} s (noticed by the {by})"
@@ -69,9 +70,3 @@ def hand_back_hung(store: JobStore, job_id: str, *, attempt: int, token: str | N
     telemetry.record_requeue(store.r, "hung", detection_s=silent_s)
     return Handed("requeued", drained)
 
-
-def _int(v: object, default: int = 0) -> int:
-    try:
-        return int(float(str(v))) if v not in (None, "") else default
-    except ValueError:
-        return default
