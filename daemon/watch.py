@@ -103,7 +103,7 @@ def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: floa
     outage_since: float | None = None
     while True:
         try:
-            st = store.get(job_id, with_history=False)
+            st = store.get(job_id, with_history=False, with_goodput=False)  # polled; the split is not drawn
             last = last_epoch_metrics(store, job_id, int(st.get("epoch") or 0))
             outage_since = None
         except (redis.ConnectionError, redis.TimeoutError):

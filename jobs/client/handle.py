@@ -100,7 +100,7 @@ class JobHandle:
         quiet_tensorflow()
         from jobs.keras import best_model  # keras: not on the client's import path
 
-        st = self.client.store.get(self.id, with_history=False)
+        st = self.client.store.get(self.id, with_history=False, with_goodput=False)
         spec = JobSpec.model_validate(st["spec"])
         return best_model.load_job_model(spec, self.client.storage, self.id, st,
                                      lambda: self.client.store.checkpoints(self.id),

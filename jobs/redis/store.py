@@ -290,12 +290,17 @@ class JobStore:
         log_problems(f"job {job_id}", rec.problems)
         return rec
 
-    def get(self, job_id: str, with_history: bool = True) -> dict[str, Any]:
-        """The job's status as a plain dict (what ``traind status --json`` prints)."""
+    def get(self, job_id: str, with_history: bool = True, with_goodput: bool = True) -> dict[str, Any]:
+        """The job's status as a plain dict (what ``traind status --json`` prints).
+
+        ``with_goodput=False`` leaves out the wall-time split, which reads and parses the job's whole event list:
+        for loops that poll a job and never show it.
+        """
         out = self.record(job_id).to_dict()
         lease = self.r.zscore(keys.LEASES, job_id)
         out["lease_expires_at"] = to_int(lease) if lease is not None else None
-        out["goodput"] = job_goodput(self, job_id, {"ckpt_stall_s": str(out.get("ckpt_stall_s") or 0)}).to_dict()
+        if with_goodput:
+            out["goodput"] = job_goodput(self, job_id, {"ckpt_stall_s": str(out.get("ckpt_stall_s") or 0)}).to_dict()
         if with_history:
             out["history"] = self.history(job_id)
         return out

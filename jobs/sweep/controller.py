@@ -189,7 +189,7 @@ class SweepController:
         """Report new epochs, prune or finish; True while the trial is still in flight."""
         assert tr.job is not None
         try:
-            st = self.store.get(tr.job, with_history=True)
+            st = self.store.get(tr.job, with_history=True, with_goodput=False)  # every pass: only history is read
         except JobNotFoundError:
             self._end(rec, op, tr, TrialState.FAIL, "failed", now, rep, error=f"job {tr.job} disappeared")
             return False
