@@ -234,7 +234,7 @@ class Stack:
 
     @property
     def url_file(self) -> Path:
-        return self.redis_dir / "url"
+        return self.redis_dir / localstack.URL_FILE
 
     def start(self) -> None:
         if self.settings.redis_url is None:
