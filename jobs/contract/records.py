@@ -121,7 +121,8 @@ _JOB_JSON = ("metrics", "spec", "worker_info", "best_checkpoint", "final_checkpo
 _JOB_FLAGS = ("stopped_early", "cancel_requested")
 _JOB_DEFAULTS: dict[str, Any] = {"epoch": 0, "restarts": 0, "preemptions": 0, "best_epoch": None, "best_value": None,
                                  "worker": None}
-_HIDDEN = ("token", "client_key")  # a fencing token is a capability; the idempotency key is the submitter's
+_HIDDEN = ("token", "client_key", "goodput_recorded")  # a fencing token is a capability; the idempotency key is
+# the submitter's; goodput_recorded is the once-only marker of the fleet counters, set after the job ends
 
 
 @dataclass(frozen=True)
