@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from daemon import admin_cli, render, sweep_cli
+from daemon import admin_cli, remote_cli, render, sweep_cli
 from daemon.cli_context import (
     client_from_args,
     given_url,
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
-        rc = int(args.func(args))
+        rc = int((remote_cli.route(args) or args.func)(args))  # TRAIND_API_URL: over HTTP (daemon/remote_cli.py)
         sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is a BrokenPipeError caught below
         return rc
     except BrokenPipeError:

@@ -103,3 +103,12 @@ class AmbiguousJobIdError(TraindError):
 
 class JobFinishedError(TraindError):
     """The job already succeeded or failed, so there is nothing to cancel."""
+
+
+class ApiError(TraindError):
+    """The traind API (``traind serve``) could not be reached, or answered with an error of its own (5xx, 429, a
+    malformed or oversized answer)."""
+
+
+class ApiAuthError(ApiError):
+    """The traind API refused the token (401: missing or wrong; 403: the token may not do this)."""

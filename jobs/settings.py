@@ -128,6 +128,11 @@ class CommonSettings(BaseSettings):
 class ClientSettings(CommonSettings):
     """Settings of the submitting client and the read-only CLI commands."""
 
+    # Remote mode (jobs/remote): with an API URL the client and CLI talk to `traind serve`, never to Redis/storage.
+    api_url: str | None = Field(None, description="URL of `traind serve` (https://traind.example): the client and "
+                                "the CLI use the API with TRAIND_API_TOKEN instead of Redis and the storage.")
+    api_token: SecretStr | None = Field(None, description="Bearer token for TRAIND_API_URL.")
+
     owner: str | None = Field(None, pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="Owner recorded on submitted "
                               "jobs (fair share, limits, filters); default: the OS user.")
 
@@ -220,6 +225,8 @@ class ServeSettings(CommonSettings):
     auth_failures_max: int = Field(20, ge=1, description="Requests with a wrong token one client address may make "
                                    "per auth_failures_window_s before its token-bearing requests answer 429.")
     auth_failures_window_s: float = Field(60.0, gt=0, le=86_400)
+    presign_s: int = Field(300, ge=0, le=3600, description="Lifetime of the presigned object-store URLs handed to "
+                           "remote clients for one upload or download (0: everything goes through the API).")
 
     @field_validator("api_read_tokens", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from daemon.serve import auth
+from daemon.serve import auth, remote_api
 from daemon.serve.api import install_error_handlers, router
 from daemon.serve.guard import Guard
 from daemon.serve.sse import Hub
@@ -83,9 +83,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.auth_failures = auth.FailureLimiter(settings.auth_failures_max, settings.auth_failures_window_s)
     # Auth, rate limit and body size before anything reads a body; security headers on every response.
     app.add_middleware(Guard, tokens=app.state.tokens, limiter=app.state.auth_failures,
-                       max_body_bytes=settings.max_body_bytes)
+                       max_body_bytes=settings.max_body_bytes, body_limits=remote_api.body_limits(settings))
     app.include_router(router)
     app.include_router(sweeps_router)  # /api/v1/sweeps (daemon/serve/sweeps_api.py)
+    app.include_router(remote_api.router)  # uploads, downloads, CLI rows for laptops (daemon/serve/remote_api.py)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
 
     @app.get("/healthz", include_in_schema=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,8 +49,8 @@ class BodyTooLarge(HTTPException):
     """Raised from ``receive`` when a streamed body passes the limit (FastAPI re-raises an HTTPException met while
     reading a body; the gate answers it where nothing else did)."""
 
-    def __init__(self, limit: int, received: str) -> None:
-        super().__init__(413, f"request body of {received} exceeds TRAIND_MAX_BODY_BYTES={limit}",
+    def __init__(self, limit: int, received: str, name: str = "TRAIND_MAX_BODY_BYTES") -> None:
+        super().__init__(413, f"request body of {received} exceeds {name}={limit}",
                          headers={"Connection": "close"})
 
 
@@ -70,9 +70,14 @@ class Guard:
     """The ASGI middleware described in the module docstring (``clock`` is injectable for tests)."""
 
     def __init__(self, app: ASGIApp, tokens: Tokens, limiter: FailureLimiter, max_body_bytes: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, body_limits: Mapping[str, int] | None = None) -> None:
         self.app, self.tokens, self.limiter = app, tokens, limiter
         self.max_body_bytes, self.clock = max_body_bytes, clock
+        self.body_limits = dict(body_limits or {})  # path prefix -> its own bound (uploads: TRAIND_MAX_UPLOAD_BYTES)
+
+    def limit_for(self, path: str) -> int:
+        """The body bound of a path: its prefix's in ``body_limits``, else TRAIND_MAX_BODY_BYTES."""
+        return next((n for prefix, n in self.body_limits.items() if path.startswith(prefix)), self.max_body_bytes)
 
     def refusal(self, scope: Scope) -> Refusal | None:
         """Why a request is refused from its method, path and headers alone, or None to let it through."""
@@ -94,10 +99,13 @@ class Guard:
         if declared is not None:
             if not declared.strip().isdigit():
                 return Refusal(400, f"invalid Content-Length {declared[:40]!r}", {})
-            if int(declared) > self.max_body_bytes:
-                return Refusal(413, f"request body of {int(declared)} bytes exceeds TRAIND_MAX_BODY_BYTES="
-                               f"{self.max_body_bytes}", {})
+            if int(declared) > self.limit_for(path):
+                return Refusal(413, f"request body of {int(declared)} bytes exceeds "
+                               f"{self._limit_name(path)}={self.limit_for(path)}", {})
         return None
+
+    def _limit_name(self, path: str) -> str:
+        return "TRAIND_MAX_BODY_BYTES" if self.limit_for(path) == self.max_body_bytes else "TRAIND_MAX_UPLOAD_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan (traind routes no websockets)
@@ -118,15 +126,15 @@ class Guard:
         if refused is not None:
             await _answer(send_with_headers, refused)
             return
-        received = 0
+        received, limit, name = 0, self.limit_for(scope["path"]), self._limit_name(scope["path"])
 
         async def receive_counted() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes, f"more than {self.max_body_bytes} bytes")
+                if received > limit:
+                    raise BodyTooLarge(limit, f"more than {limit} bytes", name)
             return message
 
         try:

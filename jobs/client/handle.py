@@ -1,37 +1,44 @@
 """A submitted job, as the client sees it: status, history, events, wait, cancel, and its trained model.
 
+The handle works over any client that implements :class:`JobSource`: the Redis-backed
+:class:`jobs.client.Client` (:mod:`jobs.client.local_jobs`) and the HTTP one (:mod:`jobs.remote.client`).
+
 >>> # job = client.job("019ac3f1"); job.wait(600); model = job.load_model()
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from jobs.client.quiet import quiet_tensorflow
-from jobs.contract.spec import JobSpec
 from jobs.contract.states import JobState
 from jobs.errors import JobTimeoutError
-from jobs.ops import lookup
-
-if TYPE_CHECKING:
-    from jobs.redis.store import JobStore
-    from jobs.settings import ClientSettings
-    from jobs.storage.base import Storage
 
 
-class ClientLike(Protocol):
-    """What a handle uses of :class:`jobs.client.Client` (a protocol: the handle module never imports the client)."""
+class JobSource(Protocol):
+    """What a handle needs of its client (a protocol: the handle module imports neither client)."""
 
-    store: JobStore
-    settings: ClientSettings
-    storage: Storage
+    def job_status(self, job_id: str, with_history: bool) -> dict[str, Any]: ...
+
+    def job_spec(self, job_id: str) -> dict[str, Any]: ...
+
+    def job_state(self, job_id: str) -> JobState: ...
+
+    def job_history(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    def job_cancel(self, job_id: str) -> JobState: ...
+
+    def job_load_model(self, job_id: str, which: str) -> Any: ...
+
+    def durability_now(self) -> str: ...
 
 
 class JobHandle:
-    """A submitted job. Every read goes to Redis; nothing is cached."""
+    """A submitted job. Every read goes to Redis (or the API); nothing is cached."""
 
-    def __init__(self, client: ClientLike, job_id: str, durability: str = "") -> None:
+    def __init__(self, client: JobSource, job_id: str, durability: str = "") -> None:
         self.client = client
         self.id = job_id
         self._durability = durability
@@ -42,10 +49,7 @@ class JobHandle:
         failover could lose it), "not waited" (TRAIND_REDIS_MIN_REPLICAS=0); for a job looked up by id
         (:meth:`Client.job`), which this handle did not create, what Redis replicates now."""
         if not self._durability:
-            from jobs.redis.replication import replication_note
-
-            now = replication_note(self.client.store.r)
-            self._durability = f"not known (looked up, not submitted here); Redis now: {now}"
+            self._durability = f"not known (looked up, not submitted here); {self.client.durability_now()}"
         return self._durability
 
     def __repr__(self) -> str:
@@ -58,31 +62,30 @@ class JobHandle:
 
         >>> # job.status()["state"], job.status()["best_value"]
         """
-        return lookup.summary(self.client.store.get(self.id, with_history=with_history))
+        return self.client.job_status(self.id, with_history)
 
     def spec(self) -> dict[str, Any]:
         """The job's validated spec as submitted (with the model's Keras config when it came from ``fit``)."""
-        spec = self.client.store.get(self.id, with_history=False).get("spec")
-        return spec if isinstance(spec, dict) else {}
+        return self.client.job_spec(self.id)
 
     @property
     def state(self) -> JobState:
-        return JobState(self.client.store.raw(self.id)["state"])
+        return self.client.job_state(self.id)
 
     def history(self) -> list[dict[str, Any]]:
         """One dict per finished epoch: ``{"epoch": 1, "loss": ..., "val_loss": ..., "lr": ...}``."""
-        return self.client.store.history(self.id)
+        return self.client.job_history(self.id)
 
     def events(self) -> list[dict[str, Any]]:
-        return self.client.store.events(self.id)
+        return self.client.job_events(self.id)
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.2) -> dict[str, Any]:
-        """Block until the job reaches a terminal state; return its status. Raises JobTimeoutError."""
+        """Block until the job reaches a terminal state; return its status (with history). Raises JobTimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            st = self.status(with_history=True)
+            st = self.status()  # the history only once, at the end: polled over HTTP it would be re-sent each time
             if JobState(st["state"]).is_terminal:
-                return st
+                return self.status(with_history=True)
             if deadline is not None and time.monotonic() > deadline:
                 raise JobTimeoutError(f"job {self.id} still {st['state']} after {timeout} s (epoch {st['epoch']})")
             time.sleep(poll_s)
@@ -92,16 +95,9 @@ class JobHandle:
         batch boundary and keeps its checkpoints; cancelling a cancelled job again is a no-op.
         Raises JobFinishedError when the job already succeeded or failed.
         """
-        return lookup.cancel(self.client.store, self.id)
+        return self.client.job_cancel(self.id)
 
     def load_model(self, which: str = "best") -> Any:
         """The model from the job's ``best`` checkpoint (default) or its ``final`` one (after training, with
         EarlyStopping's restore_best_weights applied), verified against its sha256 (:mod:`jobs.keras.best_model`)."""
-        quiet_tensorflow()
-        from jobs.keras import best_model  # keras: not on the client's import path
-
-        st = self.client.store.get(self.id, with_history=False, with_goodput=False)
-        spec = JobSpec.model_validate(st["spec"])
-        return best_model.load_job_model(spec, self.client.storage, self.id, st,
-                                     lambda: self.client.store.checkpoints(self.id),
-                                     self.client.settings.allowed_modules, which)
+        return self.client.job_load_model(self.id, which)

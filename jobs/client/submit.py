@@ -3,6 +3,7 @@
 
 >>> # client = Client(redis_url="redis://localhost:6379/0", storage="/mnt/ckpt")
 >>> # job = client.submit("examples/regression.yaml"); job.wait(600); job.history()[-1]["val_loss"]
+>>> # Client(api_url="https://traind.example", token=...)   # over `traind serve` instead (jobs.remote.client)
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import redis
 
 from jobs.client.fit import FitMixin
 from jobs.client.handle import JobHandle
+from jobs.client.local_jobs import LocalJobsMixin
 from jobs.client.quiet import quiet_tensorflow
 from jobs.contract import keys
 from jobs.contract.ids import new_job_id
 from jobs.contract.owners import check_owner, default_owner
 from jobs.contract.spec import JobSpec, load_spec_file, validate_spec
 from jobs.contract.states import JobState
-from jobs.errors import DurabilityError, SpecError, StalePrimaryError
+from jobs.errors import ConfigError, DurabilityError, SpecError, StalePrimaryError
 from jobs.ops import lookup
 from jobs.redis.conn import connect
 from jobs.redis.delivery import deliver, deliver_many
@@ -31,11 +33,25 @@ from jobs.storage.factory import open_storage
 from jobs.storage.location import parse_location
 
 
-class Client(FitMixin):
+class Client(LocalJobsMixin, FitMixin):
     """Submit and monitor traind jobs.
 
+    With ``api_url`` (or ``TRAIND_API_URL`` and no ``redis_url``/``connection``), the instance is a
+    :class:`jobs.remote.client.RemoteClient`: the same API over ``traind serve`` with a token, no Redis or storage.
+
     >>> # Client(redis_url="redis://:secret@redis:6379/0", storage="/mnt/shared/traind")
+    >>> # Client(api_url="https://traind.example", token=os.environ["TRAIND_API_TOKEN"])
     """
+
+    def __new__(cls, *args: Any, **kw: Any) -> Client:
+        if cls is Client and not args and kw.get("redis_url") is None and kw.get("connection") is None:
+            from jobs.remote.target import resolve_target
+
+            if resolve_target(kw.get("api_url"), kw.get("token")) is not None:
+                from jobs.remote.client import RemoteClient
+
+                return super().__new__(RemoteClient)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -44,7 +60,13 @@ class Client(FitMixin):
         settings: ClientSettings | None = None,
         connection: redis.Redis | None = None,
         owner: str | None = None,
+        *,
+        api_url: str | None = None,
+        token: str | None = None,
     ) -> None:
+        if api_url is not None or token is not None:
+            raise ConfigError("Client: api_url/token and redis_url/connection exclude each other (an API client "
+                              "reaches Redis only through the server)")
         overrides: dict[str, Any] = {}
         if owner is not None:
             overrides["owner"] = check_owner(owner)

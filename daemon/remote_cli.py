@@ -1,0 +1,181 @@
+"""The ``traind`` job commands over HTTP: with ``TRAIND_API_URL`` (and ``TRAIND_API_TOKEN``) set, ``submit`` (also
+``--wait``), ``status``, ``list``, ``watch``, ``logs``, ``cancel``, ``retry`` and ``workers`` talk to ``traind
+serve`` (:class:`jobs.remote.client.RemoteClient`) instead of Redis, printing what the Redis-backed commands print
+(the same :mod:`daemon.render` functions). ``--redis-url`` on the command line still means Redis.
+
+:func:`route` is the one place :mod:`daemon.cli` asks; the process commands (worker, supervise, up, serve, purge,
+health) are the server side's and never go remote.
+
+>>> # TRAIND_API_URL=https://traind.example TRAIND_API_TOKEN=... traind watch 019ac3f1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from daemon import render
+from daemon.cli_context import print_json
+from jobs.contract.states import JobState
+from jobs.errors import JobTimeoutError, SpecError
+
+if TYPE_CHECKING:
+    from jobs.remote.client import RemoteClient
+
+
+def _configured() -> bool:
+    """Whether an API is configured (cheap: read-only commands must start fast; the resolver runs later)."""
+    return bool(os.environ.get("TRAIND_API_URL"))
+
+
+def route(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
+    """The remote implementation of ``args.command`` when an API is configured and no Redis URL was given on the
+    command line, else None (the Redis-backed command runs)."""
+    fn = COMMANDS.get(getattr(args, "command", ""))
+    if fn is None or getattr(args, "redis_url", None) or not _configured():
+        return None
+    return fn
+
+
+def _client() -> RemoteClient:
+    from jobs.remote.client import RemoteClient
+
+    return RemoteClient(timeout_s=30.0)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = _client()
+    if getattr(args, "owner", None):
+        print(f"note: --owner {args.owner} ignored: through the API the owner is the token's name", file=sys.stderr)
+    try:
+        handle = client.submit(args.spec, client_key=args.key)
+    except SpecError as e:
+        print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
+              file=sys.stderr)
+        for p in e.problems:
+            print(f"  - {render.clean(p)}", file=sys.stderr)
+        return 2
+    if not args.wait:
+        if args.json:
+            print_json({"id": handle.id, "state": handle.state.value})
+        else:
+            print(handle.id)
+        return 0
+    from daemon.remote_watch import watch_remote
+
+    try:
+        if args.json:
+            final = handle.wait(timeout=args.timeout, poll_s=0.5)
+        else:
+            print(f"submitted {handle.id}", file=sys.stderr)
+            final = watch_remote(client, handle.id, sys.stdout, timeout_s=args.timeout)
+    except JobTimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(final)
+    else:
+        print(render.final_summary(final))
+    return 0 if final["state"] == JobState.SUCCEEDED.value else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client()
+    handle = client.job(args.job)
+    if args.spec:
+        print_json(handle.spec())
+    elif args.json:
+        print_json(handle.status(with_history=True))
+    else:
+        print(render.status_block(handle.status(with_history=True)))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    client = _client()
+    params: dict[str, object] = {}
+    if args.state:
+        params["state"] = args.state
+    if args.limit:
+        params["limit"] = args.limit
+    page = client.transport.json("GET", "/api/v1/cli/list", params=params)
+    jobs = page["jobs"]
+    if args.json:
+        print_json([{k: v for k, v in j.items() if k not in ("handle", "monitor")} for j in jobs])
+    elif not jobs:
+        print("no jobs" + (f" in state {args.state}" if args.state else ""))
+    else:
+        rows = [{**render.summary_row(j, page["now_ms"]), "id": j["handle"]} for j in jobs]
+        print(render.table(rows, render.LIST_COLUMNS))
+        print(render.LIST_LEGEND, file=sys.stderr)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from daemon.remote_watch import watch_remote
+
+    client = _client()
+    final = watch_remote(client, client.job(args.job).id, sys.stdout)
+    print(render.final_summary(final))
+    return 0 if final["state"] == JobState.SUCCEEDED.value else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from daemon.remote_watch import print_remote_logs
+
+    client = _client()
+    print_remote_logs(client, client.job(args.job).id, sys.stdout, follow=args.follow)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client = _client()
+    job_id = client.job(args.job).id
+    prev = client.job_cancel(job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
+    if prev in (JobState.QUEUED, JobState.REQUEUED):
+        print(f"cancelled {job_id} (was {prev.value})")
+    elif prev is JobState.RUNNING:
+        print(f"cancel requested for {job_id}: its worker stops at the next batch boundary and keeps its checkpoints")
+    else:
+        print(f"{job_id} is already cancelled")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from jobs.errors import IllegalTransitionError
+
+    client = _client()
+    job_id = client.job(args.job).id
+    try:
+        attempt = client.job_retry(job_id)
+    except IllegalTransitionError as e:
+        print(f"error: {render.clean(e)}", file=sys.stderr)
+        return 1
+    print(f"retrying {job_id} as attempt {attempt}: it resumes from its last checkpoint")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    ws = _client().transport.json("GET", "/api/v1/workers")
+    if args.json:
+        print_json(ws)
+        return 0
+    if not ws:
+        print("no workers registered")
+        return 0
+    rows = [{**w, "job": w.get("job") or ("drained" if w.get("drained") else "idle"),
+             "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
+             "beat": f"{w['heartbeat_age_s']:.1f}s ago"} for w in ws]
+    cols = [("id", "WORKER"), ("host", "HOST"), ("device", "DEVICE"), ("job", "JOB"), ("cpu_percent", "CPU%"),
+            ("rss_mb", "RSS MiB"), ("gpu", "GPU MiB"), ("beat", "HEARTBEAT"), ("jobs_done", "DONE")]
+    print(render.table(rows, cols))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "submit": cmd_submit, "status": cmd_status, "list": cmd_list, "watch": cmd_watch, "logs": cmd_logs,
+    "cancel": cmd_cancel, "retry": cmd_retry, "workers": cmd_workers,
+}

@@ -1,0 +1,173 @@
+"""Issue 26: a laptop with a URL and a token. Against one real stack (tests/remote/conftest.py: redis-server, moto
+S3, ``traind serve``, a worker), processes with no Redis URL, no storage setting and no AWS credentials train
+with ``client.fit`` and drive the CLI over HTTP; bad uploads are refused with one clear line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testkit.cluster import wait_for
+from tests.remote.conftest import MAX_UPLOAD, READ_TOKEN, Stack
+from tests.serve.conftest import slow_spec
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_laptop_fits_arrays_and_a_dataset_and_loads_the_models(stack: Stack) -> None:
+    p = subprocess.run([sys.executable, str(Path(__file__).with_name("laptop.py")), "120"],
+                       env=stack.laptop_env("laptop"), cwd=stack.tmp, capture_output=True, text=True, timeout=200)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(line[len("RESULT "):])
+    assert res["kind"] == "RemoteClient"
+    for name in ("arrays", "dataset"):
+        r = res[name]
+        assert r["state"] == "succeeded" and r["epochs"] == 2 and r["history"] == 2, r
+        assert r["n_weights"] == r["same_arch"] and len(r["pred"]) == 4 and all(map(_finite, r["pred"])), r
+        assert r["events"] > 0
+    # the data, the Dataset and the initial weights went to S3 through presigned URLs (moto is reachable here)
+    kinds = {(k.split("/")[1].startswith("ds-"), how) for k, how in res["uploads"]}
+    assert (True, "presigned") in kinds and (False, "presigned") in kinds, res["uploads"]
+    keys = {o["Key"] for o in stack.moto.client().list_objects_v2(Bucket=stack.bucket)["Contents"]}
+    assert {f"team/{k}" for k, _ in res["uploads"]} <= keys
+    assert any(k.startswith(f"team/jobs/{res['arrays']['id']}/") for k in keys)
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) < 1e30
+
+
+def test_uploads_through_the_api_are_checked_and_bounded(stack: Stack) -> None:
+    data = os.urandom(1000)
+    digest = hashlib.sha256(data).hexdigest()
+    with stack.http() as h:
+        bad = h.put(f"/api/v1/uploads/npz/{'0' * 64}", content=data)
+        assert bad.status_code == 422 and "sha256" in bad.json()["detail"] and "nothing was stored" in bad.json()[
+            "detail"]
+        big = os.urandom(MAX_UPLOAD + 1)
+        over = h.put(f"/api/v1/uploads/npz/{hashlib.sha256(big).hexdigest()}", content=big)
+        assert over.status_code == 413 and "TRAIND_MAX_UPLOAD_BYTES" in over.json()["detail"]
+
+        def chunks() -> object:  # no Content-Length: counted while it streams
+            for _ in range(MAX_UPLOAD // 50_000 + 2):
+                yield b"x" * 50_000
+
+        over = h.put(f"/api/v1/uploads/npz/{'1' * 64}", content=chunks())
+        assert over.status_code == 413 and "TRAIND_MAX_UPLOAD_BYTES" in over.json()["detail"]
+        plan = h.post("/api/v1/uploads", json={"kind": "npz", "sha256": digest, "size": MAX_UPLOAD + 1})
+        assert plan.status_code == 413
+        ok = h.put(f"/api/v1/uploads/npz/{digest}", content=data)
+        assert ok.status_code == 200 and ok.json()["size"] == 1000
+        assert h.post("/api/v1/uploads", json={"kind": "npz", "sha256": digest, "size": 1000}).json()["exists"]
+        # a presigned PUT of other bytes than its name says: the verify step deletes it
+        wrong = hashlib.sha256(b"other").hexdigest()
+        plan = h.post("/api/v1/uploads", json={"kind": "dataset", "sha256": wrong, "size": 4}).json()
+        assert plan["put_url"] and "X-Amz-Expires=300" in plan["put_url"] and f"ds-{wrong}.tar" in plan["put_url"]
+        import httpx
+
+        assert httpx.put(plan["put_url"], content=b"evil").status_code == 200
+        v = h.post(f"/api/v1/uploads/dataset/{wrong}/verify")
+        assert v.status_code == 422 and "was deleted" in v.json()["detail"]
+        assert not h.post("/api/v1/uploads", json={"kind": "dataset", "sha256": wrong, "size": 4}).json()["exists"]
+    with stack.http(READ_TOKEN) as ro:  # a read-only token uploads nothing
+        assert ro.put(f"/api/v1/uploads/npz/{digest}", content=data).status_code == 403
+    # a job's file is readable only under its own prefix
+    with stack.http() as h:
+        assert h.get("/api/v1/jobs/0190aaaaaaaaaaaa/file", params={"key": "uploads/x.npz"}).status_code in (404, 422)
+
+
+def test_the_cli_over_http(stack: Stack, tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(slow_spec("remote-cli", epochs=2, batch_delay_s=0.01, n=200)))
+    p = stack.cli("submit", str(spec), "--wait", "--timeout", "120", timeout=150)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "succeeded" in p.stdout and "submitted " in p.stderr
+    job_id = p.stderr.split("submitted ", 1)[1].split()[0]
+    p = stack.cli("status", job_id[:10])
+    assert p.returncode == 0 and "succeeded" in p.stdout and job_id in p.stdout, p.stdout + p.stderr
+    st = json.loads(stack.cli("status", job_id, "--json").stdout)
+    assert st["state"] == "succeeded" and len(st["history"]) == 2
+    p = stack.cli("list")
+    assert p.returncode == 0 and "remote-cli" in p.stdout and job_id[:8] in p.stdout, p.stdout + p.stderr
+    assert job_id in {j["id"] for j in json.loads(stack.cli("list", "--json").stdout)}
+    p = stack.cli("logs", job_id)
+    assert p.returncode == 0 and "succeeded" in p.stdout.lower(), p.stdout
+    p = stack.cli("workers")
+    assert p.returncode == 0 and "WORKER" in p.stdout and "cpu" in p.stdout, p.stdout + p.stderr
+    p = stack.cli("cancel", job_id)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+    # a slow job: watched at 80 columns on a terminal, then cancelled and retried over HTTP
+    spec.write_text(yaml.safe_dump(slow_spec("remote-watch-" + "x" * 30, epochs=40, batch_delay_s=0.05)))
+    p = stack.cli("submit", str(spec))
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip()
+    watch = _watch_on_a_pty(stack, job_id)
+    wait_for(lambda: json.loads(stack.cli("status", job_id, "--json").stdout)["epoch"] >= 2, 90, "two epochs")
+    p = stack.cli("cancel", job_id)
+    assert p.returncode == 0 and "cancel requested" in p.stdout, p.stdout + p.stderr
+    rc, raw = watch()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
+    lines = [seg for seg in re.split(r"[\r\n]", text) if seg.strip()]
+    assert rc == 1 and lines, raw  # cancelled: not a success
+    progress = [seg for seg in lines if seg.startswith("epoch ")]
+    assert len(progress) >= 2 and all(len(seg) <= 80 for seg in progress), [len(s) for s in lines]
+    assert "cancelled" in text
+    p = stack.cli("retry", job_id)
+    assert p.returncode == 0 and "as attempt 2" in p.stdout, p.stdout + p.stderr
+    p = stack.cli("cancel", job_id)
+    assert p.returncode == 0, p.stderr
+
+
+def _watch_on_a_pty(stack: Stack, job_id: str):  # type: ignore[no-untyped-def]
+    """Start ``traind watch`` on a pseudo-terminal of 80 columns; returns a function that waits for it and gives
+    its exit code and everything it drew."""
+    master, slave = pty.openpty()
+    env = stack.laptop_env("watch", COLUMNS="80", LINES="24", TERM="xterm")
+    p = subprocess.Popen([sys.executable, "-m", "daemon.cli", "watch", job_id], env=env, cwd=stack.tmp,
+                         stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, start_new_session=True)
+    os.close(slave)
+    out = bytearray()
+
+    def finish() -> tuple[int, str]:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed: the watch ended
+                break
+            if not chunk:
+                break
+            out.extend(chunk)
+        rc = p.wait(30)
+        os.close(master)
+        return rc, out.decode(errors="replace")
+
+    return finish
+
+
+def test_refusals_are_one_clear_line(stack: Stack, tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(slow_spec("refused", epochs=1)))
+    p = stack.cli("submit", str(spec), TRAIND_API_TOKEN=READ_TOKEN)
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "refused this token (403)" in p.stderr
+    p = stack.cli("list", TRAIND_API_TOKEN="wrong-token-0000000")
+    assert p.returncode == 1 and "refused this token (401)" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = stack.cli("status", "0190ffffffffffff")
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    bad = slow_spec("bad", epochs=0)
+    bad["model"]["builder"] = "os:system"
+    spec.write_text(yaml.safe_dump(bad))
+    p = stack.cli("submit", str(spec))
+    assert p.returncode == 2 and "refused (2 problem(s))" in p.stderr, p.stderr
