@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import redis
 
@@ -48,10 +49,12 @@ class Client(LocalJobsMixin, FitMixin):
             from jobs.remote.target import resolve_target
 
             if resolve_target(kw.get("api_url"), kw.get("token")) is not None:
-                from jobs.remote.client import RemoteClient
-
-                return super().__new__(RemoteClient)
+                assert Client.remote_class is not None  # set by jobs/client/__init__.py, which runs first
+                return super().__new__(Client.remote_class())
         return super().__new__(cls)
+
+    # jobs.client (the package) sets it: the remote client subclasses this one, so this module cannot import it
+    remote_class: ClassVar[Callable[[], type[Client]] | None] = None
 
     def __init__(
         self,
