@@ -35,12 +35,13 @@ from enum import Enum
 from typing import Any
 
 from jobs.contract import keys
+from jobs.contract.owners import OWNER_RE
 from jobs.errors import ConfigError
 
 log = logging.getLogger("traind.tokens")
 
 TOKEN_PREFIX = "traind_"  # recognisable in a leaked file or log line (secret scanners match prefixes)
-NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # the owner pattern: a token's name is its jobs' owner
+NAME_RE = OWNER_RE  # a token's name is the owner of the jobs it submits
 MAX_TOKENS = 10_000  # serve caches every record; a bound keeps that cache (and `token list`) small
 USED_WRITE_EVERY_MS = 60_000  # last-used is a hint for `token list`, not an audit log: one write a minute at most
 
