@@ -26,18 +26,27 @@ if TYPE_CHECKING:
     from jobs.remote.client import RemoteClient
 
 
-def _configured() -> bool:
-    """Whether an API is configured (cheap: read-only commands must start fast; the resolver runs later)."""
-    return bool(os.environ.get("TRAIND_API_URL"))
+def _maybe_configured() -> bool:
+    """Whether an API may be configured (cheap: read-only commands must start fast): ``TRAIND_API_URL``, a context
+    named by ``TRAIND_CONTEXT``, or a config file (then :func:`jobs.remote.target.resolve_target` decides)."""
+    if os.environ.get("TRAIND_API_URL") or os.environ.get("TRAIND_CONTEXT"):
+        return True
+    if os.environ.get("TRAIND_REDIS_URL"):
+        return False  # the environment outranks the file's current context
+    from jobs.config_file import config_path
+
+    return config_path().is_file()
 
 
 def route(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
-    """The remote implementation of ``args.command`` when an API is configured and no Redis URL was given on the
-    command line, else None (the Redis-backed command runs)."""
+    """The remote implementation of ``args.command`` when the resolver picks an API (``--redis-url``/``--storage``
+    on the command line pick Redis), else None (the Redis-backed command runs)."""
     fn = COMMANDS.get(getattr(args, "command", ""))
-    if fn is None or getattr(args, "redis_url", None) or not _configured():
+    if fn is None or getattr(args, "redis_url", None) or getattr(args, "storage", None) or not _maybe_configured():
         return None
-    return fn
+    from jobs.remote.target import resolve_target
+
+    return fn if resolve_target() is not None else None
 
 
 def _client() -> RemoteClient:
@@ -48,10 +57,8 @@ def _client() -> RemoteClient:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client()
-    if getattr(args, "owner", None):
-        print(f"note: --owner {args.owner} ignored: through the API the owner is the token's name", file=sys.stderr)
-    try:
-        handle = client.submit(args.spec, client_key=args.key)
+    try:  # --owner: only an admin token may name another owner than its own name (403 otherwise)
+        handle = client.submit(args.spec, client_key=args.key, owner=getattr(args, "owner", None))
     except SpecError as e:
         print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
               file=sys.stderr)

@@ -227,6 +227,19 @@ class ServeSettings(CommonSettings):
     auth_failures_window_s: float = Field(60.0, gt=0, le=86_400)
     presign_s: int = Field(300, ge=0, le=3600, description="Lifetime of the presigned object-store URLs handed to "
                            "remote clients for one upload or download (0: everything goes through the API).")
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn's own TLS; with "
+                                     "ssl_keyfile. Or terminate TLS in a proxy (docs/deploying.md#tls).")
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) matching ssl_certfile.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        # One without the other would serve plain HTTP (no cert) or fail deep in ssl (no key): refuse at start.
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TRAIND_SSL_CERTFILE and TRAIND_SSL_KEYFILE go together: set both or neither")
+        for name, path in (("TRAIND_SSL_CERTFILE", self.ssl_certfile), ("TRAIND_SSL_KEYFILE", self.ssl_keyfile)):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
 
     @field_validator("api_read_tokens", mode="before")
     @classmethod
@@ -236,6 +249,7 @@ class ServeSettings(CommonSettings):
 
 def _known_env_names() -> set[str]:
     names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
+    names.update({"TRAIND_CONFIG", "TRAIND_CONTEXT"})  # the contexts file and a context for one command (config_file)
     for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings, ServeSettings):
         names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
     return names

@@ -45,10 +45,14 @@ class Client(LocalJobsMixin, FitMixin):
     """
 
     def __new__(cls, *args: Any, **kw: Any) -> Client:
-        if cls is Client and not args and kw.get("redis_url") is None and kw.get("connection") is None:
+        settings = kw.get("settings")
+        redis_url = kw.get("redis_url") or (settings.redis_url if settings is not None else None)
+        if cls is Client and not args and redis_url is None and kw.get("connection") is None:
             from jobs.remote.target import resolve_target
 
-            if resolve_target(kw.get("api_url"), kw.get("token")) is not None:
+            storage = kw.get("storage")
+            if resolve_target(kw.get("api_url"), kw.get("token"), redis_url=None,
+                              storage=None if storage is None else str(storage)) is not None:
                 assert Client.remote_class is not None  # set by jobs/client/__init__.py, which runs first
                 return super().__new__(Client.remote_class())
         return super().__new__(cls)

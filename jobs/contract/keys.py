@@ -142,3 +142,11 @@ LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON
 def lemon_failures(machine: str) -> str:
     """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
     return f"{PREFIX}:lemon:failures:{machine}"
+
+
+# Named API tokens of `traind serve` (jobs/ops/tokens.py): only a sha256 of each token is stored, never the token.
+# Outside `traind:*` on purpose: the documented worker/submit/read-only ACL users (docs/security.md, `~traind:*`)
+# can neither read these nor mint a token; only serve's and the token admin's users get `~traind-auth:*`.
+AUTH_PREFIX = f"{PREFIX}-auth"
+API_TOKENS = f"{AUTH_PREFIX}:tokens"  # hash name -> JSON {"role", "sha256", "created_ms"}
+API_TOKENS_USED = f"{AUTH_PREFIX}:tokens:used"  # hash name -> last use (ms), written at most once a minute per serve

@@ -53,7 +53,7 @@ class RemoteClient(Client):
         self.transport = Transport(target, timeout_s=timeout_s)
         self._base_settings = settings
         self._settings: ClientSettings | None = None
-        _no_owner(owner)
+        self._owner = check_owner(owner) if owner is not None else None
         self._storage: ApiStorage | None = None
 
     def __repr__(self) -> str:
@@ -80,8 +80,9 @@ class RemoteClient(Client):
 
     @property
     def owner(self) -> str:
-        """Over the API the server records the owner: the name of the token (issue 26), never the laptop's say."""
-        return ""
+        """The owner asked for (``owner=``); "" when none: the server records the token's name. Only an admin token
+        may name another owner (the server answers 403 otherwise)."""
+        return self._owner or ""
 
     # -- submitting -------------------------------------------------------------------------------------------------
     def _validate(self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
@@ -109,7 +110,9 @@ class RemoteClient(Client):
         body: dict[str, Any] = {"spec": job_spec.model_dump(mode="json"),
                                 # a key of our own when none is given: a retried POST returns the first job
                                 "client_key": client_key or f"remote-{secrets.token_hex(16)}"}
-        _no_owner(owner)
+        who = check_owner(owner) if owner is not None else self._owner
+        if who:
+            body["owner"] = who
         res = self.transport.json("POST", "/api/v1/jobs", body=body, idempotent=True)
         return JobHandle(self, str(res["id"]), "not known (submitted through the API)")
 
@@ -180,13 +183,6 @@ class RemoteClient(Client):
 
     def durability_now(self) -> str:
         return f"submitted through the traind API at {self.target.url}"
-
-
-def _no_owner(owner: str | None) -> None:
-    if owner is not None:
-        check_owner(owner)
-        raise ConfigError(f"owner={owner!r}: through the traind API a job's owner is the name of the token that "
-                          "submits it; submit with that owner's token instead")
 
 
 def _ambiguous(prefix: str) -> Any:

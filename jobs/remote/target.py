@@ -1,19 +1,18 @@
 """Which traind API a client or CLI talks to: :func:`resolve_target`.
 
-Precedence: explicit arguments, then ``TRAIND_API_URL`` + ``TRAIND_API_TOKEN``, then (once merged) the config file's
-current context (issue 26's contexts; this is the one function to point at that resolver). None when no API is
-configured: the caller uses Redis as before.
+Precedence (:func:`jobs.config_file.resolve`): explicit arguments, then ``TRAIND_API_URL`` + ``TRAIND_API_TOKEN``
+(or ``TRAIND_REDIS_URL``: Redis), then the config file's context. None when the choice is Redis: the caller uses
+Redis as before.
 
 >>> resolve_target("http://127.0.0.1:8600/", "t0ken", env={})
 ApiTarget(url='http://127.0.0.1:8600', token='***')
->>> resolve_target(env={}) is None
+>>> resolve_target(redis_url="redis://127.0.0.1:6379/0", env={}) is None
 True
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -47,22 +46,24 @@ def check_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-def resolve_target(api_url: str | None = None, token: str | None = None,
-                   env: Mapping[str, str] | None = None) -> ApiTarget | None:
-    """The API to use, or None (no URL anywhere). A URL without a token is a ConfigError naming what to set."""
-    env = os.environ if env is None else env
-    url = api_url or env.get(URL_ENV) or None
-    if url is None:
+def resolve_target(api_url: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None,
+                   redis_url: str | None = None, storage: str | None = None) -> ApiTarget | None:
+    """The API to use, or None (talk to Redis): :func:`jobs.config_file.resolve`'s choice (arguments, then the
+    environment, then the context). A URL without a token is a ConfigError naming what to set."""
+    from jobs import config_file
+
+    chosen = config_file.resolve(api_url=api_url, token=token, redis_url=redis_url, storage=storage, env=env)
+    if isinstance(chosen, config_file.Local):
         return None
-    tok = token or env.get(TOKEN_ENV) or None
-    if not tok:
-        raise ConfigError(f"{URL_ENV} is {url[:100]} but no token is given: set {TOKEN_ENV} (or pass token=...)")
-    url = check_url(url)
+    if not chosen.token:
+        raise ConfigError(f"{chosen.api_url} ({chosen.source}) but no token is given: set {TOKEN_ENV}, pass "
+                          "token=..., or give the context a token_file")
+    url = check_url(chosen.api_url)
     parts = urlsplit(url)
     if parts.scheme == "http" and not _loopback(parts.hostname or ""):
         log.warning("%s is plain http to %s: the token crosses the network unencrypted; put TLS in front "
                     "(docs/deploying.md)", URL_ENV, parts.hostname)
-    return ApiTarget(url, tok)
+    return ApiTarget(url, chosen.token)
 
 
 def _loopback(host: str) -> bool:

@@ -1,0 +1,166 @@
+"""Issue 26 item 3: named tokens with roles, stored hashed in Redis, added and revoked without a restart; the owner
+of an API submit is the token's name; a submit token changes only its own jobs (real serve + redis-server)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from daemon.cli import main
+from jobs.contract import keys
+from jobs.ops.tokens import Role, TokenStore
+from tests.conftest import Procs, wait_for
+from tests.security.serve_helpers import TOKEN as SERVE_TOKEN
+from tests.security.serve_helpers import start_serve
+from tests.serve.conftest import READ_TOKEN, Served, slow_spec
+
+
+def _add(capsys: pytest.CaptureFixture[str], redis_url: str, name: str, role: str) -> str:
+    """``traind token add NAME --role ROLE``: the token is the only thing on stdout."""
+    assert main(["token", "add", name, "--role", role, "--redis-url", redis_url]) == 0
+    out, err = capsys.readouterr()
+    assert "shown only this once" in err
+    return out.strip()
+
+
+def _every_value(r: redis.Redis) -> list[bytes]:
+    """Every key and every stored byte of this Redis."""
+    out: list[bytes] = []
+    for k in r.scan_iter(count=1000):
+        out.append(k)
+        t = r.type(k)
+        if t == b"string":
+            out.append(r.get(k) or b"")
+        elif t == b"hash":
+            for f, v in r.hgetall(k).items():
+                out += [f, v]
+        elif t == b"list":
+            out += r.lrange(k, 0, -1)
+        elif t == b"set":
+            out += list(r.smembers(k))
+        elif t == b"zset":
+            out += [m for m, _ in r.zrange(k, 0, -1, withscores=True)]
+        elif t == b"stream":
+            out += [json.dumps(e, default=str).encode() for e in r.xrange(k)]
+    return out
+
+
+def _owner(r: redis.Redis, jid: str) -> str | None:
+    v = r.hget(keys.job(jid), "owner")
+    return v.decode() if v is not None else None
+
+
+def test_roles_owner_and_hashed_storage(served: Served, redis_url: str, r: redis.Redis,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    alice = _add(capsys, redis_url, "alice", "submit")
+    bob = _add(capsys, redis_url, "bob", "submit")
+    viewer = _add(capsys, redis_url, "viewer", "read")
+    assert alice.startswith("traind_") and len({alice, bob, viewer}) == 3
+
+    with served.client(alice) as a, served.client(bob) as b, served.client(viewer) as v, served.client() as adm:
+        # serve's copy is at most 1 s old: polled every 0.3 s, a few 401s, far below the rate limit
+        wait_for(lambda: a.get("/api/v1/jobs").status_code == 200, 5, "serve to accept the new tokens", interval=0.3)
+        # Owner from the token; a submit token cannot submit for someone else, an admin can.
+        resp = a.post("/api/v1/jobs", json={"spec": slow_spec("a1")})
+        assert resp.status_code == 201, resp.text
+        jid = resp.json()["id"]
+        assert _owner(r, jid) == "alice"
+        assert a.get(f"/api/v1/jobs/{jid}").json()["owner"] == "alice"
+        resp = a.post("/api/v1/jobs", json={"spec": slow_spec("a2"), "owner": "bob"})
+        assert resp.status_code == 403 and "only an admin token may submit for another owner" in resp.json()["detail"]
+        assert a.post("/api/v1/jobs", json={"spec": slow_spec("a3"), "owner": "alice"}).status_code == 201
+        for_bob = adm.post("/api/v1/jobs", json={"spec": slow_spec("b1"), "owner": "bob"}).json()["id"]
+        assert _owner(r, for_bob) == "bob"
+        by_admin = adm.post("/api/v1/jobs", json={"spec": slow_spec("x1")}).json()["id"]
+        assert _owner(r, by_admin) == "admin"  # TRAIND_API_TOKEN is the admin named "admin"
+
+        # A read token reads, and is refused every write before its body is read.
+        assert v.get(f"/api/v1/jobs/{jid}").status_code == 200
+        for path in ("/api/v1/jobs", f"/api/v1/jobs/{jid}/cancel", f"/api/v1/jobs/{jid}/retry"):
+            resp = v.post(path, json={"spec": slow_spec()})
+            assert resp.status_code == 403 and "read-only" in resp.json()["detail"], (path, resp.text)
+        with served.client(READ_TOKEN) as env_read:  # the env read tokens: unchanged
+            assert env_read.post("/api/v1/jobs", json={"spec": slow_spec()}).status_code == 403
+
+        # A submit token changes only its own jobs: 403 with one line naming the owner, and nothing changes.
+        resp = b.post(f"/api/v1/jobs/{jid}/cancel")
+        assert resp.status_code == 403, resp.text
+        detail = resp.json()["detail"]
+        assert "belongs to 'alice'" in detail and "'bob'" in detail and "\n" not in detail
+        assert a.get(f"/api/v1/jobs/{jid}").json()["state"] == "queued"
+        assert a.post(f"/api/v1/jobs/{jid}/cancel").status_code == 200
+        assert b.post(f"/api/v1/jobs/{jid}/retry").status_code == 403
+        assert a.post(f"/api/v1/jobs/{jid}/retry").status_code == 200
+        assert b.post(f"/api/v1/jobs/{for_bob}/cancel").status_code == 200  # bob's own, submitted by the admin
+        assert b.post(f"/api/v1/jobs/{by_admin}/cancel").status_code == 403
+        assert adm.post(f"/api/v1/jobs/{jid}/cancel").status_code == 200  # admin: everything
+        # An unknown job is the route's 404, a job recording no owner (older) is the admin's only.
+        assert b.post("/api/v1/jobs/0123456789abcdef0123456789abcdef/cancel").status_code in (404, 422)
+        r.hdel(keys.job(by_admin), "owner")
+        resp = b.post(f"/api/v1/jobs/{by_admin}/retry")
+        assert resp.status_code == 403 and "records no owner" in resp.json()["detail"]
+        # Sweeps record no owner: cancelling one needs an admin token.
+        resp = a.post("/api/v1/sweeps/s0123/cancel")
+        assert resp.status_code == 403 and "needs an admin token" in resp.json()["detail"]
+
+    # Only hashes are stored: no raw token anywhere in Redis (keys, fields, values).
+    blob = b"\0".join(_every_value(r))
+    for token in (alice, bob, viewer):
+        assert token.encode() not in blob and token[7:].encode() not in blob
+    assert r.hlen(keys.API_TOKENS) == 3
+
+    # `traind token list`: name, role, created, last used; never a token.
+    assert main(["token", "list", "--redis-url", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "alice" in out and "submit" in out and "viewer" in out and "read" in out
+    assert not any(t in out for t in (alice, bob, viewer))
+    wait_for(lambda: r.hexists(keys.API_TOKENS_USED, "alice"), 5, "alice's last use to be recorded")
+    assert main(["token", "list", "--json", "--redis-url", redis_url]) == 0
+    listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
+    assert listed["alice"]["role"] == "submit" and listed["alice"]["last_used_ms"] > 0
+    assert set(listed["alice"]) == {"name", "role", "created_ms", "last_used_ms"}
+
+
+def test_cli_refuses_bad_names_and_duplicates(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _add(capsys, redis_url, "ci", "submit")
+    for name, why in (("ci", "exists already"), ("admin", "reserved"), ("bad name", "expected 1-64")):
+        assert main(["token", "add", name, "--role", "read", "--redis-url", redis_url]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+    assert main(["token", "revoke", "nobody", "--redis-url", redis_url]) == 1
+    assert "no stored token named 'nobody'" in capsys.readouterr().err
+
+
+def test_malformed_token_record_is_one_bad_row(served: Served, r: redis.Redis) -> None:
+    good = TokenStore(r).add("good", Role.READ, now_ms=1)
+    r.hset(keys.API_TOKENS, mapping={"broken": "{not json", "nohash": json.dumps({"role": "admin", "sha256": "",
+                                                                                  "created_ms": 1})})
+    with served.client(good) as c:
+        assert wait_for(lambda: c.get("/api/v1/jobs").status_code == 200, 5, "the good token to be accepted")
+    assert [t.name for t in TokenStore(r).records()] == ["good"]
+
+
+def test_add_and_revoke_need_no_restart(procs: Procs, redis_url: str, storage_dir: Any, r: redis.Redis,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Against a real `traind serve` process: a token added after it started is accepted, and once revoked it is
+    refused within a second and a half (the cache is 1 s)."""
+    serve = start_serve(procs, redis_url, storage_dir)
+    token = _add(capsys, redis_url, "late", "submit")
+    with serve.client(token) as c:
+        # polled every 0.3 s: a few 401s while serve's copy is older than the token, far below the rate limit
+        wait_for(lambda: c.get("/api/v1/jobs").status_code == 200, 5, "the new token to be accepted", interval=0.3)
+        resp = c.post("/api/v1/jobs", json={"spec": slow_spec("late")})
+        assert resp.status_code == 201, resp.text
+        assert _owner(r, resp.json()["id"]) == "late"
+        assert main(["token", "revoke", "late", "--redis-url", redis_url]) == 0
+        revoked = time.monotonic()
+        wait_for(lambda: c.get("/api/v1/jobs").status_code == 401, 5, "the revoked token to be refused",
+                 interval=0.05)
+        assert time.monotonic() - revoked < 1.5
+    with serve.client(SERVE_TOKEN) as c:  # the env admin token is untouched
+        assert c.get("/api/v1/jobs").status_code == 200
+    assert token not in serve.log()
