@@ -21,6 +21,7 @@ and a token and no Redis or object-store credentials (issue 26, :mod:`jobs.remot
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import tempfile
@@ -78,14 +79,19 @@ def presign(storage: Storage, key: str, method: Literal["put_object", "get_objec
     credentials (the standard AWS environment), which the laptop never sees."""
     if expires_s <= 0 or storage.is_local or getattr(storage, "protocol", None) != "s3":
         return None
+    bucket = getattr(storage, "bucket")  # noqa: B009 (ObjectStorage's; the base type has none)
+    obj = storage._p(key).split("/", 1)[1]  # type: ignore[attr-defined]
+    return str(_signer().generate_presigned_url(method, Params={"Bucket": bucket, "Key": obj}, ExpiresIn=expires_s))
+
+
+@functools.lru_cache(maxsize=1)
+def _signer() -> Any:
+    """One botocore S3 client per process (signing is local: no request is made). SigV4, so the expiry is part of
+    what is signed (X-Amz-Expires); endpoint, region and keys from the standard AWS environment."""
     import botocore.session
     from botocore.config import Config
 
-    bucket = getattr(storage, "bucket")  # noqa: B009 (ObjectStorage's; the base type has none)
-    obj = storage._p(key).split("/", 1)[1]  # type: ignore[attr-defined]
-    # SigV4 (X-Amz-Expires: the expiry is part of what is signed); endpoint, region and keys from the environment
-    client = botocore.session.get_session().create_client("s3", config=Config(signature_version="s3v4"))
-    return str(client.generate_presigned_url(method, Params={"Bucket": bucket, "Key": obj}, ExpiresIn=expires_s))
+    return botocore.session.get_session().create_client("s3", config=Config(signature_version="s3v4"))
 
 
 @router.get("/client/config")
