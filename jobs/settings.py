@@ -130,8 +130,8 @@ class ClientSettings(CommonSettings):
 
     # Remote mode (jobs/remote): with an API URL the client and CLI talk to `traind serve`, never to Redis/storage.
     api_url: str | None = Field(None, description="URL of `traind serve` (https://traind.example): the client and "
-                                "the CLI use the API with TRAIND_API_TOKEN instead of Redis and the storage.")
-    api_token: SecretStr | None = Field(None, description="Bearer token for TRAIND_API_URL.")
+                                "the CLI use the API with TRAIND_API_TOKEN (a known name: ServeSettings') instead "
+                                "of Redis and the storage.")
 
     owner: str | None = Field(None, pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="Owner recorded on submitted "
                               "jobs (fair share, limits, filters); default: the OS user.")

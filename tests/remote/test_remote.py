@@ -104,6 +104,7 @@ def test_the_cli_over_http(stack: Stack, tmp_path: Path) -> None:
     st = json.loads(stack.cli("status", job_id, "--json").stdout)
     assert st["state"] == "succeeded" and len(st["history"]) == 3
     assert len(render.progress_line(st, st["history"][-1])) > 80  # the 80 columns were a real constraint
+    _files_download_verified(stack, job_id)
     p = stack.cli("watch", job_id[:10])  # a finished job: its last line and the summary, exit 0
     assert p.returncode == 0 and "epoch 3/3" in p.stdout and "succeeded" in p.stdout, p.stdout + p.stderr
     p = stack.cli("status", job_id[:10])
@@ -129,6 +130,25 @@ def test_the_cli_over_http(stack: Stack, tmp_path: Path) -> None:
     assert p.returncode == 0 and "as attempt 2" in p.stdout, p.stdout + p.stderr
     p = stack.cli("cancel", job_id)
     assert p.returncode == 0, p.stderr
+
+
+def _files_download_verified(stack: Stack, job_id: str) -> None:
+    """A job's checkpoint comes back byte-exact through the API and through a presigned GET; other keys do not."""
+    import httpx
+
+    from jobs.storage.ckpt_format import record_key
+
+    with stack.http(READ_TOKEN) as h:
+        index = h.get(f"/api/v1/jobs/{job_id}/checkpoint-index").json()
+        manifest = index[max(index, key=int)]
+        key = record_key(job_id, manifest)
+        via_api = h.get(f"/api/v1/jobs/{job_id}/file", params={"key": key})
+        assert via_api.status_code == 200 and hashlib.sha256(via_api.content).hexdigest() == manifest["sha256"]
+        url = h.get(f"/api/v1/jobs/{job_id}/file-url", params={"key": key}).json()["url"]
+        assert "X-Amz-Expires=300" in url and key in url
+        assert hashlib.sha256(httpx.get(url).content).hexdigest() == manifest["sha256"]
+        other = h.get(f"/api/v1/jobs/{job_id}/file", params={"key": "jobs/0190aaaaaaaaaaaa/ckpt/x.npz"})
+        assert other.status_code == 403 and "is not a file of job" in other.json()["detail"]
 
 
 def _on_a_pty(stack: Stack, *args: str) -> tuple[int, str]:
