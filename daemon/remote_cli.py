@@ -24,6 +24,7 @@ from jobs.errors import JobTimeoutError, SpecError
 
 if TYPE_CHECKING:
     from jobs.remote.client import RemoteClient
+    from jobs.remote.jobs_api import JobsApi
 
 
 def _maybe_configured() -> bool:
@@ -50,9 +51,17 @@ def route(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | Non
 
 
 def _client() -> RemoteClient:
+    """For submit: the whole client (it validates specs, which imports pydantic and the spec models)."""
     from jobs.remote.client import RemoteClient
 
     return RemoteClient(timeout_s=30.0)
+
+
+def _api() -> JobsApi:
+    """For the other commands: the job routes only (httpx; no numpy, rq or pydantic: reads start fast)."""
+    from jobs.remote.jobs_api import open_api
+
+    return open_api(timeout_s=30.0)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -78,7 +87,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             final = handle.wait(timeout=args.timeout, poll_s=0.5)
         else:
             print(f"submitted {handle.id}", file=sys.stderr)
-            final = watch_remote(client, handle.id, sys.stdout, timeout_s=args.timeout)
+            final = watch_remote(client.api, handle.id, sys.stdout, timeout_s=args.timeout)
     except JobTimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -90,25 +99,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _client()
-    handle = client.job(args.job)
+    api = _api()
+    job_id = api.resolve(args.job)
     if args.spec:
-        print_json(handle.spec())
+        print_json(api.job_spec(job_id))
     elif args.json:
-        print_json(handle.status(with_history=True))
+        print_json(api.job_status(job_id, True))
     else:
-        print(render.status_block(handle.status(with_history=True)))
+        print(render.status_block(api.job_status(job_id, True)))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    client = _client()
-    params: dict[str, object] = {}
-    if args.state:
-        params["state"] = args.state
-    if args.limit:
-        params["limit"] = args.limit
-    page = client.transport.json("GET", "/api/v1/cli/list", params=params)
+    page = _api().list_rows(args.state, args.limit)
     jobs = page["jobs"]
     if args.json:
         print_json([{k: v for k, v in j.items() if k not in ("handle", "monitor")} for j in jobs])
@@ -124,8 +127,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from daemon.remote_watch import watch_remote
 
-    client = _client()
-    final = watch_remote(client, client.job(args.job).id, sys.stdout)
+    api = _api()
+    final = watch_remote(api, api.resolve(args.job), sys.stdout)
     print(render.final_summary(final))
     return 0 if final["state"] == JobState.SUCCEEDED.value else 1
 
@@ -133,15 +136,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from daemon.remote_watch import print_remote_logs
 
-    client = _client()
-    print_remote_logs(client, client.job(args.job).id, sys.stdout, follow=args.follow)
+    api = _api()
+    print_remote_logs(api, api.resolve(args.job), sys.stdout, follow=args.follow)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    client = _client()
-    job_id = client.job(args.job).id
-    prev = client.job_cancel(job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
+    api = _api()
+    job_id = api.resolve(args.job)
+    prev = api.job_cancel(job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
     if prev in (JobState.QUEUED, JobState.REQUEUED):
         print(f"cancelled {job_id} (was {prev.value})")
     elif prev is JobState.RUNNING:
@@ -154,10 +157,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     from jobs.errors import IllegalTransitionError
 
-    client = _client()
-    job_id = client.job(args.job).id
+    api = _api()
+    job_id = api.resolve(args.job)
     try:
-        attempt = client.job_retry(job_id)
+        attempt = api.job_retry(job_id)
     except IllegalTransitionError as e:
         print(f"error: {render.clean(e)}", file=sys.stderr)
         return 1
@@ -166,7 +169,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    ws = _client().transport.json("GET", "/api/v1/workers")
+    ws = _api().workers()
     if args.json:
         print_json(ws)
         return 0

@@ -2,7 +2,7 @@
 (``GET /api/v1/jobs/{id}/stream``, :mod:`daemon.serve.sse`) drawn exactly as the Redis-polling
 :func:`daemon.watch.watch_job` draws it (the same progress line, the same rich live view on a terminal).
 
->>> # final = watch_remote(client, job_id, sys.stdout)
+>>> # final = watch_remote(open_api(), job_id, sys.stdout)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from jobs.contract.states import JobState
 from jobs.errors import ApiAuthError, ApiError, JobTimeoutError
 
 if TYPE_CHECKING:
-    from jobs.remote.client import RemoteClient
+    from jobs.remote.jobs_api import JobsApi
 
 OUTAGE_S = 30.0  # how long a broken stream is reconnected before the watch gives up (as watch_job rides out Redis)
 
@@ -81,7 +81,7 @@ class _View:
             return None
 
 
-def watch_remote(client: RemoteClient, job_id: str, out: TextIO, timeout_s: float | None = None,
+def watch_remote(api: JobsApi, job_id: str, out: TextIO, timeout_s: float | None = None,
                  console: Any = None) -> dict[str, Any]:
     """Draw the job's progress from its SSE stream until it is terminal; return its final status (with history).
     A broken stream is reconnected (a snapshot again) for up to :data:`OUTAGE_S`. Raises JobTimeoutError."""
@@ -97,19 +97,19 @@ def watch_remote(client: RemoteClient, job_id: str, out: TextIO, timeout_s: floa
                     redirect_stderr=False)
         live.start()
     try:
-        return _follow(client, job_id, out, live, timeout_s)
+        return _follow(api, job_id, out, live, timeout_s)
     finally:
         if live is not None:
             live.stop()
 
 
-def _follow(client: RemoteClient, job_id: str, out: TextIO, live: Any, timeout_s: float | None) -> dict[str, Any]:
+def _follow(api: JobsApi, job_id: str, out: TextIO, live: Any, timeout_s: float | None) -> dict[str, Any]:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     view, last_line, said = _View(), "", None
     outage_since: float | None = None
     while True:
         try:
-            for event, data, _ in sse_events(client.transport.stream_lines(f"/api/v1/jobs/{job_id}/stream")):
+            for event, data, _ in sse_events(api.transport.stream_lines(f"/api/v1/jobs/{job_id}/stream")):
                 outage_since = None
                 if event == "deleted":
                     raise ApiError(f"job {job_id} was deleted (purged) while watched")
@@ -129,7 +129,7 @@ def _follow(client: RemoteClient, job_id: str, out: TextIO, live: Any, timeout_s
                             out.flush()
                         last_line = line
                     if st.get("state") and JobState(st["state"]).is_terminal:
-                        return client.job_status(job_id, True)
+                        return api.job_status(job_id, True)
                 if deadline is not None and time.monotonic() > deadline:
                     state = view.status.get("state")
                     raise JobTimeoutError(f"job {job_id} still {state} after {timeout_s} s "
@@ -143,15 +143,15 @@ def _follow(client: RemoteClient, job_id: str, out: TextIO, live: Any, timeout_s
             time.sleep(1.0)
 
 
-def print_remote_logs(client: RemoteClient, job_id: str, out: TextIO, follow: bool = False,
+def print_remote_logs(api: JobsApi, job_id: str, out: TextIO, follow: bool = False,
                       interval_s: float = 0.5) -> JobState:
     """Print a job's events; with ``follow``, keep printing new ones until the job is terminal. Events are compared
     by content when the server's list was trimmed at its front (``events_max``), as :class:`daemon.watch.EventTail`
     does."""
     seen: list[Any] = []
     while True:
-        state = client.job_state(job_id)  # first: events written before a terminal state show
-        events = client.job_events(job_id)
+        state = api.job_state(job_id)  # first: events written before a terminal state show
+        events = api.job_events(job_id)
         start = 0  # the last one printed not found (trimmed past it): all of them, never a gap
         if seen:
             for i in range(len(events) - 1, -1, -1):

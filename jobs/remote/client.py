@@ -24,7 +24,8 @@ from jobs.client.submit import Client, _check_client_key
 from jobs.contract.owners import check_owner
 from jobs.contract.spec import JobSpec, load_spec_file, validate_spec
 from jobs.contract.states import JobState
-from jobs.errors import AmbiguousJobIdError, ConfigError, IllegalTransitionError, JobFinishedError
+from jobs.errors import ConfigError
+from jobs.remote.jobs_api import JobsApi
 from jobs.remote.storage import ApiStorage
 from jobs.remote.target import resolve_target
 from jobs.remote.transport import Transport
@@ -51,6 +52,7 @@ class RemoteClient(Client):
             raise ConfigError("RemoteClient needs api_url (or TRAIND_API_URL) and a token (or TRAIND_API_TOKEN)")
         self.target = target
         self.transport = Transport(target, timeout_s=timeout_s)
+        self.api = JobsApi(self.transport)
         self._base_settings = settings
         self._settings: ClientSettings | None = None
         self._owner = check_owner(owner) if owner is not None else None
@@ -124,46 +126,35 @@ class RemoteClient(Client):
     # -- reading ----------------------------------------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
         """The job with this id or the one id that starts with it (JobNotFoundError, AmbiguousJobIdError)."""
-        res = self.transport.json("GET", f"/api/v1/resolve/{job_id}", conflict=_ambiguous(job_id))
-        return JobHandle(self, str(res["id"]))
+        return JobHandle(self, self.api.resolve(job_id))
 
     def list(self, state: JobState | str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Job summaries, newest first, optionally filtered by state (as ``traind list`` shows them)."""
-        params: dict[str, Any] = {}
-        if state is not None:
-            params["state"] = JobState(state).value
-        if limit is not None:
-            params["limit"] = limit
-        rows = self.transport.json("GET", "/api/v1/cli/list", params=params)["jobs"]
+        rows = self.api.list_rows(None if state is None else JobState(state).value, limit)["jobs"]
         return [{k: v for k, v in r.items() if k not in ("handle", "monitor")} for r in rows]
 
-    # -- JobSource (what a JobHandle needs) -------------------------------------------------------------------------
+    # -- JobSource (what a JobHandle needs): the API's calls -------------------------------------------------------
     def job_status(self, job_id: str, with_history: bool) -> dict[str, Any]:
-        return self.transport.json("GET", f"/api/v1/jobs/{job_id}",
-                                   params={"history": "true" if with_history else "false"})
+        return self.api.job_status(job_id, with_history)
 
     def job_spec(self, job_id: str) -> dict[str, Any]:
-        return self.transport.json("GET", f"/api/v1/jobs/{job_id}/spec")
+        return self.api.job_spec(job_id)
 
     def job_state(self, job_id: str) -> JobState:
-        return JobState(self.job_status(job_id, False)["state"])
+        return self.api.job_state(job_id)
 
     def job_history(self, job_id: str) -> list[dict[str, Any]]:
-        return self.transport.json("GET", f"/api/v1/jobs/{job_id}/history")
+        return self.api.job_history(job_id)
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
-        return self.transport.json("GET", f"/api/v1/jobs/{job_id}/events")
+        return self.api.job_events(job_id)
 
     def job_cancel(self, job_id: str) -> JobState:
-        res = self.transport.json("POST", f"/api/v1/jobs/{job_id}/cancel", idempotent=True,
-                                  conflict=JobFinishedError)
-        return JobState(res["previous"])
+        return self.api.job_cancel(job_id)
 
     def job_retry(self, job_id: str) -> int:
         """Run a failed or cancelled job again from its checkpoint; returns the new attempt number."""
-        res = self.transport.json("POST", f"/api/v1/jobs/{job_id}/retry", idempotent=False,
-                                  conflict=IllegalTransitionError)
-        return int(res["attempt"])
+        return self.api.job_retry(job_id)
 
     def job_load_model(self, job_id: str, which: str) -> Any:
         """Rebuilt here from the spec with the job's files downloaded through the API (or presigned URLs), each
@@ -183,13 +174,3 @@ class RemoteClient(Client):
 
     def durability_now(self) -> str:
         return f"submitted through the traind API at {self.target.url}"
-
-
-def _ambiguous(prefix: str) -> Any:
-    def make(message: str) -> AmbiguousJobIdError:
-        err = AmbiguousJobIdError(prefix, [])
-        err.args = (message,)
-        return err
-
-    return make
-
