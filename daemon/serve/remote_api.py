@@ -25,11 +25,12 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +38,7 @@ from daemon.serve.api import Read, Write, _jid, _json, _store
 from jobs.contract.states import JobState
 from jobs.errors import LimitError
 from jobs.storage.base import DIGEST_RE, Storage
+from jobs.storage.limits import READ_CHUNK
 from jobs.storage.names import upload_key, validate_key
 
 router = APIRouter(prefix="/api/v1")
@@ -215,14 +217,32 @@ def job_file_url(job_id: str, request: Request, _: Read,
 
 @router.get("/jobs/{job_id}/file")
 def job_file(job_id: str, request: Request, _: Read, key: Annotated[str, Query(max_length=512)]) -> Response:
-    """One of the job's files (a checkpoint, an export, its initial weights), bounded by TRAIND_MAX_UPLOAD_BYTES.
-    The client checks it against the sha256 Redis recorded."""
+    """One of the job's files (a checkpoint, an export, its initial weights), streamed in chunks and bounded by
+    TRAIND_MAX_UPLOAD_BYTES (413 when larger). The client checks it against the sha256 Redis recorded."""
     key = _job_key(request, job_id, key)
+    storage, limit = _storage(request), _limit(request)
     try:
-        data = _storage(request).read_bytes(key, _limit(request), key)
+        if storage.is_local:
+            path = storage.path(key)  # type: ignore[attr-defined]
+            size = path.stat().st_size
+        else:
+            path = storage._p(key)  # type: ignore[attr-defined]
+            size = int(storage.fs.info(path).get("size") or 0)  # type: ignore[attr-defined]
     except FileNotFoundError:
         raise HTTPException(404, f"{key} is not in storage") from None
-    return Response(data, media_type="application/octet-stream")
+    if size > limit:
+        raise _too_large(f"{key} is {size} bytes, over TRAIND_MAX_UPLOAD_BYTES={limit}")
+    if storage.is_local:
+        return FileResponse(path, media_type="application/octet-stream")
+
+    def chunks() -> Iterator[bytes]:  # Starlette runs a sync iterator in its threadpool
+        with storage.fs.open(path, "rb", block_size=READ_CHUNK, cache_type="none") as f:  # type: ignore[attr-defined]
+            sent = 0
+            while sent < size and (block := f.read(min(READ_CHUNK, size - sent))):
+                sent += len(block)
+                yield block
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
 
 @router.get("/jobs/{job_id}/checkpoint-index")
