@@ -33,6 +33,7 @@ class Stack:
     bucket: str
     tmp: Path
     procs: Procs
+    laptop: subprocess.Popen[bytes] | None = None  # tests/remote/laptop.py, started with the stack (it runs meanwhile)
 
     def http(self, token: str | None = TOKEN) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"} if token else {},
@@ -79,7 +80,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 return False
 
         wait_for(up, 60, "traind serve")
-        yield Stack(url, redis_srv.url, s3_url, moto, bucket, tmp, procs)
+        st = Stack(url, redis_srv.url, s3_url, moto, bucket, tmp, procs)
+        # The laptop (TensorFlow's import, two fits) runs while the other tests drive the CLI: less wall time
+        out = open(tmp / "laptop.log", "wb")  # closed with the process
+        st.laptop = subprocess.Popen([sys.executable, str(Path(__file__).with_name("laptop.py")), "150"],
+                                     env=st.laptop_env("laptop"), cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        st.laptop.log_path = out.name  # type: ignore[attr-defined]
+        procs.procs.append(st.laptop)
+        yield st
     finally:
         procs.kill_all()
         moto.stop()

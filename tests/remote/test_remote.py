@@ -24,30 +24,6 @@ from tests.serve.conftest import slow_spec
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_laptop_fits_arrays_and_a_dataset_and_loads_the_models(stack: Stack) -> None:
-    p = subprocess.run([sys.executable, str(Path(__file__).with_name("laptop.py")), "120"],
-                       env=stack.laptop_env("laptop"), cwd=stack.tmp, capture_output=True, text=True, timeout=200)
-    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert p.returncode == 0 and line, p.stdout[-3000:] + p.stderr[-3000:]
-    res = json.loads(line[len("RESULT "):])
-    assert res["kind"] == "RemoteClient"
-    for name in ("arrays", "dataset"):
-        r = res[name]
-        assert r["state"] == "succeeded" and r["epochs"] == 2 and r["history"] == 2, r
-        assert r["n_weights"] == r["same_arch"] and len(r["pred"]) == 4 and all(map(_finite, r["pred"])), r
-        assert r["events"] > 0
-    # the data, the Dataset and the initial weights went to S3 through presigned URLs (moto is reachable here)
-    kinds = {(k.split("/")[1].startswith("ds-"), how) for k, how in res["uploads"]}
-    assert (True, "presigned") in kinds and (False, "presigned") in kinds, res["uploads"]
-    keys = {o["Key"] for o in stack.moto.client().list_objects_v2(Bucket=stack.bucket)["Contents"]}
-    assert {f"team/{k}" for k, _ in res["uploads"]} <= keys
-    assert any(k.startswith(f"team/jobs/{res['arrays']['id']}/") for k in keys)
-
-
-def _finite(v: float) -> bool:
-    return v == v and abs(v) < 1e30
-
-
 def test_uploads_through_the_api_are_checked_and_bounded(stack: Stack) -> None:
     data = os.urandom(1000)
     digest = hashlib.sha256(data).hexdigest()
@@ -132,6 +108,14 @@ def test_the_cli_over_http(stack: Stack, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
 
 
+def _token(stack: Stack, name: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "daemon.cli", "token", "add", name, "--role", "submit", "--redis-url",
+                        stack.redis_url], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr
+    return p.stdout.strip()
+
+
 def _files_download_verified(stack: Stack, job_id: str) -> None:
     """A job's checkpoint comes back byte-exact through the API and through a presigned GET; other keys do not."""
     import httpx
@@ -183,8 +167,47 @@ def test_refusals_are_one_clear_line(stack: Stack, tmp_path: Path) -> None:
     assert p.returncode == 1 and "refused this token (401)" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = stack.cli("status", "0190ffffffffffff")
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # named tokens (`traind token add`, on the server's side): the owner is the token's name, and a submit-only token
+    # cannot cancel another owner's job
+    alice, bob = (_token(stack, name) for name in ("alice", "bob"))
+    long_spec = tmp_path / "long.yaml"  # still running (or queued) when alice cancels it
+    long_spec.write_text(yaml.safe_dump(slow_spec("alice", epochs=40, batch_delay_s=0.05)))
+    p = stack.cli("submit", str(long_spec), "--json", TRAIND_API_TOKEN=alice)
+    assert p.returncode == 0, p.stderr
+    job_id = json.loads(p.stdout)["id"]
+    assert json.loads(stack.cli("status", job_id, "--json", TRAIND_API_TOKEN=bob).stdout)["owner"] == "alice"
+    p = stack.cli("cancel", job_id, TRAIND_API_TOKEN=bob)
+    assert p.returncode == 1 and "(403)" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = stack.cli("cancel", job_id, TRAIND_API_TOKEN=alice)
+    assert p.returncode == 0, p.stderr
     bad = slow_spec("bad", epochs=0)
     bad["model"]["builder"] = "os:system"
     spec.write_text(yaml.safe_dump(bad))
     p = stack.cli("submit", str(spec))
     assert p.returncode == 2 and "refused (2 problem(s))" in p.stderr, p.stderr
+
+
+def test_laptop_fits_arrays_and_a_dataset_and_loads_the_models(stack: Stack) -> None:
+    """Last in this module: the laptop process started with the stack and ran while the other tests did."""
+    assert stack.laptop is not None
+    rc = stack.laptop.wait(240)
+    out = Path(stack.laptop.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+    line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+    assert rc == 0 and line, out[-5000:]
+    res = json.loads(line[len("RESULT "):])
+    assert res["kind"] == "RemoteClient"
+    for name in ("arrays", "dataset"):
+        r = res[name]
+        assert r["state"] == "succeeded" and r["epochs"] == 2 and r["history"] == 2, r
+        assert r["n_weights"] == r["same_arch"] and len(r["pred"]) == 4 and all(map(_finite, r["pred"])), r
+        assert r["events"] > 0
+    # the data, the Dataset and the initial weights went to S3 through presigned URLs (moto is reachable here)
+    kinds = {(k.split("/")[1].startswith("ds-"), how) for k, how in res["uploads"]}
+    assert (True, "presigned") in kinds and (False, "presigned") in kinds, res["uploads"]
+    keys = {o["Key"] for o in stack.moto.client().list_objects_v2(Bucket=stack.bucket)["Contents"]}
+    assert {f"team/{k}" for k, _ in res["uploads"]} <= keys
+    assert any(k.startswith(f"team/jobs/{res['arrays']['id']}/") for k in keys)
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) < 1e30
