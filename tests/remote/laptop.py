@@ -36,6 +36,13 @@ def main() -> None:
     ds = tf.data.Dataset.from_tensor_slices((xa, y)).batch(16)
     job2 = client.fit(ds_model, ds, epochs=2, validation_data=tf.data.Dataset.from_tensor_slices((xa, y)).batch(32))
     res = {"kind": type(client).__name__, "uploads": client.storage.uploaded}
+    # submit_many, list and cancel through the same handles (builder specs: nothing to upload)
+    from tests.serve.conftest import slow_spec
+
+    many = client.submit_many([slow_spec("many-a", epochs=30), slow_spec("many-b", epochs=30)])
+    listed = {j["id"] for j in client.list(limit=50)}
+    res["many"] = {"listed": all(h.id in listed for h in many), "previous": [h.cancel().value for h in many],
+                   "states": [client.job(h.id[:12]).state.value for h in many]}
     for name, j, m in (("arrays", job, model), ("dataset", job2, ds_model)):
         final = j.wait(timeout=float(sys.argv[1]))
         loaded = j.load_model()

@@ -201,6 +201,9 @@ def test_laptop_fits_arrays_and_a_dataset_and_loads_the_models(stack: Stack) -> 
         assert r["state"] == "succeeded" and r["epochs"] == 2 and r["history"] == 2, r
         assert r["n_weights"] == r["same_arch"] and len(r["pred"]) == 4 and all(map(_finite, r["pred"])), r
         assert r["events"] > 0
+    many = res["many"]
+    assert many["listed"] and set(many["previous"]) <= {"queued", "running"}, many
+    assert all(st in ("cancelled", "running") for st in many["states"]), many  # a running one stops at a batch end
     # the data, the Dataset and the initial weights went to S3 through presigned URLs (moto is reachable here)
     kinds = {(k.split("/")[1].startswith("ds-"), how) for k, how in res["uploads"]}
     assert (True, "presigned") in kinds and (False, "presigned") in kinds, res["uploads"]
