@@ -4,16 +4,23 @@ of an API submit is the token's name; a submit token changes only its own jobs (
 from __future__ import annotations
 
 import json
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
+import uvicorn
 
 from daemon.cli import main
+from daemon.serve.app import create_app
 from jobs.contract import keys
 from jobs.ops.tokens import Role, TokenStore
-from tests.conftest import Procs, wait_for
+from jobs.settings import ServeSettings
+from testkit.cluster import RedisServer, free_port
+from tests.conftest import ROOT, Procs, wait_for
 from tests.security.serve_helpers import TOKEN as SERVE_TOKEN
 from tests.security.serve_helpers import start_serve
 from tests.serve.conftest import READ_TOKEN, Served, slow_spec
@@ -164,3 +171,48 @@ def test_add_and_revoke_need_no_restart(procs: Procs, redis_url: str, storage_di
     with serve.client(SERVE_TOKEN) as c:  # the env admin token is untouched
         assert c.get("/api/v1/jobs").status_code == 200
     assert token not in serve.log()
+
+
+def test_documented_serve_acl_user(tmp_path: Path, storage_dir: Path) -> None:
+    """docs/deploying.md's `traind-serve` ACL user runs serve with stored tokens (reads, submits, the notification
+    subscription); the documented worker user of docs/security.md cannot read or mint a token."""
+    from tests.security.test_redis_access import ACL_PASSWORDS, _documented_acl
+
+    doc = (ROOT / "docs" / "deploying.md").read_text().split("<!-- serve-acl -->", 1)[1]
+    serve_line = next(ln.strip() for ln in doc.splitlines() if ln.strip().startswith("user traind-serve "))
+    srv = RedisServer(tmp_path / "redis-acl").start()
+    try:
+        admin = redis.Redis.from_url(srv.url)
+        for line in sorted([*_documented_acl(), serve_line.replace(">SERVE_PASSWORD", ">s3rve-Pa55")],
+                           key=lambda ln: ln.startswith("user default ")):
+            name, *rules = line.split()[1:]
+            admin.execute_command("ACL", "SETUSER", name, *rules)
+        base = f"127.0.0.1:{srv.port}/0"
+        serve_url = f"redis://traind-serve:s3rve-Pa55@{base}"
+        worker = redis.Redis.from_url(f"redis://traind-worker:{ACL_PASSWORDS['WORKER_PASSWORD']}@{base}")
+        for cmd in (("HGETALL", keys.API_TOKENS), ("HSET", keys.API_TOKENS, "mine", "{}")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                worker.execute_command(*cmd)
+
+        token = TokenStore(redis.Redis.from_url(serve_url)).add("carol", Role.SUBMIT, now_ms=1)
+        settings = ServeSettings(redis_url=serve_url, storage_dir=storage_dir, port=free_port())
+        app = create_app(settings)  # no env token: the stored one is enough to start
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
+                                               log_config=None))
+        t = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        t.start()
+        try:
+            wait_for(lambda: server.started, 30, "uvicorn to start")
+            wait_for(lambda: app.state.hub.connected.is_set(), 30, "the notification subscription")
+            with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}) as c:
+                resp = c.post("/api/v1/jobs", json={"spec": slow_spec("acl")})
+                assert resp.status_code == 201, resp.text
+                assert c.get(f"/api/v1/jobs/{resp.json()['id']}").json()["owner"] == "carol"
+                assert c.post(f"/api/v1/jobs/{resp.json()['id']}/cancel").status_code == 200
+            wait_for(lambda: admin.hexists(keys.API_TOKENS_USED, "carol"), 5, "carol's last use to be recorded")
+        finally:
+            server.should_exit = True
+            t.join(30)
+    finally:
+        srv.stop()
