@@ -20,7 +20,7 @@ from jobs.contract import keys
 from jobs.ops.tokens import Role, TokenStore
 from jobs.settings import ServeSettings
 from testkit.cluster import RedisServer, free_port
-from tests.conftest import ROOT, Procs, wait_for
+from tests.conftest import ROOT, Procs, log_of, wait_for
 from tests.security.serve_helpers import TOKEN as SERVE_TOKEN
 from tests.security.serve_helpers import start_serve
 from tests.serve.conftest import READ_TOKEN, Served, slow_spec
@@ -216,3 +216,87 @@ def test_documented_serve_acl_user(tmp_path: Path, storage_dir: Path) -> None:
             t.join(30)
     finally:
         srv.stop()
+
+
+def test_serve_over_its_own_tls(procs: Procs, redis_url: str, storage_dir: Path, tmp_path: Path) -> None:
+    """`traind serve --ssl-certfile/--ssl-keyfile` passes them to uvicorn: HTTPS answers, plain HTTP does not; one
+    without the other is refused at start in one line."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    half = procs.traind("serve", "--ssl-certfile", str(cert), env={"TRAIND_API_TOKEN": SERVE_TOKEN,
+                                                                   "TRAIND_REDIS_URL": redis_url,
+                                                                   "TRAIND_STORAGE_DIR": str(storage_dir)},
+                        name="serve-half-tls")
+    assert half.wait(60) == 2
+    assert "TRAIND_SSL_CERTFILE and TRAIND_SSL_KEYFILE go together" in log_of(half)
+
+    port = free_port()
+    env = {"TRAIND_API_TOKEN": SERVE_TOKEN, "TRAIND_REDIS_URL": redis_url, "TRAIND_STORAGE_DIR": str(storage_dir),
+           "TRAIND_PORT": str(port)}
+    p = procs.traind("serve", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), env=env, name="serve-tls")
+    base = f"https://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert p.poll() is None, log_of(p)
+        try:
+            return httpx.get(f"{base}/healthz", verify=str(cert), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, "traind serve to answer over TLS")
+    with httpx.Client(base_url=base, verify=str(cert), headers={"Authorization": f"Bearer {SERVE_TOKEN}"}) as c:
+        assert c.get("/api/v1/jobs").status_code == 200
+    with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port gets no answer
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
+
+
+def test_token_cache_refresh_and_redis_outage() -> None:
+    """Pure logic of serve's copy (a fake source and clock): re-read after the cache time, the last copy kept while
+    Redis is unreadable, then 503 rather than 'invalid' (which would rate-limit the user for Redis' outage)."""
+    import asyncio
+
+    from daemon.serve import auth
+    from jobs.ops.tokens import digest
+
+    now = [0.0]
+    rows: dict[Any, Any] = {}
+    down = [False]
+
+    async def source() -> tuple[dict[Any, Any], dict[Any, Any]]:
+        if down[0]:
+            raise redis.ConnectionError("down")
+        return dict(rows), {}
+
+    tokens = auth.Tokens(ServeSettings(api_token=None), source=source, clock=lambda: now[0])
+    with pytest.raises(auth.StoredUnavailable):  # never read yet
+        tokens.principal("traind_x")
+    rows["ci"] = json.dumps({"role": "submit", "sha256": digest("traind_x"), "created_ms": 1})
+    asyncio.run(tokens.refresh())
+    assert tokens.principal("traind_x") == auth.Principal("ci", Role.SUBMIT)
+    del rows["ci"]
+    now[0] = 0.5
+    asyncio.run(tokens.refresh())  # within the cache time: not re-read
+    assert tokens.principal("traind_x") is not None
+    now[0] = 1.0
+    asyncio.run(tokens.refresh())
+    assert tokens.principal("traind_x") is None  # revoked
+    rows["ci"] = json.dumps({"role": "submit", "sha256": digest("traind_x"), "created_ms": 1})
+    down[0] = True
+    now[0] = 2.0
+    asyncio.run(tokens.refresh())  # fails: the last copy stays (the token is still unknown to it)
+    assert tokens.principal("traind_x") is None
+    now[0] = 1.0 + auth.STORED_STALE_MAX_S + 0.1
+    asyncio.run(tokens.refresh())
+    assert auth.judge(tokens, "Bearer traind_x", auth.Access.READ) is auth.UNAVAILABLE
+    down[0] = False
+    now[0] += 1.0
+    asyncio.run(tokens.refresh())
+    assert auth.judge(tokens, "Bearer traind_x", auth.Access.WRITE) == auth.Principal("ci", Role.SUBMIT)
+    assert auth.judge(tokens, "Bearer nope", auth.Access.READ) is auth.INVALID
