@@ -25,6 +25,7 @@ from daemon.serve.api import install_error_handlers, router
 from daemon.serve.guard import Guard
 from daemon.serve.sse import Hub
 from daemon.serve.sweeps_api import router as sweeps_router
+from daemon.serve.tokens_api import router as tokens_router
 from jobs.errors import ConfigError
 from jobs.redis.conn import connect, connect_async, redact_url
 from jobs.redis.store import JobStore
@@ -87,6 +88,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                        max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     app.include_router(sweeps_router)  # /api/v1/sweeps (daemon/serve/sweeps_api.py)
+    app.include_router(tokens_router)  # /api/v1/tokens, admin only (daemon/serve/tokens_api.py)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
 
     @app.get("/healthz", include_in_schema=False)

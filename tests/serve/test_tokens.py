@@ -300,3 +300,26 @@ def test_token_cache_refresh_and_redis_outage() -> None:
     asyncio.run(tokens.refresh())
     assert auth.judge(tokens, "Bearer traind_x", auth.Access.WRITE) == auth.Principal("ci", Role.SUBMIT)
     assert auth.judge(tokens, "Bearer nope", auth.Access.READ) is auth.INVALID
+
+
+def test_tokens_over_http_admin_only(served: Served, r: redis.Redis) -> None:
+    with served.client() as adm:
+        resp = adm.post("/api/v1/tokens", json={"name": "dave", "role": "submit"})
+        assert resp.status_code == 201, resp.text
+        dave = resp.json()["token"]
+        assert dave.encode() not in b"\0".join(_every_value(r))
+        assert adm.post("/api/v1/tokens", json={"name": "dave", "role": "read"}).status_code == 409
+        assert adm.post("/api/v1/tokens", json={"name": "admin", "role": "read"}).status_code == 409
+        assert adm.post("/api/v1/tokens", json={"name": "no way", "role": "read"}).status_code == 422
+        assert adm.post("/api/v1/tokens", json={"name": "x", "role": "root"}).status_code == 422
+        with served.client(dave) as d:
+            wait_for(lambda: d.get("/api/v1/jobs").status_code == 200, 5, "dave's token to work", interval=0.3)
+            for method, path in (("GET", "/api/v1/tokens"), ("DELETE", "/api/v1/tokens/dave")):
+                resp = d.request(method, path)
+                assert resp.status_code == 403 and "needs an admin token" in resp.json()["detail"]
+            assert d.post("/api/v1/tokens", json={"name": "evil", "role": "admin"}).status_code == 403
+            listed = adm.get("/api/v1/tokens").json()
+            assert [t["name"] for t in listed] == ["dave"] and dave not in json.dumps(listed)
+            assert adm.delete("/api/v1/tokens/dave").json() == {"name": "dave", "revoked": True}
+            assert adm.delete("/api/v1/tokens/dave").status_code == 404
+            wait_for(lambda: d.get("/api/v1/jobs").status_code == 401, 5, "dave's revoked token to be refused")
