@@ -149,4 +149,5 @@ def lemon_failures(machine: str) -> str:
 # can neither read these nor mint a token; only serve's and the token admin's users get `~traind-auth:*`.
 AUTH_PREFIX = f"{PREFIX}-auth"
 API_TOKENS = f"{AUTH_PREFIX}:tokens"  # hash name -> JSON {"role", "sha256", "created_ms"}
+API_TOKENS_VERSION = f"{AUTH_PREFIX}:tokens:version"  # counter bumped by every add/revoke: serve re-reads on change
 API_TOKENS_USED = f"{AUTH_PREFIX}:tokens:used"  # hash name -> last use (ms), written at most once a minute per serve

@@ -258,47 +258,64 @@ def test_serve_over_its_own_tls(procs: Procs, redis_url: str, storage_dir: Path,
 
 
 def test_token_cache_refresh_and_redis_outage() -> None:
-    """Pure logic of serve's copy (a fake source and clock): re-read after the cache time, the last copy kept while
-    Redis is unreadable, then 503 rather than 'invalid' (which would rate-limit the user for Redis' outage)."""
+    """Pure logic of serve's copy (a fake source and clock): re-read after the cache time when the version changed
+    (and in full every STORED_FULL_RELOAD_S), the last copy kept while Redis is unreadable, then 503 rather than
+    'invalid' (which would rate-limit the user for Redis' outage)."""
     import asyncio
 
     from daemon.serve import auth
     from jobs.ops.tokens import digest
 
-    now = [0.0]
+    now, version, down = [0.0], [0], [False]
     rows: dict[Any, Any] = {}
-    down = [False]
+    reads: list[bool] = []  # whether each read returned the hash
 
-    async def source() -> tuple[dict[Any, Any], dict[Any, Any]]:
+    async def source(known: Any) -> tuple[Any, dict[Any, Any] | None]:
         if down[0]:
             raise redis.ConnectionError("down")
-        return dict(rows), {}
+        reads.append(known != version[0])
+        return version[0], (dict(rows) if known != version[0] else None)
+
+    def change(**kw: Any) -> None:
+        rows.clear()
+        rows.update({k: json.dumps({"role": v, "sha256": digest(f"traind_{k}"), "created_ms": 1})
+                     for k, v in kw.items()})
+        version[0] += 1
+
+    def at(t: float) -> None:
+        now[0] = t
+        asyncio.run(tokens.refresh())
 
     tokens = auth.Tokens(ServeSettings(api_token=None), source=source, clock=lambda: now[0])
     with pytest.raises(auth.StoredUnavailable):  # never read yet
-        tokens.principal("traind_x")
-    rows["ci"] = json.dumps({"role": "submit", "sha256": digest("traind_x"), "created_ms": 1})
-    asyncio.run(tokens.refresh())
-    assert tokens.principal("traind_x") == auth.Principal("ci", Role.SUBMIT)
-    del rows["ci"]
-    now[0] = 0.5
-    asyncio.run(tokens.refresh())  # within the cache time: not re-read
-    assert tokens.principal("traind_x") is not None
-    now[0] = 1.0
-    asyncio.run(tokens.refresh())
-    assert tokens.principal("traind_x") is None  # revoked
-    rows["ci"] = json.dumps({"role": "submit", "sha256": digest("traind_x"), "created_ms": 1})
+        tokens.principal("traind_ci")
+    change(ci="submit")
+    at(0.0)
+    assert tokens.principal("traind_ci") == auth.Principal("ci", Role.SUBMIT)
+    change()  # revoked
+    at(0.5)  # within the cache time: not re-read
+    assert tokens.principal("traind_ci") is not None
+    at(1.0)
+    assert tokens.principal("traind_ci") is None
+    at(2.0)
+    assert reads == [True, True, False]  # unchanged version: the hash is not read again
+    rows["ci"] = json.dumps({"role": "read", "sha256": digest("traind_ci"), "created_ms": 1})  # a hand edit
+    at(3.0)
+    assert tokens.principal("traind_ci") is None
+    at(1.0 + auth.STORED_FULL_RELOAD_S)
+    assert tokens.principal("traind_ci") == auth.Principal("ci", Role.READ)  # seen at the next full read
+
+    change(ci="submit")
     down[0] = True
-    now[0] = 2.0
-    asyncio.run(tokens.refresh())  # fails: the last copy stays (the token is still unknown to it)
-    assert tokens.principal("traind_x") is None
-    now[0] = 1.0 + auth.STORED_STALE_MAX_S + 0.1
-    asyncio.run(tokens.refresh())
-    assert auth.judge(tokens, "Bearer traind_x", auth.Access.READ) is auth.UNAVAILABLE
+    loaded = tokens.loaded_at
+    assert loaded is not None
+    at(loaded + 2.0)  # fails: the last copy stays
+    assert tokens.principal("traind_ci") == auth.Principal("ci", Role.READ)
+    at(loaded + auth.STORED_STALE_MAX_S + 0.1)
+    assert auth.judge(tokens, "Bearer traind_ci", auth.Access.READ) is auth.UNAVAILABLE
     down[0] = False
-    now[0] += 1.0
-    asyncio.run(tokens.refresh())
-    assert auth.judge(tokens, "Bearer traind_x", auth.Access.WRITE) == auth.Principal("ci", Role.SUBMIT)
+    at(now[0] + 1.0)
+    assert auth.judge(tokens, "Bearer traind_ci", auth.Access.WRITE) == auth.Principal("ci", Role.SUBMIT)
     assert auth.judge(tokens, "Bearer nope", auth.Access.READ) is auth.INVALID
 
 
