@@ -88,8 +88,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                        max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     app.include_router(sweeps_router)  # /api/v1/sweeps (daemon/serve/sweeps_api.py)
-    app.include_router(tokens_router)  # /api/v1/tokens, admin only (daemon/serve/tokens_api.py)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
+    app.include_router(tokens_router)  # /api/v1/tokens, admin only (daemon/serve/tokens_api.py)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
