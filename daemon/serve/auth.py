@@ -102,12 +102,8 @@ class Tokens:
         self.used_written: dict[str, int] = {}  # name -> ms of the last last-used write
         self._lock = asyncio.Lock()
 
-    def access(self, presented: str) -> Access | None:
-        """The env tokens' access for ``presented`` (the interface before named tokens; kept for callers)."""
-        p = self.env_principal(presented)
-        return None if p is None else Access.WRITE if p.role is Role.ADMIN else Access.READ
-
     def env_principal(self, presented: str) -> Principal | None:
+        """The env token ``presented`` is (``admin`` or ``read``), or None."""
         p = presented.encode()
         # Check every token (no early exit) so timing does not tell which list matched.
         full = any([hmac.compare_digest(p, t) for t in self.full])
