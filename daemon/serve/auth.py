@@ -120,9 +120,9 @@ class Tokens:
                 return
             self.tried_at = self.clock()
             try:
-                # bounded: a frozen Redis must not hold every request behind this lock
                 # Only the version while nothing changed (one GET a second); the whole hash when it changed, and
                 # every STORED_FULL_RELOAD_S whatever the version says (a hand edit of the hash is seen too).
+                # Bounded in time: a frozen Redis must not hold every request behind this lock.
                 full = self.clock() - self.full_at >= STORED_FULL_RELOAD_S
                 version, raw = await asyncio.wait_for(self.source(None if full else self.version),
                                                       STORED_READ_TIMEOUT_S)
