@@ -165,5 +165,9 @@ def test_context_commands_write_0600_and_round_trip(tmp_path: Path, monkeypatch:
     token_file.chmod(0o604)
     assert main(["context", "add", "t2", "--api-url", TEAM, "--token-file", str(token_file)]) == 2
     assert "chmod 600" in capsys.readouterr().err
+    assert main(["context", "add", "t3", "--api-url", TEAM, "--storage", "/x"]) == 2
+    assert "--storage goes with a local context" in capsys.readouterr().err
+    assert main(["context", "add", "t4"]) == 2
+    assert "needs --api-url URL (a server) or --redis-url/--storage" in capsys.readouterr().err
     assert main(["context", "remove", "ci"]) == 0
     assert load(path).current is None and set(load(path).contexts) == {"here", "team"}
