@@ -60,6 +60,15 @@ def no_idempotency(job_id: str) -> str:
     return f"{job(job_id)}:noidem"
 
 
+# Named API tokens of `traind serve` (jobs/ops/tokens.py): only a sha256 of each token is stored, never the token.
+# Outside `traind:*` on purpose: the documented worker/submit/read-only ACL users (docs/security.md, `~traind:*`)
+# can neither read these nor mint a token; only serve's and the token admin's users get `~traind-auth:*`.
+AUTH_PREFIX = f"{PREFIX}-auth"
+API_TOKENS = f"{AUTH_PREFIX}:tokens"  # hash name -> JSON {"role", "sha256", "created_ms"}
+API_TOKENS_VERSION = f"{AUTH_PREFIX}:tokens:version"  # counter bumped by every add/revoke: serve re-reads on change
+API_TOKENS_USED = f"{AUTH_PREFIX}:tokens:used"  # hash name -> last use (ms), written at most once a minute per serve
+
+
 # The filter indexes, kept in step by the Lua scripts (which extend IDX_PREFIX exactly as the functions below do):
 # they bound every list/filter request, /metrics and purge by the page, never by the number of jobs.
 IDX_PREFIX = f"{PREFIX}:idx:"
@@ -142,12 +151,3 @@ LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON
 def lemon_failures(machine: str) -> str:
     """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
     return f"{PREFIX}:lemon:failures:{machine}"
-
-
-# Named API tokens of `traind serve` (jobs/ops/tokens.py): only a sha256 of each token is stored, never the token.
-# Outside `traind:*` on purpose: the documented worker/submit/read-only ACL users (docs/security.md, `~traind:*`)
-# can neither read these nor mint a token; only serve's and the token admin's users get `~traind-auth:*`.
-AUTH_PREFIX = f"{PREFIX}-auth"
-API_TOKENS = f"{AUTH_PREFIX}:tokens"  # hash name -> JSON {"role", "sha256", "created_ms"}
-API_TOKENS_VERSION = f"{AUTH_PREFIX}:tokens:version"  # counter bumped by every add/revoke: serve re-reads on change
-API_TOKENS_USED = f"{AUTH_PREFIX}:tokens:used"  # hash name -> last use (ms), written at most once a minute per serve
