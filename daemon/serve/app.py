@@ -127,13 +127,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 def _stored_tokens(conn: redis.Redis) -> bool:
-    """Whether Redis holds any `traind token add` token (checked once at start; an unreachable Redis counts as no)."""
+    """Whether Redis holds any `traind token add` token (checked at start when no env token is set)."""
     from jobs.contract import keys
 
     try:
         return bool(conn.hlen(keys.API_TOKENS))
-    except redis.RedisError:
-        return False
+    except redis.RedisError as e:
+        raise ConfigError(f"traind serve has no TRAIND_API_TOKEN/TRAIND_API_READ_TOKENS and cannot read the stored "
+                          f"tokens from Redis ({type(e).__name__}: {e}); start Redis or set TRAIND_API_TOKEN") from None
 
 
 def run(settings: ServeSettings, ready: Any = None) -> int:
