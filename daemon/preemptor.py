@@ -116,7 +116,8 @@ class Preemptor:
     def _waiting(self) -> list[Waiting]:
         """Jobs at the head of the traind queues, still waiting for the attempt their message names; empty when no
         high- or default-priority job waits (then nothing can preempt)."""
-        names = [_s(n) for n in itertools.islice(self.r.sscan_iter(keys.RQ_QUEUES, count=LIMIT), LIMIT)]
+        names = [_s(n).removeprefix(queue_key("")) for n in  # RQ's set holds queue keys (rq:queue:<name>)
+                 itertools.islice(self.r.sscan_iter(keys.RQ_QUEUES, count=LIMIT), LIMIT)]
         queues = sorted(n for n in names if priority_of(n) is not None)
         if not queues:
             return []
@@ -194,8 +195,10 @@ class Preemptor:
                 continue
             bad = [p for p in rec.problems if p.split(":", 1)[0] in ("attempt", "started_at")]
             if bad or not rec.worker or not rec.queue or rec.started_at is None:
-                # One bad row: it stays running and is never chosen (nothing says how long it ran, or where).
+                # One bad row: never chosen (nothing says how long it ran), but its worker stays busy.
                 log_problems(f"job {job_id} (preemption)", bad or ["worker/queue/started_at: missing"])
+                if rec.worker:
+                    out.append(Running(job_id, rec.worker, rec.queue or "", 0, preemptible=False))
                 continue
             flag = rec.extra.get("preempt_requested") or None
             self._attempts[job_id] = rec.attempt or 0
