@@ -259,6 +259,7 @@ class MemoryLedger(AttemptLedger):
         self.preempt_for: str | None = None  # a supervisor's preemption request (the job it is for)
         self.final: tuple[JobState, str, dict[str, Any]] | None = None
         self.requeued: tuple[str, str, dict[str, Any]] | None = None
+        self.requeued_extra: dict[str, Any] | None = None  # the requeue event's extra fields
         self.writes = 0
         self.samples: list[tuple[str, float]] = []
 
@@ -322,6 +323,7 @@ class MemoryLedger(AttemptLedger):
     def requeue(self, queue: str, msg: str, fields: dict[str, Any], event_extra: dict[str, Any] | None = None) -> None:
         self._fence()
         self.requeued = (queue, msg, dict(fields))
+        self.requeued_extra = event_extra
 
     def warn_unfenced(self, msg: str) -> None:
         self._log([event(EventKind.NOTE, msg, "warning")])
