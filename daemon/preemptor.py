@@ -84,6 +84,10 @@ class Preemptor:
         # gone (the supervisor drops it after worker_stale_s).
         self.live_ms = int(max(3 * settings.lease_ttl_s, 3.0) * 1000)
         self._attempts: dict[str, int] = {}  # running job -> the attempt this pass read
+        # Victims this supervisor flagged that may still hold the flag: passes with nothing waiting check only while
+        # there are some (a flag another supervisor set is withdrawn by that one; one left by a restart only costs a
+        # preemption that was no longer needed).
+        self._flagged: set[str] = set()
 
     def step(self, now_ms: int) -> list[str]:
         """Flag this pass' victims; returns their ids. A bug or a bad record here never stops the supervisor's other
@@ -98,11 +102,11 @@ class Preemptor:
 
     def _step(self, now_ms: int) -> list[str]:
         waiting = self._waiting()
-        pending = self._pending_flags()
-        if not waiting and not pending:
-            return []
+        if not waiting and not self._flagged:
+            return []  # nothing can preempt, and no flag of ours may need withdrawing: the common, cheap pass
         cluster = Cluster(self._workers(now_ms), self._running({w.priority for w in waiting}), waiting)
         self._withdraw_stale(cluster)
+        self._flagged = {r.id for r in cluster.running if r.pending_for} & self._flagged
         decision = decide(cluster, now_ms, int(self.settings.preempt_min_run_s * 1000))
         for reason, n in _count(h.reason for h in decision.held).items():
             telemetry.incr(self.r, f"preemptions_held:{reason}", n)  # tests and operators: "held back", not missed
@@ -110,6 +114,7 @@ class Preemptor:
         for p in decision.requests:
             if self._flag(p.victim, p.for_job, p.worker, p.victim_priority, p.for_priority):
                 flagged.append(p.victim)
+                self._flagged.add(p.victim)
         return flagged
 
     # -- reads ---------------------------------------------------------------------------------------------------
@@ -148,16 +153,6 @@ class Preemptor:
                 seen.add(job_id)
                 out.append(Waiting(job_id, q, rec.updated_at or 0))
         return out
-
-    def _pending_flags(self) -> bool:
-        """Whether any running job carries a preemption flag (then a pass must run to withdraw a stale one)."""
-        ids = [_s(i) for i in itertools.islice(self.r.sscan_iter(keys.state_index("running"), count=LIMIT), LIMIT)]
-        if not ids:
-            return False
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hexists(keys.job(job_id), "preempt_requested")
-        return any(v is True for v in pipe.execute(raise_on_error=False))
 
     def _workers(self, now_ms: int) -> list[Worker]:
         ids = [_s(w) for w in self.r.zrangebyscore(keys.WORKERS, now_ms - self.live_ms, "+inf", start=0, num=LIMIT)]
