@@ -26,6 +26,7 @@ last epoch-end checkpoint, and has the shortest claim on the worker).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from jobs.contract import keys
@@ -37,6 +38,7 @@ def _rank(priority: str) -> int:
     return RANK.get(priority, len(RANK))  # an unknown priority ranks below low: it never preempts anything
 
 
+@functools.lru_cache(maxsize=4096)  # a few queue names, parsed for every job of every pass
 def priority_of(rq_queue: str) -> str | None:
     """The priority part of a traind RQ queue name, None for another name.
 
@@ -131,7 +133,7 @@ def decide(cluster: Cluster, now_ms: int, min_run_ms: int) -> Decision:
     """The preemptions to request now (at most one per waiting job and per victim), and the ones held back."""
     out = Decision()
     live = {w.id: w for w in cluster.workers if not w.drained}
-    orders = {wid: w.pop_order() for wid, w in live.items()}
+    orders = {wid: {q: i for i, q in enumerate(w.pop_order())} for wid, w in live.items()}  # queue -> pop position
     busy = {r.worker for r in cluster.running}
     free = [wid for wid in live if wid not in busy]
     pending = {r.pending_for for r in cluster.running if r.pending_for}
@@ -145,24 +147,25 @@ def decide(cluster: Cluster, now_ms: int, min_run_ms: int) -> Decision:
         elif job.id not in pending:
             unserved.append(job)
     waiting_queues = {j.queue for j in unserved} | {j.queue for j in waiting if j.id in pending}
+    best = min((_rank(j.priority) for j in unserved), default=len(RANK))
+    # Only a running job below the best waiting priority, on a live worker, can be a victim: a short list.
+    victims = [r for r in cluster.running if _rank(r.priority) > best and r.worker in orders and r.id not in taken]
     for job in unserved:
         if _rank(job.priority) >= _rank(keys.PRIORITIES[-1]):
             continue  # the lowest priority preempts nobody
         cands: list[Running] = []
         young: Running | None = None
         opted_out: Running | None = None
-        for r in cluster.running:
-            order = orders.get(r.worker)
-            if order is None or job.queue not in order or r.id in taken:
+        for r in victims:
+            order = orders[r.worker]
+            pos = order.get(job.queue)
+            if pos is None or r.id in taken or _rank(r.priority) <= _rank(job.priority):
                 continue
-            if _rank(r.priority) <= _rank(job.priority):
-                continue
-            pos = order.index(job.queue)
             # The freed worker pops the first non-empty queue of its order: the job's, not the victim's own (after
             # its requeue) nor another waiting queue's.
-            if r.queue in order and order.index(r.queue) <= pos:
+            if order.get(r.queue, len(order)) <= pos:
                 continue
-            if any(q in order and order.index(q) < pos for q in waiting_queues if q != job.queue):
+            if any(order.get(q, pos) < pos for q in waiting_queues if q != job.queue):
                 continue
             if not r.preemptible:
                 opted_out = opted_out or r

@@ -104,7 +104,10 @@ class Preemptor:
         waiting = self._waiting()
         if not waiting and not self._flagged:
             return []  # nothing can preempt, and no flag of ours may need withdrawing: the common, cheap pass
-        cluster = Cluster(self._workers(now_ms), self._running({w.priority for w in waiting}), waiting)
+        running = self._running({w.priority for w in waiting})
+        if running is None:
+            return []  # no running job of a lower priority than the best waiting one, and no flag of ours
+        cluster = Cluster(self._workers(now_ms), running, waiting)
         self._withdraw_stale(cluster)
         self._flagged = {r.id for r in cluster.running if r.pending_for} & self._flagged
         decision = decide(cluster, now_ms, int(self.settings.preempt_min_run_s * 1000))
@@ -174,14 +177,24 @@ class Preemptor:
                               drained=rec.extra.get("drained") == "1"))
         return out
 
-    def _running(self, waiting_priorities: set[str]) -> list[Running]:
+    def _running(self, waiting_priorities: set[str]) -> list[Running] | None:
+        """The running jobs (a possible victim with its ``preemptible``); None when none could be a victim and none
+        carries a flag of ours (the pass has nothing to do: the rest is not read)."""
         ids = [_s(i) for i in itertools.islice(self.r.sscan_iter(keys.state_index("running"), count=LIMIT), LIMIT)]
+        best = min((RANK[p] for p in waiting_priorities if p in RANK), default=len(RANK))
+        if not self._flagged:  # one field first: with 1,000 running jobs the full read is most of a pass
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(keys.job(job_id), "queue")
+            queues = pipe.execute(raise_on_error=False) if ids else []
+            if not any(isinstance(q, bytes) and RANK.get(priority_of(_s(q)) or "high", 0) > best for q in queues):
+                return None
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(keys.job(job_id), _RUN_FIELDS)
-        best = min((RANK[p] for p in waiting_priorities if p in RANK), default=len(RANK))
         out: list[Running] = []
         self._attempts = {}
+        maybe: list[int] = []  # indexes in out of possible victims: their spec says whether they opted out
         for job_id, res in zip(ids, pipe.execute(raise_on_error=False) if ids else []):
             if isinstance(res, Exception):
                 continue
@@ -198,25 +211,17 @@ class Preemptor:
             flag = rec.extra.get("preempt_requested") or None
             self._attempts[job_id] = rec.attempt or 0
             r = Running(job_id, rec.worker, rec.queue, rec.started_at, True, flag)
-            if RANK.get(r.priority, 0) > best and flag is None:  # a possible victim: read whether it opted out
-                r = Running(job_id, rec.worker, rec.queue, rec.started_at, self._preemptible(job_id), None)
+            if RANK.get(r.priority, 0) > best and flag is None:
+                maybe.append(len(out))
             out.append(r)
+        pipe = self.r.pipeline(transaction=False)
+        for i in maybe:
+            pipe.hget(keys.job(out[i].id), "spec")
+        for i, raw in zip(maybe, pipe.execute(raise_on_error=False) if maybe else []):
+            r = out[i]
+            out[i] = Running(r.id, r.worker, r.queue, r.started_ms, _preemptible(r.id, raw, self.settings), None)
         return out
 
-    def _preemptible(self, job_id: str) -> bool:
-        """The spec's ``preemptible`` (default true); an unreadable spec is not preempted (logged once)."""
-        raw = self.r.hget(keys.job(job_id), "spec")
-        try:
-            if raw is None or len(raw) > self.settings.max_spec_bytes:
-                raise ValueError("missing or over TRAIND_MAX_SPEC_BYTES")
-            spec = json.loads(raw)
-            value = spec.get("preemptible", True) if isinstance(spec, dict) else None
-            if not isinstance(value, bool):
-                raise ValueError(f"preemptible: expected true or false, received {str(value)[:40]}")
-            return value
-        except (ValueError, RecursionError) as e:
-            log_problems(f"job {job_id} (preemption)", [f"spec: {e}"])
-            return False
 
     # -- writes --------------------------------------------------------------------------------------------------
     def _flag(self, victim: str, for_job: str, worker: str, vprio: str, fprio: str) -> bool:
@@ -260,3 +265,18 @@ def _count(items: Any) -> dict[str, int]:
     for i in items:
         out[i] = out.get(i, 0) + 1
     return out
+
+
+def _preemptible(job_id: str, raw: Any, settings: SupervisorSettings) -> bool:
+    """A stored spec's ``preemptible`` (default true); an unreadable spec is not preempted (logged once)."""
+    try:
+        if not isinstance(raw, bytes) or len(raw) > settings.max_spec_bytes:
+            raise ValueError("missing, or over TRAIND_MAX_SPEC_BYTES")
+        spec = json.loads(raw)
+        value = spec.get("preemptible", True) if isinstance(spec, dict) else None
+        if not isinstance(value, bool):
+            raise ValueError(f"preemptible: expected true or false, received {str(value)[:40]}")
+        return value
+    except (ValueError, RecursionError) as e:
+        log_problems(f"job {job_id} (preemption)", [f"spec: {e}"])
+        return False
