@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 import redis
@@ -111,7 +112,7 @@ class Preemptor:
         self._withdraw_stale(cluster)
         self._flagged = {r.id for r in cluster.running if r.pending_for} & self._flagged
         decision = decide(cluster, now_ms, int(self.settings.preempt_min_run_s * 1000))
-        for reason, n in _count(h.reason for h in decision.held).items():
+        for reason, n in Counter(h.reason for h in decision.held).items():
             telemetry.incr(self.r, f"preemptions_held:{reason}", n)  # tests and operators: "held back", not missed
         flagged: list[str] = []
         for p in decision.requests:
@@ -258,13 +259,6 @@ class Preemptor:
                 self.store.add_event(r.id, EventKind.NOTE, f"preemption withdrawn: job {r.pending_for} no longer "
                                      "waits")
                 log.info("job %s: preemption for %s withdrawn (no longer waiting)", r.id, r.pending_for)
-
-
-def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for i in items:
-        out[i] = out.get(i, 0) + 1
-    return out
 
 
 def _preemptible(job_id: str, raw: Any, settings: SupervisorSettings) -> bool:
