@@ -151,3 +151,9 @@ LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON
 def lemon_failures(machine: str) -> str:
     """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
     return f"{PREFIX}:lemon:failures:{machine}"
+
+
+def preempt_claim(job_id: str) -> str:
+    """String with a TTL: the running job whose preemption was requested for waiting job ``job_id`` (one victim
+    per waiting job, even with several supervisors; void once that job stops running or its flag is gone)."""
+    return f"{PREFIX}:preempt:{job_id}"
