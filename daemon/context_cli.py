@@ -53,6 +53,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     name = config_file.check_name(args.name)
     if name in cfg.contexts and not args.force:
         raise ConfigError(f"{cfg.path}: a context named {name!r} exists already (--force replaces it)")
+    if args.api_url is not None and args.ctx_storage is not None:
+        raise ConfigError("--storage goes with a local context (--redis-url or --storage alone), not --api-url")
+    if args.api_url is None and args.ctx_redis_url is None and args.ctx_storage is None:
+        raise ConfigError("traind context add NAME needs --api-url URL (a server) or --redis-url/--storage (local)")
     if args.api_url is not None:
         url = config_file.check_api_url(args.api_url, "--api-url")
         token = None
@@ -121,7 +125,7 @@ def register(add: AddFn) -> None:
     p.add_argument("name")
     p = one("add", cmd_add, "add a context: --api-url with --token-file/--token-stdin, or --redis-url/--storage")
     p.add_argument("name", help="1-64 of A-Z a-z 0-9 _ . -")
-    g = p.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--api-url", help="a traind serve, https://host[:port]")
     g.add_argument("--redis-url", dest="ctx_redis_url", help="a local context: Redis URL")
     p.add_argument("--storage", dest="ctx_storage", help="a local context: checkpoint storage (absolute path or s3://...)")

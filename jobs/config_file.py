@@ -310,7 +310,7 @@ def context_token(config: Config, ctx: Context) -> str | None:
 
 def resolve(api_url: str | None = None, token: str | None = None, redis_url: str | None = None,
             storage: str | None = None, context: str | None = None, env: Mapping[str, str] | None = None,
-            path: Path | None = None) -> Target:
+            path: Path | None = None, *, with_token: bool = True) -> Target:
     """What to talk to. The first of these that applies:
 
     1. explicit ``api_url`` (remote) or ``redis_url``/``storage`` (local) arguments;
@@ -322,6 +322,7 @@ def resolve(api_url: str | None = None, token: str | None = None, redis_url: str
     The token of a remote target: the ``token`` argument; else ``TRAIND_API_TOKEN`` unless ``TRAIND_API_URL``
     names another server; else the current (or named) context's token when the URL is that context's own
     ``api_url``. So a token never travels to a server other than the one it was configured with.
+    ``with_token=False``: only which target (no token file is read; :attr:`Remote.token` is None).
 
     >>> resolve(env={"TRAIND_API_URL": "http://127.0.0.1:8600", "TRAIND_API_TOKEN": "x"}).source
     'environment'
@@ -330,7 +331,6 @@ def resolve(api_url: str | None = None, token: str | None = None, redis_url: str
     """
     env = os.environ if env is None else env
     env_url = check_api_url(env["TRAIND_API_URL"], "TRAIND_API_URL") if env.get("TRAIND_API_URL") else None
-    env_token = token_text(env["TRAIND_API_TOKEN"], "TRAIND_API_TOKEN") if env.get("TRAIND_API_TOKEN") else None
     chosen = context or env.get("TRAIND_CONTEXT") or None
     config: Config | None = None
 
@@ -341,10 +341,12 @@ def resolve(api_url: str | None = None, token: str | None = None, redis_url: str
         return config
 
     def remote(url: str, source: str) -> Remote:
+        if not with_token:
+            return Remote(url, None, source)
         if token is not None:
             return Remote(url, token_text(token, "token argument"), source)
-        if env_token is not None and env_url in (None, url):
-            return Remote(url, env_token, source)
+        if env.get("TRAIND_API_TOKEN") and env_url in (None, url):
+            return Remote(url, token_text(env["TRAIND_API_TOKEN"], "TRAIND_API_TOKEN"), source)
         ctx = _pick(cfg(), chosen, required=False)
         if ctx is not None and ctx.api_url is not None and check_api_url(ctx.api_url, _where(cfg(), ctx)) == url:
             return Remote(url, context_token(cfg(), ctx), source)

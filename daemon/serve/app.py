@@ -25,6 +25,7 @@ from daemon.serve.api import install_error_handlers, router
 from daemon.serve.guard import Guard
 from daemon.serve.sse import Hub
 from daemon.serve.sweeps_api import router as sweeps_router
+from daemon.serve.tokens_api import router as tokens_router
 from jobs.errors import ConfigError
 from jobs.redis.conn import connect, connect_async, redact_url
 from jobs.redis.store import JobStore
@@ -89,6 +90,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.include_router(sweeps_router)  # /api/v1/sweeps (daemon/serve/sweeps_api.py)
     app.include_router(remote_api.router)  # uploads, downloads, CLI rows for laptops (daemon/serve/remote_api.py)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
+    app.include_router(tokens_router)  # /api/v1/tokens, admin only (daemon/serve/tokens_api.py)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
@@ -126,13 +128,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 def _stored_tokens(conn: redis.Redis) -> bool:
-    """Whether Redis holds any `traind token add` token (checked once at start; an unreachable Redis counts as no)."""
+    """Whether Redis holds any `traind token add` token (checked at start when no env token is set)."""
     from jobs.contract import keys
 
     try:
         return bool(conn.hlen(keys.API_TOKENS))
-    except redis.RedisError:
-        return False
+    except redis.RedisError as e:
+        raise ConfigError(f"traind serve has no TRAIND_API_TOKEN/TRAIND_API_READ_TOKENS and cannot read the stored "
+                          f"tokens from Redis ({type(e).__name__}: {e}); start Redis or set TRAIND_API_TOKEN") from None
 
 
 def run(settings: ServeSettings, ready: Any = None) -> int:

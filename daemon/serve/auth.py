@@ -5,8 +5,8 @@ Tokens come from two places, both checked on every request:
 * the environment, as before: ``TRAIND_API_TOKEN`` is an admin named ``admin``, each of ``TRAIND_API_READ_TOKENS``
   a read token named ``read`` (compared in constant time);
 * Redis, ``traind token add NAME --role read|submit|admin`` (:mod:`jobs.ops.tokens`): only their sha256 is stored;
-  serve re-reads them at most :data:`STORED_CACHE_S` after the last read, so adding or revoking one needs no restart
-  and a revoked token is refused within about a second.
+  serve checks their version counter at most :data:`STORED_CACHE_S` after its last check and re-reads them when it
+  changed, so adding or revoking one needs no restart and a revoked token is refused within about a second.
 
 Roles: ``read`` may only GET; ``submit`` may also submit (its jobs' owner is the token's name) and cancel or retry
 *its own* jobs; ``admin`` may do everything, including submitting for another owner. The method check (a read
@@ -50,6 +50,7 @@ MIN_TOKEN_DISTINCT = 6  # refuses "aaaaaaaaaaaaaaaa" and "abababab...", never a 
 
 STORED_CACHE_S = 1.0  # how stale serve's copy of the stored tokens may get: the delay before a revocation bites
 STORED_READ_TIMEOUT_S = 5.0
+STORED_FULL_RELOAD_S = 60.0  # the whole hash at least this often, changed version or not
 STORED_STALE_MAX_S = 30.0  # Redis unreachable this long: stored tokens answer 503 (a revocation might be unseen)
 
 
@@ -70,8 +71,9 @@ class Principal(NamedTuple):
         return need is Access.READ or self.role is not Role.READ
 
 
-# Reads the stored tokens' hashes: (API_TOKENS, API_TOKENS_USED) as HGETALL gives them.
-Source = Callable[[], Awaitable[tuple[dict[Any, Any], dict[Any, Any]]]]
+# Reads the stored tokens: given the version serve holds (None: read anyway), returns the current version and the
+# API_TOKENS hash as HGETALL gives it, or None for the hash when the version is the one held (nothing changed).
+Source = Callable[[Any], Awaitable[tuple[Any, dict[Any, Any] | None]]]
 # Records a use of stored token `name` at `ms`.
 UsedSink = Callable[[str, int], Awaitable[None]]
 
@@ -94,16 +96,14 @@ class Tokens:
         self.source, self.used_sink, self.cache_s, self.clock = source, used_sink, cache_s, clock
         self.stored: dict[str, Principal] = {}  # sha256 -> principal
         self.loaded_at: float | None = None  # clock() of the last successful read
+        self.full_at = -math.inf  # clock() of the last read of the whole hash
+        self.version: Any = None  # keys.API_TOKENS_VERSION as last read
         self.tried_at = -math.inf  # clock() of the last read attempt (failures retry after cache_s too)
         self.used_written: dict[str, int] = {}  # name -> ms of the last last-used write
         self._lock = asyncio.Lock()
 
-    def access(self, presented: str) -> Access | None:
-        """The env tokens' access for ``presented`` (the interface before named tokens; kept for callers)."""
-        p = self.env_principal(presented)
-        return None if p is None else Access.WRITE if p.role is Role.ADMIN else Access.READ
-
     def env_principal(self, presented: str) -> Principal | None:
+        """The env token ``presented`` is (``admin`` or ``read``), or None."""
         p = presented.encode()
         # Check every token (no early exit) so timing does not tell which list matched.
         full = any([hmac.compare_digest(p, t) for t in self.full])
@@ -120,13 +120,19 @@ class Tokens:
                 return
             self.tried_at = self.clock()
             try:
-                # bounded: a frozen Redis must not hold every request behind this lock
-                raw, used = await asyncio.wait_for(self.source(), STORED_READ_TIMEOUT_S)
+                # Only the version while nothing changed (one GET a second); the whole hash when it changed, and
+                # every STORED_FULL_RELOAD_S whatever the version says (a hand edit of the hash is seen too).
+                # Bounded in time: a frozen Redis must not hold every request behind this lock.
+                full = self.clock() - self.full_at >= STORED_FULL_RELOAD_S
+                version, raw = await asyncio.wait_for(self.source(None if full else self.version),
+                                                      STORED_READ_TIMEOUT_S)
             except Exception as e:  # Redis down: keep the last copy for a while (see principal())
                 log.warning("cannot read the stored API tokens: %s: %s", type(e).__name__, e)
                 return
-            self.stored = {rec.sha256: Principal(rec.name, rec.role) for rec in records_of(raw, used)}
-            self.loaded_at = self.clock()
+            if raw is not None:
+                self.stored = {rec.sha256: Principal(rec.name, rec.role) for rec in records_of(raw)}
+                self.full_at = self.clock()
+            self.version, self.loaded_at = version, self.clock()
 
     def principal(self, presented: str) -> Principal | None:
         """Who ``presented`` is, or None for no token of either kind. StoredUnavailable when it is no env token and
@@ -159,10 +165,13 @@ class Tokens:
 def redis_source(aconn: Any) -> tuple[Source, UsedSink]:
     """Read and touch the stored tokens through serve's async Redis connection."""
 
-    async def source() -> tuple[dict[Any, Any], dict[Any, Any]]:
-        async with aconn.pipeline(transaction=False) as pipe:
-            raw, used = await pipe.hgetall(keys.API_TOKENS).hgetall(keys.API_TOKENS_USED).execute()
-        return raw, used
+    async def source(known: Any) -> tuple[Any, dict[Any, Any] | None]:
+        version = await aconn.get(keys.API_TOKENS_VERSION)
+        if known is not None and version == known:
+            return version, None
+        async with aconn.pipeline(transaction=True) as pipe:  # the hash and the version it is at, together
+            version, raw = await pipe.get(keys.API_TOKENS_VERSION).hgetall(keys.API_TOKENS).execute()
+        return version, raw
 
     async def used_sink(name: str, ms: int) -> None:
         if await aconn.hexists(keys.API_TOKENS, name):  # never re-create the hint of a token revoked meanwhile

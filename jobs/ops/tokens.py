@@ -143,14 +143,15 @@ class TokenStore:
         record = json.dumps({"role": role.value, "sha256": digest(token), "created_ms": now_ms})
         if not self.r.hsetnx(keys.API_TOKENS, name, record):  # atomic: two concurrent adds cannot both win
             raise ConfigError(f"a token named {name!r} exists already; revoke it first (traind token revoke {name})")
-        self.r.hdel(keys.API_TOKENS_USED, name)  # a stale hint of an earlier token of this name
+        self.r.pipeline(transaction=False).hdel(keys.API_TOKENS_USED, name).incr(keys.API_TOKENS_VERSION).execute()
         return token
 
     def revoke(self, name: str) -> bool:
         """Delete token ``name``; False when there was none. Serve refuses it within its cache time (1 s)."""
-        removed = bool(self.r.hdel(keys.API_TOKENS, name))
-        self.r.hdel(keys.API_TOKENS_USED, name)
-        return removed
+        pipe = self.r.pipeline(transaction=True)
+        removed, _, _ = pipe.hdel(keys.API_TOKENS, name).hdel(keys.API_TOKENS_USED, name).incr(
+            keys.API_TOKENS_VERSION).execute()
+        return bool(removed)
 
     def records(self) -> list[TokenRecord]:
         """Every well-formed stored token, sorted by name (malformed rows are logged and left out)."""

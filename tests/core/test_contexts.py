@@ -165,5 +165,47 @@ def test_context_commands_write_0600_and_round_trip(tmp_path: Path, monkeypatch:
     token_file.chmod(0o604)
     assert main(["context", "add", "t2", "--api-url", TEAM, "--token-file", str(token_file)]) == 2
     assert "chmod 600" in capsys.readouterr().err
+    assert main(["context", "add", "t3", "--api-url", TEAM, "--storage", "/x"]) == 2
+    assert "--storage goes with a local context" in capsys.readouterr().err
+    assert main(["context", "add", "t4"]) == 2
+    assert "needs --api-url URL (a server) or --redis-url/--storage" in capsys.readouterr().err
     assert main(["context", "remove", "ci"]) == 0
     assert load(path).current is None and set(load(path).contexts) == {"here", "team"}
+
+
+def test_a_local_context_is_what_redis_commands_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    redis_url: str, storage_dir: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`traind context use here` points `traind list` (the fast path) and the client commands (settings) at that
+    Redis without TRAIND_REDIS_URL; options and the environment still win; a remote context's token is not read."""
+    from jobs.client import Client
+    from tests.serve.conftest import slow_spec
+
+    jid = Client(redis_url=redis_url, storage=storage_dir).submit(slow_spec("ctx")).id
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for k in ("TRAIND_CONFIG", "TRAIND_CONTEXT", "TRAIND_API_URL", "TRAIND_API_TOKEN", "TRAIND_REDIS_URL",
+              "TRAIND_STORAGE_DIR"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["context", "add", "here", "--redis-url", redis_url, "--storage", str(storage_dir), "--use"]) == 0
+    capsys.readouterr()
+    assert main(["list", "--json"]) == 0
+    assert [j["id"] for j in __import__("json").loads(capsys.readouterr().out)] == [jid]
+    monkeypatch.setenv("TRAIND_OWNER", "ctx-user")  # any other TRAIND_ variable: the settings path
+    assert main(["status", jid, "--json"]) == 0 and jid in capsys.readouterr().out
+    assert main(["list", "--json", "--redis-url", "redis://127.0.0.1:1/0"]) == 1  # the option wins
+    assert "127.0.0.1:1" in capsys.readouterr().err
+
+    # A remote current context with a token file nobody may read: Redis commands do not read it.
+    token_file = _write(tmp_path / "t.token", "traind_x\n", mode=0o644)
+    _write(tmp_path / "xdg" / "traind" / "config.toml", f'current = "team"\n[contexts.team]\napi_url = "{TEAM}"\n'
+           f'token_file = "{token_file}"\n')
+    from daemon.cli_context import context_local
+
+    assert context_local(__import__("argparse").Namespace()) == (None, None)
+    # A broken file is one line naming it, for every command that consults it.
+    _write(tmp_path / "xdg" / "traind" / "config.toml", "current = [")
+    assert main(["list", "--redis-url", redis_url]) == 0  # an explicit URL needs no context
+    capsys.readouterr()
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert "config.toml: not valid TOML" in err and err.count("\n") == 1
