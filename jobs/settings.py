@@ -163,6 +163,22 @@ class WorkerSettings(CommonSettings):
     checkpoint_mtbf_s: float = Field(3600.0, gt=0, description="Expected time between failures of a worker.")
     checkpoint_interval_min_s: float = Field(5.0, gt=0)
     checkpoint_interval_max_s: float = Field(600.0, gt=0)
+    # Fair share between owners (jobs/contract/fair.py; README "Sharing a cluster").
+    fair_share: bool = Field(True, description="Among queued jobs of one priority, take the job of the owner with the "
+                             "smallest running share (false: the oldest job, plain BLPOP).")
+    fair_half_life_s: float = Field(3600.0, gt=0, le=365 * 86400, description="Half-life of past device time in the "
+                                    "share (the tie-break between owners running as many devices).")
+    fair_head_max: int = Field(256, ge=1, le=10_000, description="Messages at a queue's head one pop examines.")
+    owner_max_running: int | None = Field(None, ge=0, description="Most jobs one owner runs at once (default: none).")
+    owner_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description="Per-owner overrides of owner_max_running: alice=2,bob=1.")
+
+    @field_validator("owner_limits", mode="before")
+    @classmethod
+    def _owner_limits(cls, v: object) -> object:
+        from jobs.contract.fair import parse_owner_limits
+
+        return parse_owner_limits(v) if isinstance(v, str) else v
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -142,3 +142,20 @@ LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON
 def lemon_failures(machine: str) -> str:
     """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
     return f"{PREFIX}:lemon:failures:{machine}"
+
+
+# Fair share between owners (jobs/contract/fair.py). The usage zsets and owner indexes extend IDX_PREFIX exactly as
+# below (Lua builds them from that prefix, like the other filter indexes).
+IDX_OWNER_COUNTS = f"{IDX_PREFIX}owner_counts"  # hash "<state>\t<owner>" -> jobs (/metrics' per-owner gauges)
+FAIR_CLAIMING = f"{PREFIX}:fair:claiming"  # zset "<job_id>-a<attempt>" -> popped (ms): popped, not yet claimed
+FAIR_POLICY = f"{PREFIX}:fair:policy"  # string: JSON of the limits the workers last enforced (read by status)
+
+
+def owner_index(owner: str) -> str:
+    """Zset job_id -> created (ms) of one owner's jobs: the list's owner filter."""
+    return f"{IDX_PREFIX}owner:{owner}"
+
+
+def owner_usage(owner: str) -> str:
+    """Zset ``<device_ms>:<job_id>:<attempt>`` -> ended (ms): the owner's last ended attempts (fair share)."""
+    return f"{IDX_PREFIX}usage:{owner}"
