@@ -94,12 +94,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from jobs.ops.lookup import placement_note, summary
-    from jobs.ops.waiting import no_worker_note
+    from jobs.ops.waiting import no_worker_note, waiting_reason
 
     store = store_from_args(args)
     st = store.get(resolve_job(store, args.job), with_history=not args.spec)
     if not args.spec and (note := placement_note(store.r, st) or no_worker_note(store.r, st, store.now_ms())):
         st["note"] = note
+    if not args.spec and (why := waiting_reason(store.r, st, store.now_ms())) is not None:
+        st["waiting"] = why.to_dict()  # issue 24: the reason and the position
     if args.spec:
         print_json(st.get("spec") or {})
     elif args.json:

@@ -251,6 +251,9 @@ def status_block(status: Mapping[str, Any]) -> str:
     for key in ("reason", "error", "note"):
         if status.get(key):
             rows.append((key, clean(status[key])))
+    why = status.get("waiting")
+    if isinstance(why, Mapping) and why.get("message") and why.get("message") != status.get("note"):
+        rows.append(("waiting", clean(why["message"])))  # issue 24: why it waits, where it stands
     rows.append(("created", fmt_ts(status.get("created_at"))))
     rows.append(("updated", fmt_ts(status.get("updated_at"))))
     if status.get("finished_at"):

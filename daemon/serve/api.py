@@ -35,7 +35,7 @@ from jobs.errors import (
 )
 from jobs.ops import admin, lookup
 from jobs.ops.lookup import summary
-from jobs.ops.waiting import no_worker_note
+from jobs.ops.waiting import no_worker_note, waiting_reason
 from jobs.redis.store import JobStore
 
 router = APIRouter(prefix="/api/v1")
@@ -176,6 +176,8 @@ def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
     """``note``: why a queued job is not starting (no live worker for its queue, jobs/ops/waiting.py)."""
     if (note := no_worker_note(store.r, st, store.now_ms())) is not None:
         st["note"] = note
+    if (why := waiting_reason(store.r, st, store.now_ms())) is not None:
+        st["waiting"] = why.to_dict()  # the reason and the position (issue 24)
     return st
 
 

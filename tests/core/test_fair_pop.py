@@ -31,7 +31,7 @@ def store(r: redis.Redis) -> JobStore:
 
 def make(store: JobStore, owner: str | None, queue: str = Q) -> str:
     jid = new_job_id()
-    fields = {"name": f"job-{owner}", "queue": queue, "attempt": 1, "epochs": 1}
+    fields = {"id": jid, "name": f"job-{owner}", "queue": queue, "attempt": 1, "epochs": 1}
     if owner is not None:
         fields["owner"] = owner
     store.create(jid, fields)
@@ -173,3 +173,33 @@ def test_parse_owner_limits_names_every_problem() -> None:
         parse_owner_limits("alice=1,bob,carol=-1,d e=2,alice=3")
     msg = str(e.value)
     assert all(s in msg for s in ("'bob'", "'carol=-1'", "'d e=2'", "'alice' given twice")), msg
+
+
+def test_waiting_reason_position_priority_and_limit(store: JobStore) -> None:
+    from jobs.ops.waiting import waiting_reason
+
+    def why(jid: str) -> dict[str, object]:
+        st = store.get(jid, with_history=False, with_goodput=False)
+        w = waiting_reason(store.r, st, store.now_ms(), grace_s=3600)  # a worker's absence is another test's
+        assert w is not None
+        return w.to_dict()
+
+    a1, a2, b1 = make(store, "alice"), make(store, "alice"), make(store, "bob")
+    w = why(b1)
+    assert (w["kind"], w["position"], w["queue_length"], w["owner"]) == ("in_queue", 3, 3, "bob"), w
+    assert "position 3 of 3" in str(w["message"])
+    make(store, "carol", QH)
+    make(store, "carol", QH)
+    w = why(a2)
+    assert (w["kind"], w["ahead_higher"], w["position"]) == ("behind_higher_priority", 2, 2), w
+    assert str(w["message"]).startswith("behind 2 job(s) of higher priority"), w
+    # the workers enforce alice <= 1 running (their pop records the policy); alice runs a1
+    fair_pop(store.r, QKEYS, FairPolicy(max_running=1))
+    store.r.delete(keys.FAIR_CLAIMING)
+    run(store, a1)
+    w = why(a2)
+    assert (w["kind"], w["owner_running"], w["owner_limit"]) == ("owner_limit", 1, 1), w
+    assert "owner limit reached: alice runs 1 of 1" in str(w["message"])
+    store.transition(a1, JobState.SUCCEEDED, attempt=1, token="t")
+    assert why(a2)["kind"] != "owner_limit"
+    assert waiting_reason(store.r, {"state": "running"}, 0) is None
