@@ -139,8 +139,8 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     assert [j["id"] for j in json.loads(out)] == [second]
     rc, out, err = cli("list", "--limit", "1")
     lines = out.splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS", "WORKER",
-                                           "UPDATED"]
+    assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "OWNER", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS",
+                                           "WORKER", "UPDATED"]
     handle = lines[1].split()[0]  # the job's short handle, which every command takes
     assert len(lines) == 2 and second.startswith(handle) and len(handle) >= 8 and "0/7" in lines[1]
     rc, out, _ = cli("status", handle, "--json")

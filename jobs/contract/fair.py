@@ -28,7 +28,6 @@ attempt (``FAIR_CHARGE``), exactly once whoever ends it, and decays away.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,8 +35,8 @@ import redis
 
 from jobs.contract import keys
 from jobs.contract.fair_lua import FAIR_POP
+from jobs.contract.owners import OWNER_RE
 
-OWNER_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")  # the owner contract (README "Sharing a cluster")
 PopResult = tuple[Literal["take", "blocked", "empty"], str | None, str | None, str | None]
 
 
@@ -50,7 +49,7 @@ def parse_owner_limits(text: str) -> dict[str, int]:
             continue
         name, eq, n = part.partition("=")
         name, n = name.strip(), n.strip()
-        if not eq or not OWNER_RE.match(name) or not n.isdigit() or int(n) > 1_000_000:
+        if not eq or not OWNER_RE.fullmatch(name) or not n.isdigit() or int(n) > 1_000_000:
             bad.append(repr(part[:80]))
             continue
         if name in out:

@@ -361,7 +361,7 @@ class JobStore:
 
 
 LIST_SUMMARY = ["id", "name", "state", "epoch", "epochs", "restarts", "best_epoch", "best_value", "stopped_early",
-                "worker", "created_at", "updated_at", "error"]
+                "worker", "created_at", "updated_at", "error", "owner"]
 
 
 def parse_history(raw: dict[bytes, bytes], where: str) -> list[dict[str, Any]]:
