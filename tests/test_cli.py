@@ -148,6 +148,12 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     assert "EPOCHS DONE: finished/total epochs" in err and "BEST (EPOCH)" in err  # the legend, off the table's stdout
     rc, out, _ = cli("list", "--state", "running")
     assert rc == 0 and out.strip() == "no jobs in state running"
+    from jobs.contract.owners import default_owner  # issue 24: the owner filter (submitted as the OS user)
+
+    rc, out, _ = cli("list", "--owner", default_owner(), "--state", "queued", "--json")
+    assert rc == 0 and [j["id"] for j in json.loads(out)] == [second] and json.loads(out)[0]["owner"] == default_owner()
+    rc, out, _ = cli("list", "--owner", "nobody-else")
+    assert rc == 0 and out.strip() == "no jobs of nobody-else"
 
 
 def test_logs_and_cancel_of_a_queued_job(cli: Any, tmp_path: Path) -> None:
