@@ -94,7 +94,7 @@ def fair_pop(r: Any, queue_keys: list[str], policy: FairPolicy) -> PopResult:
     ``("blocked", None, None, None)`` or ``("empty", None, None, None)``."""
     script = r.register_script(FAIR_POP)
     res = script(keys=[keys.LEASES, keys.FAIR_CLAIMING, keys.IDX_PREFIX, keys.FAIR_POLICY, *queue_keys],
-                 args=[policy.head_max, int(policy.half_life_s * 1000),
+                 args=[policy.head_max, max(1, int(policy.half_life_s * 1000)),
                        -1 if policy.max_running is None else policy.max_running, json.dumps(policy.limits),
                        int(policy.claim_ttl_s * 1000), policy.scan_max, policy.to_json(), keys.job("")])
     kind = _s(res[0])
