@@ -8,7 +8,8 @@ default) and with ``TRAIND_FAIR_SHARE=false`` (the oldest job first) for compari
 Share: each owner's running time (sum over its jobs of the overlap of ``[started_at, finished_at]`` with the window)
 over both owners', in the **contended window** from the first start to the moment the first owner's last job ends
 (after it only one owner has work). Goal: the two shares within 10 percentage points. Also per tenth of the window
-(the largest gap), and when bob's first job started.
+(the largest gap), and when bob's first job started. Then, without workers, what one pop costs with fair share
+(2,000 queued jobs of 10 owners) against plain BLPOP.
 
     python -m bench.fairness [--smoke] [--json PATH]
 """
@@ -22,8 +23,8 @@ from bench import _util as u
 
 NAME = "fairness"
 CFG = {
-    "full": {"jobs": 20, "batches": 40, "batch_size": 32, "delay_s": 0.05, "workers": 2},
-    "smoke": {"jobs": 3, "batches": 4, "batch_size": 32, "delay_s": 0.01, "workers": 2},
+    "full": {"jobs": 20, "batches": 40, "batch_size": 32, "delay_s": 0.05, "workers": 2, "queued": 2000, "pops": 400},
+    "smoke": {"jobs": 3, "batches": 4, "batch_size": 32, "delay_s": 0.01, "workers": 2, "queued": 50, "pops": 20},
 }
 OWNERS = ("alice", "bob")
 SLICES = 10
@@ -73,11 +74,15 @@ def run_mode(run: u.Run, c: dict[str, Any], fair: bool) -> dict[str, Any]:
 
     u.wait_for(done, 3600, "every job to finish", 0.5)
     spans: dict[str, list[tuple[float, float]]] = {}
+    by_worker: dict[str, list[tuple[float, float]]] = {}
     for o in OWNERS:
         spans[o] = []
         for j in ids[o]:
-            s, f = r.hmget(keys.job(j), "started_at", "finished_at")
+            s, f, w = r.hmget(keys.job(j), "started_at", "finished_at", "worker")
             spans[o].append((int(s) / 1000, int(f) / 1000))
+            by_worker.setdefault(w.decode(), []).append(spans[o][-1])
+    # a worker's idle time from one job's end to its next claim (what the pop adds, with the job's own wrap-up)
+    idle = [b[0] - a[1] for xs in by_worker.values() for a, b in zip(sorted(xs), sorted(xs)[1:])]
     t0 = min(a for o in OWNERS for a, _ in spans[o])
     t_end = max(b for o in OWNERS for _, b in spans[o])
     hi = min(max(b for _, b in spans[o]) for o in OWNERS)
@@ -102,8 +107,44 @@ def run_mode(run: u.Run, c: dict[str, Any], fair: bool) -> dict[str, Any]:
         "bob_first_start_s": round(bob_first, 1),
         "alice_mean_wait_s": round(mean_wait["alice"], 1), "bob_mean_wait_s": round(mean_wait["bob"], 1),
         "job_s_median": round(u.median(b - a for o in OWNERS for a, b in spans[o]) or 0, 2),
+        "idle_between_jobs_s_median": round(u.median(idle) or 0, 2),
         "start_order": "".join(o[0] for _, o in starts),  # a = alice, b = bob, in the order the jobs started
     }
+
+
+def pop_cost(run: u.Run, c: dict[str, Any]) -> list[dict[str, Any]]:
+    """What one pop costs (no workers): ``queued`` jobs of 10 owners, 2 of them running, ``pops`` pops timed with
+    fair share (the Lua choice over the queue's head) and with plain BLPOP, alternating by batches of 10."""
+    from jobs.contract import keys
+    from jobs.contract.fair import FairPolicy
+    from jobs.contract.ids import new_job_id
+    from jobs.contract.queue import pop
+    from jobs.contract.states import JobState
+    from jobs.redis.delivery import deliver_many
+    from jobs.redis.store import JobStore
+
+    stack = u.start_stack(run)
+    store = JobStore(stack.client.r)
+    q = keys.rq_queue_name("default", "cpu", "default")
+    queues = keys.worker_queue_names(["default"], "cpu", 1)
+    ids = [new_job_id() for _ in range(c["queued"])]
+    for k, jid in enumerate(ids):
+        store.create(jid, {"id": jid, "queue": q, "attempt": 1, "owner": f"owner{k % 10}"})
+    deliver_many(store, [(jid, 1, q) for jid in ids])
+    for jid in ids[:2]:
+        store.r.lrem(f"rq:queue:{q}", 0, keys.rq_job_id(jid, 1))
+        store.transition(jid, JobState.RUNNING, attempt=1, lease_ttl_ms=600_000, fields={"token": "t"})
+    times: dict[str, list[float]] = {"fair share": [], "FIFO (BLPOP)": []}
+    for b in range(c["pops"] // 10):
+        for mode in (("fair share", "FIFO (BLPOP)") if b % 2 == 0 else ("FIFO (BLPOP)", "fair share")):
+            for _ in range(5):  # 5 of each per batch: both modes see the same queue depths
+                t = time.perf_counter()
+                d = pop(store.r, queues, 0.5, FairPolicy() if mode == "fair share" else None)
+                times[mode].append((time.perf_counter() - t) * 1000)
+                assert d is not None and d.message is not None, d
+    return [{"pop": mode, "queued_at_start": c["queued"], "owners": 10, "pops": len(xs), **{
+        f"{k}_ms": v for k, v in u.summary(xs, 3).items() if k in ("median", "p95", "max")}}
+        for mode, xs in times.items()]
 
 
 def body(run: u.Run) -> None:
@@ -113,7 +154,10 @@ def body(run: u.Run) -> None:
         print(f"  {row}", flush=True)
     run.table("2 owners (alice submits first, then bob), 2 workers, paced 1-epoch jobs: running shares in the "
               "contended window (first start to the first owner's last finish)", rows)
-    run.results.update({"config": c, "rows": rows, "goal_met": rows[0]["gap_pp"] <= GOAL_PP})
+    cost = pop_cost(run, c)
+    run.table("one pop, no workers: fair share's Lua choice over the queue head (256 messages) vs BLPOP, "
+              "including the message parse both do", cost)
+    run.results.update({"config": c, "rows": rows, "pop_cost": cost, "goal_met": rows[0]["gap_pp"] <= GOAL_PP})
 
 
 def main(argv: list[str] | None = None) -> int:
