@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from daemon import admin_cli, render, sweep_cli
+from daemon import admin_cli, context_cli, render, sweep_cli, token_cli
 from daemon.cli_context import (
     client_from_args,
     given_url,
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
     admin_cli.register(add)  # serve/workers/health/retry/purge live in their own module
     sweep_cli.register(add)  # traind sweep ...: daemon/sweep_cli.py
+    token_cli.register(add)  # traind token add|list|revoke: daemon/token_cli.py
+    context_cli.register(add)  # traind context list|use|add|show|remove: daemon/context_cli.py
     return p
 
 

@@ -211,6 +211,9 @@ class SupervisorSettings(CommonSettings):
                                          "many times its worker's progress timeout, plus progress_check_grace_s, "
                                          "is handed back as hung (the worker's own watchdog acts first).")
     progress_check_grace_s: float = Field(30.0, ge=0)
+    preempt_min_run_s: float = Field(60.0, ge=0, le=7 * 86400, description="A running job is preempted for a "
+                                     "waiting job of higher priority only once its current attempt has run this "
+                                     "long (no flapping).")
     burst: bool = False
 
 
@@ -236,6 +239,19 @@ class ServeSettings(CommonSettings):
     auth_failures_max: int = Field(20, ge=1, description="Requests with a wrong token one client address may make "
                                    "per auth_failures_window_s before its token-bearing requests answer 429.")
     auth_failures_window_s: float = Field(60.0, gt=0, le=86_400)
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn's own TLS; with "
+                                     "ssl_keyfile. Or terminate TLS in a proxy (docs/deploying.md#tls).")
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) matching ssl_certfile.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        # One without the other would serve plain HTTP (no cert) or fail deep in ssl (no key): refuse at start.
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TRAIND_SSL_CERTFILE and TRAIND_SSL_KEYFILE go together: set both or neither")
+        for name, path in (("TRAIND_SSL_CERTFILE", self.ssl_certfile), ("TRAIND_SSL_KEYFILE", self.ssl_keyfile)):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
 
     @field_validator("api_read_tokens", mode="before")
     @classmethod
@@ -245,6 +261,7 @@ class ServeSettings(CommonSettings):
 
 def _known_env_names() -> set[str]:
     names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
+    names.update({"TRAIND_CONFIG", "TRAIND_CONTEXT"})  # the contexts file and a context for one command (config_file)
     for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings, ServeSettings):
         names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
     return names

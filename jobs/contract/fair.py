@@ -36,6 +36,7 @@ import redis
 from jobs.contract import keys
 from jobs.contract.fair_lua import FAIR_POP
 from jobs.contract.owners import OWNER_RE
+from jobs.contract.records import to_int
 
 PopResult = tuple[Literal["take", "blocked", "empty"], str | None, str | None, str | None]
 
@@ -115,3 +116,22 @@ def read_policy(r: Any) -> dict[str, Any]:
 
 def _s(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def owners_at_limit(r: Any, owners: set[str]) -> set[str]:
+    """Those of ``owners`` running as many jobs as the limits the workers enforce (:func:`read_policy`) allow: a
+    worker's pop skips their jobs, so nothing should be preempted for one of them (daemon/preemptor.py). One GET and
+    one HMGET of the per-owner counts; a job popped and not yet claimed is not counted here (the pop counts it)."""
+    policy = read_policy(r)
+    limits = policy.get("limits") if isinstance(policy.get("limits"), dict) else {}
+    default = policy.get("max_running")
+    names = sorted(owners)
+    capped = {o: limits.get(o, default) for o in names}
+    capped = {o: n for o, n in capped.items() if isinstance(n, int) and not isinstance(n, bool)}
+    if not capped:
+        return set()
+    try:
+        counts = r.hmget(keys.IDX_OWNER_COUNTS, [f"running\t{o}" for o in capped])
+    except redis.ResponseError:  # a planted key of another type: no owner is known to be at its limit
+        return set()
+    return {o for (o, n), c in zip(capped.items(), counts) if to_int(c) >= n}

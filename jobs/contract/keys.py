@@ -60,6 +60,15 @@ def no_idempotency(job_id: str) -> str:
     return f"{job(job_id)}:noidem"
 
 
+# Named API tokens of `traind serve` (jobs/ops/tokens.py): only a sha256 of each token is stored, never the token.
+# Outside `traind:*` on purpose: the documented worker/submit/read-only ACL users (docs/security.md, `~traind:*`)
+# can neither read these nor mint a token; only serve's and the token admin's users get `~traind-auth:*`.
+AUTH_PREFIX = f"{PREFIX}-auth"
+API_TOKENS = f"{AUTH_PREFIX}:tokens"  # hash name -> JSON {"role", "sha256", "created_ms"}
+API_TOKENS_VERSION = f"{AUTH_PREFIX}:tokens:version"  # counter bumped by every add/revoke: serve re-reads on change
+API_TOKENS_USED = f"{AUTH_PREFIX}:tokens:used"  # hash name -> last use (ms), written at most once a minute per serve
+
+
 # The filter indexes, kept in step by the Lua scripts (which extend IDX_PREFIX exactly as the functions below do):
 # they bound every list/filter request, /metrics and purge by the page, never by the number of jobs.
 IDX_PREFIX = f"{PREFIX}:idx:"
@@ -159,3 +168,9 @@ def owner_index(owner: str) -> str:
 def owner_usage(owner: str) -> str:
     """Zset ``<device_ms>:<job_id>:<attempt>`` -> ended (ms): the owner's last ended attempts (fair share)."""
     return f"{IDX_PREFIX}usage:{owner}"
+
+
+def preempt_claim(job_id: str) -> str:
+    """String with a TTL: the running job whose preemption was requested for waiting job ``job_id`` (one victim
+    per waiting job, even with several supervisors; void once that job stops running or its flag is gone)."""
+    return f"{PREFIX}:preempt:{job_id}"

@@ -203,3 +203,14 @@ def test_waiting_reason_position_priority_and_limit(store: JobStore) -> None:
     store.transition(a1, JobState.SUCCEEDED, attempt=1, token="t")
     assert why(a2)["kind"] != "owner_limit"
     assert waiting_reason(store.r, {"state": "running"}, 0) is None
+
+
+def test_owners_at_limit_for_the_preemptor(store: JobStore) -> None:
+    from jobs.contract.fair import owners_at_limit
+
+    assert owners_at_limit(store.r, {"alice", "bob"}) == set()  # no fair-share worker ran: no limits known
+    a = make(store, "alice")
+    fair_pop(store.r, QKEYS, FairPolicy(max_running=2, limits={"alice": 1}))  # a worker's pop records its limits
+    store.r.delete(keys.FAIR_CLAIMING)
+    run(store, a)
+    assert owners_at_limit(store.r, {"alice", "bob"}) == {"alice"}
