@@ -21,6 +21,7 @@ from types import FrameType
 import redis
 
 from daemon.progress_watch import ProgressWatch, StallTracker
+from jobs.alerts.sender import AlertSender
 from jobs.contract import keys
 from jobs.contract.events import EventKind
 from jobs.contract.ids import validate_job_id
@@ -90,6 +91,7 @@ class Supervisor:
         self._primary = PrimaryWatch()
         self._stop = threading.Event()
         self.sweeps = SweepHook(self.r, settings)  # sweeps: one controller step per pass (jobs/sweep/hook.py)
+        self.alerts = AlertSender(self.store, settings)  # alerts: sends the outbox, never blocks a pass (jobs/alerts)
         self._indexed = False  # jobs recorded before the filter indexes existed are all indexed
         tracker = StallTracker(settings.progress_check_factor, settings.progress_check_grace_s)
         self.progress = ProgressWatch(self.store, tracker, _lemon_policy(settings))  # hangs with a live lease
@@ -323,6 +325,7 @@ class Supervisor:
                     telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     admin.retention(self.store, self.settings.storage_dir, self.settings.finished_ttl_s)
                     self.sweeps.step()
+                    self.alerts.step()
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

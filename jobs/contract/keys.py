@@ -142,3 +142,14 @@ LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON
 def lemon_failures(machine: str) -> str:
     """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
     return f"{PREFIX}:lemon:failures:{machine}"
+
+
+# Alerts (jobs/alerts): the outbox stream (one entry per alerting event, written with it), one claim per (entry,
+# target) while it is sent and once it is done, and each delivery's tries "n:next_at_ms".
+ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"  # stream: job, alert, event (JSON)
+ALERTS_TRIES = f"{PREFIX}:alerts:tries"  # hash "<entry id>|<target>" -> "<tries>:<next attempt ms>"
+
+
+def alert_claim(entry_id: str, target: str) -> str:
+    """String with a TTL: the sender holding a delivery (its id) or ``done`` (sent, or given up)."""
+    return f"{PREFIX}:alerts:claim:{entry_id}:{target}"
