@@ -22,6 +22,7 @@ from jobs.errors import SpecError
 from jobs.redis.delivery import requeue
 from jobs.redis.hung import hand_back_hung
 from jobs.redis.lemons import LemonPolicy
+from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
 from tests.alerts.hooks import Hooks
 
@@ -147,6 +148,29 @@ def test_two_senders_send_each_alert_once(redis_url: str, storage_dir: Path, hoo
     assert sorted(r["body"]["title"] for r in hooks.at("one")) == [f"traind: job twice-{i} failed" for i in range(3)]
     assert len(hooks.at("all")) == 3 and len(hooks.requests) == 6
     assert client.r.xlen(keys.ALERTS_OUTBOX) == 0
+
+
+def test_a_claim_race_between_two_senders_sends_once(redis_url: str, storage_dir: Path, hooks: Hooks) -> None:
+    """Sender b reads no claim and claims first while sender a is between its read and its claim: a must not send."""
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    job = client.submit(spec("race", [hooks.url("race")]))
+    client.store.transition(job.id, JobState.FAILED, fields={"error": "boom"}, event_msg="failed: boom")
+    b = AlertSender(client.store, settings(redis_url), me="b")
+    store_a = JobStore(redis.Redis.from_url(redis_url))
+    a = AlertSender(store_a, settings(redis_url), me="a")
+    real_set = store_a.r.set
+
+    def set_after_b(*args: Any, **kw: Any) -> Any:
+        assert b.step().started  # b claims in the gap between a's read of the claims and a's own claim
+        return real_set(*args, **kw)
+
+    store_a.r.set = set_after_b  # type: ignore[method-assign]
+    assert a.step().started == []
+    store_a.r.set = real_set  # type: ignore[method-assign]
+    assert b.wait_idle(10) and a.wait_idle(10)
+    b.step()
+    a.step()
+    assert len(hooks.at("race")) == 1
 
 
 def test_muted_events_and_jobs_without_urls_leave_nothing(redis_url: str, storage_dir: Path, hooks: Hooks) -> None:
