@@ -299,12 +299,14 @@ class Supervisor:
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def idle(self) -> bool:
-        """True when no job is running, queued or waiting for a delivery (what ``burst`` waits for)."""
+        """True when no job is running, queued or waiting for a delivery, and no alert waits to be sent (what
+        ``burst`` waits for)."""
         pipe = self.r.pipeline(transaction=False)
         for st in (JobState.RUNNING, JobState.QUEUED, JobState.REQUEUED):
             pipe.scard(keys.state_index(st.value))
         pipe.zcard(keys.PENDING)
         pipe.zcard(keys.LEASES)
+        pipe.xlen(keys.ALERTS_OUTBOX)
         return not any(pipe.execute())
 
     def stop(self) -> None:
