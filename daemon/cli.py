@@ -61,7 +61,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # a builder's monitors, checked as client.fit checks a model's (daemon/submitcheck.py)
         if not args.no_check and (note := check_builder_spec(client, args.spec)):
             print(f"note: {render.clean(note)}", file=sys.stderr)
-        handle = client.submit(args.spec, client_key=args.key)
+        handle = client.submit(args.spec, client_key=args.key, owner=args.owner)
     except SpecError as e:
         print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
               file=sys.stderr)
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if it succeeded")
     sp.add_argument("--timeout", type=_positive_float, help="with --wait: give up after this many seconds")
     sp.add_argument("--key", help="idempotency key: resubmitting with the same key returns the first job")
+    sp.add_argument("--owner", help="owner recorded on the job (fair share, limits, filters; default: TRAIND_OWNER, "
+                    "else the OS user)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--no-check", action="store_true", help="do not build a builder spec's model here to check its "
                     "monitors (TensorFlow's import costs seconds); the worker checks them when the job starts")

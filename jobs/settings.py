@@ -128,6 +128,9 @@ class CommonSettings(BaseSettings):
 class ClientSettings(CommonSettings):
     """Settings of the submitting client and the read-only CLI commands."""
 
+    owner: str | None = Field(None, pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="Owner recorded on submitted "
+                              "jobs (fair share, limits, filters); default: the OS user.")
+
 
 class WorkerSettings(CommonSettings):
     """Settings of ``traind worker``."""

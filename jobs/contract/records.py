@@ -142,6 +142,7 @@ class JobRecord:
     worker: str | None = None
     error: str | None = None
     resume_from: str | None = None
+    owner: str | None = None
     epoch: int = 0
     epochs: int | None = None
     restarts: int = 0
@@ -190,7 +191,7 @@ class JobRecord:
                     problems.append(f"{f}: not a JSON object")
         for f in _JOB_FLAGS:
             kw[f] = text.get(f) == "1"
-        for f in ("name", "state", "queue", "worker", "error", "resume_from"):
+        for f in ("name", "state", "queue", "worker", "error", "resume_from", "owner"):
             if f in text:
                 kw[f] = text[f]
         known = set(_JOB_INT) | set(_JOB_FLOAT) | set(_JOB_JSON) | set(_JOB_FLAGS) | set(kw) | {"id"}
