@@ -36,14 +36,16 @@ def _num(v: float) -> str:
 
 def compose(alert: str, job_id: str, rec: JobRecord, event: Mapping[str, Any],
             public_url: str | None) -> tuple[str, str]:
-    """The alert's title and body: the job's name, id, state, reason, epoch, best metric and dashboard link."""
+    """The alert's title and body: the job's name, id, state, owner, reason, epoch, best metric and dashboard link."""
     name = rec.name or job_id
     title = f"traind: job {name} {_VERB.get(alert, alert)}"
     state = event.get("state") or rec.state or "?"
     lines = [f"job: {name} ({job_id})", f"event: {alert}", f"state: {state}"]
+    if rec.owner:
+        lines.append(f"owner: {rec.owner}")
     if event.get("msg"):
         lines.append(f"reason: {_cut(event['msg'])}")
-    if rec.error and alert == "failed":
+    if rec.error and alert == "failed" and rec.error not in str(event.get("msg") or ""):  # not said twice
         lines.append(f"error: {_cut(rec.error)}")
     progress = f"epoch {rec.epoch}/{rec.epochs}" if rec.epochs else f"epoch {rec.epoch}"
     lines.append(f"progress: {progress}, restarts {rec.restarts}")

@@ -42,12 +42,14 @@ def test_retry_delays_double_up_to_the_cap() -> None:
 
 
 def test_message_names_job_state_reason_progress_best_and_link() -> None:
-    rec = JobRecord.parse({"name": "mnist", "state": "running", "epoch": "4", "epochs": "10", "best_value": "0.0412",
-                           "best_epoch": "3", "restarts": "1", "worker": "w2", "error": "e" * 2000,
+    rec = JobRecord.parse({"name": "mnist", "state": "running", "owner": "ada", "epoch": "4", "epochs": "10",
+                           "best_value": "0.0412", "best_epoch": "3", "restarts": "1", "worker": "w2",
+                           "error": "e" * 2000,
                            "spec": json.dumps({"checkpoint": {"monitor": "val_acc"}})})
     title, body = compose("failed", "1a2b", rec, {"msg": "failed: boom", "state": "failed"}, "https://t.example/")
     assert title == "traind: job mnist failed"
-    assert body.splitlines()[:4] == ["job: mnist (1a2b)", "event: failed", "state: failed", "reason: failed: boom"]
+    assert body.splitlines()[:5] == ["job: mnist (1a2b)", "event: failed", "state: failed", "owner: ada",
+                                     "reason: failed: boom"]
     assert f"error: {'e' * (FIELD_MAX - 3)}..." in body
     assert "progress: epoch 4/10, restarts 1" in body and "best: val_acc=0.0412 at epoch 3" in body
     assert body.endswith("dashboard: https://t.example/#/job/1a2b")
