@@ -289,8 +289,9 @@ class AlertSender:
                 self._entry(eid, p, tgts, now, records, rep)
             except (redis.ConnectionError, redis.TimeoutError):
                 raise
-            except Exception:  # one bad entry must not stop the others
-                log.exception("alert outbox entry %s: cannot handle it", eid)
+            except Exception:  # one bad entry (a job key of the wrong type...) is one bad row: logged once, removed
+                log.exception("alert outbox entry %s: cannot handle it; removing it", eid)
+                self._drop(eid, [], rep)
 
     def _parse(self, eid: str, f: dict[bytes, bytes]) -> tuple[str, str, dict[str, Any]] | None:
         try:

@@ -185,3 +185,17 @@ def test_muted_events_and_jobs_without_urls_leave_nothing(redis_url: str, storag
     sender = AlertSender(client.store, settings(redis_url, notify_events="succeeded,hung"))
     sender.step()
     assert client.r.xlen(keys.ALERTS_OUTBOX) == 0 and hooks.requests == []
+
+
+def test_malformed_outbox_entries_are_one_bad_row_each(redis_url: str, r: redis.Redis, hooks: Hooks) -> None:
+    r.set(keys.job("1a2b3c4d5e6f7a8b9c0d1"), "not a hash")  # WRONGTYPE for the sender's reads
+    r.xadd(keys.ALERTS_OUTBOX, {"job": "../../etc", "alert": "failed", "event": "{}"})
+    r.xadd(keys.ALERTS_OUTBOX, {"job": "1a2b3c4d5e6f7a8b9c0d2", "alert": "exploded", "event": "{}"})
+    r.xadd(keys.ALERTS_OUTBOX, {"job": "1a2b3c4d5e6f7a8b9c0d3", "alert": "failed", "event": "[" * 100_000})
+    r.xadd(keys.ALERTS_OUTBOX, {"job": "1a2b3c4d5e6f7a8b9c0d1", "alert": "failed", "event": "{}"})
+    r.xadd(keys.ALERTS_OUTBOX, {"alert": b"\xff\xfe"})
+    sender = AlertSender(JobStore(r), settings(redis_url, notify=hooks.url("all")))
+    rep = sender.step()
+    assert rep.dropped == 4 and len(rep.started) == 1  # an event too long to read still alerts, without its text
+    assert sender.wait_idle(10) and sender.step().sent and sender.step().dropped == 1
+    assert r.xlen(keys.ALERTS_OUTBOX) == 0 and len(hooks.at("all")) == 1
