@@ -25,6 +25,7 @@ from jobs.redis.lemons import LemonPolicy
 from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
 from tests.alerts.hooks import Hooks
+from tests.conftest import wait_for
 
 SECRET = "s3cretpass"
 
@@ -77,8 +78,11 @@ def test_bad_notify_urls_are_refused_at_submit_naming_each(redis_url: str, stora
 
 
 def test_lost_worker_hung_and_preempted_alerts_retry_with_backoff(redis_url: str, storage_dir: Path,
-                                                                 hooks: Hooks) -> None:
+                                                                 hooks: Hooks, r: redis.Redis) -> None:
     from daemon.supervisor import Supervisor
+
+    # A Redis younger than one lease TTL gets no requeues (the supervisor's restart grace): wait it out.
+    wait_for(lambda: int(r.info("server")["uptime_in_seconds"]) >= 1, 10, "redis up for a lease TTL")
 
     client = Client(redis_url=redis_url, storage=storage_dir)
     job = client.submit(spec("lossy", [hooks.url("h", f"user:{SECRET}@")]))
