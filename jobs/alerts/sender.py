@@ -210,6 +210,8 @@ class AlertSender:
         self._results: queue.SimpleQueue[tuple[_Delivery, bool, str]] = queue.SimpleQueue()
         self._inflight: dict[str, _Delivery] = {}
         self._shown: dict[str, str] = {}
+        self._cursor = "-"  # the last outbox entry read when the previous pass stopped at SCAN entries
+        self._drops: list[tuple[str, list[Target]]] = []
         self._release = self.r.register_script(_RELEASE)
         self._renew = self.r.register_script(_RENEW)
         _install_logging()
@@ -269,9 +271,25 @@ class AlertSender:
             self.store.add_event(d.job_id, kind, msg, level, alert=d.alert, target=d.shown, tries=tries, **extra)
 
     def _scan(self, now: int, rep: AlertReport) -> None:
-        entries = self.r.xrange(keys.ALERTS_OUTBOX, "-", "+", count=SCAN)
+        # Round robin over the outbox, SCAN entries a pass: entries waiting out a backoff never hide newer ones.
+        start = "-" if self._cursor == "-" else f"({self._cursor}"
+        entries = self.r.xrange(keys.ALERTS_OUTBOX, start, "+", count=SCAN)
+        self._cursor = entries[-1][0].decode() if len(entries) == SCAN else "-"
         if not entries:
             return
+        try:
+            self._handle(entries, now, rep)
+        finally:
+            if self._drops:  # one round trip for every entry done this pass
+                pipe = self.r.pipeline()
+                for eid, tgts in self._drops:
+                    pipe.xdel(keys.ALERTS_OUTBOX, eid)
+                    if tgts:
+                        pipe.hdel(keys.ALERTS_TRIES, *[f"{eid}|{t.key}" for t in tgts])
+                self._drops.clear()
+                pipe.execute()
+
+    def _handle(self, entries: list[Any], now: int, rep: AlertReport) -> None:
         parsed = [(eid.decode(), self._parse(eid.decode(), f)) for eid, f in entries]
         jobs = sorted({p[0] for _, p in parsed if p is not None})
         pipe = self.r.pipeline(transaction=False)
@@ -307,11 +325,8 @@ class AlertSender:
             return None
 
     def _drop(self, eid: str, tgts: list[Target], rep: AlertReport) -> None:
-        pipe = self.r.pipeline()
-        pipe.xdel(keys.ALERTS_OUTBOX, eid)
-        if tgts:
-            pipe.hdel(keys.ALERTS_TRIES, *[f"{eid}|{t.key}" for t in tgts])
-        pipe.execute()
+        """Remove the entry (and its tries) at the end of this pass."""
+        self._drops.append((eid, tgts))
         rep.dropped += 1
 
     def _entry(self, eid: str, p: tuple[str, str, dict[str, Any]], tgts: list[Target], now: int,

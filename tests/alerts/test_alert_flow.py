@@ -205,3 +205,21 @@ def test_malformed_outbox_entries_are_one_bad_row_each(redis_url: str, r: redis.
     rep = sender.step()
     assert rep.sent and rep.dropped == 1  # sent, then removed in the same pass
     assert r.xlen(keys.ALERTS_OUTBOX) == 0 and len(hooks.at("all")) == 1
+
+
+def test_entries_waiting_out_a_backoff_do_not_hide_newer_ones(redis_url: str, storage_dir: Path, hooks: Hooks,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jobs.alerts.sender.SCAN", 2)
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    jobs = [client.submit(spec(f"rr-{i}", [hooks.url(f"rr{i}")])) for i in range(3)]
+    for j in jobs:
+        client.store.transition(j.id, JobState.FAILED, event_msg="failed: x")
+    now = client.store.now_ms()
+    waiting = [eid.decode() for eid, _ in client.r.xrange(keys.ALERTS_OUTBOX, count=2)]
+    client.r.hset(keys.ALERTS_TRIES, mapping={f"{eid}|s0": f"1:{now + 3_600_000}" for eid in waiting})
+    sender = AlertSender(client.store, settings(redis_url))
+    assert sender.step(now_ms=now).started == []  # the first two wait an hour
+    assert len(sender.step(now_ms=now).started) == 1  # the next pass reads on past them
+    assert sender.wait_idle(10)
+    sender.step(now_ms=now)
+    assert [len(hooks.at(f"rr{i}")) for i in range(3)] == [0, 0, 1]
