@@ -223,3 +223,26 @@ def test_entries_waiting_out_a_backoff_do_not_hide_newer_ones(redis_url: str, st
     assert sender.wait_idle(10)
     sender.step(now_ms=now)
     assert [len(hooks.at(f"rr{i}")) for i in range(3)] == [0, 0, 1]
+
+
+def test_a_hanging_webhook_never_holds_up_a_pass(redis_url: str, storage_dir: Path) -> None:
+    import threading
+    import time
+
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    job = client.submit(spec("slow-hook", ["json://127.0.0.1:9/never"]))
+    client.store.transition(job.id, JobState.FAILED, event_msg="failed: x")
+    release, calls = threading.Event(), []
+
+    def hanging_send(url: str, title: str, body: str, timeout_s: float) -> tuple[bool, str]:
+        calls.append(url)
+        release.wait(30)
+        return True, ""
+
+    sender = AlertSender(client.store, settings(redis_url), send=hanging_send)
+    t0 = time.monotonic()
+    for _ in range(5):
+        sender.step()
+    assert time.monotonic() - t0 < 2.0 and calls == ["json://127.0.0.1:9/never"]  # in flight, claimed once
+    release.set()
+    assert sender.wait_idle(10) and sender.step().sent
