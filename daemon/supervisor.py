@@ -20,6 +20,7 @@ from types import FrameType
 
 import redis
 
+from daemon.preemptor import Preemptor
 from daemon.progress_watch import ProgressWatch, StallTracker
 from jobs.alerts.sender import AlertSender
 from jobs.contract import keys
@@ -62,13 +63,14 @@ class StepReport:
     redelivered: list[str] = field(default_factory=list)
     dropped_workers: list[str] = field(default_factory=list)
     hung: list[str] = field(default_factory=list)  # running with a live lease, progress stuck: handed back
+    preempted: list[str] = field(default_factory=list)  # flagged to yield to a waiting job of higher priority
     skipped_reason: str | None = None
     duration_s: float = 0.0
 
     @property
     def changed(self) -> bool:
         return bool(self.requeued or self.failed or self.cancelled or self.redelivered or self.dropped_workers
-                    or self.hung)
+                    or self.hung or self.preempted)
 
 
 def _unusable(rec: JobRecord, needed: tuple[str, ...]) -> str | None:
@@ -95,6 +97,7 @@ class Supervisor:
         self._indexed = False  # jobs recorded before the filter indexes existed are all indexed
         tracker = StallTracker(settings.progress_check_factor, settings.progress_check_grace_s)
         self.progress = ProgressWatch(self.store, tracker, _lemon_policy(settings))  # hangs with a live lease
+        self.preemptor = Preemptor(self.store, settings)  # priority preemption (daemon/preemptor.py)
 
     # -- one pass ----------------------------------------------------------------------------------------------------
     def step(self, now_ms: int | None = None) -> StepReport:
@@ -124,6 +127,7 @@ class Supervisor:
             self._expire_leases(now, rep)
             rep.hung = self.progress.step(now)
             self._drop_stale_workers(now, rep)
+            rep.preempted = self.preemptor.step(now)
         self._check_deliveries(now, rep)
         if not self._indexed:
             self._indexed = self.store.index_backfill()

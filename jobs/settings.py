@@ -195,6 +195,9 @@ class SupervisorSettings(CommonSettings):
                                          "many times its worker's progress timeout, plus progress_check_grace_s, "
                                          "is handed back as hung (the worker's own watchdog acts first).")
     progress_check_grace_s: float = Field(30.0, ge=0)
+    preempt_min_run_s: float = Field(60.0, ge=0, le=7 * 86400, description="A running job is preempted for a "
+                                     "waiting job of higher priority only once its current attempt has run this "
+                                     "long (no flapping).")
     burst: bool = False
     # alerts (jobs/alerts): where every job's alerts also go, which events alert, how sends are retried
     notify: Annotated[list[SecretStr], NoDecode] = Field(

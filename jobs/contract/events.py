@@ -29,6 +29,7 @@ class EventKind(str, Enum):
     EARLY_STOP = "early_stop"  # EarlyStopping ended training
     CHECKPOINT = "checkpoint"  # a mid-epoch (preemption) checkpoint was committed: fields epoch, batch
     PREEMPTED = "preempted"  # graceful preemption: requeued by its own worker
+    PREEMPT_REQUESTED = "preempt_requested"  # a supervisor asked a running job to yield: fields by / victim, priority
     REQUEUED = "requeued"  # the worker was lost (lease expired): requeued by a supervisor
     HUNG = "hung"  # no batch finished past the progress timeout: fields epoch, batch, silent_s, by, stacks
     DATA_RESUMED = "data_resumed"  # a Dataset resumed mid-epoch: fields how (iterator/skip), batch

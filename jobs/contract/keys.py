@@ -144,6 +144,12 @@ def lemon_failures(machine: str) -> str:
     return f"{PREFIX}:lemon:failures:{machine}"
 
 
+def preempt_claim(job_id: str) -> str:
+    """String with a TTL: the running job whose preemption was requested for waiting job ``job_id`` (one victim
+    per waiting job, even with several supervisors; void once that job stops running or its flag is gone)."""
+    return f"{PREFIX}:preempt:{job_id}"
+
+
 # Alerts (jobs/alerts): the outbox stream (one entry per alerting event, written with it), one claim per (entry,
 # target) while it is sent and once it is done, and each delivery's tries "n:next_at_ms".
 ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"  # stream: job, alert, event (JSON)

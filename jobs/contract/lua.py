@@ -123,14 +123,15 @@ return {'ok', cur}
 )
 
 # KEYS: job, leases ; ARGV: job_id, token, ttl_ms
-# Renews the lease while this token still owns a running job; returns {1, cancel_requested} or {0, reason}.
+# Renews the lease while this token still owns a running job; returns {1, cancel_requested, preempt_requested}
+# (the job a supervisor preempts it for, '' when none) or {0, reason}.
 HEARTBEAT = (
     _NOW
     + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'cancel_requested')
+local st = redis.call('HMGET', KEYS[1], 'state', 'cancel_requested', 'preempt_requested')
 if st[1] ~= 'running' or redis.call('GET', token_key(KEYS[1])) ~= ARGV[2] then return {0, tostring(st[1])} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-return {1, st[2] or '0'}
+return {1, st[2] or '0', st[3] or ''}
 """
 )
 

@@ -76,6 +76,9 @@ class JobSpec(_Strict):
     progress_timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Hung when no batch finished "
                                              "this long (default: the worker's, derived from the job's batch times).")
     max_restarts: int = Field(3, ge=0, le=1000)
+    preemptible: bool = Field(True, description="Whether a supervisor may preempt this job (checkpoint at the next "
+                              "batch, back to the queue, resumed later at that batch) for a waiting job of higher "
+                              "priority; false opts out.")
     notify: list[NotifyURL] = Field(default_factory=list, max_length=NOTIFY_MAX, description="Apprise URLs this "
                                     "job's alerts go to (failed, succeeded, hung, preempted, lost_worker), besides "
                                     "TRAIND_NOTIFY; stored and shown with their secrets masked.")

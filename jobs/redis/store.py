@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -37,6 +37,14 @@ def _s(v: Any) -> Any:
 
 def _fields_json(fields: dict[str, Any] | None) -> str:
     return json.dumps({k: _s(v) for k, v in (fields or {}).items()}, separators=(",", ":"))
+
+
+class Beat(NamedTuple):
+    """One lease renewal: still the owner, cancel requested, the job a preemption was requested for (or None)."""
+
+    owner: bool
+    cancel: bool
+    preempt_for: str | None = None
 
 
 class JobStore:
@@ -142,8 +150,15 @@ class JobStore:
 
     def heartbeat(self, job_id: str, token: str, ttl_ms: int) -> tuple[bool, bool]:
         """Renew the lease; returns (still_owner, cancel_requested)."""
-        ok, flag = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])
+        ok, flag = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])[:2]
         return bool(int(ok)), (flag.decode() if isinstance(flag, bytes) else str(flag)) == "1"
+
+    def beat(self, job_id: str, token: str, ttl_ms: int) -> Beat:
+        """:meth:`heartbeat` with every flag a worker acts on: also the preemption a supervisor requested."""
+        res = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])
+        text = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in res]
+        owner = text[0] == "1"
+        return Beat(owner, owner and text[1] == "1", (text[2] if owner and len(text) > 2 else "")[:200] or None)
 
     def fenced_update(
         self,
