@@ -174,3 +174,14 @@ def preempt_claim(job_id: str) -> str:
     """String with a TTL: the running job whose preemption was requested for waiting job ``job_id`` (one victim
     per waiting job, even with several supervisors; void once that job stops running or its flag is gone)."""
     return f"{PREFIX}:preempt:{job_id}"
+
+
+# Alerts (jobs/alerts): the outbox stream (one entry per alerting event, written with it), one claim per (entry,
+# target) while it is sent and once it is done, and each delivery's tries "n:next_at_ms".
+ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"  # stream: job, alert, event (JSON)
+ALERTS_TRIES = f"{PREFIX}:alerts:tries"  # hash "<entry id>|<target>" -> "<tries>:<next attempt ms>"
+
+
+def alert_claim(entry_id: str, target: str) -> str:
+    """String with a TTL: the sender holding a delivery (its id) or ``done`` (sent, or given up)."""
+    return f"{PREFIX}:alerts:claim:{entry_id}:{target}"

@@ -73,9 +73,9 @@ local function index_move(idx, job_key, job_id, from, to, now, finished)
 end
 """
 
-# KEYS: job, leases, pending, events, state-index prefix (string), filter-index prefix (string)
+# KEYS: job, leases, pending, events, state-index prefix (string), filter-index prefix (string), alerts outbox
 # ARGV: job_id, to, allowed_from(json), terminal(json), attempt, token, fields(json), event(json|''),
-#       events_max, require_lease_expired('1'|''), lease_ttl_ms
+#       events_max, require_lease_expired('1'|''), lease_ttl_ms, alert kind(''|jobs.alerts.kinds), outbox maxlen
 TRANSITION = (
     _NOW
     + _INDEX
@@ -128,6 +128,10 @@ if ARGV[8] ~= '' then
   local ev = cjson.decode(ARGV[8]); ev['ts'] = now; ev['time'] = iso(now)
   redis.call('RPUSH', KEYS[4], cjson.encode(ev))
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
+  if ARGV[12] ~= '' then  -- an alerting event: its outbox entry is written with it, or neither is (jobs/alerts)
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[13], '*', 'job', job_id, 'alert', ARGV[12],
+      'event', cjson.encode(ev))
+  end
 end
 return {'ok', cur}
 """
