@@ -94,12 +94,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from jobs.ops.lookup import placement_note, summary
-    from jobs.ops.waiting import no_worker_note
+    from jobs.ops.waiting import no_worker_note, waiting_reason
 
     store = store_from_args(args)
     st = store.get(resolve_job(store, args.job), with_history=not args.spec)
     if not args.spec and (note := placement_note(store.r, st) or no_worker_note(store.r, st, store.now_ms())):
         st["note"] = note
+    if not args.spec and (why := waiting_reason(store.r, st, store.now_ms())) is not None:
+        st["waiting"] = why.to_dict()  # issue 24: the reason and the position
     if args.spec:
         print_json(st.get("spec") or {})
     elif args.json:
@@ -111,11 +113,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = store_from_args(args)
-    jobs = store.list(args.state, args.limit)
+    if args.owner:  # the owner's index (jobs/ops/admin.py), bounded like the API's filters
+        from jobs.ops.admin import list_page
+
+        jobs = list_page(store, state=args.state, owner=args.owner, limit=args.limit or 1000)["items"]
+    else:
+        jobs = store.list(args.state, args.limit)
     if args.json:
         print_json(jobs)
     elif not jobs:
-        print("no jobs" + (f" in state {args.state}" if args.state else ""))
+        print("no jobs" + (f" in state {args.state}" if args.state else "")
+              + (f" of {args.owner}" if args.owner else ""))
     else:
         now = store.now_ms()
         from daemon.handles import with_handles, with_monitors  # short unique id prefixes; BEST's metric
@@ -311,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spec", action="store_true", help="print the job's spec (JSON) instead")
     sp = add("list", cmd_list, "list jobs, newest first")
     sp.add_argument("--state", choices=[s.value for s in JobState])
+    sp.add_argument("--owner", help="only this owner's jobs")
     sp.add_argument("--limit", type=_positive_int, default=None)
     sp.add_argument("--json", action="store_true")
     sp = add("watch", cmd_watch, "live progress until the job ends (exit 0 if it succeeded)")

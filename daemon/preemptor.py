@@ -25,6 +25,7 @@ import redis
 from daemon.preemption import RANK, Cluster, Running, Waiting, Worker, decide, priority_of, withdrawn
 from jobs.contract import keys
 from jobs.contract.events import EventKind, event
+from jobs.contract.fair import owners_at_limit
 from jobs.contract.ids import is_job_id, parse_rq_job_id
 from jobs.contract.lua import _NOW
 from jobs.contract.queue import queue_key
@@ -146,13 +147,18 @@ class Preemptor:
             return []
         pipe = self.r.pipeline(transaction=False)
         for _, job_id, _ in msgs:
-            pipe.hmget(keys.job(job_id), ["state", "attempt", "updated_at"])
+            pipe.hmget(keys.job(job_id), ["state", "attempt", "updated_at", "owner"])
         out: list[Waiting] = []
         seen: set[str] = set()
-        for (q, job_id, attempt), res in zip(msgs, pipe.execute(raise_on_error=False)):
+        results = pipe.execute(raise_on_error=False)
+        # a job whose owner is at the limit is skipped by the workers' pop: preempting for it frees nothing for it
+        capped = owners_at_limit(self.r, {_s(res[3]) for res in results if isinstance(res, list) and res[3]})
+        for (q, job_id, attempt), res in zip(msgs, results):
             if isinstance(res, Exception) or job_id in seen:
                 continue
-            rec = JobRecord.parse(dict(zip(("state", "attempt", "updated_at"), res)), job_id)
+            rec = JobRecord.parse(dict(zip(("state", "attempt", "updated_at", "owner"), res)), job_id)
+            if rec.owner in capped:
+                continue
             if rec.state in _WAITING and rec.attempt == attempt:  # a stale or duplicate message waits for nothing
                 seen.add(job_id)
                 out.append(Waiting(job_id, q, rec.updated_at or 0))

@@ -22,6 +22,7 @@ import redis
 
 from daemon.preemptor import Preemptor
 from daemon.progress_watch import ProgressWatch, StallTracker
+from jobs.alerts.sender import AlertSender
 from jobs.contract import keys
 from jobs.contract.events import EventKind
 from jobs.contract.ids import validate_job_id
@@ -92,6 +93,7 @@ class Supervisor:
         self._primary = PrimaryWatch()
         self._stop = threading.Event()
         self.sweeps = SweepHook(self.r, settings)  # sweeps: one controller step per pass (jobs/sweep/hook.py)
+        self.alerts = AlertSender(self.store, settings)  # alerts: sends the outbox, never blocks a pass (jobs/alerts)
         self._indexed = False  # jobs recorded before the filter indexes existed are all indexed
         tracker = StallTracker(settings.progress_check_factor, settings.progress_check_grace_s)
         self.progress = ProgressWatch(self.store, tracker, _lemon_policy(settings))  # hangs with a live lease
@@ -301,12 +303,14 @@ class Supervisor:
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def idle(self) -> bool:
-        """True when no job is running, queued or waiting for a delivery (what ``burst`` waits for)."""
+        """True when no job is running, queued or waiting for a delivery, and no alert waits to be sent (what
+        ``burst`` waits for)."""
         pipe = self.r.pipeline(transaction=False)
         for st in (JobState.RUNNING, JobState.QUEUED, JobState.REQUEUED):
             pipe.scard(keys.state_index(st.value))
         pipe.zcard(keys.PENDING)
         pipe.zcard(keys.LEASES)
+        pipe.xlen(keys.ALERTS_OUTBOX)
         return not any(pipe.execute())
 
     def stop(self) -> None:
@@ -327,6 +331,7 @@ class Supervisor:
                     telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     admin.retention(self.store, self.settings.storage_dir, self.settings.finished_ttl_s)
                     self.sweeps.step()
+                    self.alerts.step()
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

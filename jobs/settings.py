@@ -171,6 +171,22 @@ class WorkerSettings(CommonSettings):
     checkpoint_mtbf_s: float = Field(3600.0, gt=0, description="Expected time between failures of a worker.")
     checkpoint_interval_min_s: float = Field(5.0, gt=0)
     checkpoint_interval_max_s: float = Field(600.0, gt=0)
+    # Fair share between owners (jobs/contract/fair.py; README "Sharing a cluster").
+    fair_share: bool = Field(True, description="Among queued jobs of one priority, take the job of the owner with the "
+                             "smallest running share (false: the oldest job, plain BLPOP).")
+    fair_half_life_s: float = Field(3600.0, gt=0, le=365 * 86400, description="Half-life of past device time in the "
+                                    "share (the tie-break between owners running as many devices).")
+    fair_head_max: int = Field(256, ge=1, le=10_000, description="Messages at a queue's head one pop examines.")
+    owner_max_running: int | None = Field(None, ge=0, description="Most jobs one owner runs at once (default: none).")
+    owner_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description="Per-owner overrides of owner_max_running: alice=2,bob=1.")
+
+    @field_validator("owner_limits", mode="before")
+    @classmethod
+    def _owner_limits(cls, v: object) -> object:
+        from jobs.contract.fair import parse_owner_limits
+
+        return parse_owner_limits(v) if isinstance(v, str) else v
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -204,6 +220,39 @@ class SupervisorSettings(CommonSettings):
                                      "waiting job of higher priority only once its current attempt has run this "
                                      "long (no flapping).")
     burst: bool = False
+    # alerts (jobs/alerts): where every job's alerts also go, which events alert, how sends are retried
+    notify: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated Apprise URLs (json://, slack://, mailto://...) every job's "
+        "alerts go to besides its spec's notify list (a comma inside a URL: %2C).")
+    notify_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["failed", "succeeded", "hung", "preempted", "lost_worker"],
+        description="Comma-separated events that alert: failed, succeeded, hung, preempted, lost_worker.")
+    notify_attempts: int = Field(8, ge=1, le=100, description="Sends of one alert to one URL before giving up.")
+    notify_backoff_s: float = Field(5.0, gt=0, le=3600, description="Wait after a failed send; doubles per failure.")
+    notify_backoff_max_s: float = Field(600.0, gt=0, le=86_400, description="Longest wait between two sends.")
+    notify_timeout_s: float = Field(10.0, gt=0, le=300, description="Connect and read timeout of one send.")
+    public_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s]+$", description="The dashboard's "
+                                   "address as people reach it (https://traind.example.org): alerts link there.")
+
+    @field_validator("notify", "notify_events", mode="before")
+    @classmethod
+    def _csv_notify(cls, v: object) -> object:
+        return _split_csv(v)
+
+    @field_validator("notify")
+    @classmethod
+    def _apprise_urls(cls, v: list[SecretStr]) -> list[SecretStr]:
+        from jobs.alerts.urls import url_problems  # Apprise loads only where alerts are configured
+        if v and (problems := url_problems([u.get_secret_value() for u in v], "TRAIND_NOTIFY")):
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("notify_events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        if bad := [e for e in v if e not in ("failed", "succeeded", "hung", "preempted", "lost_worker")]:
+            raise ValueError(f"unknown event(s) {bad}: expected failed, succeeded, hung, preempted, lost_worker")
+        return v
 
 
 class StackSettings(CommonSettings):

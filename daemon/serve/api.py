@@ -35,7 +35,7 @@ from jobs.errors import (
 )
 from jobs.ops import admin, lookup
 from jobs.ops.lookup import summary
-from jobs.ops.waiting import no_worker_note
+from jobs.ops.waiting import no_worker_note, waiting_reason
 from jobs.redis.store import JobStore
 
 router = APIRouter(prefix="/api/v1")
@@ -148,6 +148,8 @@ def list_jobs(request: Request, _: Read,
               state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
               name: Annotated[str | None, Query(max_length=200, description="name contains (case-insensitive)")] = None,
               queue: Annotated[str | None, Query(max_length=200, description="logical queue")] = None,
+              owner: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="only this "
+                                                 "owner's jobs")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
               cursor: Annotated[str | None, Query(max_length=64, description="continue after this job id "
@@ -157,7 +159,7 @@ def list_jobs(request: Request, _: Read,
     every job, ``next_cursor`` continues the listing."""
     try:
         page = admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
-                               limit=limit, offset=offset, cursor=_jid(cursor) if cursor else None)
+                               limit=limit, offset=offset, cursor=_jid(cursor) if cursor else None, owner=owner)
     except ValueError as e:  # a cursor naming no job of this listing
         raise HTTPException(422, str(e)) from e
     return _json(page)
@@ -181,6 +183,8 @@ def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
     """``note``: why a queued job is not starting (no live worker for its queue, jobs/ops/waiting.py)."""
     if (note := no_worker_note(store.r, st, store.now_ms())) is not None:
         st["note"] = note
+    if (why := waiting_reason(store.r, st, store.now_ms())) is not None:
+        st["waiting"] = why.to_dict()  # the reason and the position (issue 24)
     return st
 
 

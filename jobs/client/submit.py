@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import redis
 
+from jobs.alerts.urls import stored_spec_fields
 from jobs.client.fit import FitMixin
 from jobs.client.handle import JobHandle
 from jobs.client.local_jobs import LocalJobsMixin
@@ -98,6 +99,7 @@ class Client(LocalJobsMixin, FitMixin):
             allowed_modules=self.settings.allowed_modules,
             max_epochs=self.settings.max_epochs,
             max_spec_bytes=self.settings.max_spec_bytes,
+            check_notify=True,
         )
         if isinstance(spec, JobSpec):
             return validate_spec(spec.model_dump(mode="json"), **limits)
@@ -162,7 +164,7 @@ class Client(LocalJobsMixin, FitMixin):
             "id": job_id,
             "name": spec.name,
             "owner": owner,
-            "spec": spec.model_dump(mode="json"),
+            **stored_spec_fields(spec.model_dump(mode="json")),  # notify URLs masked; kept aside for the supervisor
             "queue": _queue_name(spec),
             "attempt": 1,
             "restarts": 0,

@@ -39,6 +39,8 @@ class EventKind(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NOTE = "note"  # anything else (operators, tests)
+    ALERT_SENT = "alert_sent"  # a supervisor sent an alert: fields alert, target (redacted), tries
+    ALERT_FAILED = "alert_failed"  # a supervisor gave up on an alert: fields alert, target (redacted), tries, error
 
     def __str__(self) -> str:
         return self.value

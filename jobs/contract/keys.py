@@ -153,7 +153,35 @@ def lemon_failures(machine: str) -> str:
     return f"{PREFIX}:lemon:failures:{machine}"
 
 
+# Fair share between owners (jobs/contract/fair.py). The usage zsets and owner indexes extend IDX_PREFIX exactly as
+# below (Lua builds them from that prefix, like the other filter indexes).
+IDX_OWNER_COUNTS = f"{IDX_PREFIX}owner_counts"  # hash "<state>\t<owner>" -> jobs (/metrics' per-owner gauges)
+FAIR_CLAIMING = f"{PREFIX}:fair:claiming"  # zset "<job_id>-a<attempt>" -> popped (ms): popped, not yet claimed
+FAIR_POLICY = f"{PREFIX}:fair:policy"  # string: JSON of the limits the workers last enforced (read by status)
+
+
+def owner_index(owner: str) -> str:
+    """Zset job_id -> created (ms) of one owner's jobs: the list's owner filter."""
+    return f"{IDX_PREFIX}owner:{owner}"
+
+
+def owner_usage(owner: str) -> str:
+    """Zset ``<device_ms>:<job_id>:<attempt>`` -> ended (ms): the owner's last ended attempts (fair share)."""
+    return f"{IDX_PREFIX}usage:{owner}"
+
+
 def preempt_claim(job_id: str) -> str:
     """String with a TTL: the running job whose preemption was requested for waiting job ``job_id`` (one victim
     per waiting job, even with several supervisors; void once that job stops running or its flag is gone)."""
     return f"{PREFIX}:preempt:{job_id}"
+
+
+# Alerts (jobs/alerts): the outbox stream (one entry per alerting event, written with it), one claim per (entry,
+# target) while it is sent and once it is done, and each delivery's tries "n:next_at_ms".
+ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"  # stream: job, alert, event (JSON)
+ALERTS_TRIES = f"{PREFIX}:alerts:tries"  # hash "<entry id>|<target>" -> "<tries>:<next attempt ms>"
+
+
+def alert_claim(entry_id: str, target: str) -> str:
+    """String with a TTL: the sender holding a delivery (its id) or ``done`` (sent, or given up)."""
+    return f"{PREFIX}:alerts:claim:{entry_id}:{target}"

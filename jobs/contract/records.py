@@ -121,8 +121,9 @@ _JOB_JSON = ("metrics", "spec", "worker_info", "best_checkpoint", "final_checkpo
 _JOB_FLAGS = ("stopped_early", "cancel_requested")
 _JOB_DEFAULTS: dict[str, Any] = {"epoch": 0, "restarts": 0, "preemptions": 0, "best_epoch": None, "best_value": None,
                                  "worker": None}
-_HIDDEN = ("token", "client_key", "goodput_recorded")  # a fencing token is a capability; the idempotency key is
-# the submitter's; goodput_recorded is the once-only marker of the fleet counters, set after the job ends
+_HIDDEN = ("token", "client_key", "goodput_recorded", "notify_urls")  # a fencing token is a capability; the
+# idempotency key is the submitter's; goodput_recorded is the once-only marker of the fleet counters, set after the
+# job ends; notify_urls are the alert URLs with their secrets (the spec shows them masked: jobs/alerts/urls.py)
 
 
 @dataclass(frozen=True)

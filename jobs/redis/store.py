@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from jobs.alerts.kinds import OUTBOX_MAXLEN, alert_of, outbox_event
 from jobs.contract import keys, lua
 from jobs.contract.events import EventKind, event, kind_for_state
 from jobs.contract.records import JobRecord, decode_hash, log_problems, parse_event, to_int
@@ -119,17 +120,18 @@ class JobStore:
             sources = sorted(s.value for s in RETRYABLE) if to is JobState.REQUEUED else []
         if only_from is not None:  # narrow the table, e.g. "fail it only if nobody is running it"
             sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
-        ev = ""
+        ev, alert = "", ""
         if event_msg:
-            ev = json.dumps(event(kind or kind_for_state(to), event_msg, level, state=to.value, **(event_fields or {})))
+            ev_dict = event(kind or kind_for_state(to), event_msg, level, state=to.value, **(event_fields or {}))
+            ev, alert = json.dumps(ev_dict), alert_of(ev_dict) or ""  # an alert's outbox entry: with the event
         status, cur = run_script(
             self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
-                  keys.IDX_PREFIX],
+                  keys.IDX_PREFIX, keys.ALERTS_OUTBOX],
             args=[
                 job_id, to.value, json.dumps(sources), json.dumps(sorted(s.value for s in TERMINAL)),
                 "" if attempt is None else str(attempt), token or "", _fields_json(fields), ev, self.events_max,
-                "1" if require_lease_expired else "", int(lease_ttl_ms),
+                "1" if require_lease_expired else "", int(lease_ttl_ms), alert, OUTBOX_MAXLEN,
             ],
         )
         status, cur = status.decode(), cur.decode()
@@ -226,6 +228,9 @@ class JobStore:
         pipe = self.r.pipeline()
         pipe.rpush(keys.events(job_id), json.dumps(ev))
         pipe.ltrim(keys.events(job_id), -self.events_max, -1)
+        if alert := alert_of(ev):  # in the same MULTI: the outbox entry exists exactly when the event does
+            pipe.xadd(keys.ALERTS_OUTBOX, {"job": job_id, "alert": alert, "event": outbox_event(ev)},
+                      maxlen=OUTBOX_MAXLEN, approximate=True)
         pipe.execute()
         telemetry.publish(self.r, job_id, "event")
 
@@ -376,7 +381,7 @@ class JobStore:
 
 
 LIST_SUMMARY = ["id", "name", "state", "epoch", "epochs", "restarts", "best_epoch", "best_value", "stopped_early",
-                "worker", "created_at", "updated_at", "error"]
+                "worker", "created_at", "updated_at", "error", "owner"]
 
 
 def parse_history(raw: dict[bytes, bytes], where: str) -> list[dict[str, Any]]:
