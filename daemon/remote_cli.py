@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from jobs.remote.jobs_api import JobsApi
 
 
+# An interactive command reports an unreachable API in ~2 s (a library call rides out ~8 s: RETRY_DELAYS_S).
+CLI_RETRY_DELAYS_S = (0.3, 0.6, 1.2)
+
+
 def _maybe_configured() -> bool:
     """Whether an API may be configured (cheap: read-only commands must start fast): ``TRAIND_API_URL``, a context
     named by ``TRAIND_CONTEXT``, or a config file (then :func:`jobs.remote.target.resolve_target` decides)."""
@@ -54,14 +58,14 @@ def _client() -> RemoteClient:
     """For submit: the whole client (it validates specs, which imports pydantic and the spec models)."""
     from jobs.remote.client import RemoteClient
 
-    return RemoteClient(timeout_s=30.0)
+    return RemoteClient(timeout_s=30.0, retry_delays_s=CLI_RETRY_DELAYS_S)
 
 
 def _api() -> JobsApi:
     """For the other commands: the job routes only (httpx; no numpy, rq or pydantic: reads start fast)."""
     from jobs.remote.jobs_api import open_api
 
-    return open_api(timeout_s=30.0)
+    return open_api(timeout_s=30.0, retry_delays_s=CLI_RETRY_DELAYS_S)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

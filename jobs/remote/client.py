@@ -43,7 +43,8 @@ class RemoteClient(Client):
 
     def __init__(self, redis_url: str | None = None, storage: Any = None, settings: ClientSettings | None = None,
                  connection: Any = None, owner: str | None = None, *, api_url: str | None = None,
-                 token: str | None = None, timeout_s: float = 60.0) -> None:
+                 token: str | None = None, timeout_s: float = 60.0,
+                 retry_delays_s: tuple[float, ...] | None = None) -> None:
         if redis_url is not None or storage is not None or connection is not None:
             raise ConfigError("Client(api_url=...): redis_url, storage and connection belong to the server; a "
                               "remote client has a URL and a token only")
@@ -51,7 +52,7 @@ class RemoteClient(Client):
         if target is None:
             raise ConfigError("RemoteClient needs api_url (or TRAIND_API_URL) and a token (or TRAIND_API_TOKEN)")
         self.target = target
-        self.transport = Transport(target, timeout_s=timeout_s)
+        self.transport = Transport(target, timeout_s=timeout_s, retry_delays_s=retry_delays_s)
         self.api = JobsApi(self.transport)
         self._base_settings = settings
         self._settings: ClientSettings | None = None

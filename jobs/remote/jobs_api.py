@@ -66,12 +66,12 @@ class JobsApi:
         return self.transport.json("GET", "/api/v1/workers")
 
 
-def open_api(timeout_s: float = 30.0) -> JobsApi:
+def open_api(timeout_s: float = 30.0, retry_delays_s: tuple[float, ...] | None = None) -> JobsApi:
     """The configured API (:func:`jobs.remote.target.resolve_target`); ConfigError when there is none."""
     target = resolve_target()
     if target is None:
         raise ConfigError("no traind API configured: set TRAIND_API_URL and TRAIND_API_TOKEN (or a context)")
-    return JobsApi(Transport(target, timeout_s=timeout_s))
+    return JobsApi(Transport(target, timeout_s=timeout_s, retry_delays_s=retry_delays_s))
 
 
 def _ambiguous(prefix: str) -> Any:

@@ -30,8 +30,10 @@ RETRIED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, 
 class Transport:
     """One connection pool to one API. Thread-safe (httpx.Client is)."""
 
-    def __init__(self, target: ApiTarget, timeout_s: float = 60.0, client: httpx.Client | None = None) -> None:
+    def __init__(self, target: ApiTarget, timeout_s: float = 60.0, client: httpx.Client | None = None,
+                 retry_delays_s: tuple[float, ...] | None = None) -> None:
         self.target = target
+        self.retry_delays_s = retry_delays_s  # None: RETRY_DELAYS_S (read at call time: tests shorten it)
         self.http = client or httpx.Client(
             base_url=target.url, headers={"Authorization": f"Bearer {target.token}"},
             timeout=httpx.Timeout(timeout_s, connect=10.0), follow_redirects=False)
@@ -60,7 +62,7 @@ class Transport:
         ``absolute``: ``path`` is a full URL (a presigned object-store URL) and gets no Authorization header.
         """
         retry = method in ("GET", "HEAD", "PUT") if idempotent is None else idempotent
-        delays = iter(RETRY_DELAYS_S if retry else ())
+        delays = iter((RETRY_DELAYS_S if self.retry_delays_s is None else self.retry_delays_s) if retry else ())
         while True:
             try:
                 return self._once(method, path, params, body, content, headers, conflict, max_bytes, absolute)

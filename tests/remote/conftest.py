@@ -47,9 +47,11 @@ class Stack:
         assert not [k for k in env if k.startswith("AWS_") or k in ("TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR")]
         return env
 
-    def cli(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=self.laptop_env("cli", **extra),
-                              cwd=self.tmp, capture_output=True, text=True, timeout=timeout)
+    def cli(self, *args: str, timeout: float = 60, drop: tuple[str, ...] = (),
+            **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in self.laptop_env("cli", **extra).items() if k not in drop}
+        return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=env, cwd=self.tmp,
+                              capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

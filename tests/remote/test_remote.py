@@ -180,6 +180,19 @@ def test_refusals_are_one_clear_line(stack: Stack, tmp_path: Path) -> None:
     assert p.returncode == 1 and "(403)" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     p = stack.cli("cancel", job_id, TRAIND_API_TOKEN=alice)
     assert p.returncode == 0, p.stderr
+    # no variables at all: the config file's current context (h26srv's contexts) names the API and its token file
+    token_file = tmp_path / "team.token"
+    token_file.write_text(alice + "\n")
+    token_file.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(f'current = "team"\n\n[contexts.team]\napi_url = "{stack.url}"\ntoken_file = "{token_file}"\n')
+    config.chmod(0o600)
+    from jobs.remote.target import resolve_target  # checked here first: a CLI that missed it would try Redis
+
+    target = resolve_target(env={"TRAIND_CONFIG": str(config)})
+    assert target is not None and target.url == stack.url and target.token == alice
+    p = stack.cli("list", drop=("TRAIND_API_URL", "TRAIND_API_TOKEN"), TRAIND_CONFIG=str(config))
+    assert p.returncode == 0 and "alice" in p.stdout, p.stdout + p.stderr
     bad = slow_spec("bad", epochs=0)
     bad["model"]["builder"] = "os:system"
     spec.write_text(yaml.safe_dump(bad))
