@@ -4,7 +4,9 @@ at the epoch's end; a pruned trial stops right there (:mod:`jobs.sweep.reporter`
 It runs before traind's epoch-end callbacks: the epoch is still recorded, then :class:`worker.checkpointing.
 CheckpointCallback` commits its checkpoint and ends the attempt as *cancelled* (checkpoints kept), as for a cancel
 requested at that epoch's end. Any other job pays one ``HGET`` per epoch (is it a trial?), and Optuna is imported
-only by a trial's worker. A failure here never fails the job: the controller reports and prunes too.
+only by a trial's worker. A failure here never fails the job: the controller reports and prunes too. The CPU this
+takes (the training thread's, Optuna's import included) is added up per trial in ``sweep:<id>:report_cpu``: the
+workers' share of what driving a sweep costs (bench/sweep.py).
 
 >>> # cbs += sweep_callback.for_attempt(ledger, control)   # [] for a ledger without Redis
 """
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from jobs.errors import FencedError
-from jobs.sweep.records import trial_of
+from jobs.sweep.records import sweep_key, trial_of
 from worker.control import JobControl, StopReason
 from worker.ledger import AttemptLedger
 
@@ -43,6 +45,7 @@ class SweepTrialCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.control.reason is not None:  # stopping already (cancel, preemption, fenced): nothing to add
             return
+        cpu0 = time.thread_time()
         try:
             if self.reporter is None:
                 link = trial_of(self.r, self.ledger.job_id)
@@ -52,6 +55,7 @@ class SweepTrialCallback(keras.callbacks.Callback):
 
                 self.reporter = TrialReporter(self.r, *link)
             v = self.reporter.epoch_end(epoch + 1, logs or {})
+            self.r.hincrbyfloat(sweep_key(v.sweep_id, "report_cpu"), str(v.number), time.thread_time() - cpu0)
         except Exception as e:  # the controller's backstop reports and prunes from the job's history
             if time.monotonic() - self._warned > _WARN_EVERY_S:
                 self._warned = time.monotonic()

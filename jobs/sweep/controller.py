@@ -87,7 +87,6 @@ class SweepController:
         self.lease_ttl_ms = int(lease_ttl_ms)
         self._lease = r.register_script(_LEASE)
         self._open: dict[str, _Open] = {}
-        self._judged: dict[tuple[str, int], int] = {}  # the last epoch whose prune decision this process made
         self._logged: dict[str, tuple[str, float]] = {}  # sweep -> (last error logged, when)
 
     def step(self, now_ms: int | None = None) -> ControllerReport:
@@ -97,8 +96,7 @@ class SweepController:
         if not active:
             return rep
         if not int(self._lease(keys=[CONTROLLER_LEASE], args=[self.owner, self.lease_ttl_ms])):
-            self._open.clear()  # another controller leads: forget what we judged, re-read everything when we lead
-            self._judged.clear()
+            self._open.clear()  # another controller leads: re-read everything when we lead
             return rep
         rep.leader = True
         now = self.sweeps.now_ms() if now_ms is None else int(now_ms)
@@ -216,14 +214,10 @@ class SweepController:
             reported[h["epoch"]] = float(v)
             tr.reported = h["epoch"]
             rep.reported.setdefault(key, []).append(h["epoch"])
-            self._judged[key] = h["epoch"]
+            # Only the epochs it reported itself (its worker could not): the worker asks the pruner after every
+            # epoch, including one this controller reported and then died before judging.
             if h["epoch"] < last and trial.should_prune():
                 self._prune(rec, op, tr, h["epoch"], reported, now, rep)
-                return False
-        if reported and self._judged.get(key) != max(reported):  # a restarted controller judges once more
-            self._judged[key] = max(reported)
-            if max(reported) < last and trial.should_prune():
-                self._prune(rec, op, tr, max(reported), reported, now, rep)
                 return False
         state = JobState(st["state"])
         if not state.is_terminal:
@@ -286,7 +280,6 @@ class SweepController:
                                      sweep=rec.id, trial=tr.number, pruned_at=tr.pruned_at)
         tr.state, tr.error, tr.finished_at = shown, error, now
         self.sweeps.put_trial(rec.id, tr)
-        self._judged.pop((rec.id, tr.number), None)
 
     def _reconcile(self, rec: SweepRecord, ft: optuna.trial.FrozenTrial, tr: TrialRecord, now: int) -> None:
         """The study says the trial ended but the record does not (the controller stopped in between): catch up."""

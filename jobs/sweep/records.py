@@ -2,7 +2,8 @@
 
 Keys (all under ``traind:``): ``sweeps`` (zset id -> created ms), ``sweeps:active`` (set of sweeps a controller
 drives), ``sweep:<id>`` (hash: the sweep), ``sweep:<id>:trials`` (hash number -> trial JSON), ``sweep:<id>:optuna``
-(prefix of the Optuna journal: the study itself), ``sweeps:trial_jobs`` (hash job id -> ``<sweep id>:<number>`` of
+(prefix of the Optuna journal: the study itself), ``sweep:<id>:report_cpu`` (hash number -> CPU seconds its workers
+spent reporting), ``sweeps:trial_jobs`` (hash job id -> ``<sweep id>:<number>`` of
 a trial in flight: how its worker finds the study it reports to). No pydantic, numpy or Optuna here: status stays a
 fast read.
 

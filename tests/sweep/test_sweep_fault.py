@@ -59,14 +59,14 @@ def _grid_lr_sweep(name: str, epochs: int, pruner: dict[str, Any]) -> dict[str, 
             "sampler": {"type": "grid", "seed": 1}, "pruner": pruner}
 
 
-def _pruned_sweep(cli: Any, c: Cluster, tmp_path: Path, r: redis.Redis, data: dict[str, Any], pruned_at: int
-                  ) -> tuple[str, dict[str, Any]]:
-    """Run ``data`` to its end and check the second trial was pruned at ``pruned_at`` and stopped right there;
-    (sweep id, its status)."""
-    epochs = data["job"]["fit"]["epochs"]
-    rc, out, err = cli("sweep", "submit", str(sweep_file(tmp_path, data)), "--json")
+def _submit(cli: Any, tmp_path: Path, data: dict[str, Any]) -> str:
+    rc, out, err = cli("sweep", "submit", str(sweep_file(tmp_path, data, f"{data['name']}.yaml")), "--json")
     assert rc == 0, err
-    sweep_id = json.loads(out)["id"]
+    return str(json.loads(out)["id"])
+
+
+def _check_pruned_sweep(cli: Any, c: Cluster, r: redis.Redis, sweep_id: str, epochs: int, pruned_at: int) -> None:
+    """Wait for the sweep's end; its second trial was pruned at ``pruned_at`` and stopped right there."""
     _wait_finished(cli, sweep_id, c)
     # The pruned trial's worker asked the pruner at that epoch's end and stopped there: its job is cancelled (its
     # checkpoints kept) after exactly that epoch, never later, never "succeeded".
@@ -96,29 +96,24 @@ def _pruned_sweep(cli: Any, c: Cluster, tmp_path: Path, r: redis.Redis, data: di
     history = c.store.history(good["job"])
     assert study.trials[0].intermediate_values == {h["epoch"]: h["val_loss"] for h in history}
     assert good["value"] == min(h["val_loss"] for h in history)
-    assert not r.hlen(records.TRIAL_JOBS)  # every link of a finished trial removed
-    return sweep_id, st
 
 
 def test_sweep_completes_and_prunes_a_bad_trial(cli: Any, procs: Procs, redis_url: str, storage_dir: Path,
                                                 tmp_path: Path, r: redis.Redis) -> None:
-    """One worker; the median pruner stops the hopeless trial after its first epoch: shown as pruned, not failed."""
+    """Two sweeps at once on one worker. The median pruner stops its hopeless trial after its first epoch; successive
+    halving, with its first rung at epoch 2 of 4, judges its hopeless trial at epoch 2 only (not at epoch 1). Each
+    pruned trial's job stops at exactly the epoch it was pruned at (epochs_done == pruned_at) and the trial is shown
+    as pruned, not failed."""
     c = Cluster(procs, redis_url, storage_dir)
     c.start("w1")
-    data = _grid_lr_sweep("prune", 3, {"type": "median", "n_startup_trials": 1})
-    sweep_id, _ = _pruned_sweep(cli, c, tmp_path, r, data, pruned_at=1)
-    rc, out, _ = cli("sweep", "status", sweep_id)
+    median = _submit(cli, tmp_path, _grid_lr_sweep("median", 3, {"type": "median", "n_startup_trials": 1}))
+    sh = _submit(cli, tmp_path, _grid_lr_sweep("sh", 4, {"type": "successive_halving", "min_resource": 2,
+                                                          "reduction_factor": 2}))
+    _check_pruned_sweep(cli, c, r, median, epochs=3, pruned_at=1)
+    rc, out, _ = cli("sweep", "status", median)
     assert rc == 0 and "pruned" in out and "(pruned @1)" in out
-
-
-def test_pruned_trial_stops_at_the_epoch_the_pruner_decides(cli: Any, procs: Procs, redis_url: str,
-                                                            storage_dir: Path, tmp_path: Path, r: redis.Redis) -> None:
-    """Successive halving with its first rung at epoch 2 (of 4): the hopeless trial is judged at epoch 2 only (not
-    at epoch 1) and its job's epochs_done is exactly 2, the epoch it was pruned at."""
-    c = Cluster(procs, redis_url, storage_dir)
-    c.start("w1")
-    data = _grid_lr_sweep("sh", 4, {"type": "successive_halving", "min_resource": 2, "reduction_factor": 2})
-    _pruned_sweep(cli, c, tmp_path, r, data, pruned_at=2)
+    _check_pruned_sweep(cli, c, r, sh, epochs=4, pruned_at=2)
+    assert not r.hlen(records.TRIAL_JOBS)  # every link of a finished trial removed
 
 
 def test_worker_and_controller_killed_mid_sweep(cli: Any, procs: Procs, redis_url: str, storage_dir: Path,
