@@ -24,7 +24,7 @@ from bench import _util as u
 
 NAME = "sweep"
 # The traind sweep's pruner (see docs/benchmarks.md, section 12, for why these settings).
-PRUNER = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}
+PRUNER = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 4}
 CFG = {
     "full": {"n": 2000, "noise": 0.5, "batch_size": 64, "validation_split": 0.3, "batch_delay_s": 0.04, "epochs": 9,
              "factor": 3, "seed": 1, "lr_low": 1e-4, "lr_high": 0.3, "units_low": 4, "units_high": 64,
@@ -151,7 +151,10 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
         u.wait_for(lambda: trained() >= kill_after_epochs, 1800, "epochs before the kill", 0.1)
 
         def mid_epoch() -> tuple[str, Any] | None:
-            for t in status(store, sweep_id)["trials"]:
+            st = status(store, sweep_id)
+            if st["state"] != "running":
+                return "", None  # the sweep ended before any trial was in mid-epoch: no kill (reported)
+            for t in st["trials"]:
                 names = ["state", "batch", "steps", "epoch"]
                 f = dict(zip(names, r.hmget(keys.job(t["job"] or "-"), names)))
                 done = int(f["epoch"] or 0)  # a trial with a committed epoch-end checkpoint: resumable
@@ -163,9 +166,10 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
             return None
 
         job_id, victim = u.wait_for(mid_epoch, 600, "a trial in mid-epoch", 0.02)
-        ep, batch, steps = (int(v or 0) for v in r.hmget(keys.job(job_id), "epoch", "batch", "steps"))
-        pool.kill(victim)
-        kill = {"job": job_id, "epoch_done": ep, "partial": batch / steps if steps else 0.0}
+        if victim is not None:
+            ep, batch, steps = (int(v or 0) for v in r.hmget(keys.job(job_id), "epoch", "batch", "steps"))
+            pool.kill(victim)
+            kill = {"job": job_id, "epoch_done": ep, "partial": batch / steps if steps else 0.0}
     st = u.wait_for(lambda: (lambda s: s if s["state"] != "running" else None)(status(store, sweep_id)), 3600,
                     "the sweep to finish", 0.5)
     wall = time.monotonic() - t0
@@ -186,6 +190,8 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
            "supervisor_cpu_pct_of_one_core": round(100 * sup_cpu / wall, 2),
            "report_cpu_s": round(report_cpu, 2),
            "driving_cpu_pct_of_one_core": round(100 * (sup_cpu + report_cpu) / wall, 2)}
+    if kill_after_epochs is not None and not kill:
+        out["killed_after_epochs"] = "no kill: no trial was in mid-epoch before the sweep ended"
     if kill:
         from jobs.contract.events import EventKind
         evs = [json.loads(x) for x in r.lrange(keys.events(kill["job"]), 0, -1)]
