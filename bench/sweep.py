@@ -1,10 +1,12 @@
-"""A hyperparameter search, KerasTuner's Hyperband (one process) against a traind sweep (2 workers, Optuna TPE +
-Hyperband pruner), on the same space (learning rate log-uniform, units), data, paced model (every batch sleeps, so
-that parallelism shows on a small machine) and budget (max epochs per trial; traind runs as many trials as KerasTuner
-tried configurations). Reported: best val_loss found, epochs trained in all, wall time; then the same search with a
-SIGKILL mid-search: KerasTuner's process (it resumes with ``overwrite=False`` and reruns the trial in progress from its
-start) against one of traind's two workers (its trial resumes from its checkpoint on the other worker). Also the CPU
-the supervisor that drives the traind sweep used (an upper bound of the controller's cost: it supervises too).
+"""A hyperparameter search, KerasTuner's Hyperband (one process) against a traind sweep (2 workers, Optuna TPE and a
+pruner: ``PRUNER``), on the same space (learning rate log-uniform, units), data, paced model (every batch sleeps, so
+that parallelism shows on a small machine) and budget (at most 9 epochs a trial; traind runs the issue's 20 trials,
+more than the configurations KerasTuner tries). Reported: best val_loss found, epochs trained in all, wall time; then
+the same search with a SIGKILL mid-search: KerasTuner's process (it resumes with ``overwrite=False`` and reruns the
+trial in progress from its start) against one of traind's two workers (its trial resumes from its checkpoint on the
+other worker). Also the CPU that driving the traind sweep used: the supervisor's (an upper bound of the
+controller's: it supervises too) plus the workers' reports to the study and pruning decisions at each epoch end
+(``sweep:<id>:report_cpu``).
 
     python -m bench.sweep [--smoke] [--json PATH]
 """
@@ -21,13 +23,15 @@ from typing import Any
 from bench import _util as u
 
 NAME = "sweep"
+# The traind sweep's pruner (see docs/benchmarks.md, section 12, for why these settings).
+PRUNER = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 4}
 CFG = {
     "full": {"n": 2000, "noise": 0.5, "batch_size": 64, "validation_split": 0.3, "batch_delay_s": 0.04, "epochs": 9,
              "factor": 3, "seed": 1, "lr_low": 1e-4, "lr_high": 0.3, "units_low": 4, "units_high": 64,
-             "kill_at_fraction": 0.4},
+             "kill_at_fraction": 0.4, "trials": 20, "pruner": PRUNER},
     "smoke": {"n": 400, "noise": 0.5, "batch_size": 64, "validation_split": 0.3, "batch_delay_s": 0.005, "epochs": 3,
               "factor": 3, "seed": 1, "lr_low": 1e-4, "lr_high": 0.3, "units_low": 4, "units_high": 16,
-              "kill_at_fraction": 0.4},
+              "kill_at_fraction": 0.4, "trials": 6, "pruner": PRUNER},
 }
 
 
@@ -104,7 +108,7 @@ def sweep_spec(c: dict[str, Any], trials: int) -> dict[str, Any]:
                                                           "log": True},
                   "model.builder_kwargs.units": {"type": "int", "low": c["units_low"], "high": c["units_high"]}},
         "sampler": {"type": "tpe", "seed": c["seed"]},
-        "pruner": {"type": "hyperband", "min_resource": 1, "reduction_factor": c["factor"]},
+        "pruner": c["pruner"],
         "trials": trials,
         "parallel": 2,
     }
@@ -122,7 +126,7 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
     import psutil
 
     from jobs.contract import keys
-    from jobs.sweep.records import SweepStore, status
+    from jobs.sweep.records import SweepStore, status, sweep_key
     from jobs.sweep.spec import validate_sweep
 
     url, storage, procs, client = u.start_stack(run)
@@ -147,7 +151,10 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
         u.wait_for(lambda: trained() >= kill_after_epochs, 1800, "epochs before the kill", 0.1)
 
         def mid_epoch() -> tuple[str, Any] | None:
-            for t in status(store, sweep_id)["trials"]:
+            st = status(store, sweep_id)
+            if st["state"] != "running":
+                return "", None  # the sweep ended before any trial was in mid-epoch: no kill (reported)
+            for t in st["trials"]:
                 names = ["state", "batch", "steps", "epoch"]
                 f = dict(zip(names, r.hmget(keys.job(t["job"] or "-"), names)))
                 done = int(f["epoch"] or 0)  # a trial with a committed epoch-end checkpoint: resumable
@@ -159,25 +166,32 @@ def traind(run: u.Run, c: dict[str, Any], trials: int, tag: str, kill_after_epoc
             return None
 
         job_id, victim = u.wait_for(mid_epoch, 600, "a trial in mid-epoch", 0.02)
-        ep, batch, steps = (int(v or 0) for v in r.hmget(keys.job(job_id), "epoch", "batch", "steps"))
-        pool.kill(victim)
-        kill = {"job": job_id, "epoch_done": ep, "partial": batch / steps if steps else 0.0}
+        if victim is not None:
+            ep, batch, steps = (int(v or 0) for v in r.hmget(keys.job(job_id), "epoch", "batch", "steps"))
+            pool.kill(victim)
+            kill = {"job": job_id, "epoch_done": ep, "partial": batch / steps if steps else 0.0}
     st = u.wait_for(lambda: (lambda s: s if s["state"] != "running" else None)(status(store, sweep_id)), 3600,
                     "the sweep to finish", 0.5)
     wall = time.monotonic() - t0
     cpu1 = psutil.Process(sup.pid).cpu_times()
     sup_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    report_cpu = sum(float(v) for v in r.hvals(sweep_key(sweep_id, "report_cpu")))
     epochs = {t["job"]: _epoch_events(r, t["job"]) for t in st["trials"] if t["job"]}
-    out = {"tool": "traind sweep (2 workers, TPE + Hyperband pruner)", "best_val_loss": (st["best"] or {}).get("value"),
+    pruner = c["pruner"]["type"].replace("_", " ")
+    out = {"tool": f"traind sweep (2 workers, TPE + {pruner} pruner)", "best_val_loss": (st["best"] or {}).get("value"),
            "best_params": {k.rsplit(".", 1)[-1]: v for k, v in ((st["best"] or {}).get("params") or {}).items()},
            "epochs_trained": sum(len(v) for v in epochs.values()), "wall_s": round(wall, 1),
            "configurations": len(st["trials"]), "trials": len(st["trials"]),
            "pruned": sum(1 for t in st["trials"] if t["pruned"]), "state": st["state"],
-           # Epochs a pruned trial finished after the one the pruner stopped it at: the report -> cancel latency
-           # (a supervisor pass, then the worker's next heartbeat, then the next batch boundary).
+           # Epochs a pruned trial finished after the one the pruner stopped it at (0: each stopped at that epoch's
+           # end, its worker having asked the pruner there).
            "epochs_after_prune": sum(len(epochs.get(t["job"], [])) - (t["pruned_at"] or 0)
                                      for t in st["trials"] if t["pruned"]),
-           "supervisor_cpu_pct_of_one_core": round(100 * sup_cpu / wall, 2)}
+           "supervisor_cpu_pct_of_one_core": round(100 * sup_cpu / wall, 2),
+           "report_cpu_s": round(report_cpu, 2),
+           "driving_cpu_pct_of_one_core": round(100 * (sup_cpu + report_cpu) / wall, 2)}
+    if kill_after_epochs is not None and not kill:
+        out["killed_after_epochs"] = "no kill: no trial was in mid-epoch before the sweep ended"
     if kill:
         from jobs.contract.events import EventKind
         evs = [json.loads(x) for x in r.lrange(keys.events(kill["job"]), 0, -1)]
@@ -199,7 +213,7 @@ def body(run: u.Run) -> None:
     c = CFG["smoke" if run.args.smoke else "full"]
     kt_clean = kerastuner(run, c, "clean")
     print(f"  KerasTuner: {kt_clean}", flush=True)
-    trials = kt_clean["configurations"]
+    trials = c["trials"]
     td_clean = traind(run, c, trials, "clean")
     print(f"  traind: {td_clean}", flush=True)
     kill_at = max(1, int(kt_clean["epochs_trained"] * c["kill_at_fraction"]))
@@ -209,14 +223,15 @@ def body(run: u.Run) -> None:
                                                                           * c["kill_at_fraction"])))
     print(f"  traind killed: {td_kill}", flush=True)
     cols = ["tool", "best_val_loss", "epochs_trained", "wall_s", "configurations", "trials"]
-    run.table(f"same space and budget (max {c['epochs']} epochs a trial, {trials} configurations), no failure",
+    run.table(f"same space and budget (max {c['epochs']} epochs a trial; traind: {trials} trials), no failure",
               [kt_clean, td_clean], cols)
     run.table("the same search with a SIGKILL mid-search (KerasTuner: its process; traind: one of 2 workers)",
               [kt_kill, td_kill], [*cols, "killed_after_epochs", "trials_restarted_from_scratch", "epochs_redone"])
     run.table("traind: the killed trial, pruning, the controller's cost",
               [{k: v for k, v in d.items() if k in ("tool", "pruned", "epochs_after_prune", "killed_at",
                                                      "resumed_at_epoch", "training_lost_s",
-                                                     "supervisor_cpu_pct_of_one_core")}
+                                                     "supervisor_cpu_pct_of_one_core", "report_cpu_s",
+                                                     "driving_cpu_pct_of_one_core")}
                for d in (td_clean, td_kill)])
     run.results.update({"config": c, "kerastuner": kt_clean, "traind": td_clean, "kerastuner_kill": kt_kill,
                         "traind_kill": td_kill})

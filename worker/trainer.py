@@ -24,7 +24,7 @@ from jobs.keras.best_model import BestModel
 from jobs.settings import WorkerSettings
 from jobs.storage.base import Storage
 from worker import build as build_mod
-from worker import fit_callbacks
+from worker import fit_callbacks, sweep_callback
 from worker.callbacks import BestTracker, Plateau, RestoreMetricsCallback
 from worker.checkpoint import Checkpoints, Restored, apply_state
 from worker.checkpointing import CheckpointCallback, save_policy
@@ -107,6 +107,7 @@ class Trainer:
             resume_dataset(b.resumable, point.restored.data, point.epoch + 1, point.batch, self.ledger)
         self.extra_cbs = fit_callbacks.extra_callbacks(spec, self.storage, self.ledger.job_id, point.epoch,
                                                        self.settings.allowed_modules)
+        self.extra_cbs += sweep_callback.for_attempt(self.ledger, self.control)  # a sweep trial: report, prune
         start = point.epoch
         if start >= spec.fit.epochs:
             return self._finish()

@@ -1,10 +1,15 @@
 """The sweep controller: one stateless :meth:`SweepController.step` drives every active sweep from Redis.
 
 Each step, for each sweep: keep ``parallel`` trials in flight (each an ordinary traind job, submitted with the
-idempotency key ``sweep:<id>:<number>`` so a controller killed mid-submit never makes a second job); report every
-finished epoch of a running trial to its Optuna trial, in order, exactly once (the journal in Redis says which epochs
-it already has, and it is the only record consulted); ask the pruner after each report and, when it says so, tell
-the study and cancel the job (shown as *pruned*); tell the study the final value when the job ends.
+idempotency key ``sweep:<id>:<number>`` so a controller killed mid-submit never makes a second job, and linked to
+its trial so that its worker reports to the study); tell the study the final value when the job ends.
+
+The worker of a trial reports each epoch and asks the pruner at the epoch's end, and stops there when pruned
+(:mod:`jobs.sweep.reporter`): only it can stop a trial at the epoch the pruner rejects. The controller is the
+backstop: it reports every finished epoch the study lacks (from the job's history, in order, exactly once: the
+journal says which epochs it already has, and keeps one report per step whoever writes it), asks the pruner and,
+when it says so, tells the study and cancels the job (shown as *pruned*); a trial its worker pruned is recorded as
+pruned from the study.
 
 Nothing lives only in memory: a controller that restarts (or another supervisor's controller taking over after its
 lease lapsed) reads the study and the jobs and carries on. Only one controller drives sweeps at a time: the
@@ -23,6 +28,7 @@ from typing import Any
 
 import optuna
 import redis
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from jobs.client import Client
@@ -81,7 +87,6 @@ class SweepController:
         self.lease_ttl_ms = int(lease_ttl_ms)
         self._lease = r.register_script(_LEASE)
         self._open: dict[str, _Open] = {}
-        self._judged: dict[tuple[str, int], int] = {}  # the last epoch whose prune decision this process made
         self._logged: dict[str, tuple[str, float]] = {}  # sweep -> (last error logged, when)
 
     def step(self, now_ms: int | None = None) -> ControllerReport:
@@ -91,8 +96,7 @@ class SweepController:
         if not active:
             return rep
         if not int(self._lease(keys=[CONTROLLER_LEASE], args=[self.owner, self.lease_ttl_ms])):
-            self._open.clear()  # another controller leads: forget what we judged, re-read everything when we lead
-            self._judged.clear()
+            self._open.clear()  # another controller leads: re-read everything when we lead
             return rep
         rep.leader = True
         now = self.sweeps.now_ms() if now_ms is None else int(now_ms)
@@ -179,6 +183,7 @@ class SweepController:
         # The sweep's submitter's allowlist already approved every value of the space; workers check again.
         handle = self.client._submit(spec, client_key=f"sweep:{rec.id}:{tr.number}")
         tr.job = handle.id
+        records.link_trial(self.r, handle.id, rec.id, tr.number)  # before the trial record: its worker reports
         self.sweeps.put_trial(rec.id, tr)
         self.store.add_event(handle.id, EventKind.NOTE, f"trial {tr.number} of sweep {rec.id} ({rec.name})",
                              sweep=rec.id, trial=tr.number)
@@ -196,8 +201,11 @@ class SweepController:
         trial = optuna.Trial(op.study, ft._trial_id)
         key = (rec.id, tr.number)
         reported = dict(ft.intermediate_values)
+        last = op.job.fit.epochs  # the last epoch is never pruned (as by the worker): the trial completes
         new = sorted((h for h in st.get("history") or [] if isinstance(h, dict) and isinstance(h.get("epoch"), int)
                       and h["epoch"] not in reported), key=lambda h: h["epoch"])
+        seen = tr.reported
+        tr.reported = max(tr.reported, max(reported, default=0))  # the worker's own reports count as reported
         for h in new:
             v = h.get(rec.metric)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -206,18 +214,14 @@ class SweepController:
             reported[h["epoch"]] = float(v)
             tr.reported = h["epoch"]
             rep.reported.setdefault(key, []).append(h["epoch"])
-            self._judged[key] = h["epoch"]
-            if trial.should_prune():
+            # Only the epochs it reported itself (its worker could not): the worker asks the pruner after every
+            # epoch, including one this controller reported and then died before judging.
+            if h["epoch"] < last and trial.should_prune():
                 self._prune(rec, op, tr, h["epoch"], reported, now, rep)
-                return False
-        if reported and self._judged.get(key) != max(reported):  # a restarted controller judges once more
-            self._judged[key] = max(reported)
-            if trial.should_prune():
-                self._prune(rec, op, tr, max(reported), reported, now, rep)
                 return False
         state = JobState(st["state"])
         if not state.is_terminal:
-            if key in rep.reported:
+            if tr.reported != seen:
                 self.sweeps.put_trial(rec.id, tr)
             return True
         values = [h.get(rec.metric) for h in st.get("history") or [] if isinstance(h, dict)]
@@ -239,27 +243,43 @@ class SweepController:
         vals = list(reported.values())
         tr.value = max(vals) if rec.direction == "maximize" else min(vals)
         tr.pruned_at = epoch
-        self._end(rec, op, tr, TrialState.PRUNED, "pruned", now, rep)
-        rep.pruned.append((rec.id, tr.number))
-        log.info("sweep %s: trial %d pruned after epoch %d (job %s)", rec.id, tr.number, epoch, tr.job)
+        if self._end(rec, op, tr, TrialState.PRUNED, "pruned", now, rep):
+            rep.pruned.append((rec.id, tr.number))
+            log.info("sweep %s: trial %d pruned after epoch %d (job %s; its worker did not stop it: cancelled)",
+                     rec.id, tr.number, epoch, tr.job)
 
     def _end(self, rec: SweepRecord, op: _Open, tr: TrialRecord, state: TrialState, shown: str, now: int,
-             rep: ControllerReport, error: str | None = None) -> None:
-        """Tell the study first (the record of truth), then stop the job if needed, then record the trial."""
-        op.study.tell(tr.number, tr.value if state == TrialState.COMPLETE else None, state=state,
-                      skip_if_finished=True)
-        self._record_end(rec, tr, shown, now, error)
+             rep: ControllerReport, error: str | None = None) -> bool:
+        """Tell the study first (the record of truth), then stop the job if needed, then record the trial. False
+        when the study already had the trial's end (its worker pruned it meanwhile): that end is recorded instead."""
+        try:
+            op.study.tell(tr.number, tr.value if state == TrialState.COMPLETE else None, state=state,
+                          skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            pass  # the worker's end came first: the journal keeps one end per trial
+        ended = op.study._storage.get_trial(op.study._storage.get_trial_id_from_study_id_trial_number(
+            op.study._study_id, tr.number))
+        if ended.state != state:
+            self._reconcile(rec, ended, tr, now)
+            rep.finished.append((rec.id, tr.number, tr.state))
+            return False
+        self._record_end(rec, tr, shown, now, error, note=state == TrialState.PRUNED)
         rep.finished.append((rec.id, tr.number, shown))
+        return True
 
-    def _record_end(self, rec: SweepRecord, tr: TrialRecord, shown: str, now: int, error: str | None) -> None:
+    def _record_end(self, rec: SweepRecord, tr: TrialRecord, shown: str, now: int, error: str | None,
+                    note: bool = False) -> None:
+        if tr.job:
+            records.unlink_trial(self.r, tr.job)
         if shown in ("pruned", "cancelled") and tr.job:
-            self.store.request_cancel(tr.job)  # a finished job keeps its state; a running one stops at a batch end
-            if shown == "pruned":
+            # A finished job keeps its state (a trial its worker pruned is cancelled already); a running one stops
+            # at its next batch boundary.
+            self.store.request_cancel(tr.job)
+            if note:
                 self.store.add_event(tr.job, EventKind.NOTE, f"pruned by sweep {rec.id} after epoch {tr.pruned_at}",
                                      sweep=rec.id, trial=tr.number, pruned_at=tr.pruned_at)
         tr.state, tr.error, tr.finished_at = shown, error, now
         self.sweeps.put_trial(rec.id, tr)
-        self._judged.pop((rec.id, tr.number), None)
 
     def _reconcile(self, rec: SweepRecord, ft: optuna.trial.FrozenTrial, tr: TrialRecord, now: int) -> None:
         """The study says the trial ended but the record does not (the controller stopped in between): catch up."""
@@ -268,9 +288,12 @@ class SweepController:
         if ft.state == TrialState.COMPLETE:
             tr.value = ft.value
             self._record_end(rec, tr, "succeeded", now, None)
-        elif ft.state == TrialState.PRUNED:
-            tr.pruned_at = tr.pruned_at or ft.last_step
-            tr.value = tr.value if tr.value is not None else ft.value
+        elif ft.state == TrialState.PRUNED:  # pruned by its worker (or by this controller before it stopped)
+            vals = [v for v in ft.intermediate_values.values() if math.isfinite(v)]
+            tr.pruned_at = ft.last_step if ft.last_step is not None else tr.pruned_at
+            tr.reported = max(tr.reported, ft.last_step or 0)
+            if vals:
+                tr.value = max(vals) if rec.direction == "maximize" else min(vals)
             self._record_end(rec, tr, "pruned", now, None)
         else:
             self._record_end(rec, tr, "cancelled" if rec.cancel_requested else "failed", now, tr.error)

@@ -2,7 +2,10 @@
 
 Keys (all under ``traind:``): ``sweeps`` (zset id -> created ms), ``sweeps:active`` (set of sweeps a controller
 drives), ``sweep:<id>`` (hash: the sweep), ``sweep:<id>:trials`` (hash number -> trial JSON), ``sweep:<id>:optuna``
-(prefix of the Optuna journal: the study itself). No pydantic, numpy or Optuna here: status stays a fast read.
+(prefix of the Optuna journal: the study itself), ``sweep:<id>:report_cpu`` (hash number -> CPU seconds its workers
+spent reporting), ``sweeps:trial_jobs`` (hash job id -> ``<sweep id>:<number>`` of
+a trial in flight: how its worker finds the study it reports to). No pydantic, numpy or Optuna here: status stays a
+fast read.
 
 >>> TrialRecord.parse(b'{"number": 3, "job": "j1", "state": "pruned", "pruned_at": 2}').pruned
 True
@@ -25,6 +28,7 @@ from jobs.errors import JobNotFoundError, SpecError
 SWEEPS = f"{keys.PREFIX}:sweeps"
 ACTIVE = f"{keys.PREFIX}:sweeps:active"
 CONTROLLER_LEASE = f"{keys.PREFIX}:sweeps:controller"
+TRIAL_JOBS = f"{keys.PREFIX}:sweeps:trial_jobs"
 MAX_TRIAL_JSON = 64 * 1024  # a trial record larger than this is malformed: shown as one bad row
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
@@ -211,6 +215,28 @@ class SweepStore:
         pipe.hset(sweep_key(sweep_id), mapping={"state": state, "finished_at": self.now_ms(), "error": error or ""})
         pipe.srem(ACTIVE, sweep_id)
         pipe.execute()
+
+
+def link_trial(r: redis.Redis, job_id: str, sweep_id: str, number: int) -> None:
+    """Tell the worker of ``job_id`` that it trains trial ``number`` of ``sweep_id`` (it reports its epochs to the
+    study and asks the pruner itself, :mod:`jobs.sweep.reporter`); removed by :func:`unlink_trial` when it ends."""
+    r.hset(TRIAL_JOBS, job_id, f"{sweep_id}:{int(number)}")
+
+
+def unlink_trial(r: redis.Redis, job_id: str) -> None:
+    r.hdel(TRIAL_JOBS, job_id)
+
+
+def trial_of(r: redis.Redis, job_id: str) -> tuple[str, int] | None:
+    """``(sweep id, trial number)`` when ``job_id`` is a trial in flight; None otherwise (or for a malformed link).
+
+    >>> # trial_of(r, "j019ac...")   # ('s019ab...', 3)
+    """
+    raw = r.hget(TRIAL_JOBS, job_id)
+    if raw is None or len(raw) > 200:
+        return None
+    sweep_id, _, number = raw.decode(errors="replace").rpartition(":")
+    return (sweep_id, int(number)) if sweep_id and number.isdigit() else None
 
 
 def best_of(trials: list[TrialRecord], direction: str) -> TrialRecord | None:

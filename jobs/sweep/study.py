@@ -5,6 +5,11 @@ each log one JSON document), so Optuna's own tools open it (docs/sweeps.md), but
 connection (password, TLS, sentinels, replica waits) and **never** stores or reads the pickled snapshot that
 Optuna's backend keeps next to the logs: no pickle crosses Redis.
 
+Two processes write to a trial: the worker training it (each epoch's report and the pruner's verdict, at the epoch's
+end: :mod:`jobs.sweep.reporter`) and the controller (the same reports as a backstop, and the trial's end). The journal
+keeps each trial's report for one step, and its end, exactly once whoever writes first (``<prefix>:once``): a
+resumed trial redoing an epoch, or both writers at once, add nothing.
+
 >>> # study = open_study(r, sweep_id, "minimize", SamplerSpec(type="tpe"), PrunerSpec(type="median"), epochs=10)
 >>> # study.ask({"fit.batch_size": CategoricalDistribution([32, 64])}).params
 """
@@ -20,6 +25,8 @@ import redis
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
+from optuna.storages.journal._storage import JournalOperation
+from optuna.trial import TrialState
 
 from jobs.sweep.records import study_name, sweep_key
 from jobs.sweep.spec import CategoricalParam, FloatParam, PrunerSpec, SamplerSpec, SweepSpec
@@ -28,11 +35,27 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial 
 _READ_CHUNK = 500
 
 # Append one log atomically: its number and its body together (a controller killed in between leaves no gap).
+# With ARGV[3] (a trial's step report or its end), only the first log of that name is appended.
 _APPEND = """
+if ARGV[3] ~= '' and redis.call('hsetnx', KEYS[2], ARGV[3], 1) == 0 then
+  return 0
+end
 local n = redis.call('incr', KEYS[1])
 redis.call('set', ARGV[1] .. ':log:' .. n, ARGV[2])
 return n
 """
+_FINISHED = (TrialState.COMPLETE.value, TrialState.PRUNED.value, TrialState.FAIL.value)
+
+
+def once_name(log: dict[str, Any]) -> str:
+    """The name under which a log is written at most once ("" for any other log): one report per trial and step,
+    one end per trial."""
+    op = log.get("op_code")
+    if op == JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE:
+        return f"iv:{log.get('trial_id')}:{log.get('step')}"
+    if op == JournalOperation.SET_TRIAL_STATE_VALUES and log.get("state") in _FINISHED:
+        return f"end:{log.get('trial_id')}"
+    return ""
 
 
 class RedisJournal(BaseJournalBackend):
@@ -58,7 +81,8 @@ class RedisJournal(BaseJournalBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self.r.setnx(f"{self.prefix}:log_number", -1)  # Optuna's layout: the first log is number 0
         for log in logs:
-            self._append(keys=[f"{self.prefix}:log_number"], args=[self.prefix, json.dumps(log)])
+            self._append(keys=[f"{self.prefix}:log_number", f"{self.prefix}:once"],
+                         args=[self.prefix, json.dumps(log), once_name(log)])
 
 
 def storage(r: redis.Redis, sweep_id: str) -> JournalStorage:

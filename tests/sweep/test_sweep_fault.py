@@ -50,40 +50,70 @@ def _journal_reports(r: redis.Redis, sweep_id: str) -> Counter[tuple[int, int]]:
                    if log["op_code"] == JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE)
 
 
-def test_sweep_completes_and_prunes_a_bad_trial(cli: Any, procs: Procs, redis_url: str, storage_dir: Path,
-                                                tmp_path: Path, r: redis.Redis) -> None:
-    """One worker, two trials in flight (so they run one after the other): with grid seed 1 the good learning rate
-    runs first; the median pruner then stops the hopeless one after its first epoch: shown as pruned, not failed."""
-    c = Cluster(procs, redis_url, storage_dir)
-    c.start("w1")
-    data = {"name": "prune", "job": tiny_job(epochs=3), "trials": 2, "parallel": 2,
+def _grid_lr_sweep(name: str, epochs: int, pruner: dict[str, Any]) -> dict[str, Any]:
+    """Two trials, one after the other (parallel 1: the second is submitted once the study has the first's end, so
+    the pruner judges it against a finished trial whatever the timing): with grid seed 1 the good learning rate runs
+    first, then a hopeless one (1e-7) that the pruner must stop."""
+    return {"name": name, "job": tiny_job(epochs=epochs), "trials": 2, "parallel": 1,
             "space": {"model.builder_kwargs.learning_rate": {"type": "categorical", "choices": [0.05, 1.0e-7]}},
-            "sampler": {"type": "grid", "seed": 1}, "pruner": {"type": "median", "n_startup_trials": 1}}
-    rc, out, err = cli("sweep", "submit", str(sweep_file(tmp_path, data)), "--json")
-    assert rc == 0, err
-    sweep_id = json.loads(out)["id"]
-    st = _wait_finished(cli, sweep_id, c)
+            "sampler": {"type": "grid", "seed": 1}, "pruner": pruner}
 
+
+def _submit(cli: Any, tmp_path: Path, data: dict[str, Any]) -> str:
+    rc, out, err = cli("sweep", "submit", str(sweep_file(tmp_path, data, f"{data['name']}.yaml")), "--json")
+    assert rc == 0, err
+    return str(json.loads(out)["id"])
+
+
+def _check_pruned_sweep(cli: Any, c: Cluster, r: redis.Redis, sweep_id: str, epochs: int, pruned_at: int) -> None:
+    """Wait for the sweep's end; its second trial was pruned at ``pruned_at`` and stopped right there."""
+    _wait_finished(cli, sweep_id, c)
+    # The pruned trial's worker asked the pruner at that epoch's end and stopped there: its job is cancelled (its
+    # checkpoints kept) after exactly that epoch, never later, never "succeeded".
+    st = _status(cli, sweep_id)
+    bad_job = wait_state(c.store, st["trials"][1]["job"], lambda s: s["state"] != "running", 30,
+                         "the pruned job to stop")
+    st = _status(cli, sweep_id)
     assert st["state"] == "succeeded", st
     good, bad = st["trials"]
     assert good["params"] == {"model.builder_kwargs.learning_rate": 0.05}, "precondition: grid seed 1's order"
-    assert (good["state"], good["pruned"], good["epochs_done"], good["reported"]) == ("succeeded", False, 3, 3)
-    assert (bad["state"], bad["pruned"], bad["pruned_at"]) == ("pruned", True, 1)
+    assert (good["state"], good["pruned"], good["epochs_done"], good["reported"]) == ("succeeded", False, epochs,
+                                                                                     epochs)
+    assert (bad["state"], bad["pruned"], bad["pruned_at"], bad["reported"]) == ("pruned", True, pruned_at, pruned_at)
+    assert bad["epochs_done"] == pruned_at, bad
+    assert (bad_job["state"], bad_job["epoch"]) == ("cancelled", pruned_at), bad_job
+    assert sorted(h["epoch"] for h in c.store.history(bad["job"])) == list(range(1, pruned_at + 1))
+    assert [e["pruned_at"] for e in events_of(c.store, bad["job"], EventKind.NOTE) if "pruned_at" in e] == [pruned_at]
     assert bad["value"] > good["value"]
     assert st["best"] == {"number": 0, "job": good["job"], "value": good["value"], "params": good["params"]}
-    # Its job stops at its next batch boundary (cancelled, keeping its checkpoints), before its last epoch.
-    bad_job = wait_state(c.store, bad["job"], lambda s: s["state"] != "running", 30, "the pruned job to stop")
-    assert bad_job["state"] == "cancelled" and bad_job["epoch"] < 3
-    assert [e["pruned_at"] for e in events_of(c.store, bad["job"], EventKind.NOTE) if "pruned_at" in e] == [1]
-    # The study agrees (opened as a user would, with optuna.load_study).
+    # The study agrees (opened as a user would, with optuna.load_study), each epoch reported once.
     study = optuna.load_study(study_name=records.study_name(sweep_id), storage=storage(r, sweep_id))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
-    assert study.best_value == good["value"] and sorted(study.trials[0].intermediate_values) == [1, 2, 3]
+    assert sorted(study.trials[1].intermediate_values) == list(range(1, pruned_at + 1))
+    assert study.best_value == good["value"] and sorted(study.trials[0].intermediate_values) == list(
+        range(1, epochs + 1))
+    assert max(_journal_reports(r, sweep_id).values()) == 1
     history = c.store.history(good["job"])
     assert study.trials[0].intermediate_values == {h["epoch"]: h["val_loss"] for h in history}
     assert good["value"] == min(h["val_loss"] for h in history)
-    rc, out, _ = cli("sweep", "status", sweep_id)
+
+
+def test_sweep_completes_and_prunes_a_bad_trial(cli: Any, procs: Procs, redis_url: str, storage_dir: Path,
+                                                tmp_path: Path, r: redis.Redis) -> None:
+    """Two sweeps at once on one worker. The median pruner stops its hopeless trial after its first epoch; successive
+    halving, with its first rung at epoch 2 of 4, judges its hopeless trial at epoch 2 only (not at epoch 1). Each
+    pruned trial's job stops at exactly the epoch it was pruned at (epochs_done == pruned_at) and the trial is shown
+    as pruned, not failed."""
+    c = Cluster(procs, redis_url, storage_dir)
+    c.start("w1")
+    median = _submit(cli, tmp_path, _grid_lr_sweep("median", 3, {"type": "median", "n_startup_trials": 1}))
+    sh = _submit(cli, tmp_path, _grid_lr_sweep("sh", 4, {"type": "successive_halving", "min_resource": 2,
+                                                          "reduction_factor": 2}))
+    _check_pruned_sweep(cli, c, r, median, epochs=3, pruned_at=1)
+    rc, out, _ = cli("sweep", "status", median)
     assert rc == 0 and "pruned" in out and "(pruned @1)" in out
+    _check_pruned_sweep(cli, c, r, sh, epochs=4, pruned_at=2)
+    assert not r.hlen(records.TRIAL_JOBS)  # every link of a finished trial removed
 
 
 def test_worker_and_controller_killed_mid_sweep(cli: Any, procs: Procs, redis_url: str, storage_dir: Path,
