@@ -57,7 +57,7 @@ def test_redis_sigkill_and_restart_mid_training(procs: Procs, aof_redis: RedisSe
     # Both reconnected: a job whose submitter died before enqueueing it (record only, no queue message) is
     # enqueued by the supervisor and trained by the worker, through the new server.
     orphan = new_job_id()
-    fields = c.client._fields(c.client._validate(job_spec("after-restart", 2)), orphan)  # half submit
+    fields = c.client._fields(c.client._validate(job_spec("after-restart", 2)), orphan, "ada")  # half submit
     c.store.create(orphan, fields)
     again = wait_terminal(c.store, orphan, RUN_S)
     assert again["state"] == JobState.SUCCEEDED.value, c.logs()
