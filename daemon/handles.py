@@ -58,12 +58,27 @@ def with_handles(r: Any, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, A
     ids = [str(row["id"]) for row in rows]
     scores = r.zmscore(keys.JOBS_INDEX, ids)
     pipe = r.pipeline(transaction=False)
-    for score in scores:
-        if score is not None:
-            pipe.zrangebyscore(keys.JOBS_INDEX, score - WINDOW_S * 1000, score + WINDOW_S * 1000)
+    for lo, hi in _merged_windows([s for s in scores if s is not None], WINDOW_S * 1000):
+        pipe.zrangebyscore(keys.JOBS_INDEX, lo, hi)
     near = [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for found in pipe.execute() for m in found]
     handles = shortest_unique_prefixes([*near, *ids], ids)
     return [{**row, "id": handles[str(row["id"])]} for row in rows]
+
+
+def _merged_windows(scores: list[float], half: float) -> list[tuple[float, float]]:
+    """The windows ``[s - half, s + half]`` of ``scores`` merged where they overlap: the rows of one page are close
+    in time, so one range read serves them all (one read per row read the same jobs 50 times: bench.scale).
+
+    >>> _merged_windows([100.0, 5.0, 1000.0], 10.0)
+    [(-5.0, 15.0), (90.0, 110.0), (990.0, 1010.0)]
+    """
+    out: list[tuple[float, float]] = []
+    for s in sorted(scores):
+        if out and s - half <= out[-1][1]:
+            out[-1] = (out[-1][0], s + half)
+        else:
+            out.append((s - half, s + half))
+    return out
 
 
 def with_monitors(r: Any, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
