@@ -69,7 +69,7 @@ def _payload(part: tuple[int, str, str], job_id: str) -> str:
     fields = {"epoch": str(epochs), "batch": "0", "steps": "100", "running_epoch": str(epochs),
               "best_epoch": str(epochs), "best_value": repr(1.0 / epochs), "progress_timeout_s": "600",
               "progress_seq": str(epochs * 3), "latest_ckpt_key": str(epochs * 1_000_000),
-              "best_ckpt_key": str(epochs * 1_000_000),
+              "best_ckpt_key": str(epochs * 1_000_000), "batch_metrics": '{"loss": 0.01}',
               "metrics": json.dumps({"loss": 1.0 / epochs, "val_loss": 1.09 / epochs}, separators=(",", ":"))}
     return ('{"fields":' + json.dumps(fields) + ',"history_set":' + hist + ',"ckpt_set":' + json.dumps(ckpts)
             + ',"events":' + evs + "}")

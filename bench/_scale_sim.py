@@ -152,11 +152,13 @@ class SimWorker(threading.Thread):
                 with sh.lock:
                     sh.late.append(-delay)
             nxt += plan["heartbeat_interval_s"]
-            if self.doom == "die":
-                self._die(led, attempt)
-                return
             owner, cancel = led.renew(int(plan["lease_ttl_s"] * 1000))
             sh.count("renew")
+            if self.doom == "die":  # killed at a random moment between two renewals, as a real SIGKILL lands
+                renewed = int(time.time() * 1000)
+                time.sleep(random.random() * plan["heartbeat_interval_s"])
+                self._die(led, attempt, renewed)
+                return
             if not owner:
                 if hung_since is not None:  # the supervisor handed the hung attempt back
                     self.doom = None  # this worker's next job runs normally
@@ -204,12 +206,12 @@ class SimWorker(threading.Thread):
                               delete=[k * 1_000_000 for k in old])
         self.sh.count("checkpoint")
 
-    def _die(self, led: RedisLedger, attempt: int) -> None:
+    def _die(self, led: RedisLedger, attempt: int, renewed_ms: int) -> None:
         """Stop renewing at once (a SIGKILL): the lease lapses and only the supervisor can requeue the job."""
         self.dead = True
         with self.sh.lock:
             self.sh.kills.append({"job": led.job_id, "attempt": attempt, "worker": self.id,
-                                  "killed_ms": int(time.time() * 1000)})
+                                  "killed_ms": int(time.time() * 1000), "renewed_ms": renewed_ms})
         threading.Timer(self.sh.plan["restart_s"], self.sh_restart).start()
 
     def sh_restart(self) -> None:
