@@ -97,3 +97,17 @@ def test_quick_scale_run(tmp_path: Path) -> None:
     assert res["growth"] and {g["growth"] for g in res["growth"].values()} - {"-"}
     assert len(res["goals"]) == 7 and all(g["met"] in ("yes", "NO") for g in res["goals"]), res["goals"]
     assert took < 60, f"the quick run took {took:.0f} s"
+
+
+def test_list_handles_stay_bounded_in_a_burst(r: redis.Redis, monkeypatch: Any) -> None:
+    """A page whose time window holds more ids than handles.MAX_NEAR shows full ids instead of reading them all."""
+    from daemon import handles
+
+    now = 1_800_000_000_000
+    ids = [f"{now + i:011x}{i:010x}" for i in range(6)]
+    r.zadd(keys.JOBS_INDEX, {jid: now + i for i, jid in enumerate(ids)})
+    rows = [{"id": ids[0]}, {"id": ids[5]}]
+    short = [row["id"] for row in handles.with_handles(r, rows)]
+    assert short == [ids[0][:11], ids[5][:11]]  # ids 1 ms apart share 10 characters: 11 tell them apart
+    monkeypatch.setattr(handles, "MAX_NEAR", 3)
+    assert [row["id"] for row in handles.with_handles(r, rows)] == [ids[0], ids[5]]
