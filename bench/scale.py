@@ -292,7 +292,24 @@ class Scale:
         out = {"submit_per_s": _r(one, 0), "submit_many_per_s": _r(many, 0), "mem_per_queued_b": round(per_queued)}
         for jid in ids:  # out of the way of the next sizes (they become cancelled, i.e. finished, jobs)
             lookup.cancel(self.store, jid)
+        self.drain_queues()
         return out
+
+    def drain_queues(self) -> None:
+        """Remove the queue messages of jobs this run cancelled: a worker would pop and drop each one (a claim
+        refused), which is not what the workers phases measure."""
+        from rq.job import Job
+
+        from jobs.contract.queue import queue_key
+        from jobs.ops import admin
+
+        for q in admin.queues(self.store):
+            ids = self.r.lrange(queue_key(q["name"]), 0, -1)
+            pipe = self.r.pipeline(transaction=False)
+            for rq_id in ids:
+                pipe.delete(Job.key_for(rq_id.decode()))
+            pipe.delete(queue_key(q["name"]))
+            pipe.execute()
 
     def running_memory(self) -> dict[str, Any]:
         """Memory a running job adds to its queued record: claimed (RedisLedger.claim), one progress write."""
@@ -313,6 +330,7 @@ class Scale:
         per = (self.used_memory() - m0) / k
         for led in leds:
             led.end(JobState.CANCELLED, "bench: memory measured")
+        self.drain_queues()
         return {"jobs": k, "mem_per_running_extra_b": round(per)}
 
     # -- workers axis ------------------------------------------------------------------------------------------------
@@ -432,6 +450,7 @@ class Scale:
                         lookup.cancel(self.store, jid)
                 except TraindError:
                     pass
+        self.drain_queues()
         for wid in self.r.zrange(keys.WORKERS, 0, -1):
             self.r.delete(keys.worker(wid.decode()))
         self.r.delete(keys.WORKERS)
