@@ -45,7 +45,7 @@ class Shared:
     """What the threads of one process share: the store, the plan, the records the harness reads at the end."""
 
     def __init__(self, url: str, plan: dict[str, Any]) -> None:
-        self.r = redis.Redis.from_url(url, max_connections=None, socket_timeout=30)
+        self.r = redis.Redis.from_url(url, max_connections=4000, socket_timeout=30)
         self.store = JobStore(self.r)
         self.plan = plan
         self.t0 = plan["t0"]  # the phase start, time.time() (the same clock as Redis' on this machine)
