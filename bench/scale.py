@@ -352,15 +352,21 @@ class Scale:
             out = self.run.dir / f"sim-{n}-{k}.json"
             outs.append(out)
             plan_k = {**plan, "seed": n * 100 + k, "stagger_s": min(2.0, 0.5 * nproc) / max(count, 1)}
-            sims.append(self.procs.start([sys.executable, "-m", "bench._scale_sim", self.url, f"w{n}p{k}", str(count),
-                                          json.dumps(plan_k), str(out)], name=f"sim{n}"))
+            # niced: the simulated workers stand in for other machines; the control plane measured here (Redis,
+            # supervisor, serve) must not queue behind them for the 2 shared cores.
+            args = [sys.executable, "-m", "bench._scale_sim", self.url, f"w{n}p{k}", str(count), json.dumps(plan_k),
+                    str(out)]
+            sims.append(self.procs.start(["nice", "-n", "10", *args], name=f"sim{n}"))
         time.sleep(max(0.0, t0 + c["warm_s"] - time.time()))
         view_out = self.run.dir / f"viewers-{n}.json"
         view_s = c["phase_s"] - c["warm_s"] - 2
-        viewers = self.procs.start([sys.executable, "-m", "bench._scale_viewers", self.base, TOKEN,
+        viewers = self.procs.start(["nice", "-n", "10", sys.executable, "-m", "bench._scale_viewers", self.base, TOKEN,
                                     str(c["viewers"]), str(view_s), str(view_out)], name=f"viewers{n}")
         a = self.store.now_ms()
         self.win.open()
+        from jobs.redis import telemetry
+
+        counters0 = telemetry.read_counters(self.r)
         scrape, status_lat = [], []
         job = self.store.list_ids("running", limit=1)
         end = t0 + c["phase_s"] - 1.5
@@ -377,6 +383,9 @@ class Scale:
         b = self.store.now_ms()
         for p in [*sims, viewers]:
             p.wait(120)
+        counters1 = telemetry.read_counters(self.r)
+        lost = {k: int(counters1.get(f"requeues:{k}", 0) - counters0.get(f"requeues:{k}", 0))
+                for k in ("worker_lost", "hung")}
         sim = [json.loads(o.read_text()) for o in outs]
         view = json.loads(view_out.read_text())
         row = {"workers": n, "processes": nproc, "window_s": w["seconds"],
@@ -391,6 +400,10 @@ class Scale:
         late = [x for s in sim for x in s["late_s"]]
         writes = {k: sum(s["writes"][k] for s in sim) for k in sim[0]["writes"]}
         row["claim_ms"] = {"n": len(claims), "p50": pct(claims, 50, 1000), "p95": pct(claims, 95, 1000)}
+        row["requeues"] = {"lease_expired": lost["worker_lost"], "hung": lost["hung"],
+                           # live workers whose lease lapsed or whose progress stalled: the simulation starved of CPU
+                           "of_live_workers": lost["worker_lost"] + lost["hung"] - sum(len(s["kills"]) for s in sim)
+                           - sum(len(s["hangs"]) for s in sim)}
         row["sim"] = {"kills": sum(len(s["kills"]) for s in sim), "hangs": sum(len(s["hangs"]) for s in sim),
                       "cpu_pct": _r(100 * sum(s["cpu_s"] for s in sim) / c["phase_s"], 1), "writes": writes,
                       "progress_per_s": _r(writes["progress"] / c["phase_s"], 1),
@@ -539,6 +552,7 @@ def tables(run: u.Run, res: dict[str, Any]) -> None:
              "det max s": p["detection_s"]["max"], "hangs": p["hang_s"]["n"], "hang p95 s": p["hang_s"]["p95"],
              "progress/s": p["sim"]["progress_per_s"], "SSE events": p["sse"]["events"],
              "sim CPU %": p["sim"]["cpu_pct"], "late ticks >0.5s": p["sim"]["ticks_late_over_0_5s"],
+             "live requeued": p["requeues"]["of_live_workers"],
              "passes": p["supervisor"]["passes"]} for p in W]
     run.table("scale: the workers phases (what the simulation achieved)", rows)
     res["goals"] = goals(res)
