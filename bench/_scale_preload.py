@@ -16,6 +16,7 @@ import random
 import secrets
 from typing import Any
 
+from jobs.alerts.kinds import OUTBOX_MAXLEN, alert_of
 from jobs.contract import keys
 from jobs.contract.events import EventKind, event, kind_for_state
 from jobs.contract.ids import new_job_id
@@ -113,7 +114,8 @@ def preload(store: JobStore, base_fields: dict[str, Any], n: int, start: int = 0
 def _transition(store: JobStore, pipe: Any, jid: str, to: JobState, sources: str, attempt: str, token: str,
                 fields: dict[str, Any], ev: str, lease_ttl_ms: int) -> None:
     """``JobStore.transition``'s script call (same KEYS and ARGV), queued on ``pipe``."""
+    alert = (alert_of(json.loads(ev)) or "") if ev else ""
     store._transition(keys=[keys.job(jid), keys.LEASES, keys.PENDING, keys.events(jid), keys.state_index(""),
-                            keys.IDX_PREFIX],
+                            keys.IDX_PREFIX, keys.ALERTS_OUTBOX],
                       args=[jid, to.value, sources, _TERMINAL, attempt, token, _fields_json(fields), ev,
-                            store.events_max, "", int(lease_ttl_ms)], client=pipe)
+                            store.events_max, "", int(lease_ttl_ms), alert, OUTBOX_MAXLEN], client=pipe)

@@ -47,6 +47,11 @@ class Shared:
     def __init__(self, url: str, plan: dict[str, Any]) -> None:
         self.r = redis.Redis.from_url(url, max_connections=4000, socket_timeout=30)
         self.store = JobStore(self.r)
+        from jobs.contract.fair import FairPolicy
+        from jobs.settings import WorkerSettings
+
+        ws = WorkerSettings(redis_url=url, lease_ttl_s=plan["lease_ttl_s"], dequeue_timeout_s=plan["dequeue_timeout_s"])
+        self.fair = FairPolicy.from_settings(ws) if ws.fair_share else None  # as worker.runner.Worker does
         self.plan = plan
         self.t0 = plan["t0"]  # the phase start, time.time() (the same clock as Redis' on this machine)
         self.stop = threading.Event()
@@ -103,7 +108,7 @@ class SimWorker(threading.Thread):
         try:
             while not self.sh.stop.is_set() and not self.dead:
                 self.register(None)
-                d = pop(self.sh.r, QUEUES, self.sh.plan["dequeue_timeout_s"])
+                d = pop(self.sh.r, QUEUES, self.sh.plan["dequeue_timeout_s"], self.sh.fair)
                 if d is None:
                     continue
                 if d.message is None:
@@ -152,7 +157,8 @@ class SimWorker(threading.Thread):
                 with sh.lock:
                     sh.late.append(-delay)
             nxt += plan["heartbeat_interval_s"]
-            owner, cancel = led.renew(int(plan["lease_ttl_s"] * 1000))
+            beat = led.beat(int(plan["lease_ttl_s"] * 1000))  # what worker.heartbeat.Heartbeat calls
+            owner, cancel = beat.owner, beat.cancel
             sh.count("renew")
             if self.doom == "die":  # killed at a random moment between two renewals, as a real SIGKILL lands
                 renewed = int(time.time() * 1000)

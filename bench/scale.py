@@ -43,8 +43,8 @@ CFG: dict[str, dict[str, Any]] = {
     "full": {"jobs": [1000, 10_000, 100_000], "workers": [10, 100, 1000], "reqs": 40, "cli_reps": 5,
              "submit_n": 300, "submit_many_n": 2000, "phase_s": 50, "warm_s": 10, "viewers": 100, "per_proc": 250,
              "epoch_s": 4.0, "lease_ttl_s": 5.0, "heartbeat_s": 1.0, "interval_s": 0.5, "kill_at": [12, 22, 32],
-             "hang_at": [14], "kill_fraction": 0.03, "hang_fraction": 0.01, "progress_timeout_s": 4.0,
-             "grace_s": 4.0, "running_n": 1000, "restart_s": 2.0, "idle_s": 4.0},
+             "hang_at": [14], "kill_fraction": 0.03, "hang_fraction": 0.01, "progress_timeout_s": 10.0,
+             "grace_s": 6.0, "running_n": 1000, "restart_s": 2.0, "idle_s": 4.0},
     "quick": {"jobs": [60, 200], "workers": [3, 6], "reqs": 5, "cli_reps": 1, "submit_n": 20, "submit_many_n": 100,
               "phase_s": 3.5, "warm_s": 0.8, "viewers": 3, "per_proc": 10, "epoch_s": 0.5, "lease_ttl_s": 1.0,
               "heartbeat_s": 0.25, "interval_s": 0.2, "kill_at": [1.0], "hang_at": [0.8], "kill_fraction": 0.34,
@@ -171,7 +171,7 @@ class Scale:
         self.pw.start()
         run.on_exit(self.pw.halt.set)
         self.win = Window(self.r, {"supervisor": psutil.Process(self.sup.pid), "serve": psutil.Process(self.serve.pid)})
-        self.base_fields = self.client._fields(self.client._validate(SPEC), "x")
+        self.base_fields = self.client._fields(self.client._validate(SPEC), "x", self.client.owner)
         self.jobs_now = 0
 
     def _serving(self) -> bool:

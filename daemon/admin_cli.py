@@ -37,7 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from daemon.serve.app import run
     from jobs.settings import ServeSettings
 
-    settings = settings_from_args(ServeSettings, args, host=args.host, port=args.port)
+    settings = settings_from_args(ServeSettings, args, host=args.host, port=args.port,
+                                  ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return run(settings)
 
 
@@ -111,6 +112,8 @@ def register(add: AddFn) -> None:
     sp = add("serve", cmd_serve, "HTTP API, live dashboard and /metrics (needs TRAIND_API_TOKEN)")
     sp.add_argument("--host", help="bind address (env TRAIND_HOST; default 127.0.0.1)")
     sp.add_argument("--port", type=int, help="port (env TRAIND_PORT; default 8600)")
+    sp.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (env TRAIND_SSL_CERTFILE)")
+    sp.add_argument("--ssl-keyfile", help="its PEM private key (env TRAIND_SSL_KEYFILE)")
     sp = add("workers", cmd_workers, "list registered workers")
     sp.add_argument("--json", action="store_true")
     sp = add("health", cmd_health, "exit 0 when healthy: Redis reachable (+ a worker heartbeat / supervisor pass)")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from daemon import admin_cli, render, sweep_cli
+from daemon import admin_cli, context_cli, render, sweep_cli, token_cli
 from daemon.cli_context import (
     client_from_args,
     given_url,
@@ -61,7 +61,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # a builder's monitors, checked as client.fit checks a model's (daemon/submitcheck.py)
         if not args.no_check and (note := check_builder_spec(client, args.spec)):
             print(f"note: {render.clean(note)}", file=sys.stderr)
-        handle = client.submit(args.spec, client_key=args.key)
+        handle = client.submit(args.spec, client_key=args.key, owner=args.owner)
     except SpecError as e:
         print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
               file=sys.stderr)
@@ -94,12 +94,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from jobs.ops.lookup import placement_note, summary
-    from jobs.ops.waiting import no_worker_note
+    from jobs.ops.waiting import no_worker_note, waiting_reason
 
     store = store_from_args(args)
     st = store.get(resolve_job(store, args.job), with_history=not args.spec)
     if not args.spec and (note := placement_note(store.r, st) or no_worker_note(store.r, st, store.now_ms())):
         st["note"] = note
+    if not args.spec and (why := waiting_reason(store.r, st, store.now_ms())) is not None:
+        st["waiting"] = why.to_dict()  # issue 24: the reason and the position
     if args.spec:
         print_json(st.get("spec") or {})
     elif args.json:
@@ -111,11 +113,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = store_from_args(args)
-    jobs = store.list(args.state, args.limit)
+    if args.owner:  # the owner's index (jobs/ops/admin.py), bounded like the API's filters
+        from jobs.ops.admin import list_page
+
+        jobs = list_page(store, state=args.state, owner=args.owner, limit=args.limit or 1000)["items"]
+    else:
+        jobs = store.list(args.state, args.limit)
     if args.json:
         print_json(jobs)
     elif not jobs:
-        print("no jobs" + (f" in state {args.state}" if args.state else ""))
+        print("no jobs" + (f" in state {args.state}" if args.state else "")
+              + (f" of {args.owner}" if args.owner else ""))
     else:
         now = store.now_ms()
         from daemon.handles import with_handles, with_monitors  # short unique id prefixes; BEST's metric
@@ -300,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 only if it succeeded")
     sp.add_argument("--timeout", type=_positive_float, help="with --wait: give up after this many seconds")
     sp.add_argument("--key", help="idempotency key: resubmitting with the same key returns the first job")
+    sp.add_argument("--owner", help="owner recorded on the job (fair share, limits, filters; default: TRAIND_OWNER, "
+                    "else the OS user)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--no-check", action="store_true", help="do not build a builder spec's model here to check its "
                     "monitors (TensorFlow's import costs seconds); the worker checks them when the job starts")
@@ -309,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spec", action="store_true", help="print the job's spec (JSON) instead")
     sp = add("list", cmd_list, "list jobs, newest first")
     sp.add_argument("--state", choices=[s.value for s in JobState])
+    sp.add_argument("--owner", help="only this owner's jobs")
     sp.add_argument("--limit", type=_positive_int, default=None)
     sp.add_argument("--json", action="store_true")
     sp = add("watch", cmd_watch, "live progress until the job ends (exit 0 if it succeeded)")
@@ -327,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace-s", type=_positive_float, default=20.0, help="SIGTERM-to-SIGKILL grace on stop")
     admin_cli.register(add)  # serve/workers/health/retry/purge live in their own module
     sweep_cli.register(add)  # traind sweep ...: daemon/sweep_cli.py
+    token_cli.register(add)  # traind token add|list|revoke: daemon/token_cli.py
+    context_cli.register(add)  # traind context list|use|add|show|remove: daemon/context_cli.py
     return p
 
 

@@ -35,6 +35,12 @@ def settings_from_args(cls: type[S], args: argparse.Namespace, **extra: Any) -> 
         kw["redis_url"] = args.redis_url
     if getattr(args, "storage", None):
         kw["storage_dir"] = args.storage  # a relative path or an unknown scheme is refused by the settings
+    if getattr(cls, "finds_local_stack", True):  # not `traind up`, which starts its own Redis unless told
+        ctx_url, ctx_storage = context_local(args)
+        if ctx_url:
+            kw["redis_url"] = ctx_url
+        if ctx_storage:
+            kw["storage_dir"] = ctx_storage
     try:
         return cls(**kw)
     except ValidationError as e:
@@ -55,7 +61,8 @@ def client_from_args(args: argparse.Namespace) -> Client:
 # The variables the read-only commands read (or ignore: the allowlist matters to submit only) without the settings
 # classes. Any other TRAIND_ variable sends them through ClientSettings, which validates it (typos, limits) at
 # pydantic's import cost: an unknown name is still refused, only a little later.
-READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED_MODULES"})
+READ_ENV = frozenset({"TRAIND_REDIS_URL", "TRAIND_STORAGE_DIR", "TRAIND_ALLOWED_MODULES", "TRAIND_CONFIG",
+                      "TRAIND_CONTEXT"})
 
 
 def store_from_args(args: argparse.Namespace) -> JobStore:
@@ -82,12 +89,28 @@ def store_from_args(args: argparse.Namespace) -> JobStore:
 
 
 def given_url(args: argparse.Namespace) -> str:
-    """--redis-url, TRAIND_REDIS_URL, the local stack of this machine (jobs/localstack.py), or the default."""
+    """--redis-url, TRAIND_REDIS_URL, a local context's (~/.config/traind/config.toml), the local stack of this
+    machine (jobs/localstack.py), or the default."""
     from jobs.localstack import find
 
-    given = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL")
-    stack = None if given else find(getattr(args, "storage", None) or os.environ.get("TRAIND_STORAGE_DIR"))
+    ctx_url, ctx_storage = context_local(args)
+    given = getattr(args, "redis_url", None) or os.environ.get("TRAIND_REDIS_URL") or ctx_url
+    stack = None if given else find(getattr(args, "storage", None) or os.environ.get("TRAIND_STORAGE_DIR")
+                                    or ctx_storage)
     return given or (stack.url if stack else DEFAULT_REDIS_URL)
+
+
+def context_local(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The Redis URL and storage of the chosen context (``TRAIND_CONTEXT``, else the config file's ``current``) when
+    it is a local one and neither options nor the environment say otherwise (:func:`jobs.config_file.resolve`);
+    else ``(None, None)``. A remote context is the remote client's (jobs/remote), not this."""
+    from jobs import config_file
+
+    target = config_file.resolve(redis_url=getattr(args, "redis_url", None), storage=getattr(args, "storage", None),
+                                 with_token=False)
+    if isinstance(target, config_file.Local) and target.source.startswith("context "):
+        return target.redis_url, target.storage
+    return None, None
 
 
 def resolve_job(store: JobStore, ref: str) -> str:

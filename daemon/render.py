@@ -248,9 +248,14 @@ def status_block(status: Mapping[str, Any]) -> str:
         rows.append(("goodput", goodput_line(status["goodput"])))
     rows.append(("worker", clean(status.get("worker") or "-")))
     rows.append(("queue", clean(status.get("queue") or "-")))
+    if status.get("owner"):
+        rows.append(("owner", clean(status["owner"])))
     for key in ("reason", "error", "note"):
         if status.get(key):
             rows.append((key, clean(status[key])))
+    why = status.get("waiting")
+    if isinstance(why, Mapping) and why.get("message") and why.get("message") != status.get("note"):
+        rows.append(("waiting", clean(why["message"])))  # issue 24: why it waits, where it stands
     rows.append(("created", fmt_ts(status.get("created_at"))))
     rows.append(("updated", fmt_ts(status.get("updated_at"))))
     if status.get("finished_at"):
@@ -283,6 +288,7 @@ def summary_row(job: Mapping[str, Any], now_ms: int | None = None) -> dict[str, 
     return {
         "id": job.get("id"),
         "name": job.get("name"),
+        "owner": job.get("owner") or "-",
         "state": job.get("state"),
         "epoch": f"{to_int(job.get('epoch'))}/{job.get('epochs', '?')}"
                  + (" early" if job.get("stopped_early") else ""),
@@ -294,7 +300,8 @@ def summary_row(job: Mapping[str, Any], now_ms: int | None = None) -> dict[str, 
 
 
 LIST_COLUMNS: list[tuple[str, str]] = [
-    ("id", "ID"), ("name", "NAME"), ("state", "STATE"), ("epoch", "EPOCHS DONE"), ("best", "BEST (EPOCH)"),
+    ("id", "ID"), ("name", "NAME"), ("owner", "OWNER"), ("state", "STATE"), ("epoch", "EPOCHS DONE"),
+    ("best", "BEST (EPOCH)"),
     ("restarts", "RESTARTS"), ("worker", "WORKER"), ("updated", "UPDATED"),
 ]
 LIST_LEGEND = ("EPOCHS DONE: finished/total epochs (early: stopped by early stopping). BEST (EPOCH): the best "

@@ -20,7 +20,9 @@ from types import FrameType
 
 import redis
 
+from daemon.preemptor import Preemptor
 from daemon.progress_watch import ProgressWatch, StallTracker
+from jobs.alerts.sender import AlertSender
 from jobs.contract import keys
 from jobs.contract.events import EventKind
 from jobs.contract.ids import validate_job_id
@@ -61,13 +63,14 @@ class StepReport:
     redelivered: list[str] = field(default_factory=list)
     dropped_workers: list[str] = field(default_factory=list)
     hung: list[str] = field(default_factory=list)  # running with a live lease, progress stuck: handed back
+    preempted: list[str] = field(default_factory=list)  # flagged to yield to a waiting job of higher priority
     skipped_reason: str | None = None
     duration_s: float = 0.0
 
     @property
     def changed(self) -> bool:
         return bool(self.requeued or self.failed or self.cancelled or self.redelivered or self.dropped_workers
-                    or self.hung)
+                    or self.hung or self.preempted)
 
 
 def _unusable(rec: JobRecord, needed: tuple[str, ...]) -> str | None:
@@ -90,9 +93,11 @@ class Supervisor:
         self._primary = PrimaryWatch()
         self._stop = threading.Event()
         self.sweeps = SweepHook(self.r, settings)  # sweeps: one controller step per pass (jobs/sweep/hook.py)
+        self.alerts = AlertSender(self.store, settings)  # alerts: sends the outbox, never blocks a pass (jobs/alerts)
         self._indexed = False  # jobs recorded before the filter indexes existed are all indexed
         tracker = StallTracker(settings.progress_check_factor, settings.progress_check_grace_s)
         self.progress = ProgressWatch(self.store, tracker, _lemon_policy(settings))  # hangs with a live lease
+        self.preemptor = Preemptor(self.store, settings)  # priority preemption (daemon/preemptor.py)
 
     # -- one pass ----------------------------------------------------------------------------------------------------
     def step(self, now_ms: int | None = None) -> StepReport:
@@ -122,6 +127,7 @@ class Supervisor:
             self._expire_leases(now, rep)
             rep.hung = self.progress.step(now)
             self._drop_stale_workers(now, rep)
+            rep.preempted = self.preemptor.step(now)
         self._check_deliveries(now, rep)
         if not self._indexed:
             self._indexed = self.store.index_backfill()
@@ -305,12 +311,14 @@ class Supervisor:
 
     # -- loop --------------------------------------------------------------------------------------------------------
     def idle(self) -> bool:
-        """True when no job is running, queued or waiting for a delivery (what ``burst`` waits for)."""
+        """True when no job is running, queued or waiting for a delivery, and no alert waits to be sent (what
+        ``burst`` waits for)."""
         pipe = self.r.pipeline(transaction=False)
         for st in (JobState.RUNNING, JobState.QUEUED, JobState.REQUEUED):
             pipe.scard(keys.state_index(st.value))
         pipe.zcard(keys.PENDING)
         pipe.zcard(keys.LEASES)
+        pipe.xlen(keys.ALERTS_OUTBOX)
         return not any(pipe.execute())
 
     def stop(self) -> None:
@@ -331,6 +339,7 @@ class Supervisor:
                     telemetry.supervisor_pass(self.r, rep.now_ms)  # for `traind health --supervisor`
                     admin.retention(self.store, self.settings.storage_dir, self.settings.finished_ttl_s)
                     self.sweeps.step()
+                    self.alerts.step()
                     if self.settings.burst and self.idle():
                         log.info("burst: nothing running or pending; exiting")
                         return 0

@@ -128,6 +128,9 @@ class CommonSettings(BaseSettings):
 class ClientSettings(CommonSettings):
     """Settings of the submitting client and the read-only CLI commands."""
 
+    owner: str | None = Field(None, pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="Owner recorded on submitted "
+                              "jobs (fair share, limits, filters); default: the OS user.")
+
 
 class WorkerSettings(CommonSettings):
     """Settings of ``traind worker``."""
@@ -163,6 +166,22 @@ class WorkerSettings(CommonSettings):
     checkpoint_mtbf_s: float = Field(3600.0, gt=0, description="Expected time between failures of a worker.")
     checkpoint_interval_min_s: float = Field(5.0, gt=0)
     checkpoint_interval_max_s: float = Field(600.0, gt=0)
+    # Fair share between owners (jobs/contract/fair.py; README "Sharing a cluster").
+    fair_share: bool = Field(True, description="Among queued jobs of one priority, take the job of the owner with the "
+                             "smallest running share (false: the oldest job, plain BLPOP).")
+    fair_half_life_s: float = Field(3600.0, gt=0, le=365 * 86400, description="Half-life of past device time in the "
+                                    "share (the tie-break between owners running as many devices).")
+    fair_head_max: int = Field(256, ge=1, le=10_000, description="Messages at a queue's head one pop examines.")
+    owner_max_running: int | None = Field(None, ge=0, description="Most jobs one owner runs at once (default: none).")
+    owner_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description="Per-owner overrides of owner_max_running: alice=2,bob=1.")
+
+    @field_validator("owner_limits", mode="before")
+    @classmethod
+    def _owner_limits(cls, v: object) -> object:
+        from jobs.contract.fair import parse_owner_limits
+
+        return parse_owner_limits(v) if isinstance(v, str) else v
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -192,7 +211,43 @@ class SupervisorSettings(CommonSettings):
                                          "many times its worker's progress timeout, plus progress_check_grace_s, "
                                          "is handed back as hung (the worker's own watchdog acts first).")
     progress_check_grace_s: float = Field(30.0, ge=0)
+    preempt_min_run_s: float = Field(60.0, ge=0, le=7 * 86400, description="A running job is preempted for a "
+                                     "waiting job of higher priority only once its current attempt has run this "
+                                     "long (no flapping).")
     burst: bool = False
+    # alerts (jobs/alerts): where every job's alerts also go, which events alert, how sends are retried
+    notify: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated Apprise URLs (json://, slack://, mailto://...) every job's "
+        "alerts go to besides its spec's notify list (a comma inside a URL: %2C).")
+    notify_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["failed", "succeeded", "hung", "preempted", "lost_worker"],
+        description="Comma-separated events that alert: failed, succeeded, hung, preempted, lost_worker.")
+    notify_attempts: int = Field(8, ge=1, le=100, description="Sends of one alert to one URL before giving up.")
+    notify_backoff_s: float = Field(5.0, gt=0, le=3600, description="Wait after a failed send; doubles per failure.")
+    notify_backoff_max_s: float = Field(600.0, gt=0, le=86_400, description="Longest wait between two sends.")
+    notify_timeout_s: float = Field(10.0, gt=0, le=300, description="Connect and read timeout of one send.")
+    public_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s]+$", description="The dashboard's "
+                                   "address as people reach it (https://traind.example.org): alerts link there.")
+
+    @field_validator("notify", "notify_events", mode="before")
+    @classmethod
+    def _csv_notify(cls, v: object) -> object:
+        return _split_csv(v)
+
+    @field_validator("notify")
+    @classmethod
+    def _apprise_urls(cls, v: list[SecretStr]) -> list[SecretStr]:
+        from jobs.alerts.urls import url_problems  # Apprise loads only where alerts are configured
+        if v and (problems := url_problems([u.get_secret_value() for u in v], "TRAIND_NOTIFY")):
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("notify_events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        if bad := [e for e in v if e not in ("failed", "succeeded", "hung", "preempted", "lost_worker")]:
+            raise ValueError(f"unknown event(s) {bad}: expected failed, succeeded, hung, preempted, lost_worker")
+        return v
 
 
 class StackSettings(CommonSettings):
@@ -217,6 +272,19 @@ class ServeSettings(CommonSettings):
     auth_failures_max: int = Field(20, ge=1, description="Requests with a wrong token one client address may make "
                                    "per auth_failures_window_s before its token-bearing requests answer 429.")
     auth_failures_window_s: float = Field(60.0, gt=0, le=86_400)
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn's own TLS; with "
+                                     "ssl_keyfile. Or terminate TLS in a proxy (docs/deploying.md#tls).")
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) matching ssl_certfile.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        # One without the other would serve plain HTTP (no cert) or fail deep in ssl (no key): refuse at start.
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TRAIND_SSL_CERTFILE and TRAIND_SSL_KEYFILE go together: set both or neither")
+        for name, path in (("TRAIND_SSL_CERTFILE", self.ssl_certfile), ("TRAIND_SSL_KEYFILE", self.ssl_keyfile)):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
 
     @field_validator("api_read_tokens", mode="before")
     @classmethod
@@ -226,6 +294,7 @@ class ServeSettings(CommonSettings):
 
 def _known_env_names() -> set[str]:
     names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
+    names.update({"TRAIND_CONFIG", "TRAIND_CONTEXT"})  # the contexts file and a context for one command (config_file)
     for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings, ServeSettings):
         names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
     return names

@@ -57,7 +57,7 @@ def test_preloaded_job_is_laid_out_as_the_store_writes_one(r: redis.Redis, redis
     led.end(JobState.SUCCEEDED, "succeeded after 1 epochs")
     # And one preloaded (pipelined through the same scripts).
     before = set(store.list_ids())
-    assert preload(store, client._fields(client._validate(SPEC), "x"), 1, templates=Templates()) == 1
+    assert preload(store, client._fields(client._validate(SPEC), "x", client.owner), 1, templates=Templates()) == 1
     (pre,) = set(store.list_ids()) - before
     real, fast = _layout(r, h.id), _layout(r, pre)
     real["fields"] = [f for f in real["fields"] if f not in ("client_key",)]

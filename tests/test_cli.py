@@ -139,8 +139,8 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     assert [j["id"] for j in json.loads(out)] == [second]
     rc, out, err = cli("list", "--limit", "1")
     lines = out.splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS", "WORKER",
-                                           "UPDATED"]
+    assert re.split(r"\s{2,}", lines[0]) == ["ID", "NAME", "OWNER", "STATE", "EPOCHS DONE", "BEST (EPOCH)", "RESTARTS",
+                                           "WORKER", "UPDATED"]
     handle = lines[1].split()[0]  # the job's short handle, which every command takes
     assert len(lines) == 2 and second.startswith(handle) and len(handle) >= 8 and "0/7" in lines[1]
     rc, out, _ = cli("status", handle, "--json")
@@ -148,6 +148,12 @@ def test_list_json_table_and_state_filter(cli: Any, tmp_path: Path, redis_url: s
     assert "EPOCHS DONE: finished/total epochs" in err and "BEST (EPOCH)" in err  # the legend, off the table's stdout
     rc, out, _ = cli("list", "--state", "running")
     assert rc == 0 and out.strip() == "no jobs in state running"
+    from jobs.contract.owners import default_owner  # issue 24: the owner filter (submitted as the OS user)
+
+    rc, out, _ = cli("list", "--owner", default_owner(), "--state", "queued", "--json")
+    assert rc == 0 and [j["id"] for j in json.loads(out)] == [second] and json.loads(out)[0]["owner"] == default_owner()
+    rc, out, _ = cli("list", "--owner", "nobody-else")
+    assert rc == 0 and out.strip() == "no jobs of nobody-else"
 
 
 def test_logs_and_cancel_of_a_queued_job(cli: Any, tmp_path: Path) -> None:

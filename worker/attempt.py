@@ -170,4 +170,4 @@ class Attempt:
     def _ending(self, record: AttemptRecord | None) -> Ending:
         rec = record or AttemptRecord()
         return Ending(self.ledger, worker_id=self.worker_id, queue=rec.queue, preemptions=rec.preemptions,
-                      before_success=lambda: self._hb.stop() if self._hb is not None else None)
+                      before_success=lambda: self._hb.stop() if self._hb is not None else None, control=self.control)

@@ -26,12 +26,20 @@ class JobControl:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reason: StopReason | None = None
+        self.preempted_for: str | None = None  # the waiting job a supervisor preempts this one for (None: SIGTERM)
 
     def request(self, reason: StopReason) -> None:
         with self._lock:
             # Fencing wins over everything: a fenced worker must not write, even a preemption checkpoint.
             if self._reason is None or reason is StopReason.FENCED:
                 self._reason = reason
+
+    def request_preempt(self, for_job: str | None) -> None:
+        """A supervisor's preemption in favour of ``for_job``: stops exactly as a SIGTERM does."""
+        with self._lock:
+            if self._reason is None:
+                self.preempted_for = for_job
+        self.request(StopReason.PREEMPT)
 
     @property
     def reason(self) -> StopReason | None:

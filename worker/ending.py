@@ -23,7 +23,7 @@ from typing import Any
 
 from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError
-from worker.control import StopReason
+from worker.control import JobControl, StopReason
 from worker.ledger import AttemptLedger
 
 log = logging.getLogger("traind.worker")
@@ -52,8 +52,9 @@ class Ending:
     """
 
     def __init__(self, ledger: AttemptLedger, *, worker_id: str, queue: str, preemptions: int,
-                 before_success: Callable[[], None] | None = None) -> None:
+                 before_success: Callable[[], None] | None = None, control: JobControl | None = None) -> None:
         self.ledger, self.worker_id, self.queue, self.preemptions = ledger, worker_id, queue, preemptions
+        self.control = control  # says which job a supervisor's preemption was for
         self.before_success = before_success
         self.outcome: Outcome | None = None  # the recorded outcome (None: not ended yet)
         self._ended = False
@@ -94,12 +95,16 @@ class Ending:
 
     def _requeue(self, preempt_key: int | None) -> None:
         """Graceful preemption: hand the job back now (no waiting for the lease) to resume from its checkpoint."""
-        fields: dict[str, Any] = {"preemptions": self.preemptions + 1,
-                                  "reason": f"preempted on worker {self.worker_id}"}
+        by = self.control.preempted_for if self.control is not None else None
+        why = f"preempted for job {by} on worker {self.worker_id}" if by else f"preempted on worker {self.worker_id}"
+        fields: dict[str, Any] = {"preemptions": self.preemptions + 1, "reason": why,
+                                  "preempt_requested": None, "preempt_requested_at": None}
+        if by:
+            fields["preempted_for"] = by
         if preempt_key is not None:
             fields["preempt_key"] = preempt_key
         try:
-            self.ledger.requeue(self.queue, f"preempted on worker {self.worker_id}; requeued as attempt "
-                                f"{self.ledger.attempt + 1}", fields)
+            self.ledger.requeue(self.queue, f"{why}; requeued as attempt {self.ledger.attempt + 1}", fields,
+                                event_extra={"by": by} if by else None)
         except (FencedError, IllegalTransitionError) as e:
             log.warning("job %s: preemption requeue refused: %s", self.ledger.job_id, e)

@@ -12,7 +12,8 @@ log = logging.getLogger("traind.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Renews the ledger's lease every ``interval_s``; flags cancel / fencing on the job's :class:`JobControl`."""
+    """Renews the ledger's lease every ``interval_s``; flags cancel / preemption / fencing on the job's
+    :class:`JobControl`."""
 
     def __init__(self, ledger: AttemptLedger, control: JobControl, ttl_s: float, interval_s: float,
                  on_beat: object = None) -> None:
@@ -27,14 +28,18 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_evt.is_set():
             try:
-                owner, cancel = self.ledger.renew(self.ttl_ms)
+                beat = self.ledger.beat(self.ttl_ms)
                 self.beats += 1
-                if not owner:
+                if not beat.owner:
                     log.warning("job %s: lease lost (requeued elsewhere); abandoning", self.job_id)
                     self.control.request(StopReason.FENCED)
                     return
-                if cancel:
+                if beat.cancel:
                     self.control.request(StopReason.CANCEL)
+                if beat.preempt_for and self.control.reason is None:
+                    log.warning("job %s: preempted for job %s; checkpointing at the next batch boundary and "
+                                "requeueing", self.job_id, beat.preempt_for)
+                    self.control.request_preempt(beat.preempt_for)
                 if callable(self.on_beat):
                     self.on_beat()
             except Exception as e:  # Redis down: keep beating; the client retries with backoff

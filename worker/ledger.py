@@ -28,7 +28,7 @@ from jobs.contract import keys
 from jobs.contract.events import EventKind, event
 from jobs.contract.states import JobState
 from jobs.errors import FencedError
-from jobs.redis.store import JobStore
+from jobs.redis.store import Beat, JobStore
 
 
 def _lenient(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -139,13 +139,18 @@ class AttemptLedger(ABC):
     def renew(self, ttl_ms: int) -> tuple[bool, bool]:
         """Renew the lease: (still the owner, cancel requested)."""
 
+    def beat(self, ttl_ms: int) -> Beat:
+        """:meth:`renew`, with the preemption a supervisor requested (``preempt_for``: the job it is for)."""
+        owner, cancel = self.renew(ttl_ms)
+        return Beat(owner, cancel)
+
     @abstractmethod
     def end(self, state: JobState, msg: str, level: str = "info", fields: dict[str, Any] | None = None) -> None:
         """The final transition of this attempt (fenced by its token); FencedError / IllegalTransitionError."""
 
     @abstractmethod
-    def requeue(self, queue: str, msg: str, fields: dict[str, Any]) -> None:
-        """Hand the job back as the next attempt (a graceful preemption)."""
+    def requeue(self, queue: str, msg: str, fields: dict[str, Any], event_extra: dict[str, Any] | None = None) -> None:
+        """Hand the job back as the next attempt (a graceful preemption); ``event_extra``: fields of its event."""
 
     @abstractmethod
     def warn_unfenced(self, msg: str) -> None:
@@ -186,7 +191,7 @@ class RedisLedger(AttemptLedger):
     def claim(self, worker_id: str, lease_ttl_ms: int) -> None:
         self.store.transition(self.job_id, JobState.RUNNING, attempt=self.attempt, lease_ttl_ms=lease_ttl_ms,
                               fields={"token": self.token, "worker": worker_id, "cancel_requested": None,
-                                      "error": None})
+                                      "error": None, "preempt_requested": None, "preempt_requested_at": None})
 
     def write(self, *, fields: dict[str, Any] | None = None, history_set: dict[int, dict[str, Any]] | None = None,
               history_del: Iterable[int] = (), ckpt_set: dict[int, dict[str, Any]] | None = None,
@@ -213,15 +218,18 @@ class RedisLedger(AttemptLedger):
     def renew(self, ttl_ms: int) -> tuple[bool, bool]:
         return self.store.heartbeat(self.job_id, self.token, ttl_ms)
 
+    def beat(self, ttl_ms: int) -> Beat:
+        return self.store.beat(self.job_id, self.token, ttl_ms)
+
     def end(self, state: JobState, msg: str, level: str = "info", fields: dict[str, Any] | None = None) -> None:
         self.store.transition(self.job_id, state, token=self.token, fields=fields or {}, event_msg=msg, level=level)
 
-    def requeue(self, queue: str, msg: str, fields: dict[str, Any]) -> None:
+    def requeue(self, queue: str, msg: str, fields: dict[str, Any], event_extra: dict[str, Any] | None = None) -> None:
         from jobs.redis import telemetry
         from jobs.redis.delivery import requeue
 
         requeue(self.store, self.job_id, attempt=self.attempt, token=self.token, queue=queue,
-                kind=EventKind.PREEMPTED, fields=fields, msg=msg)
+                kind=EventKind.PREEMPTED, fields=fields, msg=msg, event_extra=event_extra)
         telemetry.record_requeue(self.store.r, "preempted")
 
     def warn_unfenced(self, msg: str) -> None:
@@ -248,8 +256,10 @@ class MemoryLedger(AttemptLedger):
         self.log: list[dict[str, Any]] = []
         self.owner = True
         self.cancel_requested = False
+        self.preempt_for: str | None = None  # a supervisor's preemption request (the job it is for)
         self.final: tuple[JobState, str, dict[str, Any]] | None = None
         self.requeued: tuple[str, str, dict[str, Any]] | None = None
+        self.requeued_extra: dict[str, Any] | None = None  # the requeue event's extra fields
         self.writes = 0
         self.samples: list[tuple[str, float]] = []
 
@@ -301,14 +311,19 @@ class MemoryLedger(AttemptLedger):
     def renew(self, ttl_ms: int) -> tuple[bool, bool]:
         return self.owner and self.final is None, self.cancel_requested
 
+    def beat(self, ttl_ms: int) -> Beat:
+        owner, cancel = self.renew(ttl_ms)
+        return Beat(owner, cancel and owner, self.preempt_for if owner else None)
+
     def end(self, state: JobState, msg: str, level: str = "info", fields: dict[str, Any] | None = None) -> None:
         self._fence()
         self.final = (state, msg, dict(fields or {}))
         self._log([event(EventKind.NOTE, msg, level, state=state.value)])
 
-    def requeue(self, queue: str, msg: str, fields: dict[str, Any]) -> None:
+    def requeue(self, queue: str, msg: str, fields: dict[str, Any], event_extra: dict[str, Any] | None = None) -> None:
         self._fence()
         self.requeued = (queue, msg, dict(fields))
+        self.requeued_extra = event_extra
 
     def warn_unfenced(self, msg: str) -> None:
         self._log([event(EventKind.NOTE, msg, "warning")])

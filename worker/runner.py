@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from jobs.contract import keys
+from jobs.contract.fair import FairPolicy
 from jobs.contract.queue import pop
 from jobs.errors import StorageError
 from jobs.logfmt import native_stderr_logged
@@ -65,6 +66,7 @@ class Worker:
         # resources.gpus: N jobs wait on their own queues; this worker pops those it has the devices for, most first.
         self.devices = device_count(self.device_kind)
         self.queues = keys.worker_queue_names(settings.queues, self.device_kind, self.devices)
+        self.fair = FairPolicy.from_settings(settings) if settings.fair_share else None  # jobs/contract/fair.py
         self._stop = threading.Event()
         self._interrupts = 0
         self._own_signals = False  # True once run() handles SIGTERM/SIGINT itself (they then never raise)
@@ -106,7 +108,7 @@ class Worker:
         if self.drained():
             self._stop.wait(self.settings.dequeue_timeout_s)
             return False
-        delivery = pop(self.r, self.queues, self.settings.dequeue_timeout_s)
+        delivery = pop(self.r, self.queues, self.settings.dequeue_timeout_s, self.fair)
         if delivery is None:
             return False
         if delivery.message is None:

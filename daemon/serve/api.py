@@ -35,13 +35,14 @@ from jobs.errors import (
 )
 from jobs.ops import admin, lookup
 from jobs.ops.lookup import summary
-from jobs.ops.waiting import no_worker_note
+from jobs.ops.waiting import no_worker_note, waiting_reason
 from jobs.redis.store import JobStore
 
 router = APIRouter(prefix="/api/v1")
 MAX_OFFSET = 10_000_000  # every numeric query parameter is bounded: out of range answers 422, never a Redis error
-Read = Annotated[auth.Access, Depends(auth.read)]
-Write = Annotated[auth.Access, Depends(auth.write)]
+Read = Annotated[auth.Principal, Depends(auth.read)]
+Write = Annotated[auth.Principal, Depends(auth.write)]  # a submit or admin token
+JobActor = Annotated[auth.Principal, Depends(auth.job_actor)]  # an admin, or a submit token on its own job
 
 
 class SubmitRequest(BaseModel):
@@ -49,6 +50,8 @@ class SubmitRequest(BaseModel):
 
     spec: dict[str, Any]
     client_key: str | None = Field(None, description="Resubmitting with the same key returns the first job.")
+    owner: str | None = Field(None, description="Recorded owner; default the token's name. Only an admin token may "
+                              "name another owner (403 for a submit token).")
 
 
 class SubmitResponse(BaseModel):
@@ -125,14 +128,16 @@ def _get(request: Request, job_id: str, with_history: bool = True) -> dict[str, 
 
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=SubmitResponse,
              responses={200: {"model": SubmitResponse, "description": "a replay: the job of this client_key"}})
-def submit(body: SubmitRequest, request: Request, response: Response, _: Write) -> SubmitResponse:
+def submit(body: SubmitRequest, request: Request, response: Response, who: Write) -> SubmitResponse:
     """Validate and submit a spec: 201 with the new job, or 200 with the first job when ``client_key`` was used
-    before (a replay). Refused specs answer 422 with every problem (the CLI's messages)."""
+    before (a replay). Refused specs answer 422 with every problem (the CLI's messages). The job's owner is the
+    token's name (an admin token may set ``owner``)."""
+    owner = auth.owner_for(who, body.owner)
     client = _client(request)
     before = None
     if body.client_key:
         before = client.r.get(keys.idempotency(body.client_key))
-    handle = client.submit(body.spec, client_key=body.client_key)  # a SpecError answers 422 (_spec_refused)
+    handle = client.submit(body.spec, client_key=body.client_key, owner=owner)  # SpecError: 422 (_spec_refused)
     if before is not None:
         response.status_code = status.HTTP_200_OK
     return SubmitResponse(id=handle.id, state=handle.state.value, created=before is None)
@@ -143,6 +148,8 @@ def list_jobs(request: Request, _: Read,
               state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
               name: Annotated[str | None, Query(max_length=200, description="name contains (case-insensitive)")] = None,
               queue: Annotated[str | None, Query(max_length=200, description="logical queue")] = None,
+              owner: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._@-]{1,64}$", description="only this "
+                                                 "owner's jobs")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
               cursor: Annotated[str | None, Query(max_length=64, description="continue after this job id "
@@ -152,7 +159,7 @@ def list_jobs(request: Request, _: Read,
     every job, ``next_cursor`` continues the listing."""
     try:
         page = admin.list_page(_store(request), state=state.value if state else None, name=name, queue=queue,
-                               limit=limit, offset=offset, cursor=_jid(cursor) if cursor else None)
+                               limit=limit, offset=offset, cursor=_jid(cursor) if cursor else None, owner=owner)
     except ValueError as e:  # a cursor naming no job of this listing
         raise HTTPException(422, str(e)) from e
     return _json(page)
@@ -176,6 +183,8 @@ def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
     """``note``: why a queued job is not starting (no live worker for its queue, jobs/ops/waiting.py)."""
     if (note := no_worker_note(store.r, st, store.now_ms())) is not None:
         st["note"] = note
+    if (why := waiting_reason(store.r, st, store.now_ms())) is not None:
+        st["waiting"] = why.to_dict()  # the reason and the position (issue 24)
     return st
 
 
@@ -210,14 +219,14 @@ def job_checkpoints(job_id: str, request: Request, _: Read) -> list[dict[str, An
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel(job_id: str, request: Request, _: Write) -> dict[str, Any]:
+def cancel(job_id: str, request: Request, _: JobActor) -> dict[str, Any]:
     """Cancel: a queued job ends now; a running one stops at its next batch boundary."""
     prev = lookup.cancel(_store(request), _jid(job_id))
     return {"id": job_id, "previous": prev.value, "cancel_requested": prev is JobState.RUNNING}
 
 
 @router.post("/jobs/{job_id}/retry")
-def retry(job_id: str, request: Request, _: Write) -> dict[str, Any]:
+def retry(job_id: str, request: Request, _: JobActor) -> dict[str, Any]:
     """Run a failed or cancelled job again from its checkpoint as a new attempt."""
     attempt = admin.retry(_store(request), _jid(job_id))
     return {"id": job_id, "attempt": attempt, "state": JobState.REQUEUED.value}

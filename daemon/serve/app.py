@@ -25,6 +25,7 @@ from daemon.serve.api import install_error_handlers, router
 from daemon.serve.guard import Guard
 from daemon.serve.sse import Hub
 from daemon.serve.sweeps_api import router as sweeps_router
+from daemon.serve.tokens_api import router as tokens_router
 from jobs.errors import ConfigError
 from jobs.redis.conn import connect, connect_async, redact_url
 from jobs.redis.store import JobStore
@@ -41,9 +42,6 @@ BODY_OVER_SPEC_BYTES = 64 * 1024
 def create_app(settings: ServeSettings) -> FastAPI:
     """Build the app; refuses to start without a token (an open API could submit jobs), with a weak one off loopback,
     or with a body limit that would refuse specs under TRAIND_MAX_SPEC_BYTES."""
-    if settings.api_token is None and not settings.api_read_tokens:
-        raise ConfigError("traind serve needs TRAIND_API_TOKEN (full access) and/or TRAIND_API_READ_TOKENS "
-                          "(read-only); without one every request would be refused")
     auth.check_strength(settings)
     if settings.max_body_bytes < settings.max_spec_bytes + BODY_OVER_SPEC_BYTES:
         raise ConfigError(f"TRAIND_MAX_BODY_BYTES={settings.max_body_bytes} would refuse specs that "
@@ -52,6 +50,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     url = settings.effective_redis_url()
     client_settings = ClientSettings(**settings.model_dump(include=set(ClientSettings.model_fields)))
     conn = connect(url, retries=5, socket_timeout_s=30.0, settings=client_settings)
+    if settings.api_token is None and not settings.api_read_tokens and not _stored_tokens(conn):
+        raise ConfigError("traind serve needs a token: TRAIND_API_TOKEN (admin), TRAIND_API_READ_TOKENS (read-only) "
+                          "or one made with `traind token add NAME --role admin`; without one every request would "
+                          "be refused")
     store = JobStore(conn, events_max=settings.events_max, max_history=settings.max_history)
     aconn = connect_async(url)  # follows the primary through the sentinels for redis+sentinel:// URLs
     hub = Hub(store, aconn)
@@ -79,7 +81,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.client = None  # jobs.client (rq, numpy) is imported on the first submit
     app.state.client_settings = client_settings
     app.state.hub = hub
-    app.state.tokens = auth.Tokens(settings)
+    app.state.tokens = auth.Tokens(settings, *auth.redis_source(aconn))  # env tokens + `traind token add` ones
     app.state.auth_failures = auth.FailureLimiter(settings.auth_failures_max, settings.auth_failures_window_s)
     # Auth, rate limit and body size before anything reads a body; security headers on every response.
     app.add_middleware(Guard, tokens=app.state.tokens, limiter=app.state.auth_failures,
@@ -87,6 +89,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.include_router(router)
     app.include_router(sweeps_router)  # /api/v1/sweeps (daemon/serve/sweeps_api.py)
     install_error_handlers(app)  # traind's errors -> 404/409/422, for every route
+    app.include_router(tokens_router)  # /api/v1/tokens, admin only (daemon/serve/tokens_api.py)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
@@ -123,14 +126,30 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
+def _stored_tokens(conn: redis.Redis) -> bool:
+    """Whether Redis holds any `traind token add` token (checked at start when no env token is set)."""
+    from jobs.contract import keys
+
+    try:
+        return bool(conn.hlen(keys.API_TOKENS))
+    except redis.RedisError as e:
+        raise ConfigError(f"traind serve has no TRAIND_API_TOKEN/TRAIND_API_READ_TOKENS and cannot read the stored "
+                          f"tokens from Redis ({type(e).__name__}: {e}); start Redis or set TRAIND_API_TOKEN") from None
+
+
 def run(settings: ServeSettings, ready: Any = None) -> int:
-    """Serve until SIGTERM/SIGINT (uvicorn's handlers)."""
+    """Serve until SIGTERM/SIGINT (uvicorn's handlers); with TRAIND_SSL_CERTFILE/KEYFILE over TLS itself."""
     import uvicorn
 
     app = create_app(settings)
+    tls = settings.ssl_certfile is not None
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=True,
-                            log_config=None)  # keep traind's logging setup (text or JSON)
+                            log_config=None,  # keep traind's logging setup (text or JSON)
+                            ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     server = uvicorn.Server(config)
-    log.info("traind serve on http://%s:%d", settings.host, settings.port)
+    if not tls and not auth.is_loopback(settings.host):
+        log.warning("traind serve on %s without TLS: tokens cross the network in clear unless a TLS proxy is in "
+                    "front (docs/deploying.md#tls)", settings.host)
+    log.info("traind serve on %s://%s:%d", "https" if tls else "http", settings.host, settings.port)
     server.run()
     return 0

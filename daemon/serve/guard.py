@@ -7,8 +7,10 @@ For each HTTP request, in order:
    ``TRAIND_AUTH_FAILURES_WINDOW_S`` gets 429 with ``Retry-After`` for every request carrying a token (even a valid
    one: otherwise a guess that hit would tell) until its bucket refills.
 2. **Authentication from the headers.** Every path but the public ones (``GET`` of the dashboard's files,
-   ``/healthz``, ``/openapi.json``) needs a token, any method but ``GET``/``HEAD`` the full-access one: 401/403
-   before a byte of the body is read.
+   ``/healthz``, ``/openapi.json``) needs a token (an env one or a stored one, :mod:`daemon.serve.auth`), any
+   method but ``GET``/``HEAD`` a submit or admin one: 401/403 before a byte of the body is read. The token's
+   :class:`~daemon.serve.auth.Principal` goes to the routes as ``request.state.principal``; what a submit token
+   may do to which job the routes' dependencies decide (``auth.job_actor``).
 3. **Body size.** A declared ``Content-Length`` over ``TRAIND_MAX_BODY_BYTES`` is 413 at once; a body without one
    (chunked) is counted while it streams and refused with 413 as it passes the limit.
 4. **Headers** on every response: a Content-Security-Policy allowing only traind's own files (no inline script or
@@ -28,7 +30,16 @@ from collections.abc import Callable
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.serve.auth import INVALID, Access, FailureLimiter, Refusal, Tokens, judge, retry_after_header
+from daemon.serve.auth import (
+    INVALID,
+    Access,
+    FailureLimiter,
+    Principal,
+    Refusal,
+    Tokens,
+    judge,
+    retry_after_header,
+)
 
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
@@ -75,7 +86,8 @@ class Guard:
         self.max_body_bytes, self.clock = max_body_bytes, clock
 
     def refusal(self, scope: Scope) -> Refusal | None:
-        """Why a request is refused from its method, path and headers alone, or None to let it through."""
+        """Why a request is refused from its method, path and headers alone, or None to let it through (the
+        authenticated principal, if any, is put in ``scope["state"]["principal"]``)."""
         method, path = scope["method"], scope["path"]
         if not is_public(method, path):
             authorization = _header(scope, b"authorization")
@@ -90,6 +102,7 @@ class Guard:
                 if verdict is INVALID:  # a guess; a missing token is not one
                     self.limiter.failed(addr, self.clock())
                 return verdict
+            scope.setdefault("state", {})["principal"] = verdict
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
@@ -114,7 +127,12 @@ class Guard:
                                                   *(h for h in SECURITY_HEADERS if h[0] not in present)]}
             await send(message)
 
+        if not is_public(scope["method"], scope["path"]):
+            await self.tokens.refresh()  # the stored tokens, at most STORED_CACHE_S old
         refused = self.refusal(scope)
+        who = scope.get("state", {}).get("principal")
+        if isinstance(who, Principal):
+            await self.tokens.touch(who, int(time.time() * 1000))
         if refused is not None:
             await _answer(send_with_headers, refused)
             return

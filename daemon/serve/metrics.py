@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.serve import sweep_metrics
+from daemon.serve import owner_metrics, sweep_metrics
 from jobs.contract import keys
 from jobs.contract.records import to_int
 from jobs.contract.states import JobState
@@ -100,6 +100,7 @@ class TraindCollector(Collector):
             h.add_metric([], buckets, sum_value=total)
             yield h
         yield from sweep_metrics.collect(self.store)  # traind_sweep_trials{state}, traind_sweeps{state}
+        yield from owner_metrics.collect(self.store)  # traind_owner_jobs_running{owner}, _queued{owner}
 
 
 def _goodput(store: JobStore, counters: dict[str, float]) -> Iterator[Metric]:

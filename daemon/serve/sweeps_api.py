@@ -1,7 +1,7 @@
 """``/api/v1/sweeps``: the sweeps and their trials, as ``traind sweep list --json`` / ``status --json`` print them.
 
-Included by :func:`daemon.serve.app.create_app`; the same bearer tokens as the job routes (reads: a read token;
-cancel: a full-access token). An unknown sweep is a 404 through the app's error handlers.
+Included by :func:`daemon.serve.app.create_app`; the same bearer tokens as the job routes (reads: any token;
+cancel: an admin token, as sweeps record no owner). An unknown sweep is a 404 through the app's error handlers.
 
 >>> # httpx.get(f"{base}/api/v1/sweeps/{sweep_id}", headers={"Authorization": f"Bearer {token}"}).json()["best"]
 """
@@ -18,8 +18,8 @@ from jobs.sweep import records
 from jobs.sweep.records import SweepStore
 
 router = APIRouter(prefix="/api/v1", tags=["sweeps"])
-Read = Annotated[auth.Access, Depends(auth.read)]
-Write = Annotated[auth.Access, Depends(auth.write)]
+Read = Annotated[auth.Principal, Depends(auth.read)]
+Admin = Annotated[auth.Principal, Depends(auth.admin)]  # sweeps record no owner: a submit token cancels none
 _ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 
 
@@ -49,7 +49,7 @@ def sweep_status(sweep_id: str, request: Request, _: Read) -> dict[str, Any]:
 
 
 @router.post("/sweeps/{sweep_id}/cancel")
-def cancel_sweep(sweep_id: str, request: Request, _: Write) -> dict[str, Any]:
+def cancel_sweep(sweep_id: str, request: Request, _: Admin) -> dict[str, Any]:
     """Ask the controller to cancel the sweep's running trials and start no new one."""
     store = _sweeps(request)
     sid = store.resolve(_sid(sweep_id))

@@ -29,7 +29,7 @@ class FitMixin:
     if TYPE_CHECKING:  # the submit path's, in jobs.client.submit
         def _validate(self, spec: dict[str, Any]) -> JobSpec: ...
 
-        def _submit(self, job_spec: JobSpec, client_key: str | None) -> JobHandle: ...
+        def _submit(self, job_spec: JobSpec, client_key: str | None, owner: str | None = None) -> JobHandle: ...
 
     def fit(
         self,
@@ -56,6 +56,7 @@ class FitMixin:
         seed: int = 0,
         custom_objects: dict[str, Any] | list[Any] | None = None,
         client_key: str | None = None,
+        owner: str | None = None,
         **spec_sections: Any,
     ) -> JobHandle:
         """Like ``model.fit`` (same arguments, same meaning), but trained by a traind worker.
@@ -114,7 +115,7 @@ class FitMixin:
                 spec[k] = v
         job_spec = self._validate(spec)
         self._check_model(job_spec, x, y, sample_weight)
-        handle = self._submit(job_spec, client_key)  # checked above, with the data: not rebuilt a second time
+        handle = self._submit(job_spec, client_key, owner)  # checked above, with the data: not rebuilt a second time
         for cb in callbacks or []:
             if type(cb).__name__ == "TensorBoard":  # mapped, never silently dropped: say where the logs go
                 where = self.storage.job_dir(handle.id) / "tensorboard"

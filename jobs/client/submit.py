@@ -12,11 +12,13 @@ from typing import Any
 
 import redis
 
+from jobs.alerts.urls import stored_spec_fields
 from jobs.client.fit import FitMixin
 from jobs.client.handle import JobHandle
 from jobs.client.quiet import quiet_tensorflow
 from jobs.contract import keys
 from jobs.contract.ids import new_job_id
+from jobs.contract.owners import check_owner, default_owner
 from jobs.contract.spec import JobSpec, load_spec_file, validate_spec
 from jobs.contract.states import JobState
 from jobs.errors import DurabilityError, SpecError, StalePrimaryError
@@ -47,8 +49,11 @@ class Client(FitMixin):
         storage: str | os.PathLike[str] | None = None,
         settings: ClientSettings | None = None,
         connection: redis.Redis | None = None,
+        owner: str | None = None,
     ) -> None:
         overrides: dict[str, Any] = {}
+        if owner is not None:
+            overrides["owner"] = check_owner(owner)
         if redis_url is not None:
             overrides["redis_url"] = redis_url
         if storage is not None:
@@ -60,11 +65,17 @@ class Client(FitMixin):
         # Nothing shared but Redis and the storage location: a laptop with s3:// needs no filesystem in common.
         self.storage = open_storage(self.settings.storage_dir, retry_s=self.settings.storage_retry_s)
 
+    @property
+    def owner(self) -> str:
+        """The owner recorded on jobs this client submits: ``owner=``, ``TRAIND_OWNER``, else the OS user."""
+        return self.settings.owner or default_owner()
+
     def _validate(self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str]) -> JobSpec:
         limits = dict(
             allowed_modules=self.settings.allowed_modules,
             max_epochs=self.settings.max_epochs,
             max_spec_bytes=self.settings.max_spec_bytes,
+            check_notify=True,
         )
         if isinstance(spec, JobSpec):
             return validate_spec(spec.model_dump(mode="json"), **limits)
@@ -73,30 +84,36 @@ class Client(FitMixin):
         return load_spec_file(spec, **limits)
 
     def submit(
-        self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str], client_key: str | None = None
+        self, spec: JobSpec | dict[str, Any] | str | os.PathLike[str], client_key: str | None = None,
+        owner: str | None = None,
     ) -> JobHandle:
         """Validate (refusing every problem at once), record and enqueue a job.
 
         A model given as an inline Keras ``config`` is rebuilt here in safe mode, as a worker will rebuild it, and the
         ``monitor`` fields are checked against the metrics it logs (this loads TensorFlow; other specs do not).
         With ``client_key``, resubmitting (say after a network error) returns the first job instead of a copy.
+        ``owner`` overrides the client's (:attr:`owner`) for this job.
         """
         job_spec = self._validate(spec)
         _check_client_key(client_key)  # before the (slower) model check
+        if owner is not None:
+            check_owner(owner)
         self._check_inline_model(job_spec)
-        return self._submit(job_spec, client_key)
+        return self._submit(job_spec, client_key, owner)
 
-    def _submit(self, job_spec: JobSpec, client_key: str | None) -> JobHandle:
+    def _submit(self, job_spec: JobSpec, client_key: str | None, owner: str | None = None) -> JobHandle:
         """Record and enqueue a validated (and checked) spec."""
         _check_client_key(client_key)
-        job_id, created = self._create(job_spec, client_key)  # returns once replicated (or raises DurabilityError)
+        who = check_owner(owner) if owner is not None else self.owner
+        job_id, created = self._create(job_spec, client_key, who)  # returns once replicated (or DurabilityError)
         durability = policy_of(self.r).last
         if created:
             self._enqueue(job_id, job_spec)
         return JobHandle(self, job_id, durability)
 
-    def submit_many(self, specs: list[JobSpec | dict[str, Any]]) -> list[JobHandle]:
+    def submit_many(self, specs: list[JobSpec | dict[str, Any]], owner: str | None = None) -> list[JobHandle]:
         """Submit several jobs with pipelined Redis round trips (validation still names every problem)."""
+        who = check_owner(owner) if owner is not None else self.owner
         validated = [self._validate(s) for s in specs]
         for sp in validated:
             self._check_inline_model(sp)
@@ -106,7 +123,7 @@ class Client(FitMixin):
             chunk = pairs[lo:lo + SUBMIT_CHUNK]
             pipe = self.r.pipeline(transaction=False)
             for jid, sp in chunk:
-                self.store.create(jid, self._fields(sp, jid), pipeline=pipe)
+                self.store.create(jid, self._fields(sp, jid, who), pipeline=pipe)
             execute_pipeline(self.r, pipe, f"{len(chunk)} jobs: create")
             durability = policy_of(self.r).last
             deliver_many(self.store, [(jid, 1, _queue_name(sp)) for jid, sp in chunk])
@@ -122,11 +139,12 @@ class Client(FitMixin):
         fitcheck.check_inline_model(spec, self.storage, self.settings.allowed_modules,
                                     max_params=self.settings.max_model_params)
 
-    def _fields(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
+    def _fields(self, spec: JobSpec, job_id: str, owner: str) -> dict[str, Any]:
         return {
             "id": job_id,
             "name": spec.name,
-            "spec": spec.model_dump(mode="json"),
+            "owner": owner,
+            **stored_spec_fields(spec.model_dump(mode="json")),  # notify URLs masked; kept aside for the supervisor
             "queue": _queue_name(spec),
             "attempt": 1,
             "restarts": 0,
@@ -138,10 +156,10 @@ class Client(FitMixin):
             "device": spec.resources.device,
         }
 
-    def _create(self, spec: JobSpec, client_key: str | None) -> tuple[str, bool]:
+    def _create(self, spec: JobSpec, client_key: str | None, owner: str) -> tuple[str, bool]:
         job_id = new_job_id()
         try:
-            return self.store.create(job_id, self._fields(spec, job_id), client_key)
+            return self.store.create(job_id, self._fields(spec, job_id, owner), client_key)
         except StalePrimaryError:
             raise  # not recorded where it counts: nothing will run
         except DurabilityError as e:

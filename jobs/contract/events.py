@@ -29,6 +29,7 @@ class EventKind(str, Enum):
     EARLY_STOP = "early_stop"  # EarlyStopping ended training
     CHECKPOINT = "checkpoint"  # a mid-epoch (preemption) checkpoint was committed: fields epoch, batch
     PREEMPTED = "preempted"  # graceful preemption: requeued by its own worker
+    PREEMPT_REQUESTED = "preempt_requested"  # a supervisor asked a running job to yield: fields by / victim, priority
     REQUEUED = "requeued"  # the worker was lost (lease expired): requeued by a supervisor
     HUNG = "hung"  # no batch finished past the progress timeout: fields epoch, batch, silent_s, by, stacks
     DATA_RESUMED = "data_resumed"  # a Dataset resumed mid-epoch: fields how (iterator/skip), batch
@@ -38,6 +39,8 @@ class EventKind(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NOTE = "note"  # anything else (operators, tests)
+    ALERT_SENT = "alert_sent"  # a supervisor sent an alert: fields alert, target (redacted), tries
+    ALERT_FAILED = "alert_failed"  # a supervisor gave up on an alert: fields alert, target (redacted), tries, error
 
     def __str__(self) -> str:
         return self.value

@@ -60,6 +60,15 @@ def no_idempotency(job_id: str) -> str:
     return f"{job(job_id)}:noidem"
 
 
+# Named API tokens of `traind serve` (jobs/ops/tokens.py): only a sha256 of each token is stored, never the token.
+# Outside `traind:*` on purpose: the documented worker/submit/read-only ACL users (docs/security.md, `~traind:*`)
+# can neither read these nor mint a token; only serve's and the token admin's users get `~traind-auth:*`.
+AUTH_PREFIX = f"{PREFIX}-auth"
+API_TOKENS = f"{AUTH_PREFIX}:tokens"  # hash name -> JSON {"role", "sha256", "created_ms"}
+API_TOKENS_VERSION = f"{AUTH_PREFIX}:tokens:version"  # counter bumped by every add/revoke: serve re-reads on change
+API_TOKENS_USED = f"{AUTH_PREFIX}:tokens:used"  # hash name -> last use (ms), written at most once a minute per serve
+
+
 # The filter indexes, kept in step by the Lua scripts (which extend IDX_PREFIX exactly as the functions below do):
 # they bound every list/filter request, /metrics and purge by the page, never by the number of jobs.
 IDX_PREFIX = f"{PREFIX}:idx:"
@@ -142,3 +151,37 @@ LEMONS_DRAINED = f"{PREFIX}:lemon:drained"  # hash machine (host/device) -> JSON
 def lemon_failures(machine: str) -> str:
     """Sorted set of one machine's recent hung/lost attempts (ms), trimmed to the lemon window."""
     return f"{PREFIX}:lemon:failures:{machine}"
+
+
+# Fair share between owners (jobs/contract/fair.py). The usage zsets and owner indexes extend IDX_PREFIX exactly as
+# below (Lua builds them from that prefix, like the other filter indexes).
+IDX_OWNER_COUNTS = f"{IDX_PREFIX}owner_counts"  # hash "<state>\t<owner>" -> jobs (/metrics' per-owner gauges)
+FAIR_CLAIMING = f"{PREFIX}:fair:claiming"  # zset "<job_id>-a<attempt>" -> popped (ms): popped, not yet claimed
+FAIR_POLICY = f"{PREFIX}:fair:policy"  # string: JSON of the limits the workers last enforced (read by status)
+
+
+def owner_index(owner: str) -> str:
+    """Zset job_id -> created (ms) of one owner's jobs: the list's owner filter."""
+    return f"{IDX_PREFIX}owner:{owner}"
+
+
+def owner_usage(owner: str) -> str:
+    """Zset ``<device_ms>:<job_id>:<attempt>`` -> ended (ms): the owner's last ended attempts (fair share)."""
+    return f"{IDX_PREFIX}usage:{owner}"
+
+
+def preempt_claim(job_id: str) -> str:
+    """String with a TTL: the running job whose preemption was requested for waiting job ``job_id`` (one victim
+    per waiting job, even with several supervisors; void once that job stops running or its flag is gone)."""
+    return f"{PREFIX}:preempt:{job_id}"
+
+
+# Alerts (jobs/alerts): the outbox stream (one entry per alerting event, written with it), one claim per (entry,
+# target) while it is sent and once it is done, and each delivery's tries "n:next_at_ms".
+ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"  # stream: job, alert, event (JSON)
+ALERTS_TRIES = f"{PREFIX}:alerts:tries"  # hash "<entry id>|<target>" -> "<tries>:<next attempt ms>"
+
+
+def alert_claim(entry_id: str, target: str) -> str:
+    """String with a TTL: the sender holding a delivery (its id) or ``done`` (sent, or given up)."""
+    return f"{PREFIX}:alerts:claim:{entry_id}:{target}"

@@ -5,6 +5,8 @@ Times come from Redis' own clock (``TIME``) so that hosts with skewed clocks agr
 
 from __future__ import annotations
 
+from jobs.contract.fair_lua import FAIR_CHARGE
+
 _NOW = """
 local _t = redis.call('TIME')
 local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
@@ -32,10 +34,17 @@ local function token_key(job_key) return job_key .. ':token' end
 # id -> lowercase name, the finished zset (id -> finished ms) and the count per (state, queue). Every script that
 # creates, moves or deletes a job keeps them in step, so list filters, /metrics and purge never walk all jobs.
 _INDEX = """
+-- per (state, owner) counts (/metrics): only jobs recorded with an owner (jobs/contract/fair.py)
+local function owner_count(idx, state, owner, by)
+  if not owner then return end
+  if redis.call('HINCRBY', idx .. 'owner_counts', state .. '\t' .. owner, by) <= 0 then
+    redis.call('HDEL', idx .. 'owner_counts', state .. '\t' .. owner)
+  end
+end
 local function logical_queue(q) return string.match(q, '^[^.]+%.([^.]+)%.[^.]+%.[^.]+$') or q end
 -- finished: a time puts the job in the finished zset, false takes it out, nil leaves it as it is
 local function index_move(idx, job_key, job_id, from, to, now, finished)
-  local f = redis.call('HMGET', job_key, 'queue', 'created_at', 'name')
+  local f = redis.call('HMGET', job_key, 'queue', 'created_at', 'name', 'owner')
   local q = logical_queue(f[1] or '')
   local created = tonumber(f[2])
   if not created or created ~= created or created == math.huge or created == -math.huge then created = now end
@@ -43,29 +52,34 @@ local function index_move(idx, job_key, job_id, from, to, now, finished)
     if redis.call('HINCRBY', idx .. 'counts', from .. '\t' .. q, -1) <= 0 then
       redis.call('HDEL', idx .. 'counts', from .. '\t' .. q)
     end
+    owner_count(idx, from, f[4], -1)
   end
   if to then
     if redis.call('ZADD', idx .. 'state:' .. to, created, job_id) == 1 then
       redis.call('HINCRBY', idx .. 'counts', to .. '\t' .. q, 1)
+      owner_count(idx, to, f[4], 1)
     end
+    if f[4] then redis.call('ZADD', idx .. 'owner:' .. f[4], created, job_id) end
     redis.call('ZADD', idx .. 'queue:' .. q, created, job_id)
     redis.call('HSET', idx .. 'names', job_id, string.lower(f[3] or ''))
     if finished then redis.call('ZADD', idx .. 'finished', finished, job_id)
     elseif finished == false then redis.call('ZREM', idx .. 'finished', job_id) end
   else
     redis.call('ZREM', idx .. 'queue:' .. q, job_id)
+    if f[4] then redis.call('ZREM', idx .. 'owner:' .. f[4], job_id) end
     redis.call('HDEL', idx .. 'names', job_id)
     redis.call('ZREM', idx .. 'finished', job_id)
   end
 end
 """
 
-# KEYS: job, leases, pending, events, state-index prefix (string), filter-index prefix (string)
+# KEYS: job, leases, pending, events, state-index prefix (string), filter-index prefix (string), alerts outbox
 # ARGV: job_id, to, allowed_from(json), terminal(json), attempt, token, fields(json), event(json|''),
-#       events_max, require_lease_expired('1'|''), lease_ttl_ms
+#       events_max, require_lease_expired('1'|''), lease_ttl_ms, alert kind(''|jobs.alerts.kinds), outbox maxlen
 TRANSITION = (
     _NOW
     + _INDEX
+    + FAIR_CHARGE
     + """
 local job_id, to = ARGV[1], ARGV[2]
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -79,6 +93,7 @@ if ARGV[10] == '1' then
   local exp = redis.call('ZSCORE', KEYS[2], job_id)
   if exp and tonumber(exp) > now then return {'alive', cur} end
 end
+if cur == 'running' and to ~= 'running' then fair_charge(KEYS[6], KEYS[1], job_id, now) end
 redis.call('HSET', KEYS[1], 'state', to, 'updated_at', now, 'updated_at_utc', iso(now))
 local fields = cjson.decode(ARGV[7])
 for k, v in pairs(fields) do
@@ -113,20 +128,25 @@ if ARGV[8] ~= '' then
   local ev = cjson.decode(ARGV[8]); ev['ts'] = now; ev['time'] = iso(now)
   redis.call('RPUSH', KEYS[4], cjson.encode(ev))
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
+  if ARGV[12] ~= '' then  -- an alerting event: its outbox entry is written with it, or neither is (jobs/alerts)
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[13], '*', 'job', job_id, 'alert', ARGV[12],
+      'event', cjson.encode(ev))
+  end
 end
 return {'ok', cur}
 """
 )
 
 # KEYS: job, leases ; ARGV: job_id, token, ttl_ms
-# Renews the lease while this token still owns a running job; returns {1, cancel_requested} or {0, reason}.
+# Renews the lease while this token still owns a running job; returns {1, cancel_requested, preempt_requested}
+# (the job a supervisor preempts it for, '' when none) or {0, reason}.
 HEARTBEAT = (
     _NOW
     + """
-local st = redis.call('HMGET', KEYS[1], 'state', 'cancel_requested')
+local st = redis.call('HMGET', KEYS[1], 'state', 'cancel_requested', 'preempt_requested')
 if st[1] ~= 'running' or redis.call('GET', token_key(KEYS[1])) ~= ARGV[2] then return {0, tostring(st[1])} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-return {1, st[2] or '0'}
+return {1, st[2] or '0', st[3] or ''}
 """
 )
 

@@ -8,6 +8,7 @@ cannot fail it; traind's lease and supervisor own liveness.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import redis
@@ -18,6 +19,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from jobs.contract import keys
+from jobs.contract.fair import FairPolicy, fair_pop
 from jobs.contract.ids import JOB_ID_RE, parse_rq_job_id
 from jobs.errors import MessageError
 
@@ -73,13 +75,42 @@ def queue_key(name: str) -> str:
     return Queue.redis_queue_namespace_prefix + name
 
 
-def pop(r: redis.Redis, queue_names: list[str], timeout_s: float) -> Delivery | None:
-    """Take the next message from the first non-empty queue (priority order), or None on timeout."""
+def pop(r: redis.Redis, queue_names: list[str], timeout_s: float, fair: FairPolicy | None = None) -> Delivery | None:
+    """Take the next message from the first non-empty queue (priority order), or None on timeout.
+
+    With ``fair`` (a :class:`~jobs.contract.fair.FairPolicy`), the message is chosen among each queue's head by
+    owner share and limits (:func:`jobs.contract.fair.fair_pop`) instead of the oldest one.
+    """
     qkeys = [queue_key(n) for n in queue_names]
+    if fair is not None:
+        return _fair_pop(r, qkeys, timeout_s, fair)
     res = r.blpop(qkeys, timeout=max(timeout_s, 0.01))
     if res is None:
         return None
-    qkey, raw_id = res[0].decode(), res[1].decode(errors="replace")
+    return _delivery(r, res[0].decode(), res[1].decode(errors="replace"))
+
+
+def _fair_pop(r: redis.Redis, qkeys: list[str], timeout_s: float, fair: FairPolicy) -> Delivery | None:
+    kind, qkey, raw_id, _ = fair_pop(r, qkeys, fair)
+    if kind == "empty":
+        # Nothing queued: block as BLPOP does (no polling), then put what arrived back at its head and choose
+        # among everything there. A crash between the two loses that message like a crash between a pop and its
+        # claim always could: the supervisor's delivery check re-enqueues it (it is still pending).
+        res = r.blpop(qkeys, timeout=max(timeout_s, 0.01))
+        if res is None:
+            return None
+        r.lpush(res[0], res[1])
+        kind, qkey, raw_id, _ = fair_pop(r, qkeys, fair)
+    if kind == "blocked":  # every queued job's owner is at its limit: look again after a short wait
+        time.sleep(min(timeout_s, fair.poll_s))
+        return None
+    if kind != "take" or qkey is None or raw_id is None:
+        return None
+    return _delivery(r, qkey, raw_id)
+
+
+def _delivery(r: redis.Redis, qkey: str, raw_id: str) -> Delivery:
+    """The popped message ``raw_id`` of ``qkey``, parsed (a malformed one comes back with ``error`` set)."""
     qname = qkey.removeprefix(Queue.redis_queue_namespace_prefix)
     try:
         job = Job.fetch(raw_id, connection=r, serializer=JSONSerializer)

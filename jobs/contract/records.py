@@ -121,8 +121,9 @@ _JOB_JSON = ("metrics", "spec", "worker_info", "best_checkpoint", "final_checkpo
 _JOB_FLAGS = ("stopped_early", "cancel_requested")
 _JOB_DEFAULTS: dict[str, Any] = {"epoch": 0, "restarts": 0, "preemptions": 0, "best_epoch": None, "best_value": None,
                                  "worker": None}
-_HIDDEN = ("token", "client_key", "goodput_recorded")  # a fencing token is a capability; the idempotency key is
-# the submitter's; goodput_recorded is the once-only marker of the fleet counters, set after the job ends
+_HIDDEN = ("token", "client_key", "goodput_recorded", "notify_urls")  # a fencing token is a capability; the
+# idempotency key is the submitter's; goodput_recorded is the once-only marker of the fleet counters, set after the
+# job ends; notify_urls are the alert URLs with their secrets (the spec shows them masked: jobs/alerts/urls.py)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class JobRecord:
     worker: str | None = None
     error: str | None = None
     resume_from: str | None = None
+    owner: str | None = None
     epoch: int = 0
     epochs: int | None = None
     restarts: int = 0
@@ -189,7 +191,7 @@ class JobRecord:
                     problems.append(f"{f}: not a JSON object")
         for f in _JOB_FLAGS:
             kw[f] = text.get(f) == "1"
-        for f in ("name", "state", "queue", "worker", "error", "resume_from"):
+        for f in ("name", "state", "queue", "worker", "error", "resume_from", "owner"):
             if f in text:
                 kw[f] = text[f]
         known = set(_JOB_INT) | set(_JOB_FLOAT) | set(_JOB_JSON) | set(_JOB_FLAGS) | set(kw) | {"id"}

@@ -17,11 +17,12 @@ import difflib
 import json
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
+from jobs.alerts.urls import NOTIFY_MAX, URL_MAX, shape_problem
 from jobs.contract.refs import imported_problem, ref_problem
 from jobs.contract.sections import (
     CheckpointSpec,
@@ -46,6 +47,16 @@ __all__ = [  # the sections are part of the spec's API (imported from here since
 ]
 
 
+def _notify_shape(url: str) -> str:
+    if bad := shape_problem(url):
+        raise ValueError(bad)
+    return url
+
+
+# An Apprise URL (jobs/alerts): bounded and shaped here, checked by Apprise at submit (validate_spec's check_notify)
+NotifyURL = Annotated[str, Field(max_length=URL_MAX), AfterValidator(_notify_shape)]
+
+
 class JobSpec(_Strict):
     """A complete training job."""
 
@@ -65,6 +76,12 @@ class JobSpec(_Strict):
     progress_timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="Hung when no batch finished "
                                              "this long (default: the worker's, derived from the job's batch times).")
     max_restarts: int = Field(3, ge=0, le=1000)
+    preemptible: bool = Field(True, description="Whether a supervisor may preempt this job (checkpoint at the next "
+                              "batch, back to the queue, resumed later at that batch) for a waiting job of higher "
+                              "priority; false opts out.")
+    notify: list[NotifyURL] = Field(default_factory=list, max_length=NOTIFY_MAX, description="Apprise URLs this "
+                                    "job's alerts go to (failed, succeeded, hung, preempted, lost_worker), besides "
+                                    "TRAIND_NOTIFY; stored and shown with their secrets masked.")
 
     @property
     def resume_policy(self) -> str:
@@ -181,6 +198,8 @@ def _format_error(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{where}: required field is missing"
+    if loc and loc[0] == "notify":  # a notify URL may carry a password or token: never quoted
+        return f"{where}: {msg}"
     return f"{where}: {msg}; received {_shown(err.get('input'))}"
 
 
@@ -189,10 +208,12 @@ def validate_spec(
     allowed_modules: list[str] | None = None,
     max_epochs: int | None = None,
     max_spec_bytes: int | None = None,
+    check_notify: bool = False,
 ) -> JobSpec:
     """Validate a spec dict; raise :class:`SpecError` naming *every* problem.
 
-    ``allowed_modules`` enforces the code allowlist (client at submit, worker again before import).
+    ``allowed_modules`` enforces the code allowlist (client at submit, worker again before import); ``check_notify``
+    has Apprise read each ``notify`` URL (at submit: workers never send alerts, and see them masked).
     """
     problems: list[str] = []
     if not isinstance(data, dict):
@@ -218,6 +239,9 @@ def validate_spec(
             p = _ref_problem(ref, allowed_modules, f"model.custom_objects.{i}")
             if p:
                 problems.append(p)
+    if check_notify and isinstance(data.get("notify"), list):
+        from jobs.alerts.urls import url_problems  # Apprise loads only for a spec with notify URLs
+        problems.extend(url_problems(data["notify"], shapes=False))
     if spec is not None and max_epochs is not None and spec.fit.epochs > max_epochs:
         problems.append(f"fit.epochs: {spec.fit.epochs} exceeds TRAIND_MAX_EPOCHS={max_epochs}")
     if spec is not None:

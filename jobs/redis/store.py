@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
+from jobs.alerts.kinds import OUTBOX_MAXLEN, alert_of, outbox_event
 from jobs.contract import keys, lua
 from jobs.contract.events import EventKind, event, kind_for_state
 from jobs.contract.records import JobRecord, decode_hash, log_problems, parse_event, to_int
@@ -36,6 +37,14 @@ def _s(v: Any) -> Any:
 
 def _fields_json(fields: dict[str, Any] | None) -> str:
     return json.dumps({k: _s(v) for k, v in (fields or {}).items()}, separators=(",", ":"))
+
+
+class Beat(NamedTuple):
+    """One lease renewal: still the owner, cancel requested, the job a preemption was requested for (or None)."""
+
+    owner: bool
+    cancel: bool
+    preempt_for: str | None = None
 
 
 class JobStore:
@@ -111,17 +120,18 @@ class JobStore:
             sources = sorted(s.value for s in RETRYABLE) if to is JobState.REQUEUED else []
         if only_from is not None:  # narrow the table, e.g. "fail it only if nobody is running it"
             sources = [st for st in sources if st in {JobState(f).value for f in only_from}]
-        ev = ""
+        ev, alert = "", ""
         if event_msg:
-            ev = json.dumps(event(kind or kind_for_state(to), event_msg, level, state=to.value, **(event_fields or {})))
+            ev_dict = event(kind or kind_for_state(to), event_msg, level, state=to.value, **(event_fields or {}))
+            ev, alert = json.dumps(ev_dict), alert_of(ev_dict) or ""  # an alert's outbox entry: with the event
         status, cur = run_script(
             self.r, self._transition, what=f"job {job_id}: {to.value}", replay=not require_lease_expired,
             keys=[keys.job(job_id), keys.LEASES, keys.PENDING, keys.events(job_id), keys.state_index(""),
-                  keys.IDX_PREFIX],
+                  keys.IDX_PREFIX, keys.ALERTS_OUTBOX],
             args=[
                 job_id, to.value, json.dumps(sources), json.dumps(sorted(s.value for s in TERMINAL)),
                 "" if attempt is None else str(attempt), token or "", _fields_json(fields), ev, self.events_max,
-                "1" if require_lease_expired else "", int(lease_ttl_ms),
+                "1" if require_lease_expired else "", int(lease_ttl_ms), alert, OUTBOX_MAXLEN,
             ],
         )
         status, cur = status.decode(), cur.decode()
@@ -140,8 +150,15 @@ class JobStore:
 
     def heartbeat(self, job_id: str, token: str, ttl_ms: int) -> tuple[bool, bool]:
         """Renew the lease; returns (still_owner, cancel_requested)."""
-        ok, flag = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])
+        ok, flag = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])[:2]
         return bool(int(ok)), (flag.decode() if isinstance(flag, bytes) else str(flag)) == "1"
+
+    def beat(self, job_id: str, token: str, ttl_ms: int) -> Beat:
+        """:meth:`heartbeat` with every flag a worker acts on: also the preemption a supervisor requested."""
+        res = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])
+        text = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in res]
+        owner = text[0] == "1"
+        return Beat(owner, owner and text[1] == "1", (text[2] if owner and len(text) > 2 else "")[:200] or None)
 
     def fenced_update(
         self,
@@ -211,6 +228,9 @@ class JobStore:
         pipe = self.r.pipeline()
         pipe.rpush(keys.events(job_id), json.dumps(ev))
         pipe.ltrim(keys.events(job_id), -self.events_max, -1)
+        if alert := alert_of(ev):  # in the same MULTI: the outbox entry exists exactly when the event does
+            pipe.xadd(keys.ALERTS_OUTBOX, {"job": job_id, "alert": alert, "event": outbox_event(ev)},
+                      maxlen=OUTBOX_MAXLEN, approximate=True)
         pipe.execute()
         telemetry.publish(self.r, job_id, "event")
 
@@ -361,7 +381,7 @@ class JobStore:
 
 
 LIST_SUMMARY = ["id", "name", "state", "epoch", "epochs", "restarts", "best_epoch", "best_value", "stopped_early",
-                "worker", "created_at", "updated_at", "error"]
+                "worker", "created_at", "updated_at", "error", "owner"]
 
 
 def parse_history(raw: dict[bytes, bytes], where: str) -> list[dict[str, Any]]:

@@ -89,3 +89,22 @@ def test_submit_many_records_and_enqueues_each_job(redis_url: str, r: redis.Redi
     assert [h.status()["id"] for h in handles] == [h.id for h in handles]
     assert {h.status()["state"] for h in handles} == {"queued"}
     assert r.llen("rq:queue:" + keys.rq_queue_name("default", "cpu", "default")) == 2
+
+
+def test_owner_is_recorded_from_argument_client_and_os_user(redis_url: str, r: redis.Redis, storage_dir,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.contract.owners import default_owner
+    from jobs.errors import SpecError
+
+    monkeypatch.delenv("TRAIND_OWNER", raising=False)
+    plain = Client(redis_url=redis_url, storage=storage_dir)
+    assert plain.submit(SPEC).status()["owner"] == default_owner()
+    assert plain.submit(SPEC, owner="bob").status()["owner"] == "bob"
+    alice = Client(redis_url=redis_url, storage=storage_dir, owner="alice")
+    assert {h.status()["owner"] for h in alice.submit_many([SPEC, SPEC])} == {"alice"}
+    monkeypatch.setenv("TRAIND_OWNER", "carol")
+    assert Client(redis_url=redis_url, storage=storage_dir).submit(SPEC).status()["owner"] == "carol"
+    before = r.dbsize()
+    with pytest.raises(SpecError, match="owner: expected 1-64 characters"):
+        plain.submit(SPEC, owner="no spaces")
+    assert r.dbsize() == before  # refused before anything was written

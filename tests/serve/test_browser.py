@@ -46,9 +46,11 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
             expect(row).to_be_visible(timeout=30_000)
             assert page.evaluate("localStorage.length") == 0
             expect(row.locator("[data-state]")).to_have_text("queued")
+            expect(row.locator("td.owner")).to_have_text(client.owner)  # issue 24: the owner column
 
             page.goto(f"{served.url}/#/job/{handle.id}")
             expect(page.locator("#kv")).to_have_attribute("data-state", "queued", timeout=30_000)
+            expect(page.locator('dd[data-field="owner"]')).to_have_text(client.owner)
             # no worker yet: after a few seconds the page says so and how to start one (issue 22 item 5)
             expect(page.locator("#kv-note")).to_contain_text("no live worker serves queue default (cpu)",
                                                              timeout=30_000)

@@ -7,8 +7,10 @@ import logging
 import pytest
 
 from jobs.contract.states import JobState
-from worker.control import StopReason
+from testkit.cluster import wait_for
+from worker.control import JobControl, StopReason
 from worker.ending import Ending, Outcome
+from worker.heartbeat import Heartbeat
 from worker.ledger import MemoryLedger
 
 
@@ -48,8 +50,38 @@ def test_preemption_requeues_with_its_checkpoint(key: int | None) -> None:
     assert led.final is None and led.requeued is not None
     queue, msg, fields = led.requeued
     assert queue == "default" and msg == "preempted on worker w1; requeued as attempt 3"
-    expected = {"preemptions": 2, "reason": "preempted on worker w1"}
+    expected = {"preemptions": 2, "reason": "preempted on worker w1", "preempt_requested": None,
+                "preempt_requested_at": None}  # a supervisor's request (if any) is cleared with the requeue
     assert fields == (expected if key is None else {**expected, "preempt_key": key})
+    assert led.requeued_extra is None
+
+
+def test_a_supervisor_preemption_names_the_job_it_was_for() -> None:
+    led, control = MemoryLedger(attempt=1), JobControl()
+    control.request_preempt("hi-job")
+    control.request_preempt("other")  # the first request wins
+    assert control.reason is StopReason.PREEMPT and control.preempted_for == "hi-job"
+    end = Ending(led, worker_id="w1", queue="default", preemptions=0, control=control)
+    end.record(Outcome(StopReason.PREEMPT, {}, "preempted", preempt_key=1000003))
+    assert led.requeued is not None
+    _, msg, fields = led.requeued
+    assert msg == "preempted for job hi-job on worker w1; requeued as attempt 2"
+    assert fields["preempted_for"] == "hi-job" and fields["reason"] == "preempted for job hi-job on worker w1"
+    assert led.requeued_extra == {"by": "hi-job"}
+
+
+def test_the_heartbeat_turns_a_preemption_flag_into_a_preempt_stop() -> None:
+    led, control = MemoryLedger(), JobControl()
+    led.preempt_for = "hi-job"
+    hb = Heartbeat(led, control, ttl_s=5.0, interval_s=0.01)
+    with hb:
+        wait_for(lambda: control.reason is not None, 5, "the heartbeat to see the flag")
+    assert (control.reason, control.preempted_for) == (StopReason.PREEMPT, "hi-job")
+    led2, control2 = MemoryLedger(), JobControl()
+    led2.cancel_requested, led2.preempt_for = True, "hi-job"
+    with Heartbeat(led2, control2, ttl_s=5.0, interval_s=0.01):
+        wait_for(lambda: control2.reason is not None, 5, "the heartbeat to see the flags")
+    assert control2.reason is StopReason.CANCEL and control2.preempted_for is None  # a cancel wins: no requeue
 
 
 def test_a_fenced_attempt_writes_nothing(caplog: pytest.LogCaptureFixture) -> None:

@@ -82,11 +82,11 @@
   }
 
   // -- jobs list ---------------------------------------------------------------------------------------------------
-  const listState = { state: "", name: "", offset: 0, limit: 50 };
+  const listState = { state: "", name: "", owner: "", offset: 0, limit: 50 };
 
   function jobRow(j) {
     return `<tr data-job="${esc(j.id)}"><td><a href="#/job/${esc(j.id)}">${esc(j.id)}</a></td><td>${esc(j.name)}</td>
-      <td>${stateBadge(j.state)}</td><td class="num epoch">${esc(j.epoch)}/${esc(j.epochs)}</td>
+      <td class="owner">${esc(j.owner || "–")}</td><td>${stateBadge(j.state)}</td><td class="num epoch">${esc(j.epoch)}/${esc(j.epochs)}</td>
       <td class="num best">${best(j)}</td><td class="num">${esc(j.restarts)}</td><td>${esc(j.worker || "–")}</td>
       <td class="num" data-created="${esc(j.created_at)}">${age(j.created_at)}</td></tr>`;
   }
@@ -95,8 +95,9 @@
     view.innerHTML = `<div class="filters">
       <select id="f-state"><option value="">all states</option>${["queued", "running", "requeued", "succeeded",
         "failed", "cancelled"].map(s => `<option ${s === listState.state ? "selected" : ""}>${s}</option>`).join("")}
-      </select><input id="f-name" placeholder="name contains" value="${esc(listState.name)}"></div>
-      <table id="jobs"><thead><tr><th>id</th><th>name</th><th>state</th><th>epoch</th><th>best @ epoch</th>
+      </select><input id="f-name" placeholder="name contains" value="${esc(listState.name)}">
+      <input id="f-owner" placeholder="owner" value="${esc(listState.owner)}"></div>
+      <table id="jobs"><thead><tr><th>id</th><th>name</th><th>owner</th><th>state</th><th>epoch</th><th>best @ epoch</th>
       <th>restarts</th><th>worker</th><th>age</th></tr></thead><tbody></tbody></table>
       <div class="pager"><button id="prev">‹ newer</button><span id="count"></span><button id="next">older ›</button></div>`;
     let timer = null;
@@ -104,14 +105,16 @@
       const q = new URLSearchParams({ limit: listState.limit, offset: listState.offset });
       if (listState.state) q.set("state", listState.state);
       if (listState.name) q.set("name", listState.name);
+      if (listState.owner) q.set("owner", listState.owner);
       const page = await api(`/api/v1/jobs?${q}`);
       $("#jobs tbody").innerHTML = page.items.map(jobRow).join("") ||
-        `<tr><td colspan="8">no jobs</td></tr>`;
+        `<tr><td colspan="9">no jobs</td></tr>`;
       $("#count").textContent = `${page.total ? page.offset + 1 : 0}–${page.offset + page.items.length} of ${page.total}${page.exact === false ? "+" : ""}`;
     };
     const reloadSoon = () => { if (!timer) timer = setTimeout(() => { timer = null; load().catch(onError); }, 300); };
     $("#f-state").onchange = e => { listState.state = e.target.value; listState.offset = 0; load().catch(onError); };
     $("#f-name").oninput = e => { listState.name = e.target.value; listState.offset = 0; reloadSoon(); };
+    $("#f-owner").oninput = e => { listState.owner = e.target.value.trim(); listState.offset = 0; reloadSoon(); };
     $("#prev").onclick = () => { listState.offset = Math.max(0, listState.offset - listState.limit); load().catch(onError); };
     $("#next").onclick = () => { listState.offset += listState.limit; load().catch(onError); };
     await load();
@@ -119,7 +122,7 @@
       if (ev === "resync") return reloadSoon();
       if (ev !== "job") return;
       const row = view.querySelector(`tr[data-job="${CSS.escape(j.id)}"]`);
-      const fits = (!listState.state || j.state === listState.state);
+      const fits = (!listState.state || j.state === listState.state) && (!listState.owner || j.owner === listState.owner);
       if (row && fits) row.outerHTML = jobRow(j);
       else reloadSoon(); // new job, or it left the filtered state
     }, signal);
@@ -191,12 +194,16 @@
           `${esc(st.monitor || "val_loss")}=${esc(fmtNum(+st.best_value))} @ epoch ${esc(st.best_epoch)}`}</span>`],
         ["attempt", esc(st.attempt)], ["restarts", `<span id="kv-restarts">${esc(st.restarts)}</span>`],
         ["preemptions", esc(st.preemptions)], ["worker", esc(st.worker || "–")], ["queue", esc(st.queue)],
+        ["owner", esc(st.owner || "–")],
         ["name", esc(st.name)], ["created", when(st.created_at)], ["started", when(st.started_at)],
         ["finished", when(st.finished_at)]];
       if (st.goodput && st.goodput.wall_s) rows.push(["goodput", goodputText(st.goodput)]);
       if (st.stopped_early) rows.push(["stopped early", "yes"]);
       if (st.error) rows.push(["error", `<span class="error">${esc(st.error)}</span>`]);
       if (st.note) rows.push(["note", `<span id="kv-note">${esc(st.note)}</span>`]);
+      // issue 24: why a queued job waits and where it stands (jobs/ops/waiting.py)
+      if (st.waiting && st.waiting.message && st.waiting.message !== st.note)
+        rows.push(["waiting", `<span id="kv-waiting" data-kind="${esc(st.waiting.kind)}">${esc(st.waiting.message)}</span>`]);
       $("#kv").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd data-field="${k}">${v}</dd>`).join("");
       $("#kv").dataset.state = st.state;
       // only the actions the state allows: cancel while it may still run, retry once it failed or was cancelled
