@@ -111,3 +111,18 @@ def test_list_handles_stay_bounded_in_a_burst(r: redis.Redis, monkeypatch: Any) 
     assert short == [ids[0][:11], ids[5][:11]]  # ids 1 ms apart share 10 characters: 11 tell them apart
     monkeypatch.setattr(handles, "MAX_NEAR", 3)
     assert [row["id"] for row in handles.with_handles(r, rows)] == [ids[0], ids[5]]
+
+
+def test_workers_listing_reads_the_clock_once(r: redis.Redis) -> None:
+    """/metrics, /api/v1/workers and `traind workers` list every worker: one TIME, not one per worker."""
+    from jobs.ops import admin
+
+    store = JobStore(r)
+    now = store.now_ms()
+    for i in range(5):
+        r.hset(keys.worker(f"w{i}"), mapping={"id": f"w{i}", "host": "h", "device": "cpu", "seen": str(now)})
+        r.zadd(keys.WORKERS, {f"w{i}": now})
+    calls = []
+    real = store.now_ms
+    store.now_ms = lambda: calls.append(1) or real()  # type: ignore[method-assign]
+    assert len(admin.workers(store)) == 5 and len(calls) == 1
