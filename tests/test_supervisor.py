@@ -357,3 +357,26 @@ def test_burst_returns_when_idle(redis_url: str, client: Client) -> None:
     assert sup.run() == 0
     client.submit(spec())
     assert not sup.idle()
+
+
+def test_a_job_its_submitter_delivers_during_the_pass_is_not_enqueued_twice(
+        r: redis.Redis, redis_url: str, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submit_many: the pass read pending score 0, then the submitter delivered (message sent, score stamped) before
+    the pass got to the job: no second message. A job left at 0 (its submitter died) is still enqueued at once."""
+    import daemon.supervisor as supmod
+
+    job = client.submit(spec())
+    r.delete(f"rq:queue:{QUEUE}")
+    r.zadd(keys.PENDING, {job.id: 0})  # created, not delivered yet
+    real = supmod.queue_contents
+
+    def read_then_submitter_delivers(conn: Any, queue: str) -> set[str]:
+        out = real(conn, queue)
+        r.zadd(keys.PENDING, {job.id: client.store.now_ms()}, xx=True)  # what deliver_many's stamp does
+        return out
+
+    monkeypatch.setattr(supmod, "queue_contents", read_then_submitter_delivers)
+    assert make_sup(redis_url).step().redelivered == []
+    monkeypatch.undo()
+    r.zadd(keys.PENDING, {job.id: 0})
+    assert make_sup(redis_url).step().redelivered == [job.id] and messages(r) == [keys.rq_job_id(job.id, 1)]

@@ -87,6 +87,15 @@ def _static_origin(module: str, name: str, allowed: tuple[str, ...]) -> str | No
 
 def _source_path(module: str) -> Path | None:
     """Where ``module``'s source is, found like the import system would, without executing any package."""
+    return _cached_source_path(module, tuple(sys.path))
+
+
+@lru_cache(maxsize=256)
+def _cached_source_path(module: str, path: tuple[str, ...]) -> Path | None:
+    # Cached per module and sys.path: finding the spec stats the file system (most of submit_many's time after
+    # validation, bench.scale). A stale None only defers the check to the worker, which checks after import; a
+    # stale path fails its stat() in _static_origin, which then also defers.
+    del path  # part of the cache key only
     parts = module.split(".")
     search: list[str] | None = None
     spec = None

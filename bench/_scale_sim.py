@@ -1,0 +1,282 @@
+"""Simulated traind workers for ``bench.scale``: one process runs many, one thread each, speaking the real protocol.
+
+Every Redis call is the real worker's: ``jobs.contract.queue.pop``, ``worker.ledger.RedisLedger`` (claim, begin,
+progress, epoch end, checkpoint commit, renew, end: the same Lua scripts), ``jobs.redis.delivery.reject``, the
+registry write of ``worker.runner.Worker.register`` (on every heartbeat, as the real heartbeat's ``on_beat`` does)
+and ``jobs.redis.badput.record_finished``. Only TensorFlow is missing: an "epoch" is ``epoch_s`` seconds of one
+progress write and one lease renewal per second.
+
+Schedule (seconds after the phase start, from ``--plan`` JSON): at each of ``kill_at`` a fraction of the busy
+workers die (stop renewing, as a SIGKILL would; a replacement with a new id starts ``restart_s`` later), at each of
+``hang_at`` a fraction hang (renew the lease, no progress: only the supervisor's progress check can notice).
+
+    python -m bench._scale_sim URL PREFIX COUNT PLAN_JSON OUT_JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+
+from jobs.contract import keys
+from jobs.contract.events import EventKind, event
+from jobs.contract.queue import pop
+from jobs.contract.states import JobState
+from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
+from jobs.redis import lemons, rqview
+from jobs.redis.badput import record_finished
+from jobs.redis.delivery import reject
+from jobs.redis.store import JobStore
+from worker.ledger import EpochRecord, Progress, RedisLedger
+
+HOST = socket.gethostname()
+QUEUES = keys.worker_queue_names(["default"], "cpu", 1)
+
+
+class Shared:
+    """What the threads of one process share: the store, the plan, the records the harness reads at the end."""
+
+    def __init__(self, url: str, plan: dict[str, Any]) -> None:
+        self.r = redis.Redis.from_url(url, max_connections=4000, socket_timeout=30)
+        self.store = JobStore(self.r)
+        from jobs.contract.fair import FairPolicy
+        from jobs.settings import WorkerSettings
+
+        ws = WorkerSettings(redis_url=url, lease_ttl_s=plan["lease_ttl_s"], dequeue_timeout_s=plan["dequeue_timeout_s"])
+        self.fair = FairPolicy.from_settings(ws) if ws.fair_share else None  # as worker.runner.Worker does
+        self.plan = plan
+        self.t0 = plan["t0"]  # the phase start, time.time() (the same clock as Redis' on this machine)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.kills: list[dict[str, Any]] = []
+        self.hangs: list[dict[str, Any]] = []
+        self.claims: list[float] = []  # pop -> claimed (s)
+        self.writes = {"progress": 0, "epoch": 0, "checkpoint": 0, "renew": 0, "register": 0, "end": 0}
+        self.late: list[float] = []  # how late a worker's 1 s tick ran (s): the simulation's own overload
+        self.errors: list[str] = []
+        self.workers: list[SimWorker] = []
+        self.rss_mb = 0.0
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.writes[what] += 1
+
+
+class SimWorker(threading.Thread):
+    """One simulated worker: register, pop, claim, train ``epochs`` epochs, end; die or hang when told to."""
+
+    def __init__(self, sh: Shared, wid: str) -> None:
+        super().__init__(name=wid, daemon=True)
+        self.sh, self.id = sh, wid
+        self.job: str | None = None
+        self.doom: str | None = None  # "die" / "hang": set by the scheduler, acted on at the next tick
+        self.dead = False
+        self.jobs_done = 0
+
+    # -- worker.runner.Worker.register, as written there (registry hash, RQ's view, the workers zset) --------------
+    def register(self, job_id: str | None) -> None:
+        r, st = self.sh.r, self.sh.store
+        now = st.now_ms()
+        info: dict[str, Any] = {"id": self.id, "host": HOST, "pid": os.getpid(), "device": "cpu", "devices": 1,
+                                "queues": "default", "rss_mb": self.sh.rss_mb, "cpu_percent": 0.0,
+                                "jobs_done": self.jobs_done, "seen": now}
+        if job_id is not None:
+            info["job"] = job_id
+        if lemons.is_drained(r, lemons.machine_of(HOST, "cpu")):
+            info["drained"] = 1
+        pipe = r.pipeline()
+        pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
+        if "drained" not in info:
+            pipe.hdel(keys.worker(self.id), "drained")
+        if job_id is None:
+            pipe.hdel(keys.worker(self.id), "job")
+        pipe.pexpire(keys.worker(self.id), int(self.sh.plan["lease_ttl_s"] * 6000))
+        pipe.zadd(keys.WORKERS, {self.id: now})
+        rqview.register_worker(pipe, self.id, info, QUEUES, int(self.sh.plan["lease_ttl_s"] * 6000))
+        pipe.execute()
+        self.sh.count("register")
+
+    def run(self) -> None:
+        try:
+            while not self.sh.stop.is_set() and not self.dead:
+                self.register(None)
+                d = pop(self.sh.r, QUEUES, self.sh.plan["dequeue_timeout_s"], self.sh.fair)
+                if d is None:
+                    continue
+                if d.message is None:
+                    reject(self.sh.store, d)
+                    continue
+                self.train(d.message.job_id, d.message.attempt, time.perf_counter())
+        except Exception as e:  # one simulated worker's crash is a result line, not the run's end
+            with self.sh.lock:
+                self.sh.errors.append(f"{self.id}: {type(e).__name__}: {e}"[:300])
+
+    def train(self, job_id: str, attempt: int, popped: float) -> None:
+        sh, plan = self.sh, self.sh.plan
+        import secrets
+
+        led = RedisLedger(sh.store, job_id, attempt, secrets.token_hex(16))
+        try:
+            led.claim(self.id, int(plan["lease_ttl_s"] * 1000))
+        except (JobNotFoundError, IllegalTransitionError, FencedError):
+            return  # a stale or duplicate message, dropped as worker.attempt.Attempt.claim drops it
+        with sh.lock:
+            sh.claims.append(time.perf_counter() - popped)
+        self.job = job_id
+        try:
+            self._train(led, attempt)
+        except FencedError:
+            pass  # handed back (hung) or requeued meanwhile: the attempt stops, as the real one does
+        finally:
+            self.job = None
+
+    def _train(self, led: RedisLedger, attempt: int) -> None:
+        sh, plan = self.sh, self.sh.plan
+        rec = led.record()
+        epochs, epoch = int(rec.get("epochs") or 3), int(rec.get("epoch") or 0)
+        led.write(fields={"progress_timeout_s": plan["progress_timeout_s"], "progress_seq": 0})
+        led.begin({"resumed_from_epoch": epoch, "batch": 0}, history_del=[], ckpt_del=[],
+                  events=[event(EventKind.NOTE, f"attempt {attempt} on {self.id}: resuming after epoch {epoch}")])
+        steps = plan["steps"]
+        ticks_per_epoch = max(2, round(plan["epoch_s"] / plan["heartbeat_interval_s"]))
+        tick, batch, hung_since = 0, 0, None
+        nxt = time.time() + random.random()
+        while not sh.stop.is_set():
+            delay = nxt - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                with sh.lock:
+                    sh.late.append(-delay)
+            nxt += plan["heartbeat_interval_s"]
+            beat = led.beat(int(plan["lease_ttl_s"] * 1000))  # what worker.heartbeat.Heartbeat calls
+            owner, cancel = beat.owner, beat.cancel
+            sh.count("renew")
+            if self.doom == "die":  # killed at a random moment between two renewals, as a real SIGKILL lands
+                renewed = int(time.time() * 1000)
+                time.sleep(random.random() * plan["heartbeat_interval_s"])
+                self._die(led, attempt, renewed)
+                return
+            if not owner:
+                if hung_since is not None:  # the supervisor handed the hung attempt back
+                    self.doom = None  # this worker's next job runs normally
+                    with sh.lock:
+                        sh.hangs.append({"job": led.job_id, "attempt": attempt, "hung_ms": hung_since,
+                                         "noticed_ms": int(time.time() * 1000)})
+                return
+            self.register(led.job_id)
+            if cancel:
+                led.end(JobState.CANCELLED, "cancelled at a batch boundary")
+                return
+            if self.doom == "hang":
+                hung_since = hung_since or int(time.time() * 1000)
+                continue
+            tick += 1
+            batch = min(steps, batch + max(1, steps // ticks_per_epoch))
+            if tick % ticks_per_epoch:
+                led.progress(Progress(batch, steps, epoch + 1, {"loss": round(random.random(), 4)}))
+                sh.count("progress")
+                continue
+            epoch, batch = epoch + 1, 0
+            self._epoch_end(led, epoch, attempt)
+            if epoch >= epochs:
+                led.end(JobState.SUCCEEDED, f"succeeded after {epoch} epochs", fields={"batch": 0})
+                record_finished(sh.store, led.job_id, plan["lease_ttl_s"])
+                sh.count("end")
+                self.jobs_done += 1
+                return
+
+    def _epoch_end(self, led: RedisLedger, epoch: int, attempt: int) -> None:
+        loss = round(1.0 / epoch + random.random() * 0.01, 6)
+        metrics = {"loss": loss, "val_loss": round(loss * 1.1, 6), "mae": round(loss * 0.7, 6)}
+        entry = {"epoch": epoch, **metrics, "time_s": self.sh.plan["epoch_s"]}
+        led.epoch_end(EpochRecord(epoch, metrics, entry, [event(
+            EventKind.EPOCH, f"epoch {epoch}: val_loss improved to {metrics['val_loss']}; checkpointing it as best")],
+            best_value=metrics["val_loss"], improved=True))
+        self.sh.count("epoch")
+        key = epoch * 1_000_000
+        manifest = {"key": key, "file": f"jobs/{led.job_id}/ckpt/e{epoch:05d}-b000000-a{attempt}.npz",
+                    "sha256": f"{random.getrandbits(256):064x}", "size": 48_211, "epoch": epoch, "batch": 0,
+                    "attempt": attempt}
+        old = [k for k in (epoch - 3,) if k > 0]
+        led.commit_checkpoint(manifest, fields={"latest_ckpt_key": key, "best_ckpt_key": key},
+                              events=[event(EventKind.NOTE, f"checkpoint {manifest['file']} committed")],
+                              delete=[k * 1_000_000 for k in old])
+        self.sh.count("checkpoint")
+
+    def _die(self, led: RedisLedger, attempt: int, renewed_ms: int) -> None:
+        """Stop renewing at once (a SIGKILL): the lease lapses and only the supervisor can requeue the job."""
+        self.dead = True
+        with self.sh.lock:
+            self.sh.kills.append({"job": led.job_id, "attempt": attempt, "worker": self.id,
+                                  "killed_ms": int(time.time() * 1000), "renewed_ms": renewed_ms})
+        threading.Timer(self.sh.plan["restart_s"], self.sh_restart).start()
+
+    def sh_restart(self) -> None:
+        if not self.sh.stop.is_set():
+            start_worker(self.sh, f"{self.id}r")
+
+
+def start_worker(sh: Shared, wid: str) -> SimWorker:
+    w = SimWorker(sh, wid)
+    with sh.lock:
+        sh.workers.append(w)
+    w.start()
+    return w
+
+
+def schedule(sh: Shared) -> None:
+    """Doom a fraction of the busy workers at each planned time (kills, then hangs)."""
+    plan = sh.plan
+    events = [(t, "die", plan["kill_fraction"]) for t in plan["kill_at"]]
+    events += [(t, "hang", plan["hang_fraction"]) for t in plan["hang_at"]]
+    rng = random.Random(plan["seed"])
+    for at, what, frac in sorted(events):
+        if sh.stop.wait(max(0.0, sh.t0 + at - time.time())):
+            return
+        busy = [w for w in sh.workers if w.job and w.doom is None and not w.dead and w.is_alive()]
+        n = min(len(busy), max(plan.get("min_per_round", 1), round(frac * len(busy))))
+        for w in rng.sample(busy, n):
+            w.doom = what
+
+
+def main(argv: list[str] | None = None) -> int:
+    url, prefix, count, plan_s, out = (argv or sys.argv[1:])[:5]
+    plan = json.loads(plan_s)
+    sh = Shared(url, plan)
+    import psutil
+
+    proc = psutil.Process()
+    sh.rss_mb = round(proc.memory_info().rss / 2**20, 1)
+    threading.Thread(target=schedule, args=(sh,), daemon=True).start()
+    for i in range(int(count)):
+        start_worker(sh, f"{prefix}-{i:04d}")
+        time.sleep(plan.get("stagger_s", 0.0))
+    cpu0 = proc.cpu_times()
+    end = sh.t0 + plan["duration_s"]
+    while time.time() < end:
+        time.sleep(0.5)
+        sh.rss_mb = round(proc.memory_info().rss / 2**20, 1)
+    sh.stop.set()
+    cpu1 = proc.cpu_times()
+    for w in list(sh.workers):
+        w.join(timeout=5)
+    res = {"kills": sh.kills, "hangs": sh.hangs, "claims_s": sh.claims, "writes": sh.writes,
+           "late_s": sorted(sh.late)[-200:], "late_n": len(sh.late), "ticks_over_0_5s": sum(x > 0.5 for x in sh.late),
+           "errors": sh.errors[:20], "errors_n": len(sh.errors), "workers_started": len(sh.workers),
+           "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)}
+    with open(out, "w") as f:
+        json.dump(res, f)
+    os._exit(0)  # threads blocked in BLPOP need not be waited for
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
