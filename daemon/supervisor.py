@@ -135,7 +135,8 @@ class Supervisor:
         if self.settings.compact_batch:  # finished jobs' history and events -> one compressed value
             # Redis' own clock, not a test's ``now_ms``: a job is compacted once it really finished that long ago.
             rep.compacted = packed.compact_step(self.r, seen.now_ms, int(self.settings.compact_after_s * 1000),
-                                                self.store.events_max, self.settings.compact_batch)
+                                                self.store.events_max, self.settings.compact_batch,
+                                                self.settings.compact_budget_ms / 1000)
         rep.duration_s = time.monotonic() - t0
         return rep
 

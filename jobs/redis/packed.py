@@ -22,6 +22,7 @@ once with the problem, the job reads as if it had no packed entries), never a cr
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from typing import Any, NamedTuple
 
@@ -214,8 +215,10 @@ def unpack(r: redis.Redis, job_id: str, events_max: int, attempts: int = 5) -> b
     raise redis.WatchError(f"job {job_id}: unpack kept racing with writes")
 
 
-def compact_step(r: redis.Redis, now_ms: int, after_ms: int, events_max: int, limit: int = 50) -> int:
-    """Pack up to ``limit`` jobs that finished at least ``after_ms`` ago; returns how many were packed.
+def compact_step(r: redis.Redis, now_ms: int, after_ms: int, events_max: int, limit: int = 50,
+                 budget_s: float | None = None) -> int:
+    """Pack up to ``limit`` jobs that finished at least ``after_ms`` ago, stopping once ``budget_s`` seconds were
+    spent (a supervisor pass stays short while a backlog is worked off); returns how many were packed.
 
     Walks the finished index (``keys.IDX_FINISHED``, score = finish time, ties in id order) from a cursor kept in
     Redis (``keys.COMPACT_CURSOR``: ``"<score> <job id>"`` of the last job looked at), so each finished job is looked
@@ -239,9 +242,14 @@ def compact_step(r: redis.Redis, now_ms: int, after_ms: int, events_max: int, li
             rows = r.zrangebyscore(keys.IDX_FINISHED, f"({score}", cut, start=0, num=limit, withscores=True)
     else:
         rows = r.zrangebyscore(keys.IDX_FINISHED, "-inf", cut, start=0, num=limit, withscores=True)
-    n = sum(pack(r, m.decode(errors="replace"), events_max) for m, _ in rows)
-    if rows:
-        last, sc = rows[-1]
+    t0, n, done = time.monotonic(), 0, 0
+    for m, _ in rows:
+        n += pack(r, m.decode(errors="replace"), events_max)
+        done += 1
+        if budget_s is not None and time.monotonic() - t0 > budget_s:
+            break
+    if done:
+        last, sc = rows[done - 1]
         r.set(keys.COMPACT_CURSOR, str(int(sc)).encode() + b" " + last)
     return n
 

@@ -78,8 +78,9 @@ def test_compacted_job_reads_identically_everywhere(served: Served, redis_url: s
 
 
 def test_retry_of_a_compacted_failed_job_unpacks_and_keeps_its_history(redis_url: str, tmp_path: Path) -> None:
-    store, (ok, failed) = _finished(redis_url, tmp_path, 2, start=48)
+    store, ids = _finished(redis_url, tmp_path, 2, start=48)
     r = store.r
+    failed, ok = sorted(ids, key=lambda j: store.record(j).state)  # "failed" < "succeeded"
     hist, evs = store.history(failed), store.events(failed)
     assert store.record(failed).state == "failed"
     assert packed.compact_step(r, store.now_ms(), 0, store.events_max) == 2
@@ -140,13 +141,14 @@ def test_purge_deletes_the_packed_value(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_supervisor_compacts_each_finished_job_once_through_its_cursor(redis_url: str, tmp_path: Path) -> None:
-    store, ids = _finished(redis_url, tmp_path, 7)  # pipelined: several finish in the same millisecond
+    store, ids = _finished(redis_url, tmp_path, 8)  # pipelined: several finish in the same millisecond
     r = store.r
+    assert packed.compact_step(r, store.now_ms(), 0, store.events_max, 50, budget_s=0) == 1  # the time budget
     sup = Supervisor(SupervisorSettings(redis_url=redis_url, storage_dir=tmp_path / "s", compact_after_s=3600,
-                                        compact_batch=3), connection=r)
+                                        compact_batch=3, compact_budget_ms=10_000), connection=r)
     assert sup.step().compacted == 0  # not an hour old yet
     sup.settings.compact_after_s = 0
-    counts = [sup.step().compacted for _ in range(4)]
+    counts = [sup.step().compacted for _ in range(4)]  # the other 7
     assert counts == [3, 3, 1, 0], counts
     assert all(r.exists(keys.packed(j)) and not r.exists(keys.history(j)) for j in ids)
     store.add_event(ids[0], EventKind.NOTE, "a note after compaction")  # still readable, after the packed ones
