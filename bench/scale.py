@@ -39,6 +39,7 @@ from bench import _util as u
 
 NAME = "scale"
 TOKEN = "scale-bench-token-5d1e0c77"
+COMPACT_SAMPLE = 2000  # jobs per size compacted in process to measure what compaction saves (jobs_point)
 CFG: dict[str, dict[str, Any]] = {
     "full": {"jobs": [1000, 10_000, 100_000], "workers": [10, 100, 1000], "reqs": 40, "cli_reps": 5,
              "submit_n": 300, "submit_many_n": 2000, "phase_s": 50, "warm_s": 10, "viewers": 100, "per_proc": 250,
@@ -156,7 +157,10 @@ class Scale:
         run.on_exit(self.procs.close)
         env = {"TRAIND_LEASE_TTL_S": str(c["lease_ttl_s"]), "TRAIND_INTERVAL_S": str(c["interval_s"]),
                "TRAIND_HEARTBEAT_INTERVAL_S": str(c["heartbeat_s"]), "TRAIND_PROGRESS_CHECK_FACTOR": "1",
-               "TRAIND_PROGRESS_CHECK_GRACE_S": str(c["grace_s"]), "TRAIND_API_TOKEN": TOKEN}
+               "TRAIND_PROGRESS_CHECK_GRACE_S": str(c["grace_s"]), "TRAIND_API_TOKEN": TOKEN,
+               # The preloaded jobs stand for years of finished work: the supervisor does not work them off as a
+               # backlog during the run (what compacting costs and saves is measured on a sample, jobs_point).
+               "TRAIND_COMPACT_AFTER_S": "86400"}
         self.sup = self.procs.supervisor(self.url, self.storage, env=env)
         self.port = _free_port()
         self.serve = self.procs.traind("serve", "--redis-url", self.url, "--port", str(self.port), "--storage",
@@ -185,6 +189,19 @@ class Scale:
     def used_memory(self) -> int:
         return int(self.r.info("memory")["used_memory"])
 
+    def compaction(self, written_b: int, k: int) -> dict[str, Any]:
+        """Compact the ``k`` newest (just preloaded) jobs as the supervisor would (jobs/redis/packed.py): what a
+        finished job keeps once compacted (as written + the memory compaction frees per job) and the rate."""
+        from jobs.redis import packed
+
+        ids = self.store.list_ids(limit=k)
+        m1, t1 = self.used_memory(), time.perf_counter()
+        done = sum(packed.pack(self.r, jid, self.store.events_max) for jid in ids)
+        dt = time.perf_counter() - t1
+        freed = (self.used_memory() - m1) / max(done, 1)
+        return {"compacted_sample": done, "compact_jobs_per_s": _r(done / dt, 0),
+                "mem_per_finished_compacted_b": round(written_b + freed)}
+
     # -- jobs axis -------------------------------------------------------------------------------------------------
     def jobs_point(self, n: int) -> dict[str, Any]:
         from bench._scale_preload import preload
@@ -197,6 +214,7 @@ class Scale:
         row: dict[str, Any] = {"jobs": n, "preloaded": add, "preload_s": _r(preload_s),
                                "preload_jobs_per_s": _r(add / preload_s, 0),
                                "mem_per_finished_b": round((self.used_memory() - m0) / add)}
+        row.update(self.compaction(row["mem_per_finished_b"], min(add, COMPACT_SAMPLE)))
         time.sleep(self.c["interval_s"] * 2)
         a = self.store.now_ms()
         self.win.open()
@@ -510,6 +528,8 @@ def series(res: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, list[An
         jobs[f"{name} p95 (ms, incl. start-up)"] = [p["cli"][name]["p95_ms"] for p in J]
     jobs["/metrics scrape p95 (ms)"] = [p["metrics_scrape"]["p95_ms"] for p in J]
     jobs["memory per finished job (bytes)"] = [p["mem_per_finished_b"] for p in J]
+    jobs["memory per finished job, compacted (bytes)"] = [p["mem_per_finished_compacted_b"] for p in J]
+    jobs["compaction (jobs/s)"] = [p["compact_jobs_per_s"] for p in J]
     jobs["memory per queued job (bytes)"] = [p["mem_per_queued_b"] for p in J]
     jobs["submit (jobs/s)"] = [p["submit_per_s"] for p in J]
     jobs["submit_many (jobs/s)"] = [p["submit_many_per_s"] for p in J]
@@ -594,9 +614,11 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     out.append({"goal": "traind list --limit 50 / status (their work, in process): same bound",
                 "measured": f"worst ratio {r_ip:.2f}; slowest p95 {ms_ip:.1f} ms",
                 "met": yes(r_ip <= 1.5 and ms_ip < 50)})
-    mem = max(p["mem_per_finished_b"] for p in J)
+    mem = max(p["mem_per_finished_compacted_b"] for p in J)
+    raw = max(p["mem_per_finished_b"] for p in J)
     out.append({"goal": "memory per finished job (50-100 epoch history, ~110 events) < 20 KB",
-                "measured": f"{mem / 1000:.1f} KB (max over sizes)", "met": yes(mem < 20_000)})
+                "measured": f"{mem / 1000:.1f} KB compacted (max over sizes; {raw / 1000:.1f} KB as written)",
+                "met": yes(mem < 20_000)})
     sm = min(p["submit_many_per_s"] for p in J)
     out.append({"goal": "submit_many >= 2,000 jobs/s", "measured": f"{sm:.0f} jobs/s (min over sizes)",
                 "met": yes(sm >= 2000)})
