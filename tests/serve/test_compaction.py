@@ -27,6 +27,7 @@ from jobs.redis import packed
 from jobs.redis.badput import job_goodput
 from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
+from tests.conftest import Procs, log_of, wait_for
 from tests.serve.conftest import Served
 from worker.ledger import EpochRecord, RedisLedger
 
@@ -50,6 +51,9 @@ def _views(store: JobStore, served: Served, jid: str, redis_url: str, storage: P
            capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     with served.client() as c:
         api = {p: c.get(f"/api/v1/jobs/{jid}{p}").json() for p in ("", "/history", "/events", "/events?start=-5")}
+        with c.stream("GET", f"/api/v1/jobs/{jid}/stream") as resp:  # the SSE snapshot: its first data line
+            api["stream"] = json.loads(next(ln for ln in resp.iter_lines() if ln.startswith("data:"))[5:])
+        assert api["stream"]["events"] and api["stream"]["state"] in ("succeeded", "failed"), api["stream"]
     return {"get": store.get(jid), "history": store.history(jid), "events": store.events(jid),
             "events_tail": store.events(jid, -7), "events_from": store.events(jid, 40),
             "goodput": job_goodput(store, jid).to_dict(), "api": api,
@@ -153,3 +157,14 @@ def test_supervisor_compacts_each_finished_job_once_through_its_cursor(redis_url
     assert all(r.exists(keys.packed(j)) and not r.exists(keys.history(j)) for j in ids)
     store.add_event(ids[0], EventKind.NOTE, "a note after compaction")  # still readable, after the packed ones
     assert store.events(ids[0])[-1]["msg"] == "a note after compaction"
+
+
+def test_a_running_supervisor_compacts_finished_jobs(redis_url: str, tmp_path: Path, procs: Procs) -> None:
+    store, ids = _finished(redis_url, tmp_path, 5)
+    history = {j: store.history(j) for j in ids}
+    sup = procs.supervisor(redis_url, tmp_path / "s", env={"TRAIND_COMPACT_AFTER_S": "0", "TRAIND_COMPACT_BATCH": "2"})
+    wait_for(lambda: all(store.r.exists(keys.packed(j)) for j in ids) or sup.poll() is not None, 60,
+             "the supervisor to compact every finished job")
+    assert sup.poll() is None, log_of(sup)
+    assert not any(store.r.exists(keys.history(j), keys.events(j)) for j in ids)
+    assert {j: store.history(j) for j in ids} == history
