@@ -193,6 +193,13 @@ class RedisLedger(AttemptLedger):
                               fields={"token": self.token, "worker": worker_id, "cancel_requested": None,
                                       "error": None, "preempt_requested": None, "preempt_requested_at": None})
 
+    def begin(self, fields: dict[str, Any], *, history_del: list[int], ckpt_del: list[int],
+              events: list[dict[str, Any]]) -> None:
+        # A retried job compacted again between `traind retry`'s unpack and its requeue: its history must be live
+        # before this attempt drops the epochs it redoes (a running job is never compacted again).
+        packed.unpack(self.store.r, self.job_id, self.store.events_max)
+        super().begin(fields, history_del=history_del, ckpt_del=ckpt_del, events=events)
+
     def write(self, *, fields: dict[str, Any] | None = None, history_set: dict[int, dict[str, Any]] | None = None,
               history_del: Iterable[int] = (), ckpt_set: dict[int, dict[str, Any]] | None = None,
               ckpt_del: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
