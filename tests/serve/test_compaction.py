@@ -28,7 +28,7 @@ from jobs.redis.badput import job_goodput
 from jobs.redis.store import JobStore
 from jobs.settings import SupervisorSettings
 from tests.conftest import Procs, log_of, wait_for
-from tests.serve.conftest import Served
+from tests.serve.conftest import Served, slow_spec
 from worker.ledger import EpochRecord, RedisLedger
 
 
@@ -172,3 +172,28 @@ def test_a_running_supervisor_compacts_finished_jobs(redis_url: str, tmp_path: P
     assert sup.poll() is None, log_of(sup)
     assert not any(store.r.exists(keys.history(j), keys.events(j)) for j in ids)
     assert {j: store.history(j) for j in ids} == history
+
+
+def test_real_worker_resumes_a_compacted_cancelled_job(redis_url: str, storage_dir: Path, procs: Procs,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    client = Client(redis_url=redis_url, storage=storage_dir)
+    job = client.submit(slow_spec(name="compact-retry", epochs=6, batch_delay_s=0.08))
+    w = procs.worker(redis_url, storage_dir, "--worker-id", "compact-w")
+    store = client.store
+    try:
+        wait_for(lambda: len(store.history(job.id)) >= 2, 120, "two epochs")
+        store.request_cancel(job.id)
+        wait_for(lambda: store.record(job.id).state == "cancelled", 60, "the cancel")
+        before, n = store.history(job.id), len(store.history(job.id))
+        assert 2 <= n < 6
+        assert packed.compact_step(store.r, store.now_ms(), 0, store.events_max) == 1
+        assert not store.r.exists(keys.history(job.id)) and store.history(job.id) == before
+        assert "attempt 2" in _cli(redis_url, storage_dir, capsys, "retry", job.id)
+        st = job.wait(120)
+    except AssertionError:
+        raise AssertionError(log_of(w)) from None
+    assert st["state"] == "succeeded" and st["attempt"] == 2
+    hist = store.history(job.id)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    resumed = store.record(job.id).resume_epoch or 0
+    assert 1 <= resumed <= n and hist[:resumed] == before[:resumed]  # the epochs it did not redo are kept as they were
