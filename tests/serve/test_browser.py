@@ -54,8 +54,18 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
             # no worker yet: after a few seconds the page says so and how to start one (issue 22 item 5)
             expect(page.locator("#kv-note")).to_contain_text("no live worker serves queue default (cpu)",
                                                              timeout=30_000)
-            expect(page.locator("#cancel")).to_be_visible()
+            # a read token is told who it is and offered no action it may not take (the server refuses it anyway)
+            expect(page.locator("#whoami")).to_have_text("read (read)")
+            expect(page.locator("#cancel")).to_be_hidden()
             expect(page.locator("#retry")).to_be_hidden()
+            admin = browser.new_page()  # the admin token on the same queued job: cancel is offered
+            admin.goto(f"{served.url}/#/job/{handle.id}")
+            admin.fill("#token", TOKEN)
+            admin.click("#login button[type=submit]")
+            expect(admin.locator("#kv")).to_have_attribute("data-state", "queued", timeout=30_000)
+            expect(admin.locator("#whoami")).to_have_text("admin (admin)")
+            expect(admin.locator("#cancel")).to_be_visible()
+            admin.close()
             w = procs.worker(redis_url, storage_dir, "--worker-id", "browser-w")
             loss_points = page.locator('[data-chart="loss"] circle[data-series="loss"]')
             try:
