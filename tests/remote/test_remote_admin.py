@@ -125,6 +125,8 @@ def _token_commands_over_http_and_whoami(tls: Tls) -> None:
         return httpx.get(f"{tls.url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"},
                          verify=str(tls.cert), timeout=10).json()
 
+    wait_for(lambda: httpx.get(f"{tls.url}/api/v1/whoami", headers={"Authorization": f"Bearer {alice}"},
+                               verify=str(tls.cert)).status_code == 200, 10, "alice's new token", interval=0.25)
     assert whoami(alice) == {"name": "alice", "role": "submit"}
     assert whoami(READ_TOKEN) == {"name": "read", "role": "read"}
     assert whoami(TOKEN) == {"name": "admin", "role": "admin"}
@@ -135,7 +137,7 @@ def _token_commands_over_http_and_whoami(tls: Tls) -> None:
     p = tls.cli("token", "revoke", "alice")
     assert p.returncode == 1 and "no stored token named 'alice'" in p.stderr
     wait_for(lambda: httpx.get(f"{tls.url}/api/v1/whoami", headers={"Authorization": f"Bearer {alice}"},
-                               verify=str(tls.cert)).status_code == 401, 10, "the revoked token refused")
+                               verify=str(tls.cert)).status_code == 401, 10, "the revoked token refused", interval=0.25)
 
 
 def _the_context_option_and_what_traind_context_says(tls: Tls) -> None:
