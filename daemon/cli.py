@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint storage: an absolute path or s3://bucket/prefix (env TRAIND_STORAGE_DIR; "
                              "default ~/.local/share/traind)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("--context", dest="use_context", default=argparse.SUPPRESS, metavar="NAME",
+                        help="use this context of ~/.config/traind/config.toml for this command (over TRAIND_CONTEXT)")
     p = argparse.ArgumentParser(prog="traind", description="Fault-tolerant Keras training daemon.", parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -358,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
+        context_cli.select(getattr(args, "use_context", None))  # --context NAME: for this command only
         rc = int((remote_cli.route(args) or args.func)(args))  # TRAIND_API_URL: over HTTP (daemon/remote_cli.py)
         sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is a BrokenPipeError caught below
         return rc
@@ -384,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        context_cli.select(None)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,13 @@ CLI_RETRY_DELAYS_S = (0.3, 0.6, 1.2)
 def _maybe_configured() -> bool:
     """Whether an API may be configured (cheap: read-only commands must start fast): ``TRAIND_API_URL``, a context
     named by ``TRAIND_CONTEXT``, or a config file (then :func:`jobs.remote.target.resolve_target` decides)."""
-    if os.environ.get("TRAIND_API_URL") or os.environ.get("TRAIND_CONTEXT"):
+    from jobs import config_file
+
+    if config_file.option_context or os.environ.get("TRAIND_API_URL") or os.environ.get("TRAIND_CONTEXT"):
         return True
     if os.environ.get("TRAIND_REDIS_URL"):
         return False  # the environment outranks the file's current context
-    from jobs.config_file import config_path
-
-    return config_path().is_file()
+    return config_file.config_path().is_file()
 
 
 def route(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
@@ -173,12 +173,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    ws = _api().workers()
+    from daemon.lemon_cli import format_drained
+
+    api = _api()
+    ws = api.workers()
     if args.json:
         print_json(ws)
         return 0
+    drained = format_drained([(str(d["machine"]), d) for d in api.drained()])  # as the Redis command prints them
     if not ws:
         print("no workers registered")
+        for line in drained:
+            print(line)
         return 0
     rows = [{**w, "job": w.get("job") or ("drained" if w.get("drained") else "idle"),
              "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
@@ -186,6 +192,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
     cols = [("id", "WORKER"), ("host", "HOST"), ("device", "DEVICE"), ("job", "JOB"), ("cpu_percent", "CPU%"),
             ("rss_mb", "RSS MiB"), ("gpu", "GPU MiB"), ("beat", "HEARTBEAT"), ("jobs_done", "DONE")]
     print(render.table(rows, cols))
+    for line in drained:
+        print(line)
     return 0
 
 
