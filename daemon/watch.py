@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import redis
@@ -84,6 +85,14 @@ def watch_job(
     the terminal detection (tests pass one of width 80). ``check`` runs every poll and may raise to abort
     (``traind up`` checks its child processes there). Raises JobTimeoutError after ``timeout_s``.
     """
+    with live_display(out, console) as live:
+        return _poll(store, job_id, out, live, interval_s, timeout_s, check)
+
+
+@contextmanager
+def live_display(out: TextIO, console: Any = None) -> Iterator[Any]:
+    """A rich ``Live`` redrawing one region of ``out`` when it is a terminal (or ``console`` says it is one), else
+    None: the caller prints plain lines. Stopped on the way out."""
     live = None
     if console is None and out.isatty():
         from rich.console import Console
@@ -96,7 +105,7 @@ def watch_job(
                     redirect_stderr=False)
         live.start()
     try:
-        return _poll(store, job_id, out, live, interval_s, timeout_s, check)
+        yield live
     finally:
         if live is not None:
             live.stop()
