@@ -14,12 +14,19 @@ worker ran one job).
 Work lost by the victim: the position it reached (its last published progress, and its mid-epoch checkpoint) minus
 the position its next attempt resumed at (``resumed`` event), in batches; and the epochs its event log records twice.
 
-    python -m bench.preempt [--smoke] [--json PATH] [--reps N]
+``--before DIR`` first measures the same with workers started from another checkout (the code before a change:
+``git archive COMMIT | tar -x -C DIR``), in the same run, so that both see the same machine.
+
+    python -m bench.preempt [--smoke] [--json PATH] [--reps N] [--before DIR]
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from bench import _util as u
@@ -82,26 +89,34 @@ def position(epoch: int, batch: int, steps: int) -> int:
     return epoch * steps + batch
 
 
-def body(run: u.Run) -> None:
+def spawn(run: u.Run, stack: Any, env: dict[str, str], name: str, root: Path | None) -> Any:
+    """A worker subprocess from this checkout, or (``--before``) from the checkout ``root``."""
+    if root is None:
+        return stack.procs.worker(stack.url, stack.storage, env=env, name=name)
+    log = open(run.dir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+    wp = subprocess.Popen([sys.executable, "-m", "daemon.cli", "worker", "--redis-url", stack.url, "--storage",
+                           str(stack.storage)], cwd=root, env=u.child_env({**env, "PYTHONPATH": f"{root}:{u.ROOT}"}),
+                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    stack.procs.procs.append(wp)
+    return wp
+
+
+def side(run: u.Run, c: dict[str, Any], stack: Any, env: dict[str, str], label: str, root: Path | None,
+         reps: int) -> dict[str, Any]:
+    """One set of warm workers (this code, or ``--before``'s): the reference load, then ``reps`` preemptions."""
     from jobs.contract.events import EventKind
 
-    c = CFG["smoke" if run.args.smoke else "full"]
-    reps = run.args.reps or c["reps"]
-    stack = u.start_stack(run)
     r, store, client = stack.client.r, stack.client.store, stack.client
-    env = {"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH, "TRAIND_PREEMPT_MIN_RUN_S": str(c["min_run_s"])}
-    stack.procs.supervisor(stack.url, stack.storage, env=env)
-    pool = u.Pool(stack.procs, r, stack.url, stack.storage, env=env)
-    for i in range(c["workers"]):
-        pool.spawn(f"worker{i}")
-    for p in list(pool.alive):
-        pool.wait_warm(p)
+    workers = [spawn(run, stack, env, f"worker-{label}-{i}", root) for i in range(c["workers"])]
+    for wp in workers:
+        u.wait_warm(r, wp)
 
     # The reference: the high job on an idle warm worker (claim -> first batch is the model and data load). A
     # worker's first job also pays one-time tracing: 2 x workers runs, the median of the later half counts.
     loads, idle = [], []
     for k in range(2 * c["workers"]):
-        ref = client.submit(spec(c, f"preempt-reference-{k}", "high", c["high_batches"], 1))
+        ref = client.submit(spec(c, f"preempt-reference-{label}-{k}", "high", c["high_batches"], 1))
         t_ref, _ = first_batch(r, store, ref.id)
         ended(r, ref.id)
         ref_f = fields(r, ref.id)
@@ -109,10 +124,11 @@ def body(run: u.Run) -> None:
         idle.append((t_ref - int(ref_f["created_at"])) / 1000)
     model_load_s = float(u.median(loads[c["workers"]:]) or 0.0)
     idle_submit_s = float(u.median(idle[c["workers"]:]) or 0.0)
-    print(f"  idle worker: submit -> first batch {idle_submit_s:.2f} s (claim -> first batch {model_load_s:.2f} s)",
-          flush=True)
+    print(f"  {label}: idle worker: submit -> first batch {idle_submit_s:.2f} s (claim -> first batch "
+          f"{model_load_s:.2f} s)", flush=True)
 
-    lows = [client.submit(spec(c, f"preempt-low-{i}", "low", c["batches"], 100_000)) for i in range(c["workers"])]
+    lows = [client.submit(spec(c, f"preempt-low-{label}-{i}", "low", c["batches"], 100_000))
+            for i in range(c["workers"])]
     rows: list[dict[str, Any]] = []
     for i in range(reps):
         def ready() -> bool:
@@ -127,7 +143,7 @@ def body(run: u.Run) -> None:
             return True
 
         u.wait_for(ready, 300, "every low job running past the minimum run time, mid-epoch", 0.02)
-        high = client.submit(spec(c, f"preempt-high-{i}", "high", c["high_batches"], 1))
+        high = client.submit(spec(c, f"preempt-high-{label}-{i}", "high", c["high_batches"], 1))
         t_first, _ = first_batch(r, store, high.id)
         hf = fields(r, high.id)
         created, claimed = int(hf["created_at"]), int(hf["started_at"])
@@ -154,13 +170,14 @@ def body(run: u.Run) -> None:
         e_res, b_res = int(res["epoch"]), int(res["batch"])
         resumed = position(e_res - 1, b_res, steps) if b_res else position(e_res, 0, steps)
         row = {
-            "rep": i + 1, "submit_to_first_batch_s": round((t_first - created) / 1000, 2),
+            "worker": label, "rep": i + 1, "submit_to_first_batch_s": round((t_first - created) / 1000, 2),
             "submit_to_request_s": round((flag["ts"] - created) / 1000, 2),
             "request_to_requeue_s": round((pre["ts"] - flag["ts"]) / 1000, 2),
             "requeue_to_claim_s": round((claimed - pre["ts"]) / 1000, 2),
             "claim_to_first_batch_s": round((t_first - claimed) / 1000, 2),
             "stopped_at": f"e{ckpt['epoch']} b{ckpt['batch']}/{steps}" if ckpt else f"end of e{vf.get('epoch')}",
             "resumed_at": f"e{e_res} b{b_res}", "batches_lost": reached - resumed,
+            "load1": round(os.getloadavg()[0], 2),
         }
         rows.append(row)
         print(f"  rep {i + 1}: {row}", flush=True)
@@ -169,6 +186,8 @@ def body(run: u.Run) -> None:
         j.cancel()
     for j in lows:
         ended(r, j.id)
+    for wp in workers:
+        stack.procs.kill(wp)
     redone = 0
     for j in lows:
         epochs = [e["epoch"] for e in events(r, j.id) if e.get("kind") == EventKind.EPOCH.value]
@@ -178,22 +197,43 @@ def body(run: u.Run) -> None:
     lat = [x["submit_to_first_batch_s"] for x in rows]
     goal_s = LEASE_TTL_S + model_load_s
     lost = [x["batches_lost"] for x in rows]
-    summary = [{
-        "preemptions": len(rows), "submit_to_first_batch_median_s": u.median(lat), "max_s": max(lat),
-        "goal_s": round(goal_s, 2), "goal_met": max(lat) <= goal_s,
+    summary = {
+        "worker": label, "preemptions": len(rows), "submit_to_first_batch_median_s": u.median(lat),
+        "max_s": max(lat), "goal_s": round(goal_s, 2), "goal_met": max(lat) <= goal_s,
+        "requeue_to_claim_median_s": u.median(x["requeue_to_claim_s"] for x in rows),
+        "claim_to_first_batch_median_s": u.median(x["claim_to_first_batch_s"] for x in rows),
         "idle_submit_to_first_batch_s": round(idle_submit_s, 2), "model_load_s": round(model_load_s, 2),
         "batches_lost_max": max(lost), "epochs_redone": redone, "victim_preemptions": preemptions,
-        "victim_restarts": restarts,
-    }]
+        "victim_restarts": restarts, "load1_median": u.median(x["load1"] for x in rows),
+    }
+    return {"rows": rows, "summary": summary, "reference_model_load_s": loads,
+            "reference_submit_to_first_batch_s": idle}
+
+
+def body(run: u.Run) -> None:
+    c = CFG["smoke" if run.args.smoke else "full"]
+    reps = run.args.reps or c["reps"]
+    stack = u.start_stack(run)
+    env = {"TRAIND_PROGRESS_INTERVAL_S": PROGRESS_EVERY_BATCH, "TRAIND_PREEMPT_MIN_RUN_S": str(c["min_run_s"])}
+    stack.procs.supervisor(stack.url, stack.storage, env=env)
+    sides = ([("before", Path(run.args.before))] if run.args.before else []) + [("after", None)]
+    out = {label: side(run, c, stack, env, label, root, reps) for label, root in sides}
+    after = out["after"]
     run.table("high-priority submit -> first batch, every worker busy with low-priority jobs (goal: lease TTL 5 s + "
-              "model load); work lost by the preempted jobs", summary)
-    run.table("every preemption (Redis clock)", rows)
-    run.results.update({"config": c, "rows": rows, "summary": summary[0], "lease_ttl_s": LEASE_TTL_S,
-                        "reference_model_load_s": loads, "reference_submit_to_first_batch_s": idle})
+              "model load); work lost by the preempted jobs" + ("; `before`: the workers of --before's checkout, "
+                                                                "first, same run" if run.args.before else ""),
+              [x["summary"] for x in out.values()])
+    run.table("every preemption (Redis clock; load1: 1-min load average when it was measured)",
+              [row for x in out.values() for row in x["rows"]])
+    run.results.update({"config": c, "rows": after["rows"], "summary": after["summary"], "lease_ttl_s": LEASE_TTL_S,
+                        "reference_model_load_s": after["reference_model_load_s"],
+                        "reference_submit_to_first_batch_s": after["reference_submit_to_first_batch_s"],
+                        "sides": out, "before_dir": run.args.before})
 
 
 def add_args(p: Any) -> None:
     p.add_argument("--reps", type=int, default=None, help="preemptions (default 6; smoke 1)")
+    p.add_argument("--before", metavar="DIR", help="also measure workers started from this checkout, first")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,7 @@ def _goals() -> str:
             f"| queue (no goal) | submit {q['submit']['rows'][0]['jobs_per_s']:.0f}/s, submit_many "
             f"{q['submit']['rows'][1]['jobs_per_s']:.0f}/s, RQ enqueue {q['submit']['rows'][2]['jobs_per_s']:.0f}/s | "
             "- |"]
-    return "\n".join(out + _issue13_goals())
+    return "\n".join(out + _issue13_goals() + _issue24_goals())
 
 
 def _issue13_goals() -> list[str]:
@@ -173,6 +173,36 @@ def _issue13_goals() -> list[str]:
                        f"{row['jobs']} jobs, loaded machine | p50 {_f(row['p50_s'], 3)} s, p95 {_f(row['p95_s'], 3)} "
                        f"s, max {_f(row['max_s'], 3)} s (1-min load median {row['load1_median']:.1f}) | "
                        f"{yes(row['goal_met'])} |")
+    return out
+
+
+def _issue24_goals() -> list[str]:
+    """Goal rows of issue 24 (sharing a cluster), from ``preempt`` and ``fairness`` results when run."""
+    out: list[str] = []
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    if (RESULTS / "preempt.json").exists():
+        d = _load("preempt")
+        p, env = d["results"]["summary"], d["environment"]
+        out.append(f"| preemption: high-priority submit -> first batch, every worker busy with low-priority jobs, <= "
+                   f"lease TTL {_f(d['results']['lease_ttl_s'], 0)} s + model load ({_f(p['model_load_s'])} s) = "
+                   f"{_f(p['goal_s'])} s | median {_f(p['submit_to_first_batch_median_s'])} s, max {_f(p['max_s'])} "
+                   f"s over {p['preemptions']} preemptions (1-min load {env['load_before'][0]:.1f} -> "
+                   f"{env['load_after'][0]:.1f}) | {yes(p['goal_met'])} |")
+        lost_ok = p["batches_lost_max"] == 0 and p["epochs_redone"] == 0 and p["victim_restarts"] == 0
+        out.append(f"| preemption: work lost by the preempted job, nothing redone beyond the current batch | "
+                   f"{p['batches_lost_max']} batches at most, {p['epochs_redone']} epochs redone, "
+                   f"{p['victim_preemptions']} preemptions, {p['victim_restarts']} restarts | {yes(lost_ok)} |")
+    if (RESULTS / "fairness.json").exists():
+        r = _load("fairness")["results"]
+        fair = r["rows"][0]
+        fifo = next((x for x in r["rows"][1:] if x["mode"].startswith("FIFO")), None)
+        fifo_gap = "" if fifo is None else f"; FIFO: gap {fifo['gap_pp']} pp"
+        out.append(f"| fair share: 2 owners x {r['config']['jobs']} jobs on {fair['workers']} workers, running shares "
+                   f"within {_f(fair['goal_pp'], 0)} pp over the run | alice {fair['alice_share'] * 100:.1f} %, bob "
+                   f"{fair['bob_share'] * 100:.1f} % (gap {fair['gap_pp']} pp{fifo_gap}) | {yes(r['goal_met'])} |")
     return out
 
 

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from daemon.cli_context import client_from_args, print_json, resolve_job, settings_from_args
+from daemon.cli_context import client_from_args, resolve_job, settings_from_args
 from jobs.errors import ConfigError, IllegalTransitionError
 from jobs.redis.conn import connect
 
@@ -43,27 +43,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    from daemon import render
+    from daemon import job_output
+    from daemon.lemon_cli import drained_lines
     from jobs.ops import admin
     client = client_from_args(args)
     ws = admin.workers(client.store)
-    if args.json:
-        print_json(ws)
-        return 0
-    if not ws:
-        print("no workers registered")
-        return 0
-    rows = [{**w, "job": w.get("job") or ("drained" if w.get("drained") else "idle"),
-             "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
-             "beat": f"{w['heartbeat_age_s']:.1f}s ago"} for w in ws]
-    cols = [("id", "WORKER"), ("host", "HOST"), ("device", "DEVICE"), ("job", "JOB"), ("cpu_percent", "CPU%"),
-            ("rss_mb", "RSS MiB"), ("gpu", "GPU MiB"), ("beat", "HEARTBEAT"), ("jobs_done", "DONE")]
-    print(render.table(rows, cols))
-    from daemon.lemon_cli import drained_lines  # lemon machines: `traind undrain HOST/DEVICE` puts one back
-
-    for line in drained_lines(client.store.r):
-        print(line)
-    return 0
+    return job_output.workers(args, ws, [] if args.json else drained_lines(client.store.r))
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -87,8 +72,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     except IllegalTransitionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"retrying {job_id} as attempt {attempt}: it resumes from its last checkpoint")
-    return 0
+    from daemon import job_output
+
+    return job_output.retried(job_id, attempt)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -39,7 +39,6 @@ from jobs.errors import (
     ConfigError,
     InvalidJobIdError,
     JobNotFoundError,
-    JobTimeoutError,
     SpecError,
     TraindError,
 )
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
 
 # -- job commands ----------------------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
+    from daemon import job_output
     from daemon.submitcheck import check_builder_spec
 
     client = client_from_args(args)
@@ -63,33 +63,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"note: {render.clean(note)}", file=sys.stderr)
         handle = client.submit(args.spec, client_key=args.key, owner=args.owner)
     except SpecError as e:
-        print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
-              file=sys.stderr)
-        for p in e.problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
-    if not args.wait:
-        if args.json:
-            print_json({"id": handle.id, "state": handle.state.value})
-        else:
-            print(handle.id)
-        return 0
-    from daemon.watch import watch_job
+        return job_output.refused(args.spec, e)
 
-    try:
-        if args.json:
-            final = handle.wait(timeout=args.timeout)
-        else:
-            print(f"submitted {handle.id}", file=sys.stderr)
-            final = watch_job(client.store, handle.id, sys.stdout, timeout_s=args.timeout)
-    except JobTimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print_json(final)
-    else:
-        print(render.final_summary(final))
-    return 0 if final["state"] == JobState.SUCCEEDED.value else 1
+    def follow() -> dict[str, Any]:
+        from daemon.watch import watch_job
+
+        return watch_job(client.store, handle.id, sys.stdout, timeout_s=args.timeout)
+
+    return job_output.submitted(args, handle, follow, poll_s=0.2)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -152,18 +133,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from daemon import job_output
     from jobs.ops.lookup import cancel
 
     store = store_from_args(args)
     job_id = resolve_job(store, args.job)
-    prev = cancel(store, job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
-    if prev in (JobState.QUEUED, JobState.REQUEUED):
-        print(f"cancelled {job_id} (was {prev.value})")
-    elif prev is JobState.RUNNING:
-        print(f"cancel requested for {job_id}: its worker stops at the next batch boundary and keeps its checkpoints")
-    else:
-        print(f"{job_id} is already cancelled")
-    return 0
+    return job_output.cancelled(job_id, cancel(store, job_id))  # JobFinishedError (exit 1): it succeeded or failed
 
 
 # -- processes -------------------------------------------------------------------------------------------------------
@@ -287,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint storage: an absolute path or s3://bucket/prefix (env TRAIND_STORAGE_DIR; "
                              "default ~/.local/share/traind)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("--context", dest="use_context", default=argparse.SUPPRESS, metavar="NAME",
+                        help="use this context of ~/.config/traind/config.toml for this command (over TRAIND_CONTEXT)")
     p = argparse.ArgumentParser(prog="traind", description="Fault-tolerant Keras training daemon.", parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -358,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logfmt.apply_from_env()  # TRAIND_LOG_FORMAT=json: one JSON object per line
     try:
+        context_cli.select(getattr(args, "use_context", None))  # --context NAME: for this command only
         rc = int((remote_cli.route(args) or args.func)(args))  # TRAIND_API_URL: over HTTP (daemon/remote_cli.py)
         sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is a BrokenPipeError caught below
         return rc
@@ -384,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        context_cli.select(None)
 
 
 if __name__ == "__main__":

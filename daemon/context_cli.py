@@ -64,10 +64,19 @@ def cmd_add(args: argparse.Namespace) -> int:
             token = config_file.token_text(sys.stdin.readline(config_file.MAX_TOKEN_BYTES + 1), "--token-stdin")
         elif args.token_file is not None:
             config_file.read_token_file(args.token_file, "--token-file")  # refuse a bad file now, not at first use
-        ctx = Context(name, api_url=url, token=token, token_file=args.token_file)
+        ca = None
+        if args.ca_bundle is not None:
+            from pathlib import Path
+
+            from jobs.remote.target import ApiTarget
+
+            ca = str(Path(args.ca_bundle).expanduser().resolve())
+            ApiTarget(url, "-", ca).verify()  # refuse an unreadable bundle now, not at first use
+        ctx = Context(name, api_url=url, token=token, token_file=args.token_file, ca_bundle=ca)
     else:
-        if args.token_file or args.token_stdin:
-            raise ConfigError("--token-file/--token-stdin go with --api-url (a local context talks to Redis)")
+        if args.token_file or args.token_stdin or args.ca_bundle:
+            raise ConfigError("--token-file/--token-stdin/--ca-bundle go with --api-url (a local context talks to "
+                              "Redis)")
         ctx = Context(name, redis_url=args.ctx_redis_url, storage=args.ctx_storage)
     config_file.save(config_file.with_context(cfg, ctx, make_current=args.use))
     now = config_file.load(cfg.path)
@@ -94,6 +103,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if isinstance(target, Remote):
         print(f"api_url: {target.api_url}")
         print(f"token:   {'set' if target.token else 'none (requests will be refused: 401)'}")
+        print(f"CA:      {target.ca_bundle or 'the system default (certificates are always verified)'}")
     else:
         assert isinstance(target, Local)
         from jobs.redis.urls import redact_url
@@ -102,18 +112,34 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"redis:   {redact_url(target.redis_url) if target.redis_url else default_redis}")
         print(f"storage: {target.storage or 'the default (~/.local/share/traind)'}")
     print(f"from:    {target.source}")
+    print("(order: --redis-url/--storage options > --context > TRAIND_CONTEXT > TRAIND_API_URL > TRAIND_REDIS_URL/"
+          "TRAIND_STORAGE_DIR > the file's current > defaults)")
     return 0
 
 
+def select(name: str | None) -> None:
+    """``traind --context NAME``: the context every resolution of this command uses (None: back to the usual
+    order). Checked at once: a name no context has is a ConfigError naming the known ones."""
+    config_file.option_context = None
+    if name is not None:
+        config_file.check_name(name)
+        cfg = config_file.load()
+        if name not in cfg.contexts:
+            known = ", ".join(sorted(cfg.contexts)) or "none"
+            raise ConfigError(f"--context {name}: {cfg.path} has no such context (known: {known})")
+        config_file.option_context = name
+
+
 def cmd_context(args: argparse.Namespace) -> int:
-    return int(args.context_func(args))
+    return int(getattr(args, "context_func", cmd_show)(args))  # `traind context` alone: what is used, and why
 
 
 def register(add: AddFn) -> None:
     """Add ``traind context ...`` through the CLI's ``add(name, func, help)``."""
     sp = add("context", cmd_context, "named contexts (a server URL and token, or a local stack) in "
              "~/.config/traind/config.toml")
-    sub = sp.add_subparsers(dest="context_command", required=True, metavar="CONTEXT_COMMAND")
+    sp.set_defaults(name=None)  # `traind context` alone shows what commands use now and why
+    sub = sp.add_subparsers(dest="context_command", required=False, metavar="CONTEXT_COMMAND")
 
     def one(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -133,6 +159,8 @@ def register(add: AddFn) -> None:
     t.add_argument("--token-file", help="file holding the token (mode 0600; read at each use)")
     t.add_argument("--token-stdin", action="store_true", help="read the token from stdin and keep it in the config "
                    "file (mode 0600)")
+    p.add_argument("--ca-bundle", help="PEM file of the CA(s) that signed the server's certificate (a private CA; "
+                   "default: the system's)")
     p.add_argument("--use", action="store_true", help="make it the current context")
     p.add_argument("--force", action="store_true", help="replace a context of this name")
     p = one("show", cmd_show, "what commands talk to now (arguments > env > context), never the token")

@@ -15,11 +15,18 @@ AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.Argum
 
 def drained_lines(r: Any) -> list[str]:
     """One line per drained machine: ``drained  HOST/DEVICE  since ...: reason``."""
-    from daemon.render import clean, fmt_ts
     from jobs.redis import lemons
 
+    return format_drained(sorted(lemons.drained(r).items()))
+
+
+def format_drained(machines: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The lines of :func:`drained_lines` for ``(machine, {"since_ms", "reason"})`` pairs (also what the API's
+    ``/api/v1/workers/drained`` gives the remote ``traind workers``)."""
+    from daemon.render import clean, fmt_ts
+
     return [f"drained  {clean(m)}  since {fmt_ts(info.get('since_ms'))}: {clean(info.get('reason') or '')}"
-            for m, info in sorted(lemons.drained(r).items())]
+            for m, info in machines]
 
 
 def cmd_undrain(args: argparse.Namespace) -> int:

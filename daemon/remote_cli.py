@@ -15,12 +15,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from daemon import render
+from daemon import job_output, render
 from daemon.cli_context import print_json
 from jobs.contract.states import JobState
-from jobs.errors import JobTimeoutError, SpecError
+from jobs.errors import SpecError
 
 if TYPE_CHECKING:
     from jobs.remote.client import RemoteClient
@@ -34,13 +34,13 @@ CLI_RETRY_DELAYS_S = (0.3, 0.6, 1.2)
 def _maybe_configured() -> bool:
     """Whether an API may be configured (cheap: read-only commands must start fast): ``TRAIND_API_URL``, a context
     named by ``TRAIND_CONTEXT``, or a config file (then :func:`jobs.remote.target.resolve_target` decides)."""
-    if os.environ.get("TRAIND_API_URL") or os.environ.get("TRAIND_CONTEXT"):
+    from jobs import config_file
+
+    if config_file.option_context or os.environ.get("TRAIND_API_URL") or os.environ.get("TRAIND_CONTEXT"):
         return True
     if os.environ.get("TRAIND_REDIS_URL"):
         return False  # the environment outranks the file's current context
-    from jobs.config_file import config_path
-
-    return config_path().is_file()
+    return config_file.config_path().is_file()
 
 
 def route(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
@@ -73,33 +73,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:  # --owner: only an admin token may name another owner than its own name (403 otherwise)
         handle = client.submit(args.spec, client_key=args.key, owner=getattr(args, "owner", None))
     except SpecError as e:
-        print(f"error: {args.spec}: job spec refused ({len(e.problems)} problem(s)); nothing was submitted:",
-              file=sys.stderr)
-        for p in e.problems:
-            print(f"  - {render.clean(p)}", file=sys.stderr)
-        return 2
-    if not args.wait:
-        if args.json:
-            print_json({"id": handle.id, "state": handle.state.value})
-        else:
-            print(handle.id)
-        return 0
-    from daemon.remote_watch import watch_remote
+        return job_output.refused(args.spec, e)
 
-    try:
-        if args.json:
-            final = handle.wait(timeout=args.timeout, poll_s=0.5)
-        else:
-            print(f"submitted {handle.id}", file=sys.stderr)
-            final = watch_remote(client.api, handle.id, sys.stdout, timeout_s=args.timeout)
-    except JobTimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        print_json(final)
-    else:
-        print(render.final_summary(final))
-    return 0 if final["state"] == JobState.SUCCEEDED.value else 1
+    def follow() -> dict[str, Any]:
+        from daemon.remote_watch import watch_remote
+
+        return watch_remote(client.api, handle.id, sys.stdout, timeout_s=args.timeout)
+
+    return job_output.submitted(args, handle, follow, poll_s=0.5)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -148,14 +129,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     api = _api()
     job_id = api.resolve(args.job)
-    prev = api.job_cancel(job_id)  # JobFinishedError (exit 1) for a job that already succeeded or failed
-    if prev in (JobState.QUEUED, JobState.REQUEUED):
-        print(f"cancelled {job_id} (was {prev.value})")
-    elif prev is JobState.RUNNING:
-        print(f"cancel requested for {job_id}: its worker stops at the next batch boundary and keeps its checkpoints")
-    else:
-        print(f"{job_id} is already cancelled")
-    return 0
+    return job_output.cancelled(job_id, api.job_cancel(job_id))  # JobFinishedError (exit 1): it succeeded or failed
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -168,25 +142,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     except IllegalTransitionError as e:
         print(f"error: {render.clean(e)}", file=sys.stderr)
         return 1
-    print(f"retrying {job_id} as attempt {attempt}: it resumes from its last checkpoint")
-    return 0
+    return job_output.retried(job_id, attempt)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    ws = _api().workers()
-    if args.json:
-        print_json(ws)
-        return 0
-    if not ws:
-        print("no workers registered")
-        return 0
-    rows = [{**w, "job": w.get("job") or ("drained" if w.get("drained") else "idle"),
-             "gpu": "-" if w.get("gpu_mem_mb") is None else w["gpu_mem_mb"],
-             "beat": f"{w['heartbeat_age_s']:.1f}s ago"} for w in ws]
-    cols = [("id", "WORKER"), ("host", "HOST"), ("device", "DEVICE"), ("job", "JOB"), ("cpu_percent", "CPU%"),
-            ("rss_mb", "RSS MiB"), ("gpu", "GPU MiB"), ("beat", "HEARTBEAT"), ("jobs_done", "DONE")]
-    print(render.table(rows, cols))
-    return 0
+    from daemon.lemon_cli import format_drained
+
+    api = _api()
+    ws = api.workers()
+    drained = [] if args.json else format_drained([(str(d["machine"]), d) for d in api.drained()])
+    return job_output.workers(args, ws, drained)  # the drained lines as the Redis command prints them
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

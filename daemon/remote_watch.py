@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from daemon.render import event_line, progress_line
-from daemon.watch import _live_view
+from daemon.watch import _live_view, live_display
 from jobs.contract.states import JobState
 from jobs.errors import ApiAuthError, ApiError, JobTimeoutError
 
@@ -85,22 +85,8 @@ def watch_remote(api: JobsApi, job_id: str, out: TextIO, timeout_s: float | None
                  console: Any = None) -> dict[str, Any]:
     """Draw the job's progress from its SSE stream until it is terminal; return its final status (with history).
     A broken stream is reconnected (a snapshot again) for up to :data:`OUTAGE_S`. Raises JobTimeoutError."""
-    live = None
-    if console is None and out.isatty():
-        from rich.console import Console
-
-        console = Console(file=out)
-    if console is not None and console.is_terminal:
-        from rich.live import Live
-
-        live = Live(console=console, auto_refresh=False, transient=False, redirect_stdout=False,
-                    redirect_stderr=False)
-        live.start()
-    try:
+    with live_display(out, console) as live:
         return _follow(api, job_id, out, live, timeout_s)
-    finally:
-        if live is not None:
-            live.stop()
 
 
 def _follow(api: JobsApi, job_id: str, out: TextIO, live: Any, timeout_s: float | None) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import redis
@@ -15,11 +16,18 @@ import redis
 from daemon.render import event_line, progress_line, progress_parts
 from jobs.contract.states import JobState
 from jobs.errors import JobTimeoutError
-from jobs.ops.waiting import no_worker_note
+from jobs.ops.waiting import WaitReason, wait_note
 from jobs.redis import packed
 from jobs.redis.store import JobStore
 
 REDIS_OUTAGE_S = 30.0  # how long watch_job rides out an unreachable Redis
+WAIT_REPEAT_S = 10.0  # a waiting job's new position is said at most this often (a new reason at once)
+
+
+def _says_more(said: tuple[str, str, float], why: WaitReason, now: float) -> bool:
+    """Whether ``why`` is worth a new line after ``said``: another reason, or a changed position a while later."""
+    kind, message, at = said
+    return why.kind != kind or (why.message != message and why.kind != "no_worker" and now - at >= WAIT_REPEAT_S)
 
 
 def last_epoch_metrics(store: JobStore, job_id: str, epoch: int) -> dict[str, Any] | None:
@@ -77,6 +85,14 @@ def watch_job(
     the terminal detection (tests pass one of width 80). ``check`` runs every poll and may raise to abort
     (``traind up`` checks its child processes there). Raises JobTimeoutError after ``timeout_s``.
     """
+    with live_display(out, console) as live:
+        return _poll(store, job_id, out, live, interval_s, timeout_s, check)
+
+
+@contextmanager
+def live_display(out: TextIO, console: Any = None) -> Iterator[Any]:
+    """A rich ``Live`` redrawing one region of ``out`` when it is a terminal (or ``console`` says it is one), else
+    None: the caller prints plain lines. Stopped on the way out."""
     live = None
     if console is None and out.isatty():
         from rich.console import Console
@@ -89,7 +105,7 @@ def watch_job(
                     redirect_stderr=False)
         live.start()
     try:
-        return _poll(store, job_id, out, live, interval_s, timeout_s, check)
+        yield live
     finally:
         if live is not None:
             live.stop()
@@ -99,7 +115,7 @@ def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: floa
           check: Callable[[], None] | None) -> dict[str, Any]:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last_line = ""
-    said: str | None = None  # the no-worker note already shown, said once per wait
+    said: tuple[str, str, float] | None = None  # the waiting reason last shown: kind, message, when
     outage_since: float | None = None
     while True:
         try:
@@ -113,13 +129,14 @@ def _poll(store: JobStore, job_id: str, out: TextIO, live: Any, interval_s: floa
                 raise
             time.sleep(interval_s)
             continue
-        note = no_worker_note(store.r, st, store.now_ms())
-        if note is not None and said is None:
+        why = wait_note(store.r, st, store.now_ms())
+        if why is not None and (said is None or _says_more(said, why, time.monotonic())):
+            text = f"note: {why.message}" if why.kind == "no_worker" else f"waiting: {why.message}"
             if live is not None:
-                live.console.print(f"note: {note}", overflow="fold")
+                live.console.print(text, overflow="fold")
             else:
-                out.write(f"note: {note}\n")
-            said = note
+                out.write(text + "\n")
+            said = (why.kind, why.message, time.monotonic())
         elif st.get("state") not in ("queued", "requeued"):
             said = None
         line = progress_line(st, last)

@@ -48,8 +48,10 @@ else:  # pragma: no cover - Python 3.10: the backport (pyproject's tomli marker)
 MAX_CONFIG_BYTES = 64 * 1024  # bounded before reading: a config is a few hundred bytes
 MAX_TOKEN_BYTES = 4096
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a bare TOML key, so the writer needs no quoting
-CONTEXT_KEYS = ("api_url", "token", "token_file", "redis_url", "storage")
-REMOTE_KEYS = frozenset({"api_url", "token", "token_file"})
+CONTEXT_KEYS = ("api_url", "token", "token_file", "ca_bundle", "redis_url", "storage")
+# `traind --context NAME` (daemon/cli.py sets it for one command): outranks TRAIND_CONTEXT and everything below it
+option_context: str | None = None
+REMOTE_KEYS = frozenset({"api_url", "token", "token_file", "ca_bundle"})
 LOCAL_KEYS = frozenset({"redis_url", "storage"})
 
 
@@ -62,6 +64,7 @@ class Context:
     api_url: str | None = None
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
+    ca_bundle: str | None = None
     redis_url: str | None = None
     storage: str | None = None
 
@@ -73,7 +76,7 @@ class Context:
         """One line for ``traind context list``: the URL or Redis it names (a Redis URL's password redacted)."""
         if self.remote:
             how = f"token file {self.token_file}" if self.token_file else "inline token" if self.token else "no token"
-            return f"{self.api_url} ({how})"
+            return f"{self.api_url} ({how}" + (f", CA bundle {self.ca_bundle})" if self.ca_bundle else ")")
         from jobs.redis.urls import redact_url
 
         parts = [f"redis {redact_url(self.redis_url)}" if self.redis_url else "redis: the local default"]
@@ -100,6 +103,7 @@ class Remote:
     api_url: str
     token: str | None = field(repr=False)
     source: str
+    ca_bundle: str | None = None  # a PEM file of CAs to verify the server with (a private CA); None: the system's
 
 
 @dataclass(frozen=True)
@@ -325,13 +329,14 @@ def resolve(api_url: str | None = None, token: str | None = None, redis_url: str
     ``with_token=False``: only which target (no token file is read; :attr:`Remote.token` is None).
 
     >>> resolve(env={"TRAIND_API_URL": "http://127.0.0.1:8600", "TRAIND_API_TOKEN": "x"}).source
-    'environment'
+    'environment (TRAIND_API_URL)'
     >>> resolve(redis_url="redis://h:6379/0", env={}).source
     'arguments'
     """
     env = os.environ if env is None else env
     env_url = check_api_url(env["TRAIND_API_URL"], "TRAIND_API_URL") if env.get("TRAIND_API_URL") else None
-    chosen = context or env.get("TRAIND_CONTEXT") or None
+    chosen = context or option_context or env.get("TRAIND_CONTEXT") or None
+    why = ("named" if context else "--context" if option_context else "TRAIND_CONTEXT" if chosen else "current")
     config: Config | None = None
 
     def cfg() -> Config:
@@ -340,32 +345,42 @@ def resolve(api_url: str | None = None, token: str | None = None, redis_url: str
             config = load(path, env)
         return config
 
-    def remote(url: str, source: str) -> Remote:
+    def remote(url: str, source: str, ctx: Context | None = None) -> Remote:
+        env_token = bool(env.get("TRAIND_API_TOKEN")) and env_url in (None, url)
+        if ctx is None and with_token and token is None and not env_token:
+            ctx = _pick(cfg(), chosen, required=False)  # the file is read only when its token may be needed
+        own = ctx is not None and ctx.api_url is not None and check_api_url(ctx.api_url, _where(cfg(), ctx)) == url
+        # the CA bundle: TRAIND_API_CA_BUNDLE, else the context's own (only for that context's api_url)
+        ca = env.get("TRAIND_API_CA_BUNDLE") or None
+        if ca is None and own and ctx is not None and ctx.ca_bundle:
+            ca = str(Path(ctx.ca_bundle).expanduser())
         if not with_token:
-            return Remote(url, None, source)
+            return Remote(url, None, source, ca)
         if token is not None:
-            return Remote(url, token_text(token, "token argument"), source)
-        if env.get("TRAIND_API_TOKEN") and env_url in (None, url):
-            return Remote(url, token_text(env["TRAIND_API_TOKEN"], "TRAIND_API_TOKEN"), source)
-        ctx = _pick(cfg(), chosen, required=False)
-        if ctx is not None and ctx.api_url is not None and check_api_url(ctx.api_url, _where(cfg(), ctx)) == url:
-            return Remote(url, context_token(cfg(), ctx), source)
-        return Remote(url, None, source)
+            return Remote(url, token_text(token, "token argument"), source, ca)
+        if env_token:
+            return Remote(url, token_text(env["TRAIND_API_TOKEN"], "TRAIND_API_TOKEN"), source, ca)
+        if own and ctx is not None:
+            return Remote(url, context_token(cfg(), ctx), source, ca)
+        return Remote(url, None, source, ca)
 
     if api_url is not None:
         return remote(check_api_url(api_url, "api_url argument"), "arguments")
     if redis_url is not None or storage is not None:
         return Local(redis_url, storage, "arguments")
     if chosen is None and env_url is not None:
-        return remote(env_url, "environment")
+        return remote(env_url, "environment (TRAIND_API_URL)")
     if chosen is None and (env.get("TRAIND_REDIS_URL") or env.get("TRAIND_STORAGE_DIR")):
-        return Local(env.get("TRAIND_REDIS_URL") or None, env.get("TRAIND_STORAGE_DIR") or None, "environment")
+        return Local(env.get("TRAIND_REDIS_URL") or None, env.get("TRAIND_STORAGE_DIR") or None,
+                     "environment (TRAIND_REDIS_URL/TRAIND_STORAGE_DIR)")
     ctx = _pick(cfg(), chosen, required=True)
     if ctx is None:
-        return Local(None, None, "defaults")
-    source = f"context {ctx.name} ({cfg().path})"
+        return Local(None, None, "defaults (no option, TRAIND_ variable or config file names one)")
+    because = {"named": "named on the command line", "--context": "the --context option",
+               "TRAIND_CONTEXT": "TRAIND_CONTEXT", "current": "the file's current"}[why]
+    source = f"context {ctx.name} ({because}; {cfg().path})"
     if ctx.api_url is not None:
-        return remote(check_api_url(ctx.api_url, _where(cfg(), ctx)), source)
+        return remote(check_api_url(ctx.api_url, _where(cfg(), ctx)), source, ctx)
     return Local(ctx.redis_url, ctx.storage, source)
 
 

@@ -307,6 +307,7 @@ class ServeSettings(CommonSettings):
 def _known_env_names() -> set[str]:
     names: set[str] = {"TRAIND_TEST_REDIS_URL", "TRAIND_TEST_KEEP"}  # test-suite knobs
     names.update({"TRAIND_CONFIG", "TRAIND_CONTEXT"})  # the contexts file and a context for one command (config_file)
+    names.add("TRAIND_API_CA_BUNDLE")  # CAs to verify a traind serve's TLS with (jobs/remote/target.py)
     for cls in (CommonSettings, ClientSettings, WorkerSettings, SupervisorSettings, StackSettings, ServeSettings):
         names.update(f"TRAIND_{f.upper()}" for f in cls.model_fields)
     return names

@@ -630,6 +630,30 @@ def test_a_job_waiting_with_no_worker_says_so(cli: Any, tmp_path: Path, r: redis
     assert out_buf.getvalue().count("note: no live worker serves queue default (cpu)") == 1, out_buf.getvalue()
 
 
+def test_watch_says_why_a_job_waits_and_where(cli: Any, tmp_path: Path, r: redis.Redis, redis_url: str,
+                                              storage_dir: Path) -> None:
+    """Issue 24: watch (and submit --wait, the same loop) say the waiting reason with the position, as status does,
+    once the job waited a few seconds, and say it again only when it changed."""
+    import io
+
+    from daemon.watch import watch_job
+    from jobs.ops import waiting
+
+    store = Client(redis_url=redis_url, storage=storage_dir).store
+    submit(cli, tmp_path)
+    job_id = submit(cli, tmp_path)
+    r.hset(keys.worker("w1"), mapping={"device": "cpu", "queues": "default"})  # a live worker: busy, not missing
+    r.zadd(keys.WORKERS, {"w1": store.now_ms()})
+    out_buf = io.StringIO()
+    early = [lambda: None, lambda: r.hset(keys.job(job_id), "updated_at",
+                                          store.now_ms() - int(waiting.GRACE_S * 1000) - 1000)]
+    final = watch_job(store, job_id, out_buf, interval_s=0.01,
+                      check=_driven_by_polls([*early, lambda: None, lambda: store.request_cancel(job_id)]))
+    assert final["state"] == "cancelled"
+    lines = [ln for ln in out_buf.getvalue().splitlines() if ln.startswith(("waiting:", "note:"))]
+    assert len(lines) == 1 and "position 2 of 2 in " in lines[0], out_buf.getvalue()  # not before the grace
+
+
 def test_a_reader_that_leaves_the_pipe_gets_no_traceback(cli: Any, tmp_path: Path, redis_url: str) -> None:
     """Issue 22 item 6: `traind status ID | head -5` (the reader leaves first) ends quietly."""
     job_id = submit(cli, tmp_path)

@@ -181,7 +181,8 @@ def _ts(event: Any) -> int:
 
 def _with_note(store: JobStore, st: dict[str, Any]) -> dict[str, Any]:
     """``note``: why a queued job is not starting (no live worker for its queue, jobs/ops/waiting.py)."""
-    if (note := no_worker_note(store.r, st, store.now_ms())) is not None:
+    # a multi-device job no live worker can place first (as `traind status` says it), else no live worker at all
+    if (note := lookup.placement_note(store.r, st) or no_worker_note(store.r, st, store.now_ms())) is not None:
         st["note"] = note
     if (why := waiting_reason(store.r, st, store.now_ms())) is not None:
         st["waiting"] = why.to_dict()  # the reason and the position (issue 24)

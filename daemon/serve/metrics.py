@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.serve import owner_metrics, sweep_metrics
+from daemon.serve import owner_metrics, preempt_metrics, sweep_metrics
 from jobs.contract import keys
 from jobs.contract.records import to_int
 from jobs.contract.states import JobState
@@ -92,6 +92,7 @@ class TraindCollector(Collector):
         for reason in (*telemetry.REQUEUE_REASONS, "other"):
             req.add_metric([reason], counters.get(f"requeues:{reason}", 0.0))
         yield req
+        yield from preempt_metrics.collect(counters)  # traind_preemptions_requested, traind_preemptions_held{reason}
         yield from _goodput(self.store, counters)
 
         for name, help_ in _HELP.items():

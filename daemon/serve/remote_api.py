@@ -206,6 +206,16 @@ def _job_key(request: Request, job_id: str, key: str) -> str:
     raise HTTPException(403, f"key {key[:200]!r} is not a file of job {jid}")
 
 
+@router.get("/workers/drained")
+def drained_machines(request: Request, _: Read) -> list[dict[str, Any]]:
+    """Machines drained as lemons (``traind workers`` prints them; ``traind undrain HOST/DEVICE`` puts one back):
+    ``[{"machine", "since_ms", "reason"}]``, at most 1,000."""
+    from jobs.redis import lemons
+
+    return [{"machine": m, "since_ms": info.get("since_ms"), "reason": str(info.get("reason") or "")[:500]}
+            for m, info in sorted(lemons.drained(_store(request).r).items())]
+
+
 @router.get("/jobs/{job_id}/file-url")
 def job_file_url(job_id: str, request: Request, _: Read,
                  key: Annotated[str, Query(max_length=512)]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from jobs.ops.tokens import Role, TokenStore
 
 router = APIRouter(prefix="/api/v1", tags=["tokens"])
 Admin = Annotated[auth.Principal, Depends(auth.admin)]
+Reader = Annotated[auth.Principal, Depends(auth.read)]
 
 
 class NewToken(BaseModel):
@@ -27,6 +28,16 @@ class NewToken(BaseModel):
 
 def _tokens(request: Request) -> TokenStore:
     return TokenStore(request.app.state.store.r)
+
+
+@router.get("/whoami")
+def whoami(who: Reader) -> dict[str, Any]:
+    """The presented token's name and role (any valid token): what the dashboard shows and which actions it offers
+    (``cancel``/``retry`` for admin, and for submit on the token's own jobs; the server enforces it regardless).
+
+    >>> # httpx.get(f"{base}/api/v1/whoami", headers=auth).json()  ->  {"name": "alice", "role": "submit"}
+    """
+    return {"name": who.name, "role": who.role.value}
 
 
 @router.get("/tokens")

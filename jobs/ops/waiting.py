@@ -131,3 +131,15 @@ def waiting_reason(r: Any, status: dict[str, Any], now_ms: int, grace_s: float =
     share = (f"; among jobs of its priority the owner running least goes first ({owner} runs {running})"
              if owner is not None else "")
     return WaitReason("in_queue", f"{where}{share}", **common)
+
+
+def wait_note(r: Any, status: dict[str, Any], now_ms: int, grace_s: float = GRACE_S) -> WaitReason | None:
+    """The :class:`WaitReason` to tell someone watching the job (``traind watch``, ``submit --wait``): only once it
+    has waited ``grace_s`` (a worker may be about to take it), None before and for any state but waiting."""
+    if status.get("state") not in _WAITING:
+        return None
+    try:
+        waited_s = (now_ms - int(status.get("updated_at") or status.get("created_at"))) / 1000
+    except (TypeError, ValueError):
+        return None
+    return waiting_reason(r, status, now_ms, grace_s) if waited_s >= grace_s else None

@@ -65,6 +65,10 @@ class JobsApi:
     def workers(self) -> list[dict[str, Any]]:
         return self.transport.json("GET", "/api/v1/workers")
 
+    def drained(self) -> list[dict[str, Any]]:
+        """Machines drained as lemons: ``[{"machine", "since_ms", "reason"}]``."""
+        return self.transport.json("GET", "/api/v1/workers/drained")
+
 
 def open_api(timeout_s: float = 30.0, retry_delays_s: tuple[float, ...] | None = None) -> JobsApi:
     """The configured API (:func:`jobs.remote.target.resolve_target`); ConfigError when there is none."""

@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 from jobs.errors import ConfigError
 
 log = logging.getLogger("traind.remote")
-URL_ENV, TOKEN_ENV = "TRAIND_API_URL", "TRAIND_API_TOKEN"
+URL_ENV, TOKEN_ENV, CA_ENV = "TRAIND_API_URL", "TRAIND_API_TOKEN", "TRAIND_API_CA_BUNDLE"
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,21 @@ class ApiTarget:
 
     url: str
     token: str = field(repr=False)
+    ca_bundle: str | None = None  # PEM file of the CAs that verify the server (a private CA); None: the system's
 
     def __repr__(self) -> str:
         return f"ApiTarget(url={self.url!r}, token='***')"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx verifies the server's certificate with (verification is always on): True (httpx's default
+        CAs) or a context trusting ``ca_bundle``'s CAs. ConfigError (one line) when the bundle cannot be read."""
+        if self.ca_bundle is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"{CA_ENV}: cannot load the CA bundle {self.ca_bundle}: "
+                              f"{getattr(e, 'strerror', None) or e}") from None
 
 
 def check_url(url: str) -> str:
@@ -63,7 +76,7 @@ def resolve_target(api_url: str | None = None, token: str | None = None, env: Ma
     if parts.scheme == "http" and not _loopback(parts.hostname or ""):
         log.warning("%s is plain http to %s: the token crosses the network unencrypted; put TLS in front "
                     "(docs/deploying.md)", URL_ENV, parts.hostname)
-    return ApiTarget(url, chosen.token)
+    return ApiTarget(url, chosen.token, chosen.ca_bundle)
 
 
 def _loopback(host: str) -> bool:

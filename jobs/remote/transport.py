@@ -11,6 +11,8 @@ line), 404 :class:`~jobs.errors.JobNotFoundError`, 409 the error the caller name
 from __future__ import annotations
 
 import json
+import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import httpx
 
 from jobs.errors import ApiAuthError, ApiError, JobNotFoundError, LimitError, SpecError, TraindError
-from jobs.remote.target import ApiTarget
+from jobs.remote.target import CA_ENV, ApiTarget
 
 MAX_JSON_BYTES = 64 * 1024**2  # a JSON answer (a job's status with a long history, a page of 1,000 jobs) is bounded
 MAX_SSE_LINE_BYTES = 16 * 1024**2
@@ -36,7 +38,11 @@ class Transport:
         self.retry_delays_s = retry_delays_s  # None: RETRY_DELAYS_S (read at call time: tests shorten it)
         self.http = client or httpx.Client(
             base_url=target.url, headers={"Authorization": f"Bearer {target.token}"},
-            timeout=httpx.Timeout(timeout_s, connect=10.0), follow_redirects=False)
+            timeout=httpx.Timeout(timeout_s, connect=10.0), verify=target.verify(),
+            # a redirect is never followed: a 3xx is an error, so neither the token nor a request body goes
+            # anywhere but the configured URL (httpx alone drops Authorization on a redirect to another origin,
+            # tests/remote/test_remote_security.py checks it, but it would resend a 307's body there)
+            follow_redirects=False)
 
     def close(self) -> None:
         self.http.close()
@@ -67,6 +73,10 @@ class Transport:
             try:
                 return self._once(method, path, params, body, content, headers, conflict, max_bytes, absolute)
             except RETRIED as e:
+                if _tls_refused(e):  # a certificate that does not verify will not verify on a retry either
+                    raise ApiError(f"the traind API at {self._where(path, absolute)} presented a TLS certificate "
+                                   f"that does not verify ({_short(str(e), 200)}); for a private CA set {CA_ENV} "
+                                   "(or the context's ca_bundle) to its PEM file") from None
                 delay = next(delays, None)
                 if delay is None:
                     raise ApiError(f"cannot reach the traind API at {self._where(path, absolute)}: "
@@ -97,6 +107,8 @@ class Transport:
             data = read_bounded(resp, max_bytes if resp.is_success else 1024**2, f"{method} {path.split('?')[0]}")
         finally:
             resp.close()
+        if resp.is_redirect and not absolute:
+            raise ApiError(_redirect_message(self.target.url, resp))
         if not resp.is_success:
             self.raise_for(resp.status_code, data, method, path, conflict, absolute)
         return data
@@ -107,6 +119,8 @@ class Transport:
         try:
             with self.http.stream("GET", path, params=params, headers=headers,
                                   timeout=httpx.Timeout(read_timeout_s, connect=10.0)) as resp:
+                if resp.is_redirect:
+                    raise ApiError(_redirect_message(self.target.url, resp))
                 if not resp.is_success:
                     self.raise_for(resp.status_code, read_bounded(resp, 1024**2, path), "GET", path, None, False)
                 buf = b""
@@ -125,8 +139,9 @@ class Transport:
                   conflict: Callable[[str], TraindError] | None, absolute: bool) -> None:
         detail = _detail(data)
         where = f"{method} {path.split('?')[0]}"
-        if absolute:  # the object store's own XML error, not the API's
-            text = _short(data.decode("utf-8", "replace"))
+        if absolute:  # the object store's own XML error: its Code and Message only (not its echo of the request,
+            # e.g. S3's SignatureProvided/CanonicalRequest)
+            text = _s3_error(data.decode("utf-8", "replace"))
             raise ApiError(f"the object store refused a presigned {method} ({code}): {text}")
         if code in (401, 403):
             msg = detail if isinstance(detail, str) else "refused"
@@ -140,6 +155,31 @@ class Transport:
         if code == 422:
             raise SpecError(_problems(detail))
         raise ApiError(f"{where}: the traind API answered {code}: {_short(str(detail))}")
+
+
+def _tls_refused(e: Exception) -> bool:
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _s3_error(xml: str) -> str:
+    """``Code: Message`` of an object store's XML error (else its first 200 characters without a query)."""
+    code, msg = re.search(r"<Code>([^<]{0,100})</Code>", xml), re.search(r"<Message>([^<]{0,300})</Message>", xml)
+    if code or msg:
+        return f"{code.group(1) if code else '?'}: {msg.group(1) if msg else ''}".strip()
+    return _short(xml.split("?", 1)[0], 200)
+
+
+def _redirect_message(base: str, resp: httpx.Response) -> str:
+    """One line for a 3xx: where it pointed (scheme, host and path only: a query may carry a credential)."""
+    loc = httpx.URL(base).join(resp.headers.get("location", ""))
+    where = f"{loc.scheme}://{loc.host}{f':{loc.port}' if loc.port else ''}{loc.path}"
+    return (f"the traind API at {base} answered {resp.status_code}, a redirect to {where[:300]}: not followed (the "
+            "token would go along); set TRAIND_API_URL (or the context's api_url) to the final URL")
 
 
 def read_bounded(resp: httpx.Response, max_bytes: int, what: str) -> bytes:

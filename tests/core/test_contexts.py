@@ -53,17 +53,16 @@ def test_resolution_order(cfg: Path) -> None:
     env = {"TRAIND_CONFIG": str(cfg)}
     # 4. the current context, its token from its token file
     t = resolve(env=env)
-    assert t == Remote(TEAM, "traind_team-token", f"context team ({cfg})")
+    assert t == Remote(TEAM, "traind_team-token", f"context team (the file's current; {cfg})")
     assert "traind_team-token" not in repr(t)
     # 3. TRAIND_CONTEXT / an explicit context beat the current one
     assert resolve(env={**env, "TRAIND_CONTEXT": "local"}) == Local("redis://:pw@127.0.0.1:6400/0", "/srv/traind",
-                                                                     f"context local ({cfg})")
+                                                                     f"context local (TRAIND_CONTEXT; {cfg})")
     assert resolve(context="inline", env=env).token == "traind_inline-token"
     # 2. the environment beats the current context; its token goes with its URL
     t = resolve(env={**env, "TRAIND_API_URL": "https://other.example", "TRAIND_API_TOKEN": "traind_env"})
-    assert t == Remote("https://other.example", "traind_env", "environment")
-    assert resolve(env={**env, "TRAIND_REDIS_URL": "redis://r:6379/0"}) == Local("redis://r:6379/0", None,
-                                                                                  "environment")
+    assert t == Remote("https://other.example", "traind_env", "environment (TRAIND_API_URL)")
+    assert resolve(env={**env, "TRAIND_REDIS_URL": "redis://r:6379/0"}).source.startswith("environment (TRAIND_RED")
     # ... TRAIND_API_TOKEN alone overrides the current context's token for the context's own URL
     assert resolve(env={**env, "TRAIND_API_TOKEN": "traind_env"}).token == "traind_env"
     # 1. explicit arguments beat everything
@@ -71,7 +70,29 @@ def test_resolution_order(cfg: Path) -> None:
     assert t == Remote("https://cli.example", "traind_arg", "arguments")
     assert resolve(redis_url="redis://a:1/0", env=env) == Local("redis://a:1/0", None, "arguments")
     # nothing configured: the settings' defaults
-    assert resolve(env={"TRAIND_CONFIG": str(cfg.parent / "none.toml")}) == Local(None, None, "defaults")
+    assert resolve(env={"TRAIND_CONFIG": str(cfg.parent / "none.toml")}).source.startswith("defaults")
+
+
+def test_the_context_option_outranks_traind_context_and_says_so(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"TRAIND_CONFIG": str(cfg), "TRAIND_CONTEXT": "local", "TRAIND_API_URL": "https://other.example"}
+    monkeypatch.setattr(config_file, "option_context", "team")  # what `traind --context team` sets for a command
+    t = resolve(env=env)
+    assert (t.api_url, t.token, t.source) == (TEAM, "traind_team-token", f"context team (the --context option; {cfg})")
+    assert resolve(context="inline", env=env).source.startswith("context inline (named on the command line;")
+
+
+def test_a_ca_bundle_from_the_env_or_only_for_its_own_context(cfg: Path) -> None:
+    text = cfg.read_text().replace('[contexts.inline]', '[contexts.inline]\nca_bundle = "~/ca.pem"')
+    cfg.write_text(text)
+    env = {"TRAIND_CONFIG": str(cfg)}
+    assert resolve(context="inline", env=env).ca_bundle == str(Path("~/ca.pem").expanduser())
+    assert resolve(env=env).ca_bundle is None  # team has none: the system's CAs
+    assert resolve(context="inline", env={**env, "TRAIND_API_CA_BUNDLE": "/etc/ca.pem"}).ca_bundle == "/etc/ca.pem"
+    # another URL than the context's: the context's CA bundle (like its token) does not apply
+    inline = {**env, "TRAIND_CONTEXT": "inline"}
+    assert resolve(api_url="https://x.example", env=inline).ca_bundle is None
+    assert resolve(api_url="http://127.0.0.1:8600", env=inline).ca_bundle == str(Path("~/ca.pem").expanduser())
+    assert resolve(api_url="https://x.example", token="t", env=env).ca_bundle is None
 
 
 def test_a_token_never_travels_to_another_server(cfg: Path) -> None:

@@ -114,3 +114,15 @@ def test_min_run_not_preemptible_and_bad_rows(r: redis.Redis, redis_url: str) ->
     later = now + 60_000
     r.zadd(keys.WORKERS, {w: later for w in ("w1", "w2", "w3", "w4", "w5")})  # still alive then
     assert p.step(later) == ["young"]
+
+    # /metrics exports what the passes counted (the bad rows above must not break a scrape)
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from daemon.serve.metrics import TraindCollector
+
+    registry = CollectorRegistry()
+    registry.register(TraindCollector(store, lease_ttl_s=5.0))
+    text = generate_latest(registry).decode()
+    assert "traind_preemptions_requested_total 1.0" in text, text
+    assert 'traind_preemptions_held_total{reason="min_run"} 3.0' in text, text
+    assert 'traind_preemptions_held_total{reason="not_preemptible"} 0.0' in text, text

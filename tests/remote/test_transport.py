@@ -108,6 +108,18 @@ def test_the_token_never_goes_to_a_presigned_url() -> None:
     assert seen == {"bucket.s3.test": None, "api.test": "Bearer tok-123"}
 
 
+def test_an_object_store_refusal_shows_no_part_of_the_presigned_request() -> None:
+    xml = ("<Error><Code>SignatureDoesNotMatch</Code><Message>The signature does not match</Message>"
+           "<SignatureProvided>deadbeef</SignatureProvided><CanonicalRequest>PUT /k X-Amz-Credential=AKIAEXAMPLE"
+           "</CanonicalRequest></Error>")
+    t = transport(lambda req: answer(403, content=xml.encode()))
+    with pytest.raises(ApiError) as e:
+        t.call("PUT", "http://bucket.s3.test/k?X-Amz-Signature=deadbeef", content=b"d", absolute=True)
+    msg = str(e.value)
+    assert "SignatureDoesNotMatch: The signature does not match" in msg, msg
+    assert "deadbeef" not in msg and "AKIA" not in msg and "tok-123" not in msg
+
+
 def test_sse_parsing() -> None:
     lines = ["retry: 2000", "", "event: snapshot", 'data: {"state": "running"}', "", ": keepalive", "",
              "id: 17", "event: events", 'data: [{"msg": "a"}]', "", "event: status", "data: {not json", ""]

@@ -11,6 +11,8 @@ import pytest
 
 from daemon import render
 from jobs.client import Client
+from jobs.ops.tokens import Role, TokenStore
+from testkit.cluster import wait_for
 from tests.conftest import ROOT, Procs, log_of
 from tests.serve.conftest import READ_TOKEN, TOKEN, Served, slow_spec
 
@@ -54,8 +56,30 @@ def test_dashboard_follows_a_training_job(served: Served, redis_url: str, storag
             # no worker yet: after a few seconds the page says so and how to start one (issue 22 item 5)
             expect(page.locator("#kv-note")).to_contain_text("no live worker serves queue default (cpu)",
                                                              timeout=30_000)
-            expect(page.locator("#cancel")).to_be_visible()
+            # a read token is told who it is and offered no action it may not take (the server refuses it anyway)
+            expect(page.locator("#whoami")).to_have_text("read (read)")
+            expect(page.locator("#cancel")).to_be_hidden()
             expect(page.locator("#retry")).to_be_hidden()
+            admin = browser.new_page()  # the admin token on the same queued job: cancel is offered
+            admin.goto(f"{served.url}/#/job/{handle.id}")
+            admin.fill("#token", TOKEN)
+            admin.click("#login button[type=submit]")
+            expect(admin.locator("#kv")).to_have_attribute("data-state", "queued", timeout=30_000)
+            expect(admin.locator("#whoami")).to_have_text("admin (admin)")
+            expect(admin.locator("#cancel")).to_be_visible()
+            admin.close()
+            # a submit token of another owner: told who it is, offered no cancel on someone else's job
+            bob = TokenStore(client.store.r).add("bob-browser", Role.SUBMIT, client.store.now_ms())
+            with served.client(token=bob) as http:  # serve sees a new token within about a second
+                wait_for(lambda: http.get("/api/v1/whoami").status_code == 200, 10, "bob's token", interval=0.25)
+            other = browser.new_page()
+            other.goto(f"{served.url}/#/job/{handle.id}")
+            other.fill("#token", bob)
+            other.click("#login button[type=submit]")
+            expect(other.locator("#kv")).to_have_attribute("data-state", "queued", timeout=30_000)
+            expect(other.locator("#whoami")).to_have_text("bob-browser (submit)")
+            expect(other.locator("#cancel")).to_be_hidden()
+            other.close()
             w = procs.worker(redis_url, storage_dir, "--worker-id", "browser-w")
             loss_points = page.locator('[data-chart="loss"] circle[data-series="loss"]')
             try:

@@ -8,6 +8,7 @@
   localStorage.removeItem("traind.token");
   let token = sessionStorage.getItem("traind.token") || "";
   let current = null; // {abort: AbortController} of the open view
+  let me = null; // {name, role} of the token (GET /api/v1/whoami): which actions to offer; the server enforces them
 
   function esc(s) {
     return String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g,
@@ -206,9 +207,11 @@
         rows.push(["waiting", `<span id="kv-waiting" data-kind="${esc(st.waiting.kind)}">${esc(st.waiting.message)}</span>`]);
       $("#kv").innerHTML = rows.map(([k, v]) => `<dt>${k}</dt><dd data-field="${k}">${v}</dd>`).join("");
       $("#kv").dataset.state = st.state;
-      // only the actions the state allows: cancel while it may still run, retry once it failed or was cancelled
-      $("#cancel").hidden = !["queued", "requeued", "running"].includes(st.state);
-      $("#retry").hidden = !["failed", "cancelled"].includes(st.state);
+      // only the actions the state allows: cancel while it may still run, retry once it failed or was cancelled;
+      // and only to a token that may: admin, or submit on its own jobs (a read token never)
+      const mayAct = !!me && (me.role === "admin" || (me.role === "submit" && st.owner === me.name));
+      $("#cancel").hidden = !mayAct || !["queued", "requeued", "running"].includes(st.state);
+      $("#retry").hidden = !mayAct || !["failed", "cancelled"].includes(st.state);
     };
     const addEvents = evs => {
       for (const e of evs) {
@@ -306,6 +309,17 @@
     $("#login").hidden = false;
     $("#login-error").textContent = msg || "";
     $("#logout").hidden = true;
+    me = null;
+    $("#whoami").hidden = true;
+  }
+
+  async function whoami() {
+    if (me) return me;
+    me = await api("/api/v1/whoami");
+    $("#whoami").textContent = `${me.name} (${me.role})`;
+    $("#whoami").dataset.role = me.role;
+    $("#whoami").hidden = false;
+    return me;
   }
 
   function route() {
@@ -313,13 +327,17 @@
     if (!token) return showLogin();
     $("#login").hidden = true;
     $("#logout").hidden = false;
-    current = new AbortController();
+    const ctl = current = new AbortController();
+    whoami().then(() => { if (ctl === current) go(ctl.signal); }).catch(onError);
+  }
+
+  function go(signal) {
     const h = location.hash || "#/";
     document.querySelectorAll("header nav a").forEach(a => a.classList.remove("active"));
     let m;
-    if ((m = h.match(/^#\/job\/([A-Za-z0-9_-]+)$/))) { $("#nav-jobs").classList.add("active"); showJob(m[1], current.signal).catch(onError); }
-    else if (h === "#/workers") { $("#nav-workers").classList.add("active"); showWorkers(current.signal).catch(onError); }
-    else { $("#nav-jobs").classList.add("active"); showJobs(current.signal).catch(onError); }
+    if ((m = h.match(/^#\/job\/([A-Za-z0-9_-]+)$/))) { $("#nav-jobs").classList.add("active"); showJob(m[1], signal).catch(onError); }
+    else if (h === "#/workers") { $("#nav-workers").classList.add("active"); showWorkers(signal).catch(onError); }
+    else { $("#nav-jobs").classList.add("active"); showJobs(signal).catch(onError); }
   }
 
   $("#login").onsubmit = e => {
