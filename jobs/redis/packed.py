@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 
@@ -130,7 +130,8 @@ def history_entry(r: redis.Redis, job_id: str, epoch: int) -> bytes | None:
 
 def merge_events(r: redis.Redis, job_id: str, packed_raw: bytes | None, live: list[bytes],
                  start: int = 0) -> list[bytes]:
-    """Packed events then ``live`` (the whole live list when there are packed events), sliced as LRANGE start -1."""
+    """Packed events then ``live``, sliced as ``LRANGE start -1``: ``live`` is the whole live list for ``start >= 0``,
+    at least its last ``-start`` entries otherwise."""
     if not packed_raw:
         return live
     evs = read(r, job_id, packed_raw, fetched=True).events + live
@@ -145,7 +146,7 @@ def events_raw(r: redis.Redis, job_id: str, start: int = 0) -> list[bytes]:
     packed_raw, live = pipe.execute()
     if not packed_raw:
         return live
-    if start != 0:
+    if start > 0:
         live = r.lrange(keys.events(job_id), 0, -1)  # indexes count the packed events first
     return merge_events(r, job_id, packed_raw, live, start)
 
@@ -257,9 +258,3 @@ def compact_step(r: redis.Redis, now_ms: int, after_ms: int, events_max: int, li
 def packed_problem(r: redis.Redis, job_id: str) -> str | None:
     """What is wrong with the job's packed value (None when it is fine or absent): for status views."""
     return decode(r.getrange(keys.packed(job_id), 0, MAX_PACKED_BYTES)).problem
-
-
-def stats(value: bytes) -> dict[str, Any]:
-    """Sizes of one packed value (for benchmarks and docs)."""
-    p = decode(value)
-    return {"bytes": len(value), "history": len(p.history), "events": len(p.events), "problem": p.problem}
