@@ -32,7 +32,7 @@ from jobs.contract.events import EventKind, event
 from jobs.contract.queue import pop
 from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError
-from jobs.redis import lemons, rqview
+from jobs.redis import lemons, rqview, telemetry
 from jobs.redis.badput import record_finished
 from jobs.redis.delivery import reject
 from jobs.redis.store import JobStore, _s
@@ -41,6 +41,7 @@ from worker.ledger import EpochRecord, Progress, RedisLedger
 
 HOST = socket.gethostname()
 QUEUES = keys.worker_queue_names(["default"], "cpu", 1)
+REGISTRY_REFRESH_S = 10.0  # worker.runner's (not imported: it pulls in the worker's modules; a test compares them)
 
 
 class Batcher(threading.Thread):
@@ -121,6 +122,7 @@ class Shared:
         self.errors: list[str] = []
         self.workers: list[SimWorker] = []
         self.rss_mb = 0.0
+        self.drained = False  # lemons.is_drained of this machine, read once a second (main)
 
     def count(self, what: str) -> None:
         with self.lock:
@@ -143,8 +145,6 @@ class SimWorker(threading.Thread):
     # -- worker.runner.Worker.register, as written there (registry hash, RQ's view, the workers zset) --------------
     def register_due(self, job_id: str | None) -> bool:
         """Whether the whole entry is due (``worker.runner.Worker.register``'s rule); if not, the light beat is."""
-        from worker.runner import REGISTRY_REFRESH_S
-
         mono = time.monotonic()
         if (job_id, self.jobs_done) == self._reg_state and mono < self._reg_next:
             return False
@@ -163,25 +163,28 @@ class SimWorker(threading.Thread):
             self.sh.batch.call(self.light_register)
             self.sh.count("register_light")
             return
-        r, st = self.sh.r, self.sh.store
-        now = st.now_ms()
+        # The full entry's commands, batched like the ticks; the machine's drained flag is read once a second per
+        # process (Shared.drained) instead of per worker, and "seen" comes from this machine's clock (Redis' too).
+        now = int(time.time() * 1000)
         info: dict[str, Any] = {"id": self.id, "host": HOST, "pid": os.getpid(), "device": "cpu", "devices": 1,
                                 "queues": "default", "rss_mb": self.sh.rss_mb, "cpu_percent": 0.0,
                                 "jobs_done": self.jobs_done, "seen": now}
         if job_id is not None:
             info["job"] = job_id
-        if lemons.is_drained(r, lemons.machine_of(HOST, "cpu")):
+        if self.sh.drained:
             info["drained"] = 1
-        pipe = r.pipeline()
-        pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
-        if "drained" not in info:
-            pipe.hdel(keys.worker(self.id), "drained")
-        if job_id is None:
-            pipe.hdel(keys.worker(self.id), "job")
-        pipe.pexpire(keys.worker(self.id), int(self.sh.plan["lease_ttl_s"] * 6000))
-        pipe.zadd(keys.WORKERS, {self.id: now})
-        rqview.register_worker(pipe, self.id, info, QUEUES, int(self.sh.plan["lease_ttl_s"] * 6000))
-        pipe.execute()
+
+        def build(pipe: Any) -> None:
+            pipe.hset(keys.worker(self.id), mapping={k: str(v) for k, v in info.items()})
+            if "drained" not in info:
+                pipe.hdel(keys.worker(self.id), "drained")
+            if job_id is None:
+                pipe.hdel(keys.worker(self.id), "job")
+            pipe.pexpire(keys.worker(self.id), int(self.sh.plan["lease_ttl_s"] * 6000))
+            pipe.zadd(keys.WORKERS, {self.id: now})
+            rqview.register_worker(pipe, self.id, info, QUEUES, int(self.sh.plan["lease_ttl_s"] * 6000))
+
+        self.sh.batch.call(build)
         self.sh.count("register")
 
     def run(self) -> None:
@@ -310,22 +313,44 @@ class SimWorker(threading.Thread):
         return owner, owner and text[1] == "1"
 
     def _epoch_end(self, led: RedisLedger, epoch: int, attempt: int) -> None:
+        """The epoch's commit and its checkpoint's, batched: the two FENCED_UPDATE calls ``RedisLedger.epoch_end``
+        and ``commit_checkpoint`` make, with ``telemetry.on_progress``'s histogram sample and notifications."""
+        sh, st, j = self.sh, self.sh.store, led.job_id
         loss = round(1.0 / epoch + random.random() * 0.01, 6)
         metrics = {"loss": loss, "val_loss": round(loss * 1.1, 6), "mae": round(loss * 0.7, 6)}
-        entry = {"epoch": epoch, **metrics, "time_s": self.sh.plan["epoch_s"]}
-        led.epoch_end(EpochRecord(epoch, metrics, entry, [event(
+        entry = {"epoch": epoch, **metrics, "time_s": sh.plan["epoch_s"]}
+        rec = EpochRecord(epoch, metrics, entry, [event(
             EventKind.EPOCH, f"epoch {epoch}: val_loss improved to {metrics['val_loss']}; checkpointing it as best")],
-            best_value=metrics["val_loss"], improved=True))
-        self.sh.count("epoch")
+            best_value=metrics["val_loss"], improved=True)
         key = epoch * 1_000_000
-        manifest = {"key": key, "file": f"jobs/{led.job_id}/ckpt/e{epoch:05d}-b000000-a{attempt}.npz",
+        manifest = {"key": key, "file": f"jobs/{j}/ckpt/e{epoch:05d}-b000000-a{attempt}.npz",
                     "sha256": f"{random.getrandbits(256):064x}", "size": 48_211, "epoch": epoch, "batch": 0,
                     "attempt": attempt}
-        old = [k for k in (epoch - 3,) if k > 0]
-        led.commit_checkpoint(manifest, fields={"latest_ckpt_key": key, "best_ckpt_key": key},
-                              events=[event(EventKind.NOTE, f"checkpoint {manifest['file']} committed")],
-                              delete=[k * 1_000_000 for k in old])
-        self.sh.count("checkpoint")
+        old = [(epoch - 3) * 1_000_000] if epoch > 3 else []
+        ks = [keys.job(j), keys.history(j), keys.checkpoints(j), keys.events(j)]
+        commit = {"fields": {k: _s(v) for k, v in rec.fields().items()}, "history_set": {str(epoch): json.dumps(entry)},
+                  "events": rec.events}
+        ckpt = {"fields": {"latest_ckpt_key": str(key), "best_ckpt_key": str(key)},
+                "ckpt_set": {str(key): json.dumps(manifest)}, "ckpt_del": old,
+                "events": [event(EventKind.NOTE, f"checkpoint {manifest['file']} committed")]}
+        hist = telemetry.hist_key("epoch_seconds")
+        bucket = next((f"{b:g}" for b in telemetry.BUCKETS["epoch_seconds"] if entry["time_s"] <= b), "+Inf")
+
+        def build(pipe: Any) -> None:
+            st._fenced(keys=ks, args=[led.token, json.dumps(commit), st.events_max, st.max_history], client=pipe)
+            pipe.hincrby(hist, bucket, 1)
+            pipe.hincrbyfloat(hist, "sum", float(entry["time_s"]))
+            pipe.hincrby(hist, "count", 1)
+            pipe.publish(CHANNEL, json.dumps({"job": j, "kind": "epoch", "epoch": epoch}, separators=(",", ":")))
+            st._fenced(keys=ks, args=[led.token, json.dumps(ckpt), st.events_max, st.max_history], client=pipe)
+            pipe.publish(CHANNEL, json.dumps({"job": j, "kind": "checkpoint", "key": key}, separators=(",", ":")))
+
+        res = sh.batch.call(build)
+        for reply in (res[0], res[5]):
+            if isinstance(reply, BaseException) or not int(reply[0]):
+                raise FencedError(f"job {j}: no longer owned by this attempt ({reply})")
+        sh.count("epoch")
+        sh.count("checkpoint")
 
     def _die(self, led: RedisLedger, attempt: int, renewed_ms: int) -> None:
         """Stop renewing at once (a SIGKILL): the lease lapses and only the supervisor can requeue the job."""
@@ -380,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     while time.time() < end:
         time.sleep(0.5)
         sh.rss_mb = round(proc.memory_info().rss / 2**20, 1)
+        sh.drained = lemons.is_drained(sh.r, lemons.machine_of(HOST, "cpu"))
     sh.stop.set()
     cpu1 = proc.cpu_times()
     for w in list(sh.workers):
