@@ -31,7 +31,7 @@ from jobs.contract.records import JobRecord
 from jobs.contract.states import JobState
 from jobs.errors import FencedError, IllegalTransitionError, InvalidJobIdError, JobNotFoundError
 from jobs.ops import admin
-from jobs.redis import lemons, telemetry
+from jobs.redis import lemons, packed, telemetry
 from jobs.redis.badput import record_finished
 from jobs.redis.conn import connect, redact_url
 from jobs.redis.delivery import deliver, requeue
@@ -65,6 +65,7 @@ class StepReport:
     hung: list[str] = field(default_factory=list)  # running with a live lease, progress stuck: handed back
     preempted: list[str] = field(default_factory=list)  # flagged to yield to a waiting job of higher priority
     skipped_reason: str | None = None
+    compacted: int = 0  # finished jobs whose history and events were compacted (jobs/redis/packed.py)
     duration_s: float = 0.0
 
     @property
@@ -131,6 +132,11 @@ class Supervisor:
         self._check_deliveries(now, rep)
         if not self._indexed:
             self._indexed = self.store.index_backfill()
+        if self.settings.compact_batch:  # finished jobs' history and events -> one compressed value
+            # Redis' own clock, not a test's ``now_ms``: a job is compacted once it really finished that long ago.
+            rep.compacted = packed.compact_step(self.r, seen.now_ms, int(self.settings.compact_after_s * 1000),
+                                                self.store.events_max, self.settings.compact_batch,
+                                                self.settings.compact_budget_ms / 1000)
         rep.duration_s = time.monotonic() - t0
         return rep
 

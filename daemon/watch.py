@@ -13,10 +13,10 @@ from typing import Any, TextIO
 import redis
 
 from daemon.render import event_line, progress_line, progress_parts
-from jobs.contract import keys
 from jobs.contract.states import JobState
 from jobs.errors import JobTimeoutError
 from jobs.ops.waiting import no_worker_note
+from jobs.redis import packed
 from jobs.redis.store import JobStore
 
 REDIS_OUTAGE_S = 30.0  # how long watch_job rides out an unreachable Redis
@@ -26,7 +26,7 @@ def last_epoch_metrics(store: JobStore, job_id: str, epoch: int) -> dict[str, An
     """The history entry of ``epoch`` (one HGET, not the whole history)."""
     if epoch <= 0:
         return None
-    raw = store.r.hget(keys.history(job_id), str(epoch))
+    raw = packed.history_entry(store.r, job_id, epoch)
     if raw is None:
         return None
     try:
@@ -149,7 +149,7 @@ class EventTail:
         self._last_raw: bytes | None = None
 
     def poll(self) -> list[dict[str, Any]]:
-        raws: list[bytes] = self.store.r.lrange(keys.events(self.job_id), 0, -1)
+        raws: list[bytes] = packed.events_raw(self.store.r, self.job_id)  # a compacted job's too
         if len(raws) < self.store.events_max:
             new = raws[self._next:]
         else:

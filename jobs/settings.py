@@ -220,6 +220,11 @@ class SupervisorSettings(CommonSettings):
                                      "waiting job of higher priority only once its current attempt has run this "
                                      "long (no flapping).")
     burst: bool = False
+    compact_after_s: float = Field(60.0, ge=0, description="A finished job's history and events are compacted into "
+                                   "one compressed value this long after it finished (jobs/redis/packed.py).")
+    compact_batch: int = Field(50, ge=0, le=10_000, description="Finished jobs compacted per pass at most; 0 = never.")
+    compact_budget_ms: float = Field(10.0, gt=0, le=10_000, description="Time a pass spends compacting at most "
+                                     "(~1 ms per 100-epoch job): a backlog is worked off without long passes.")
     # alerts (jobs/alerts): where every job's alerts also go, which events alert, how sends are retried
     notify: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated Apprise URLs (json://, slack://, mailto://...) every job's "

@@ -24,10 +24,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 
-from jobs.contract import keys
 from jobs.contract.events import EventKind, event
 from jobs.contract.states import JobState
 from jobs.errors import FencedError
+from jobs.redis import packed
 from jobs.redis.store import Beat, JobStore
 
 
@@ -209,7 +209,7 @@ class RedisLedger(AttemptLedger):
         return self.store.history(self.job_id)
 
     def history_entry(self, epoch: int) -> dict[str, Any] | None:
-        raw = self.store.r.hget(keys.history(self.job_id), str(epoch))
+        raw = packed.history_entry(self.store.r, self.job_id, epoch)
         return None if raw is None else json.loads(raw)  # type: ignore[arg-type]
 
     def events(self, start: int = 0) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from jobs.contract import keys
 from jobs.contract.records import JobRecord, log_problems, parse_event, to_int
 from jobs.ops.admin import LIST_FIELDS
 from jobs.ops.lookup import summary
-from jobs.redis import telemetry
+from jobs.redis import packed, telemetry
 from jobs.redis.store import JobStore, parse_history
 
 log = logging.getLogger("traind.serve.sse")
@@ -180,6 +180,7 @@ class Hub:
             pipe.hmget(keys.history(job_id), [str(e) for e in epochs])
         if detail:
             pipe.lrange(keys.events(job_id), -EVENTS_TAIL, -1)
+            pipe.getrange(keys.packed(job_id), 0, packed.MAX_PACKED_BYTES)  # a compacted job's (empty: none)
         res = pipe.execute()
         rec = JobRecord.parse(res[0], job_id)
         if not rec.exists:
@@ -203,7 +204,8 @@ class Hub:
                 if entries:
                     out.append((job_id, encode("epoch", entries)))
                 i += 1
-            tail = [parse_event(v, f"job {job_id} events") for v in res[i]]
+            raws = packed.merge_events(self.store.r, job_id, res[i + 1], res[i], -EVENTS_TAIL) if res[i + 1] else res[i]
+            tail = [parse_event(v, f"job {job_id} events") for v in raws]
             if new := self._new_events(job_id, tail):  # only new ones, once
                 out.append((job_id, encode("events", new, new[-1].get("ts") if isinstance(new[-1], dict) else None)))
         return out

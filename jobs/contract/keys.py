@@ -42,6 +42,14 @@ def events(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def packed(job_id: str) -> str:
+    """String: a finished job's history and events, compacted (jobs/redis/packed.py); absent until then."""
+    return f"{PREFIX}:job:{job_id}:packed"
+
+
+COMPACT_CURSOR = f"{PREFIX}:compact:cursor"  # string "<finished ms> <job id>": how far compaction walked IDX_FINISHED
+
+
 def state_index(state: str) -> str:
     """Set of the job ids in ``state`` (the Lua scripts extend ``state_index("")``)."""
     return f"{PREFIX}:state:{state}"

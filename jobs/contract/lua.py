@@ -303,6 +303,7 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[10] .. 'finished', ARGV[1])
+if KEYS[12] then redis.call('DEL', KEYS[12]) end  -- the compacted history and events (jobs/redis/packed.py)
 return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 """
 )

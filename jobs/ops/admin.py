@@ -19,7 +19,7 @@ from jobs.contract.events import EventKind
 from jobs.contract.records import JobRecord, WorkerRecord, log_problems
 from jobs.contract.states import RETRYABLE, TERMINAL, JobState
 from jobs.errors import IllegalTransitionError, JobNotFoundError
-from jobs.redis import telemetry
+from jobs.redis import packed, telemetry
 from jobs.redis.store import JobStore
 
 if TYPE_CHECKING:
@@ -214,6 +214,7 @@ def retry(store: JobStore, job_id: str) -> int:
         raise IllegalTransitionError(
             f"job {job_id} is {rec.state}; only a failed or cancelled job can be retried")
     attempt = rec.attempt or 1
+    packed.unpack(store.r, job_id, store.events_max)  # a compacted job's history back in place before it runs again
     # Fenced on the attempt: two concurrent retries cannot both enqueue.
     requeue(store, job_id, attempt=attempt, queue=rec.queue or "", retry=True, kind=EventKind.RETRIED,
             fields={"reason": "retried by an operator", "finished_at": None, "error": None, "traceback": None,

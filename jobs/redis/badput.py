@@ -17,7 +17,7 @@ import redis
 
 from jobs.contract import keys
 from jobs.goodput import REASONS, Goodput, account
-from jobs.redis import telemetry
+from jobs.redis import packed, telemetry
 
 log = logging.getLogger("traind.goodput")
 
@@ -32,7 +32,7 @@ def job_goodput(store: Any, job_id: str, raw: dict[str, str] | None = None, leas
     except ValueError:
         stall = 0.0
     events = []
-    for raw_ev in store.r.lrange(keys.events(job_id), -MAX_EVENTS, -1):
+    for raw_ev in packed.events_raw(store.r, job_id, -MAX_EVENTS):
         try:
             ev = json.loads(raw_ev)
         except ValueError:  # a malformed event is one bad row: left out

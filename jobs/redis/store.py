@@ -17,7 +17,7 @@ from jobs.contract.events import EventKind, event, kind_for_state
 from jobs.contract.records import JobRecord, decode_hash, log_problems, parse_event, to_int
 from jobs.contract.states import RETRYABLE, TERMINAL, JobState, allowed_sources
 from jobs.errors import FencedError, IllegalTransitionError, JobNotFoundError, LimitError
-from jobs.redis import rqview, telemetry
+from jobs.redis import packed, rqview, telemetry
 from jobs.redis.badput import job_goodput
 from jobs.redis.replication import run_script
 
@@ -263,7 +263,7 @@ class JobStore:
             for jid in ids[i:i + 500]:
                 self._delete(keys=[keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid),
                                    keys.token(jid), keys.JOBS_INDEX, keys.LEASES, keys.PENDING, keys.state_index(""),
-                                   keys.IDX_PREFIX, keys.IDEMPOTENCY_PREFIX], args=[jid], client=pipe)
+                                   keys.IDX_PREFIX, keys.IDEMPOTENCY_PREFIX, keys.packed(jid)], args=[jid], client=pipe)
             for jid, res in zip(ids[i:i + 500], pipe.execute(raise_on_error=False)):
                 if isinstance(res, Exception):  # a wrong-type key: that job's problem, not the batch's
                     log_problems(f"job {jid}", [f"delete: {res}"])
@@ -323,12 +323,14 @@ class JobStore:
             out["goodput"] = job_goodput(self, job_id, {"ckpt_stall_s": str(out.get("ckpt_stall_s") or 0)}).to_dict()
         if with_history:
             out["history"] = self.history(job_id)
+            if bad := packed.packed_problem(self.r, job_id):  # a compacted job whose packed value is unreadable
+                out["problems"] = [*(out.get("problems") or []), bad]
         return out
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """One entry per finished epoch, ordered by epoch (1-based ``epoch`` key in each entry); an entry that is
         not a JSON object under an integer epoch is left out (and logged once)."""
-        return parse_history(self.r.hgetall(keys.history(job_id)), f"job {job_id} history")
+        return parse_history(packed.history_raw(self.r, job_id), f"job {job_id} history")
 
     def checkpoints(self, job_id: str) -> dict[int, Any]:
         """The committed checkpoint index: key -> manifest. A corrupt entry's value is kept as its raw text (the
@@ -348,7 +350,7 @@ class JobStore:
     def events(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         """The event log from ``start`` (as LRANGE), each entry parsed by :func:`~jobs.contract.records.parse_event`
         (an unreadable one is a marked note, never an error)."""
-        return [parse_event(v, f"job {job_id} events") for v in self.r.lrange(keys.events(job_id), start, -1)]
+        return [parse_event(v, f"job {job_id} events") for v in packed.events_raw(self.r, job_id, start)]
 
     def list_ids(self, state: JobState | str | None = None, limit: int | None = None, offset: int = 0) -> list[str]:
         """Job ids, newest first; filtered by state through the state index (O(log N + page))."""
