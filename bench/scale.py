@@ -197,6 +197,7 @@ class Scale:
         row: dict[str, Any] = {"jobs": n, "preloaded": add, "preload_s": _r(preload_s),
                                "preload_jobs_per_s": _r(add / preload_s, 0),
                                "mem_per_finished_b": round((self.used_memory() - m0) / add)}
+        row.update(self.compacted_memory(add))
         time.sleep(self.c["interval_s"] * 2)
         a = self.store.now_ms()
         self.win.open()
@@ -212,6 +213,20 @@ class Scale:
         row["cli"] = self.cli(job)
         row.update(self.submits())
         return row
+
+    def compacted_memory(self, added: int, sample: int = 1000) -> dict[str, Any]:
+        """A finished job's memory once the supervisor compacted it (``jobs.redis.packed.pack``, its own call, 60 s
+        after the job finished): measured on the newest ``sample`` preloaded jobs (packing 100k in the bench would
+        take minutes), as the saving per packed job taken off the as-written figure."""
+        from jobs.redis import packed
+
+        ids = self.store.list_ids("succeeded", limit=min(sample, added))
+        m0, t0 = self.used_memory(), time.perf_counter()
+        n = sum(packed.pack(self.r, jid, self.store.events_max) for jid in ids)
+        pack_s = time.perf_counter() - t0
+        saved = (m0 - self.used_memory()) / n if n else 0.0
+        return {"compacted_sample": n, "compact_ms_per_job": _r(1000 * pack_s / max(n, 1), 3),
+                "mem_saved_per_compacted_b": round(saved)}
 
     def api_latency(self, job: str) -> dict[str, dict[str, float | None]]:
         lat: dict[str, list[float]] = {name: [] for name in API}
@@ -544,6 +559,8 @@ def series(res: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, list[An
         jobs[f"{name} p95 (ms, incl. start-up)"] = [p["cli"][name]["p95_ms"] for p in J]
     jobs["/metrics scrape p95 (ms)"] = [p["metrics_scrape"]["p95_ms"] for p in J]
     jobs["memory per finished job (bytes)"] = [p["mem_per_finished_b"] for p in J]
+    jobs["memory per finished job, compacted (bytes)"] = [p["mem_per_finished_b"] - p["mem_saved_per_compacted_b"]
+                                                          for p in J]
     jobs["memory per queued job (bytes)"] = [p["mem_per_queued_b"] for p in J]
     jobs["submit (jobs/s)"] = [p["submit_per_s"] for p in J]
     jobs["submit_many (jobs/s)"] = [p["submit_many_per_s"] for p in J]
@@ -590,6 +607,16 @@ def tables(run: u.Run, res: dict[str, Any]) -> None:
              "live requeued": p["requeues"]["of_live_workers"],
              "passes": p["supervisor"]["passes"]} for p in W]
     run.table("scale: the workers phases (what the simulation achieved)", rows)
+    first, last = res["jobs_axis"][0], res["jobs_axis"][-1]
+    cols = (("cmds", "commands"), ("Redis ms", "redis_ms"), ("rows", "rows"))
+    rows = [{"request": name, **{f"{p['jobs']:,} jobs {what}": p["api_work"][name][key]
+                                 for p in (first, last) for what, key in cols},
+             f"p95 ms quiet ({first['jobs']:,} / {last['jobs']:,})":
+                 f"{first['api'][name]['p95_ms']} / {last['api'][name]['p95_ms']}",
+             f"p95 ms at {W[-1]['workers']} workers": W[-1]["api_under_load"].get(name, {}).get("p95_ms")}
+            for name in API]
+    run.table("scale: Redis work per API request (INFO commandstats) and p95 quiet / under the largest workers phase",
+              rows)
     res["goals"] = goals(res)
     run.table("scale: goals", res["goals"])
 
@@ -639,8 +666,10 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "measured": f"worst ratio {r_ip:.2f}; slowest p95 {ms_ip:.1f} ms",
                 "met": yes(r_ip <= 1.5 and ms_ip < 50)})
     mem = max(p["mem_per_finished_b"] for p in J)
+    packed = max(p["mem_per_finished_b"] - p.get("mem_saved_per_compacted_b", 0) for p in J)
     out.append({"goal": "memory per finished job (50-100 epoch history, ~110 events) < 20 KB",
-                "measured": f"{mem / 1000:.1f} KB (max over sizes)", "met": yes(mem < 20_000)})
+                "measured": f"{packed / 1000:.1f} KB compacted ({mem / 1000:.1f} KB as written; max over sizes)",
+                "met": yes(packed < 20_000)})
     sm = min(p["submit_many_per_s"] for p in J)
     out.append({"goal": "submit_many >= 2,000 jobs/s", "measured": f"{sm:.0f} jobs/s (min over sizes)",
                 "met": yes(sm >= 2000)})

@@ -90,6 +90,7 @@ def test_quick_scale_run(tmp_path: Path) -> None:
     assert [p["jobs"] for p in J] == res["config"]["jobs"] and [p["workers"] for p in W] == res["config"]["workers"]
     for p in J:
         assert _pos(p["mem_per_finished_b"]) and _pos(p["mem_per_queued_b"]), p
+        assert p["compacted_sample"] > 0 and 0 < p["mem_saved_per_compacted_b"] < p["mem_per_finished_b"], p
         assert _pos(p["submit_per_s"]) and _pos(p["submit_many_per_s"]), p
         assert all(_pos(v["p95_ms"]) for v in p["api"].values()) and _pos(p["metrics_scrape"]["p95_ms"]), p["api"]
         assert all(_pos(v["p95_ms"]) for v in p["cli"].values()), p["cli"]
