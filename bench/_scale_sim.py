@@ -383,6 +383,10 @@ def schedule(sh: Shared) -> None:
         if sh.stop.wait(max(0.0, sh.t0 + at - time.time())):
             return
         busy = [w for w in sh.workers if w.job and w.doom is None and not w.dead and w.is_alive()]
+        late = time.time() + 1.0
+        while not busy and time.time() < late:  # a process that started late (a loaded machine): its first claims
+            time.sleep(0.05)
+            busy = [w for w in sh.workers if w.job and w.doom is None and not w.dead and w.is_alive()]
         n = min(len(busy), max(plan.get("min_per_round", 1), round(frac * len(busy))))
         for w in rng.sample(busy, n):
             w.doom = what
