@@ -78,8 +78,9 @@ def _payload(part: tuple[int, str, str], job_id: str) -> str:
 
 def preload(store: JobStore, base_fields: dict[str, Any], n: int, start: int = 0,
             templates: Templates | None = None) -> int:
-    """Write ``n`` finished jobs (named ``scale-run-<start+i>``), every 50th failed and every 97th cancelled, the rest
-    succeeded; returns how many were written. ``base_fields`` is ``Client._fields`` of a validated spec."""
+    """Write ``n`` finished jobs (named ``scale-run-<start+i>``), every 16th failed (a page of 50 fills at 1,000
+    jobs: 1k and 100k answer the same rows) and every 97th cancelled, the rest succeeded; returns
+    how many were written. ``base_fields`` is ``Client._fields`` of a validated spec."""
     t = templates or Templates()
     r = store.r
     done = 0
@@ -100,7 +101,7 @@ def preload(store: JobStore, base_fields: dict[str, Any], n: int, start: int = 0
             store._fenced(keys=[keys.job(jid), keys.history(jid), keys.checkpoints(jid), keys.events(jid)],
                           args=[token, _payload(t.parts[i % len(t.parts)], jid), store.events_max,
                                 store.max_history], client=pipe)
-            end = JobState.FAILED if i % 50 == 49 else JobState.CANCELLED if i % 97 == 96 else JobState.SUCCEEDED
+            end = JobState.FAILED if i % 16 == 15 else JobState.CANCELLED if i % 97 == 96 else JobState.SUCCEEDED
             ev = json.dumps(event(kind_for_state(end), f"{end.value} after training", "info", state=end.value))
             extra = {"error": "ValueError: simulated failure"} if end is JobState.FAILED else {}
             _transition(store, pipe, jid, end, json.dumps(allowed_sources(end)), "", token, extra, ev, 0)

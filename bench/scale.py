@@ -39,10 +39,9 @@ from bench import _util as u
 
 NAME = "scale"
 TOKEN = "scale-bench-token-5d1e0c77"
-COMPACT_SAMPLE = 2000  # jobs per size compacted in process to measure what compaction saves (jobs_point)
 CFG: dict[str, dict[str, Any]] = {
     "full": {"jobs": [1000, 10_000, 100_000], "workers": [10, 100, 1000], "reqs": 40, "cli_reps": 5,
-             "submit_n": 300, "submit_many_n": 2000, "phase_s": 50, "warm_s": 10, "viewers": 100, "per_proc": 250,
+             "submit_n": 300, "submit_many_n": 2000, "phase_s": 50, "warm_s": 10, "viewers": 100, "per_proc": 500,
              "epoch_s": 4.0, "lease_ttl_s": 5.0, "heartbeat_s": 1.0, "interval_s": 0.5, "kill_at": [12, 22, 32],
              "hang_at": [14], "kill_fraction": 0.03, "hang_fraction": 0.01, "progress_timeout_s": 10.0,
              "grace_s": 6.0, "running_n": 1000, "restart_s": 2.0, "idle_s": 4.0},
@@ -189,19 +188,6 @@ class Scale:
     def used_memory(self) -> int:
         return int(self.r.info("memory")["used_memory"])
 
-    def compaction(self, written_b: int, k: int) -> dict[str, Any]:
-        """Compact the ``k`` newest (just preloaded) jobs as the supervisor would (jobs/redis/packed.py): what a
-        finished job keeps once compacted (as written + the memory compaction frees per job) and the rate."""
-        from jobs.redis import packed
-
-        ids = self.store.list_ids(limit=k)
-        m1, t1 = self.used_memory(), time.perf_counter()
-        done = sum(packed.pack(self.r, jid, self.store.events_max) for jid in ids)
-        dt = time.perf_counter() - t1
-        freed = (self.used_memory() - m1) / max(done, 1)
-        return {"compacted_sample": done, "compact_jobs_per_s": _r(done / dt, 0),
-                "mem_per_finished_compacted_b": round(written_b + freed)}
-
     # -- jobs axis -------------------------------------------------------------------------------------------------
     def jobs_point(self, n: int) -> dict[str, Any]:
         from bench._scale_preload import preload
@@ -214,7 +200,7 @@ class Scale:
         row: dict[str, Any] = {"jobs": n, "preloaded": add, "preload_s": _r(preload_s),
                                "preload_jobs_per_s": _r(add / preload_s, 0),
                                "mem_per_finished_b": round((self.used_memory() - m0) / add)}
-        row.update(self.compaction(row["mem_per_finished_b"], min(add, COMPACT_SAMPLE)))
+        row.update(self.compacted_memory(add))
         time.sleep(self.c["interval_s"] * 2)
         a = self.store.now_ms()
         self.win.open()
@@ -223,12 +209,27 @@ class Scale:
         row["supervisor_idle"] = {**passes(self.pw.between(a, self.store.now_ms()), self.c["interval_s"]),
                                   "cpu_pct": w["supervisor_cpu_pct"], "redis_cpu_pct": w["redis_cpu_pct"]}
         job = self.store.list_ids("succeeded", limit=1, offset=min(n // 2, 500))[0]
-        row["api"] = self.api_latency(job)
+        row["api"] = self.api_latency(job)  # no simulated workers yet: a quiet Redis (the idle supervisor only)
+        row["api_work"] = self.api_work(job)
         row["metrics_scrape"] = self.scrape(self.c["reqs"] // 2)
         row["inproc"] = self.inproc(job)
         row["cli"] = self.cli(job)
         row.update(self.submits())
         return row
+
+    def compacted_memory(self, added: int, sample: int = 1000) -> dict[str, Any]:
+        """A finished job's memory once the supervisor compacted it (``jobs.redis.packed.pack``, its own call, 60 s
+        after the job finished): measured on the newest ``sample`` preloaded jobs (packing 100k in the bench would
+        take minutes), as the saving per packed job taken off the as-written figure."""
+        from jobs.redis import packed
+
+        ids = self.store.list_ids("succeeded", limit=min(sample, added))
+        m0, t0 = self.used_memory(), time.perf_counter()
+        n = sum(packed.pack(self.r, jid, self.store.events_max) for jid in ids)
+        pack_s = time.perf_counter() - t0
+        saved = (m0 - self.used_memory()) / n if n else 0.0
+        return {"compacted_sample": n, "compact_ms_per_job": _r(1000 * pack_s / max(n, 1), 3),
+                "mem_saved_per_compacted_b": round(saved)}
 
     def api_latency(self, job: str) -> dict[str, dict[str, float | None]]:
         lat: dict[str, list[float]] = {name: [] for name in API}
@@ -241,6 +242,23 @@ class Scale:
                 if resp.status_code != 200:
                     raise RuntimeError(f"{name}: HTTP {resp.status_code}: {resp.text[:300]}")
         return {name: {"p50_ms": pct(xs, 50, 1000), "p95_ms": pct(xs, 95, 1000)} for name, xs in lat.items()}
+
+    def api_work(self, job: str, reps: int = 5) -> dict[str, dict[str, float]]:
+        """Redis' work per API request (commands and their Redis CPU from INFO commandstats, rows answered): what
+        tells a real O(n) from noise when a p95 grows with the job count. The idle supervisor's few commands in the
+        same instants are counted too (a fraction of one per request)."""
+        out = {}
+        for name, (path, params) in API.items():
+            s0 = self.r.info("commandstats")
+            rows = 0
+            for _ in range(reps):
+                body = self.http.get(path.format(job=job), params=params).json()
+                rows = len(body["items"]) if isinstance(body, dict) and "items" in body else 1
+            s1 = self.r.info("commandstats")
+            calls = sum(v["calls"] - s0.get(k, {}).get("calls", 0) for k, v in s1.items() if k != "cmdstat_info")
+            usec = sum(v["usec"] - s0.get(k, {}).get("usec", 0) for k, v in s1.items() if k != "cmdstat_info")
+            out[name] = {"commands": _r(calls / reps, 1), "redis_ms": _r(usec / reps / 1000, 3), "rows": rows}
+        return out
 
     def scrape(self, n: int) -> dict[str, float | None]:
         lat = []
@@ -370,11 +388,12 @@ class Scale:
             out = self.run.dir / f"sim-{n}-{k}.json"
             outs.append(out)
             plan_k = {**plan, "seed": n * 100 + k, "stagger_s": min(2.0, 0.5 * nproc) / max(count, 1)}
-            # niced: the simulated workers stand in for other machines; the control plane measured here (Redis,
-            # supervisor, serve) must not queue behind them for the 2 shared cores.
+            # niced a little: the simulated workers stand in for other machines; the control plane measured here
+            # (Redis, supervisor, serve) goes first on the 2 shared cores. Round 1's nice 10 starved them behind the
+            # other engineers' processes (ticks 13 s late); their calls are batched now, so they need far less.
             args = [sys.executable, "-m", "bench._scale_sim", self.url, f"w{n}p{k}", str(count), json.dumps(plan_k),
                     str(out)]
-            sims.append(self.procs.start(["nice", "-n", "10", *args], name=f"sim{n}"))
+            sims.append(self.procs.start(["nice", "-n", "2", *args], name=f"sim{n}"))
         time.sleep(max(0.0, t0 + c["warm_s"] - time.time()))
         view_out = self.run.dir / f"viewers-{n}.json"
         view_s = c["phase_s"] - c["warm_s"] - 2
@@ -386,6 +405,7 @@ class Scale:
 
         counters0 = telemetry.read_counters(self.r)
         scrape, status_lat = [], []
+        loaded: dict[str, list[float]] = {"list": [], "list state=failed": []}
         job = self.store.list_ids("running", limit=1)
         end = t0 + c["phase_s"] - 1.5
         while time.time() < end:
@@ -396,6 +416,10 @@ class Scale:
                 t = time.perf_counter()
                 self.http.get(f"/api/v1/jobs/{job[0]}")
                 status_lat.append(time.perf_counter() - t)
+            for name in ("list", "list state=failed"):  # the goal's requests while 1,000 workers write
+                t = time.perf_counter()
+                self.http.get(API[name][0], params=API[name][1])
+                loaded[name].append(time.perf_counter() - t)
             time.sleep(min(1.0, c["phase_s"] / 10))
         w = self.win.close()
         b = self.store.now_ms()
@@ -427,13 +451,23 @@ class Scale:
                       "progress_per_s": _r(writes["progress"] / c["phase_s"], 1),
                       "ticks_late_over_0_5s": sum(s["ticks_over_0_5s"] for s in sim),
                       "ticks_late": sum(s["late_n"] for s in sim), "late_max_s": _r(max(late), 2) if late else 0,
+                      # scheduled tick -> its renewal answered, the worst process's p95: the harness's own lag
+                      "tick_lag_p50_s": _r(max(s["lag_p50_s"] or 0 for s in sim), 3),
+                      "tick_lag_p95_s": _r(max(s["lag_p95_s"] or 0 for s in sim), 3),
+                      "tick_lag_max_s": _r(max(s["lag_max_s"] or 0 for s in sim), 3),
+                      "calls_per_batch": _r(sum(s["batched_calls"] for s in sim)
+                                            / max(1, sum(s["batches"] for s in sim)), 1),
                       "errors": [e for s in sim for e in s["errors"]][:5],
                       "workers_started": sum(s["workers_started"] for s in sim)}
+        # A harness that renews late starves its own leases and progress: detection then measures the harness.
+        row["sim"]["valid_for_detection"] = (row["sim"]["tick_lag_p95_s"] or 0) <= lag_limit(c)
         d = view["delays_s"]
         row["sse"] = {"viewers": view["viewers"], "events": view["events"], "reconnects": view["reconnects"],
                       "p50_ms": pct(d, 50, 1000), "p95_ms": pct(d, 95, 1000), "errors": view["errors"][:3]}
         row["metrics_scrape"] = {"p50_ms": pct(scrape, 50, 1000), "p95_ms": pct(scrape, 95, 1000)}
         row["api_status_under_load"] = {"p50_ms": pct(status_lat, 50, 1000), "p95_ms": pct(status_lat, 95, 1000)}
+        row["api_under_load"] = {name: {"p50_ms": pct(xs, 50, 1000), "p95_ms": pct(xs, 95, 1000)}
+                                 for name, xs in loaded.items()}
         self.settle()
         return row
 
@@ -528,8 +562,8 @@ def series(res: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, list[An
         jobs[f"{name} p95 (ms, incl. start-up)"] = [p["cli"][name]["p95_ms"] for p in J]
     jobs["/metrics scrape p95 (ms)"] = [p["metrics_scrape"]["p95_ms"] for p in J]
     jobs["memory per finished job (bytes)"] = [p["mem_per_finished_b"] for p in J]
-    jobs["memory per finished job, compacted (bytes)"] = [p["mem_per_finished_compacted_b"] for p in J]
-    jobs["compaction (jobs/s)"] = [p["compact_jobs_per_s"] for p in J]
+    jobs["memory per finished job, compacted (bytes)"] = [p["mem_per_finished_b"] - p["mem_saved_per_compacted_b"]
+                                                          for p in J]
     jobs["memory per queued job (bytes)"] = [p["mem_per_queued_b"] for p in J]
     jobs["submit (jobs/s)"] = [p["submit_per_s"] for p in J]
     jobs["submit_many (jobs/s)"] = [p["submit_many_per_s"] for p in J]
@@ -572,11 +606,28 @@ def tables(run: u.Run, res: dict[str, Any]) -> None:
              "det max s": p["detection_s"]["max"], "hangs": p["hang_s"]["n"], "hang p95 s": p["hang_s"]["p95"],
              "progress/s": p["sim"]["progress_per_s"], "SSE events": p["sse"]["events"],
              "sim CPU %": p["sim"]["cpu_pct"], "late ticks >0.5s": p["sim"]["ticks_late_over_0_5s"],
+             "tick lag p95 s": p["sim"]["tick_lag_p95_s"], "valid": p["sim"]["valid_for_detection"],
              "live requeued": p["requeues"]["of_live_workers"],
              "passes": p["supervisor"]["passes"]} for p in W]
     run.table("scale: the workers phases (what the simulation achieved)", rows)
+    first, last = res["jobs_axis"][0], res["jobs_axis"][-1]
+    cols = (("cmds", "commands"), ("Redis ms", "redis_ms"), ("rows", "rows"))
+    rows = [{"request": name, **{f"{p['jobs']:,} jobs {what}": p["api_work"][name][key]
+                                 for p in (first, last) for what, key in cols},
+             f"p95 ms quiet ({first['jobs']:,} / {last['jobs']:,})":
+                 f"{first['api'][name]['p95_ms']} / {last['api'][name]['p95_ms']}",
+             f"p95 ms at {W[-1]['workers']} workers": W[-1]["api_under_load"].get(name, {}).get("p95_ms")}
+            for name in API]
+    run.table("scale: Redis work per API request (INFO commandstats) and p95 quiet / under the largest workers phase",
+              rows)
     res["goals"] = goals(res)
     run.table("scale: goals", res["goals"])
+
+
+def lag_limit(c: dict[str, Any]) -> float:
+    """The tick lag p95 (s) above which a workers phase is no valid detection measurement: one heartbeat interval
+    (the simulation no longer keeps its own rate: the machine is starved, the supervisor with it)."""
+    return c["heartbeat_s"]
 
 
 def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -590,8 +641,12 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
 
     ttl = c["lease_ttl_s"]
     det = top["detection_s"]["p95"]
+    lag = top["sim"]["tick_lag_p95_s"]
+    valid = top["sim"]["valid_for_detection"]
     out = [{"goal": f"detection p95 <= lease TTL + 1 s = {ttl + 1:g} s at {top['workers']} workers",
-            "measured": f"{det} s ({top['detection_s']['n']} kills)", "met": yes(det is not None and det <= ttl + 1)},
+            "measured": f"{det} s ({top['detection_s']['n']} kills; harness tick lag p95 {lag} s)" if valid else
+            f"INVALID: the harness's ticks ran late (lag p95 {lag} s > {lag_limit(c):g} s); {det} s measured",
+            "met": yes(valid and det is not None and det <= ttl + 1) if valid else "invalid"},
            {"goal": f"supervisor < 10% of a core at {top['workers']} workers",
             "measured": f"{top['supervisor']['cpu_pct']}%", "met": yes(top["supervisor"]["cpu_pct"] < 10)},
            {"goal": f"Redis < 50% of a core at {top['workers']} workers",
@@ -614,11 +669,11 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     out.append({"goal": "traind list --limit 50 / status (their work, in process): same bound",
                 "measured": f"worst ratio {r_ip:.2f}; slowest p95 {ms_ip:.1f} ms",
                 "met": yes(r_ip <= 1.5 and ms_ip < 50)})
-    mem = max(p["mem_per_finished_compacted_b"] for p in J)
-    raw = max(p["mem_per_finished_b"] for p in J)
+    mem = max(p["mem_per_finished_b"] for p in J)
+    packed = max(p["mem_per_finished_b"] - p.get("mem_saved_per_compacted_b", 0) for p in J)
     out.append({"goal": "memory per finished job (50-100 epoch history, ~110 events) < 20 KB",
-                "measured": f"{mem / 1000:.1f} KB compacted (max over sizes; {raw / 1000:.1f} KB as written)",
-                "met": yes(mem < 20_000)})
+                "measured": f"{packed / 1000:.1f} KB compacted ({mem / 1000:.1f} KB as written; max over sizes)",
+                "met": yes(packed < 20_000)})
     sm = min(p["submit_many_per_s"] for p in J)
     out.append({"goal": "submit_many >= 2,000 jobs/s", "measured": f"{sm:.0f} jobs/s (min over sizes)",
                 "met": yes(sm >= 2000)})

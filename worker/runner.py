@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 import redis
@@ -35,6 +36,8 @@ from worker.keras_compat import drop_custom_gradients
 from worker.versions import check_keras
 
 log = logging.getLogger("traind.worker")
+# The whole registry entry is rewritten at most this often while nothing in it changes (and at least every 2 TTLs).
+REGISTRY_REFRESH_S = 10.0
 
 
 class Worker:
@@ -74,6 +77,8 @@ class Worker:
         self.current: Any = None  # the JobControl of the running job
         self.jobs_done = 0
         self._proc: Any = None
+        self._reg_state: tuple[str | None, int] | None = None  # (job, jobs done) of the last full registry write
+        self._reg_next = 0.0  # time.monotonic() when the full entry is written again anyway
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -143,11 +148,23 @@ class Worker:
 
     # -- registry ------------------------------------------------------------------------------------------------
     def register(self, job_id: str | None = None) -> None:
+        """Heartbeat the registry: ``seen`` and the workers zset every call; the whole entry (RQ's view included,
+        ~15 commands) only when the current job or jobs done changed or every ``registry_refresh_s`` (bench.scale:
+        the full write on every beat was about a third of a busy worker's Redis commands)."""
         import psutil
 
         if self._proc is None:
             self._proc = psutil.Process()
         now = self.store.now_ms()
+        state, mono = (job_id, self.jobs_done), time.monotonic()
+        if state == self._reg_state and mono < self._reg_next:
+            pipe = self.r.pipeline()
+            pipe.hset(keys.worker(self.id), "seen", str(now))
+            pipe.zadd(keys.WORKERS, {self.id: now})
+            pipe.execute()
+            return
+        # refreshed well inside the entry's TTL (6 lease TTLs), so it never lapses between full writes
+        self._reg_state, self._reg_next = state, mono + min(REGISTRY_REFRESH_S, self.settings.lease_ttl_s * 2)
         info = {
             "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "device": self.settings.device,
             "devices": self.devices,

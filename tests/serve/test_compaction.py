@@ -33,7 +33,7 @@ from worker.ledger import EpochRecord, RedisLedger
 
 
 def _finished(redis_url: str, tmp_path: Path, n: int, start: int = 0) -> tuple[JobStore, list[str]]:
-    """``n`` finished jobs of 50-99 epochs (bench.scale's preload: the store's scripts); job ``start + 49`` fails."""
+    """``n`` finished jobs of 50-99 epochs (bench.scale's preload: the store's scripts); job 15, 31, ... fails."""
     client = Client(settings=u.client_settings(redis_url, tmp_path / "s"))
     store = JobStore(redis.Redis.from_url(redis_url))
     before = set(store.list_ids())
@@ -68,7 +68,7 @@ def _memory(r: redis.Redis, jid: str) -> int:
 
 def test_compacted_job_reads_identically_everywhere(served: Served, redis_url: str, storage_dir: Path,
                                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    store, ids = _finished(redis_url, tmp_path, 2, start=48)  # 48 succeeds, 49 fails
+    store, ids = _finished(redis_url, tmp_path, 2, start=14)  # 14 succeeds, 15 fails
     r = store.r
     before = {jid: _views(store, served, jid, redis_url, storage_dir, capsys) for jid in ids}
     mem_before = {jid: _memory(r, jid) for jid in ids}
@@ -82,7 +82,7 @@ def test_compacted_job_reads_identically_everywhere(served: Served, redis_url: s
 
 
 def test_retry_of_a_compacted_failed_job_unpacks_and_keeps_its_history(redis_url: str, tmp_path: Path) -> None:
-    store, ids = _finished(redis_url, tmp_path, 2, start=48)
+    store, ids = _finished(redis_url, tmp_path, 2, start=14)
     r = store.r
     failed, ok = sorted(ids, key=lambda j: store.record(j).state)  # "failed" < "succeeded"
     hist, evs = store.history(failed), store.events(failed)
