@@ -97,7 +97,9 @@ def test_job_trains_and_api_equals_cli_status(served: Served, redis_url: str, st
         assert "gpu_mem_mb" in me
 
         # cancel a queued job, then retry it: it runs again (new attempt) and succeeds
-        jid2 = c.post("/api/v1/jobs", json={"spec": slow_spec(epochs=2, batch_delay_s=0.01)}).json()["id"]
+        # ~1.5 s an epoch: a worker that claims it at once (the job switch takes ~30 ms) still runs it when the
+        # cancel reaches it at its next heartbeat (1 s); at 0.01 s a batch it could finish first (CI saw it succeed)
+        jid2 = c.post("/api/v1/jobs", json={"spec": slow_spec(epochs=2, batch_delay_s=0.3)}).json()["id"]
         resp = c.post(f"/api/v1/jobs/{jid2}/cancel").json()
         if resp["previous"] == "running":  # the idle worker may have claimed it first
             wait_for(lambda: _state(c, jid2) == "cancelled", 120, "the cancel")
