@@ -48,6 +48,7 @@ MIN_TOKEN_CHARS = 16  # off loopback; `openssl rand -hex 24` gives 48
 MIN_TOKEN_DISTINCT = 6  # refuses "aaaaaaaaaaaaaaaa" and "abababab...", never a random token of 16+ characters
 
 
+RECHECK_S = 0.1  # an unknown token re-reads the version at most this often (a flood of wrong tokens: 10 GETs/s)
 STORED_CACHE_S = 1.0  # how stale serve's copy of the stored tokens may get: the delay before a revocation bites
 STORED_READ_TIMEOUT_S = 5.0
 STORED_FULL_RELOAD_S = 60.0  # the whole hash at least this often, changed version or not
@@ -99,6 +100,7 @@ class Tokens:
         self.full_at = -math.inf  # clock() of the last read of the whole hash
         self.version: Any = None  # keys.API_TOKENS_VERSION as last read
         self.tried_at = -math.inf  # clock() of the last read attempt (failures retry after cache_s too)
+        self.rechecked_at = -math.inf  # clock() of the last re-read for an unknown token
         self.used_written: dict[str, int] = {}  # name -> ms of the last last-used write
         self._lock = asyncio.Lock()
 
@@ -111,12 +113,14 @@ class Tokens:
         return (Principal(ENV_ADMIN_NAME, Role.ADMIN) if full else Principal(ENV_READ_NAME, Role.READ) if ro
                 else None)
 
-    async def refresh(self) -> None:
-        """Re-read the stored tokens when the copy is older than ``cache_s`` (one reader at a time)."""
-        if self.source is None or self.clock() - self.tried_at < self.cache_s:
+    async def refresh(self, max_age_s: float | None = None) -> None:
+        """Re-read the stored tokens when the copy is older than ``max_age_s`` (default ``cache_s``; one reader at a
+        time)."""
+        max_age = self.cache_s if max_age_s is None else max_age_s
+        if self.source is None or self.clock() - self.tried_at < max_age:
             return
         async with self._lock:
-            if self.clock() - self.tried_at < self.cache_s:  # another request refreshed while this one waited
+            if self.clock() - self.tried_at < max_age:  # another request refreshed while this one waited
                 return
             self.tried_at = self.clock()
             try:
@@ -146,6 +150,22 @@ class Tokens:
                                         or self.clock() - self.loaded_at > STORED_STALE_MAX_S):
             raise StoredUnavailable
         return stored
+
+    async def recheck_unknown(self, authorization: str | None) -> None:
+        """A bearer token that is no token serve knows may be one added since the last read: check the version again
+        at once (at most every :data:`RECHECK_S`), so a token works as soon as `traind token add` printed it."""
+        presented = bearer(authorization or "")
+        if presented is None or self.source is None:
+            return
+        try:
+            if self.principal(presented) is not None:
+                return
+        except StoredUnavailable:
+            return
+        if self.clock() - self.rechecked_at < RECHECK_S:
+            return
+        self.rechecked_at = self.clock()
+        await self.refresh(0.0)
 
     async def touch(self, who: Principal, now_ms: int) -> None:
         """Record a use of a stored token for ``traind token list``, at most once a minute per name."""

@@ -137,6 +137,7 @@ class Guard:
 
         if not is_public(scope["method"], scope["path"]):
             await self.tokens.refresh()  # the stored tokens, at most STORED_CACHE_S old
+            await self.tokens.recheck_unknown(_header(scope, b"authorization"))  # or one added just now
         refused = self.refusal(scope)
         who = scope.get("state", {}).get("principal")
         if isinstance(who, Principal):
