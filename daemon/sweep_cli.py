@@ -33,6 +33,7 @@ def _sweeps(args: argparse.Namespace) -> SweepStore:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.cli_context import client_from_args
+    from jobs.contract.owners import check_owner
     from jobs.sweep.spec import load_sweep_file
 
     client = client_from_args(args)
@@ -40,6 +41,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         sweep, job = load_sweep_file(args.file, allowed_modules=s.allowed_modules, max_epochs=s.max_epochs,
                                      max_spec_bytes=s.max_spec_bytes)
+        owner = check_owner(args.owner) if args.owner else client.owner
     except SpecError as e:
         print(f"error: {render.clean(args.file)}: sweep spec refused ({len(e.problems)} problem(s)); nothing was "
               "submitted:", file=sys.stderr)
@@ -49,7 +51,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from jobs.sweep.records import SweepStore
 
     sweep_id = SweepStore(client.r).create(sweep.model_dump(mode="json"), job.model_dump(mode="json"),
-                                           sweep.direction(job), sweep.objective_metric(job))
+                                           sweep.direction(job), sweep.objective_metric(job), owner=owner)
     if args.json:
         print(json.dumps({"id": sweep_id}))
     else:
@@ -149,6 +151,7 @@ def register(add: AddFn) -> None:
 
     p = one("submit", cmd_submit, "validate and submit a sweep file (YAML/JSON); prints its id")
     p.add_argument("file", help="sweep file (docs/sweeps.md)")
+    p.add_argument("--owner", help="owner of the sweep and its trials (default: TRAIND_OWNER, else the OS user)")
     p.add_argument("--json", action="store_true", help='print {"id": ...}')
     p = one("status", cmd_status, "show a sweep: its trials, their states and values, the best so far")
     p.add_argument("sweep", help="sweep id or a unique prefix")

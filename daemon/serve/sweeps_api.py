@@ -19,7 +19,7 @@ from jobs.sweep.records import SweepStore
 
 router = APIRouter(prefix="/api/v1", tags=["sweeps"])
 Read = Annotated[auth.Principal, Depends(auth.read)]
-Admin = Annotated[auth.Principal, Depends(auth.admin)]  # sweeps record no owner: a submit token cancels none
+Write = Annotated[auth.Principal, Depends(auth.write)]
 _ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 
 
@@ -49,8 +49,14 @@ def sweep_status(sweep_id: str, request: Request, _: Read) -> dict[str, Any]:
 
 
 @router.post("/sweeps/{sweep_id}/cancel")
-def cancel_sweep(sweep_id: str, request: Request, _: Admin) -> dict[str, Any]:
-    """Ask the controller to cancel the sweep's running trials and start no new one."""
+def cancel_sweep(sweep_id: str, request: Request, who: Write) -> dict[str, Any]:
+    """Ask the controller to cancel the sweep's running trials and start no new one: an admin token, or a submit
+    token whose name is the sweep's owner."""
     store = _sweeps(request)
     sid = store.resolve(_sid(sweep_id))
+    owner = store.get(sid).owner
+    if who.role is not auth.Role.ADMIN and owner != who.name:
+        mine = f"belongs to {owner[:64]!r}" if owner else "records no owner"
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"sweep {sid} {mine}: token {who.name!r} (role "
+                            f"{who.role.value}) may only cancel its own sweeps")
     return {"id": sid, "previous_state": store.request_cancel(sid)}

@@ -181,7 +181,8 @@ class SweepController:
             self._record_end(rec, tr, "failed", self.sweeps.now_ms(), f"trial spec refused: {'; '.join(e.problems)}")
             return
         # The sweep's submitter's allowlist already approved every value of the space; workers check again.
-        handle = self.client._submit(spec, client_key=f"sweep:{rec.id}:{tr.number}")
+        # A trial is its sweep's owner's job (fair share, limits, who may cancel it), not the controller's host user.
+        handle = self.client._submit(spec, client_key=f"sweep:{rec.id}:{tr.number}", owner=rec.owner)
         tr.job = handle.id
         records.link_trial(self.r, handle.id, rec.id, tr.number)  # before the trial record: its worker reports
         self.sweeps.put_trial(rec.id, tr)

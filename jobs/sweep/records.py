@@ -105,6 +105,7 @@ class SweepRecord:
     finished_at: int | None = None
     cancel_requested: bool = False
     error: str | None = None
+    owner: str | None = None  # who submitted it: its trials are that owner's jobs (fair share, limits, rights)
 
     @classmethod
     def parse(cls, sweep_id: str, raw: dict[bytes, bytes]) -> SweepRecord:
@@ -114,7 +115,7 @@ class SweepRecord:
                        sweep=json.loads(d["sweep"]), job=json.loads(d["job"]), direction=d.get("direction", "minimize"),
                        metric=d.get("metric", "val_loss"), created_at=int(d.get("created_at") or 0),
                        finished_at=_opt_int(d.get("finished_at")), cancel_requested=d.get("cancel_requested") == "1",
-                       error=d.get("error") or None)
+                       error=d.get("error") or None, owner=d.get("owner") or None)
         except (KeyError, ValueError, RecursionError) as e:
             raise ValueError(f"sweep {sweep_id}: malformed record ({type(e).__name__}: {e})") from e
 
@@ -151,13 +152,15 @@ class SweepStore:
         sec, usec = self.r.time()
         return int(sec) * 1000 + int(usec) // 1000
 
-    def create(self, sweep: dict[str, Any], job: dict[str, Any], direction: str, metric: str) -> str:
+    def create(self, sweep: dict[str, Any], job: dict[str, Any], direction: str, metric: str,
+               owner: str | None = None) -> str:
         sweep_id = new_sweep_id()
         now = self.now_ms()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(sweep_key(sweep_id), mapping={
             "id": sweep_id, "name": str(sweep["name"]), "state": RUNNING, "sweep": json.dumps(sweep),
-            "job": json.dumps(job), "direction": direction, "metric": metric, "created_at": now})
+            "job": json.dumps(job), "direction": direction, "metric": metric, "created_at": now,
+            **({"owner": owner} if owner else {})})
         pipe.zadd(SWEEPS, {sweep_id: now})
         pipe.sadd(ACTIVE, sweep_id)
         pipe.execute()
@@ -272,7 +275,8 @@ def status(store: SweepStore, sweep_id: str) -> dict[str, Any]:
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     return {
-        "id": rec.id, "name": rec.name, "state": rec.state, "metric": rec.metric, "direction": rec.direction,
+        "id": rec.id, "name": rec.name, "owner": rec.owner, "state": rec.state, "metric": rec.metric,
+        "direction": rec.direction,
         "trials_total": rec.trials_total, "parallel": rec.parallel, "created_at": rec.created_at,
         "finished_at": rec.finished_at, "cancel_requested": rec.cancel_requested, "error": rec.error,
         "counts": counts, "trials": rows, "bad_records": bad,

@@ -110,9 +110,13 @@ def test_roles_owner_and_hashed_storage(served: Served, redis_url: str, r: redis
         r.hdel(keys.job(by_admin), "owner")
         resp = b.post(f"/api/v1/jobs/{by_admin}/retry")
         assert resp.status_code == 403 and "records no owner" in resp.json()["detail"]
-        # Sweeps record no owner: cancelling one needs an admin token.
-        resp = a.post("/api/v1/sweeps/s0123/cancel")
-        assert resp.status_code == 403 and "needs an admin token" in resp.json()["detail"]
+        # A sweep is its owner's: bob's submit token may not cancel alice's sweep, alice's may.
+        from jobs.sweep.records import SweepStore
+
+        sid = SweepStore(r).create({"name": "s", "trials": 1}, {}, "minimize", "loss", owner="alice")
+        resp = b.post(f"/api/v1/sweeps/{sid}/cancel")
+        assert resp.status_code == 403 and "belongs to 'alice'" in resp.json()["detail"]
+        assert a.post(f"/api/v1/sweeps/{sid}/cancel").json() == {"id": sid, "previous_state": "running"}
 
     # Only hashes are stored: no raw token anywhere in Redis (keys, fields, values).
     blob = b"\0".join(_every_value(r))

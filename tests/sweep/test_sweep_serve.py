@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from jobs.client import Client
+from jobs.contract.owners import default_owner
 from jobs.sweep.controller import SweepController
 from tests.conftest import ROOT, Procs, log_of
 from tests.serve.conftest import READ_TOKEN, Served
@@ -39,6 +40,9 @@ def test_api_equals_cli_and_metrics_count_trials(served: Served, cli: Any, tmp_p
         one = c.get(f"/api/v1/sweeps/{sweep_id}").json()
         assert one == json.loads(cli("sweep", "status", sweep_id, "--json")[1])
         assert [(t["number"], t["state"]) for t in one["trials"]] == [(0, "queued"), (1, "queued")]
+        # the trials are the sweep's owner's jobs (fair share, limits), not the controller's
+        assert one["owner"] == default_owner() and {Client(redis_url=redis_url, storage=storage_dir).store.record(
+            t["job"]).owner for t in one["trials"]} == {one["owner"]}
         listed = c.get("/api/v1/sweeps").json()
         assert [(s["id"], s["state"], s["trials_done"], s["trials_total"]) for s in listed] == [
             (sweep_id, "running", 0, 2)]
