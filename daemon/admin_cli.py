@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable
 
-from daemon.cli_context import client_from_args, resolve_job, settings_from_args
+from daemon.cli_context import AddFn, client_from_args, resolve_job, settings_from_args
 from jobs.errors import ConfigError, IllegalTransitionError
 from jobs.redis.conn import connect
 
 # jobs.ops.admin (rq), jobs.settings (pydantic) and the server are imported by the commands that use them: this
 # module is
 # imported by every `traind` invocation to register its subcommands, and read-only commands must start fast.
-AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

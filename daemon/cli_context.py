@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobs.errors import ConfigError
@@ -122,3 +123,33 @@ def resolve_job(store: JobStore, ref: str) -> str:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+Command = Callable[[argparse.Namespace], int]
+AddFn = Callable[[str, Command, str], argparse.ArgumentParser]  # the CLI's ``add(name, func, help)``
+
+
+def command_group(add: AddFn, name: str, help_: str, *, default: Command | None = None,
+                  options: Callable[[argparse.ArgumentParser], None] | None = None,
+                  ) -> tuple[argparse.ArgumentParser, AddFn]:
+    """``traind NAME SUBCOMMAND ...`` through the CLI's ``add``: returns the group's parser and an ``add`` for its
+    subcommands. ``default`` runs when no subcommand is given (else one is required); ``options`` adds the same
+    options to every subcommand.
+
+    >>> # sp, one = command_group(add, "token", "API tokens"); one("list", cmd_list, "list stored tokens")
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(args, "subcommand_func", default)(args))  # type: ignore[misc]
+
+    sp = add(name, run, help_)
+    sub = sp.add_subparsers(dest=f"{name}_command", required=default is None, metavar=f"{name.upper()}_COMMAND")
+
+    def one(sub_name: str, func: Command, sub_help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(sub_name, help=sub_help, description=sub_help)
+        p.set_defaults(subcommand_func=func)
+        if options is not None:
+            options(p)
+        return p
+
+    return sp, one

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable
 
+from daemon.cli_context import AddFn, command_group
 from jobs import config_file
 from jobs.config_file import Context, Local, Remote
 from jobs.errors import ConfigError
-
-AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -130,21 +128,11 @@ def select(name: str | None) -> None:
         config_file.option_context = name
 
 
-def cmd_context(args: argparse.Namespace) -> int:
-    return int(getattr(args, "context_func", cmd_show)(args))  # `traind context` alone: what is used, and why
-
-
 def register(add: AddFn) -> None:
     """Add ``traind context ...`` through the CLI's ``add(name, func, help)``."""
-    sp = add("context", cmd_context, "named contexts (a server URL and token, or a local stack) in "
-             "~/.config/traind/config.toml")
+    sp, one = command_group(add, "context", "named contexts (a server URL and token, or a local stack) in "
+                            "~/.config/traind/config.toml", default=cmd_show)
     sp.set_defaults(name=None)  # `traind context` alone shows what commands use now and why
-    sub = sp.add_subparsers(dest="context_command", required=False, metavar="CONTEXT_COMMAND")
-
-    def one(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(context_func=func)
-        return p
 
     one("list", cmd_list, "list contexts (* marks the current one)")
     p = one("use", cmd_use, "make a context the current one")

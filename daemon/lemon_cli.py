@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
-AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+from daemon.cli_context import AddFn
 
 
 def drained_lines(r: Any) -> list[str]:

@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon import render
+from daemon.cli_context import AddFn, command_group
 from jobs.errors import SpecError
 
 if TYPE_CHECKING:
     from jobs.sweep.records import SweepStore
 
-AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def _sweeps(args: argparse.Namespace) -> SweepStore:
@@ -132,22 +131,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    return int(args.sweep_func(args))
+def _options(p: argparse.ArgumentParser) -> None:
+    # The main parser's common options, accepted after the sweep command too (SUPPRESS: no clobbering).
+    p.add_argument("--redis-url", default=argparse.SUPPRESS, help="Redis URL (env TRAIND_REDIS_URL)")
+    p.add_argument("--storage", default=argparse.SUPPRESS, help="storage (env TRAIND_STORAGE_DIR)")
 
 
 def register(add: AddFn) -> None:
     """Add ``traind sweep ...`` through the CLI's ``add(name, func, help)``."""
-    sp = add("sweep", cmd_sweep, "hyperparameter sweeps (Optuna) whose trials are traind jobs")
-    sub = sp.add_subparsers(dest="sweep_command", required=True, metavar="SWEEP_COMMAND")
-
-    def one(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(sweep_func=func)
-        # The main parser's common options, accepted after the sweep command too (SUPPRESS: no clobbering).
-        p.add_argument("--redis-url", default=argparse.SUPPRESS, help="Redis URL (env TRAIND_REDIS_URL)")
-        p.add_argument("--storage", default=argparse.SUPPRESS, help="storage (env TRAIND_STORAGE_DIR)")
-        return p
+    _, one = command_group(add, "sweep", "hyperparameter sweeps (Optuna) whose trials are traind jobs",
+                           options=_options)
 
     p = one("submit", cmd_submit, "validate and submit a sweep file (YAML/JSON); prints its id")
     p.add_argument("file", help="sweep file (docs/sweeps.md)")

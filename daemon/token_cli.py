@@ -17,14 +17,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from daemon.cli_context import AddFn, command_group
 
 if TYPE_CHECKING:
     from jobs.ops.tokens import TokenStore
     from jobs.remote.transport import Transport
 
-AddFn = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 ROLES = ("read", "submit", "admin")
 
 
@@ -129,20 +129,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    return int(args.token_func(args))
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", default=argparse.SUPPRESS, help="the server's Redis (env TRAIND_REDIS_URL)")
 
 
 def register(add: AddFn) -> None:
     """Add ``traind token ...`` through the CLI's ``add(name, func, help)``."""
-    sp = add("token", cmd_token, "API tokens of traind serve: add (prints it once), list, revoke")
-    sub = sp.add_subparsers(dest="token_command", required=True, metavar="TOKEN_COMMAND")
-
-    def one(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(token_func=func)
-        p.add_argument("--redis-url", default=argparse.SUPPRESS, help="the server's Redis (env TRAIND_REDIS_URL)")
-        return p
+    _, one = command_group(add, "token", "API tokens of traind serve: add (prints it once), list, revoke",
+                           options=_options)
 
     p = one("add", cmd_add, "create a named token and print it (only this once)")
     p.add_argument("name", help="the token's name: the owner recorded on the jobs it submits (A-Z a-z 0-9 . _ @ -)")
