@@ -39,13 +39,18 @@ def waiting(r: redis.Redis, job: str, priority: str, now: int) -> None:
     r.rpush(queue_key(q), keys.rq_job_id(job, 1))
 
 
-def test_flags_the_victim_atomically_and_its_heartbeat_sees_for_whom(r: redis.Redis, redis_url: str) -> None:
+def low_blocks_high(r: redis.Redis, redis_url: str) -> tuple[JobStore, int, Preemptor]:
+    """One worker running low job lo1 (for 5 s), high job hi1 waiting: the store, the time and a preemptor."""
     store = JobStore(r)
     now = store.now_ms()
     worker(r, "w1", now)
     running(r, "lo1", "w1", "low", now - 5000)
     waiting(r, "hi1", "high", now)
-    p = Preemptor(store, settings(redis_url))
+    return store, now, Preemptor(store, settings(redis_url))
+
+
+def test_flags_the_victim_atomically_and_its_heartbeat_sees_for_whom(r: redis.Redis, redis_url: str) -> None:
+    store, now, p = low_blocks_high(r, redis_url)
     assert p.step(now) == ["lo1"]
     assert r.hget(keys.job("lo1"), "preempt_requested") == b"hi1"
     beat = store.beat("lo1", "tok-lo1", 5000)
@@ -75,12 +80,7 @@ def test_one_victim_per_waiting_job_across_supervisors(r: redis.Redis, redis_url
 
 
 def test_withdrawn_when_the_waiting_job_was_taken_elsewhere(r: redis.Redis, redis_url: str) -> None:
-    store = JobStore(r)
-    now = store.now_ms()
-    worker(r, "w1", now)
-    running(r, "lo1", "w1", "low", now - 5000)
-    waiting(r, "hi1", "high", now)
-    p = Preemptor(store, settings(redis_url))
+    store, now, p = low_blocks_high(r, redis_url)
     assert p.step(now) == ["lo1"]
     r.hset(keys.job("hi1"), "state", "running")  # another worker took it before lo1's worker acted
     r.delete(queue_key("traind.default.cpu.high"))
