@@ -151,21 +151,23 @@ class Tokens:
             raise StoredUnavailable
         return stored
 
-    async def recheck_unknown(self, authorization: str | None) -> None:
+    async def recheck_unknown(self, authorization: str | None) -> bool:
         """A bearer token that is no token serve knows may be one added since the last read: check the version again
-        at once (at most every :data:`RECHECK_S`), so a token works as soon as `traind token add` printed it."""
+        at once (at most every :data:`RECHECK_S`), so a token works as soon as `traind token add` printed it. True
+        when the stored tokens were read again."""
         presented = bearer(authorization or "")
         if presented is None or self.source is None:
-            return
+            return False
         try:
             if self.principal(presented) is not None:
-                return
+                return False
         except StoredUnavailable:
-            return
+            return False
         if self.clock() - self.rechecked_at < RECHECK_S:
-            return
+            return False
         self.rechecked_at = self.clock()
         await self.refresh(0.0)
+        return True
 
     async def touch(self, who: Principal, now_ms: int) -> None:
         """Record a use of a stored token for ``traind token list``, at most once a minute per name."""

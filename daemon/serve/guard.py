@@ -56,6 +56,11 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+def _client_addr(scope: Scope) -> str:
+    """The client's address, as the wrong-token limiter counts it."""
+    return str((scope.get("client") or ("unknown", 0))[0])
+
+
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` when a streamed body passes the limit (FastAPI re-raises an HTTPException met while
     reading a body; the gate answers it where nothing else did)."""
@@ -96,7 +101,7 @@ class Guard:
         method, path = scope["method"], scope["path"]
         if not is_public(method, path):
             authorization = _header(scope, b"authorization")
-            addr = (scope.get("client") or ("unknown", 0))[0]
+            addr = _client_addr(scope)
             if authorization is not None:
                 wait = self.limiter.retry_after(addr, self.clock())
                 if wait is not None:
@@ -104,9 +109,7 @@ class Guard:
                                    {"Retry-After": retry_after_header(wait)})
             verdict = judge(self.tokens, authorization or "", Access.READ if method in READ_METHODS else Access.WRITE)
             if isinstance(verdict, Refusal):
-                if verdict is INVALID:  # a guess; a missing token is not one
-                    self.limiter.failed(addr, self.clock())
-                return verdict
+                return verdict  # an INVALID one counts as a guess in __call__ (a missing token is not one)
             scope.setdefault("state", {})["principal"] = verdict
         declared = _header(scope, b"content-length")
         if declared is not None:
@@ -137,8 +140,13 @@ class Guard:
 
         if not is_public(scope["method"], scope["path"]):
             await self.tokens.refresh()  # the stored tokens, at most STORED_CACHE_S old
-            await self.tokens.recheck_unknown(_header(scope, b"authorization"))  # or one added just now
         refused = self.refusal(scope)
+        if refused is INVALID:
+            # Perhaps a token added since the last read: look again (rate-limited) before counting it as a guess.
+            if await self.tokens.recheck_unknown(_header(scope, b"authorization")):
+                refused = self.refusal(scope)
+            if refused is INVALID:
+                self.limiter.failed(_client_addr(scope), self.clock())
         who = scope.get("state", {}).get("principal")
         if isinstance(who, Principal):
             await self.tokens.touch(who, int(time.time() * 1000))
