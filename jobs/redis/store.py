@@ -149,9 +149,9 @@ class JobStore:
         return JobState(cur)
 
     def heartbeat(self, job_id: str, token: str, ttl_ms: int) -> tuple[bool, bool]:
-        """Renew the lease; returns (still_owner, cancel_requested)."""
-        ok, flag = self._heartbeat(keys=[keys.job(job_id), keys.LEASES], args=[job_id, token, int(ttl_ms)])[:2]
-        return bool(int(ok)), (flag.decode() if isinstance(flag, bytes) else str(flag)) == "1"
+        """Renew the lease; returns (still_owner, cancel_requested): :meth:`beat` without the preemption."""
+        b = self.beat(job_id, token, ttl_ms)
+        return b.owner, b.cancel
 
     def beat(self, job_id: str, token: str, ttl_ms: int) -> Beat:
         """:meth:`heartbeat` with every flag a worker acts on: also the preemption a supervisor requested."""
